@@ -1,0 +1,215 @@
+//! Batches prepared ahead of the model by worker threads. Everything random is
+//! derived from (run seed, step), never from shared RNG state, so batch `i` is the
+//! same whichever worker builds it and a resumed run sees the same data. Each
+//! worker owns every `workers`-th step and a 2-slot channel, and the consumer reads
+//! the channels round-robin: order is fixed and memory bounded.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::augment::{write_clip, Crop};
+use crate::data::datasets::VideoDataset;
+use crate::data::sampler::{clip_indices, uniform_starts};
+use crate::data::{Split, Video};
+use crate::nn::mix;
+use crate::pretext::ClipSpec;
+use crate::{Error, Result};
+
+/// One batch on the host, ready to become a tensor `[B * clips, 3, T, S, S]`.
+#[derive(Debug, Clone)]
+pub struct HostBatch {
+    pub step: u64,
+    pub data: Vec<f32>,
+    pub shape: [usize; 5],
+    pub videos: usize,
+    /// Seed for the method's own randomness in this step.
+    pub seed: u64,
+    /// Videos that failed to load and were replaced by the next one.
+    pub skipped: Vec<String>,
+}
+
+/// Geometry of training batches.
+#[derive(Debug, Clone)]
+pub struct BatchPlan {
+    pub spec: ClipSpec,
+    pub size: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+/// The dataset index of the `j`-th video of step `step`: epochs are independent
+/// permutations of the train split, concatenated.
+pub fn video_for(n: usize, plan: &BatchPlan, step: u64, j: usize) -> usize {
+    let pos = step * plan.batch_size as u64 + j as u64;
+    let epoch = pos / n as u64;
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+        plan.seed ^ mix(epoch ^ 0xe90c)
+    )));
+    perm[(pos % n as u64) as usize]
+}
+
+/// Builds batch `step` (pure in its arguments).
+pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<HostBatch> {
+    let n = ds.len(Split::Train);
+    if n == 0 {
+        return Err(Error::BadInput("the training split has no videos".into()));
+    }
+    let spec = &plan.spec;
+    let (s, t) = (plan.size, spec.frames);
+    let clip_len = 3 * t * s * s;
+    let clips = plan.batch_size * spec.clips_per_video;
+    let mut data = vec![0f32; clips * clip_len];
+    let mut skipped = Vec::new();
+    for j in 0..plan.batch_size {
+        let mut idx = video_for(n, plan, step, j);
+        let video = load_or_skip(ds, Split::Train, &mut idx, &mut skipped)?;
+        if video.height < s || video.width < s {
+            return Err(Error::BadInput(format!(
+                "video {idx} is {}x{}, smaller than data.size = {s}",
+                video.height, video.width
+            )));
+        }
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
+        for c in 0..spec.clips_per_video {
+            let stride = rng.random_range(spec.stride.0..=spec.stride.1);
+            let start = rng.random_range(0..video.frames);
+            let idxs = clip_indices(video.frames, t, stride, start);
+            let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
+            let k = j * spec.clips_per_video + c;
+            write_clip(
+                &video,
+                &idxs,
+                crop,
+                &mut data[k * clip_len..(k + 1) * clip_len],
+            );
+        }
+    }
+    Ok(HostBatch {
+        step,
+        data,
+        shape: [clips, 3, t, s, s],
+        videos: plan.batch_size,
+        seed: mix(plan.seed ^ mix(step ^ 0xba7c)),
+        skipped,
+    })
+}
+
+/// Loads video `idx`, moving on to the next one (and recording the failure) when
+/// it cannot be read. Errors only if no video of the split can be read.
+pub fn load_or_skip(
+    ds: &dyn VideoDataset,
+    split: Split,
+    idx: &mut usize,
+    skipped: &mut Vec<String>,
+) -> Result<Video> {
+    let n = ds.len(split);
+    for _ in 0..n {
+        match ds.video(split, *idx) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!("skipping unreadable video: {e}");
+                skipped.push(e.to_string());
+                *idx = (*idx + 1) % n;
+            }
+        }
+    }
+    Err(Error::BadInput(
+        "no video of the split could be read".into(),
+    ))
+}
+
+/// `n` uniformly spaced, centre-cropped evaluation clips of one video, `[n, 3, T, S, S]`.
+pub fn eval_clips(video: &Video, frames: usize, stride: usize, n: usize, size: usize) -> Vec<f32> {
+    let clip_len = 3 * frames * size * size;
+    let mut out = vec![0f32; n * clip_len];
+    let crop = Crop::centre(video, size);
+    for (k, start) in uniform_starts(video.frames, frames, stride, n)
+        .into_iter()
+        .enumerate()
+    {
+        let idxs = clip_indices(video.frames, frames, stride, start);
+        write_clip(
+            video,
+            &idxs,
+            crop,
+            &mut out[k * clip_len..(k + 1) * clip_len],
+        );
+    }
+    out
+}
+
+/// Prefetching iterator over training batches `start..end`.
+pub struct Loader {
+    receivers: Vec<Receiver<Result<HostBatch>>>,
+    handles: Vec<JoinHandle<()>>,
+    start: u64,
+    next: u64,
+    end: u64,
+}
+
+impl Loader {
+    pub fn spawn(
+        ds: Arc<dyn VideoDataset>,
+        plan: BatchPlan,
+        start: u64,
+        end: u64,
+        workers: usize,
+    ) -> Self {
+        let workers = workers.max(1);
+        let mut receivers = Vec::new();
+        let mut handles = Vec::new();
+        for w in 0..workers as u64 {
+            let (tx, rx) = sync_channel(2);
+            let (ds, plan) = (ds.clone(), plan.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut step = start + w;
+                while step < end {
+                    if tx.send(make_batch(ds.as_ref(), &plan, step)).is_err() {
+                        return; // consumer gone
+                    }
+                    step += workers as u64;
+                }
+            }));
+            receivers.push(rx);
+        }
+        Self {
+            receivers,
+            handles,
+            start,
+            next: start,
+            end,
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<HostBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        // Worker `w` owns steps `start + w + k * workers`.
+        let w = ((self.next - self.start) as usize) % self.receivers.len();
+        let out = self.receivers[w]
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Internal("batch worker stopped".into())));
+        self.next += 1;
+        Some(out)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}

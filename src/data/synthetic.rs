@@ -1,0 +1,767 @@
+//! The built-in synthetic video dataset: the default dataset, so every recipe runs with
+//! nothing downloaded.
+//!
+//! Videos are generated procedurally and deterministically from `(config, split, index)`,
+//! in memory and fast enough (well under a millisecond for a 32-frame 32x32 clip) to be
+//! regenerated inside the training loop instead of being cached.
+//!
+//! # Classes: labelled by motion
+//!
+//! Each video shows one large foreground object (a square, disc, triangle or bar with a
+//! random colour, size and position) doing one of eight motions. The classes come in
+//! four *time-reverse pairs*, adjacent in [`CLASS_NAMES`] (`2k` and `2k + 1`):
+//!
+//! | class | motion | reverse |
+//! |-------|--------|---------|
+//! | `MoveLeft` / `MoveRight` | translate horizontally | each other |
+//! | `MoveUp` / `MoveDown` | translate vertically | each other |
+//! | `RotateClockwise` / `RotateCounterclockwise` | spin about its centre | each other |
+//! | `Grow` / `Shrink` | radius changes linearly | each other |
+//!
+//! The reverse relation holds *literally*: the generator draws a scene from the video's
+//! seed, renders the motion of the even class `2k`, and a video of class `2k + 1` is the
+//! very same rendering with its frames in reverse order (see [`Synthetic::render`]).
+//! Every nuisance below has a time-reversal-symmetric distribution and is drawn from its
+//! own random stream, identically for every class, so it carries no information about
+//! the label. Any single frame (or the bag of all frames) of a `2k` video is thus
+//! distributed exactly like one of a `2k + 1` video: only temporal order separates the
+//! pairs, which is what a video representation should capture.
+//!
+//! # Nuisances (so the task is not trivial)
+//!
+//! - a smooth random background texture per video (two octaves of periodic value noise
+//!   between two random colours), or a flat random colour when `texture` is off;
+//! - slow camera drift: the background translates in a random direction at a random slow
+//!   speed (`drift`), independently of the label;
+//! - `1..=distractors` small distractor objects moving in straight lines in random
+//!   directions, bouncing off the borders;
+//! - global brightness: a random gain per video plus a slow random sinusoidal flicker;
+//! - i.i.d. per-pixel noise of standard deviation `noise` (in 0..255 units).
+//!
+//! To make rotations visible the foreground object carries a dark band on one side of
+//! its own frame (so even the disc has an orientation).
+//!
+//! # Canonical "up"
+//!
+//! The world is lit from above: the background is brighter at the top of the frame than
+//! at the bottom (a vertical gain ramp from 1.2 to 0.8, fixed to the screen), and every
+//! object is shaded brighter on its upper side. A rotated or flipped frame is therefore
+//! recognisable, which gives a rotation-prediction pretext task something to learn.
+//!
+//! # Rendering
+//!
+//! Objects are drawn from signed distance functions with a one-pixel linear ramp at the
+//! edge (analytic anti-aliasing), and the background is sampled bilinearly at the
+//! sub-pixel camera offset, so motions well below one pixel per frame are visible.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::{Split, Video};
+use crate::nn::mix;
+use crate::{Error, Result};
+
+/// Number of classes.
+pub const NUM_CLASSES: usize = 8;
+
+/// Class names (CamelCase, as in UCF101). `[2k]` and `[2k + 1]` are time-reverses of each other.
+pub const CLASS_NAMES: [&str; NUM_CLASSES] = [
+    "MoveLeft",
+    "MoveRight",
+    "MoveUp",
+    "MoveDown",
+    "RotateClockwise",
+    "RotateCounterclockwise",
+    "Grow",
+    "Shrink",
+];
+
+/// The time-reverse class pairs `(2k, 2k + 1)`.
+pub fn reverse_pairs() -> Vec<(u32, u32)> {
+    (0..NUM_CLASSES as u32 / 2)
+        .map(|k| (2 * k, 2 * k + 1))
+        .collect()
+}
+
+/// The class whose videos look like `class` played backwards.
+pub fn reverse_class(class: u32) -> u32 {
+    class ^ 1
+}
+
+/// Configuration of the synthetic dataset.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    /// Dataset seed: every video is a pure function of `(config, split, index)`.
+    pub seed: u64,
+    /// Number of training videos (labels balanced over the classes).
+    pub train_videos: usize,
+    /// Number of test videos.
+    pub test_videos: usize,
+    /// Frames per video.
+    pub video_frames: usize,
+    /// Frame height and width in pixels (frames are square).
+    pub size: usize,
+    /// Maximum number of distractor objects; each video has `1..=distractors` (0: none).
+    pub distractors: usize,
+    /// Slow random camera drift of the background.
+    pub drift: bool,
+    /// Smooth random background texture (otherwise a flat random colour).
+    pub texture: bool,
+    /// Per-pixel noise standard deviation, in 0..255 units.
+    pub noise: f32,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            seed: 0,
+            train_videos: 480,
+            test_videos: 240,
+            video_frames: 32,
+            size: 32,
+            distractors: 2,
+            drift: true,
+            texture: true,
+            noise: 6.0,
+        }
+    }
+}
+
+impl SyntheticConfig {
+    /// Checks the ranges; on failure returns `(key, message)`.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        if !(16..=1024).contains(&self.size) {
+            return err("size", format!("must be in 16..=1024, got {}", self.size));
+        }
+        if !(8..=100_000).contains(&self.video_frames) {
+            return err(
+                "video_frames",
+                format!("must be in 8..=100000, got {}", self.video_frames),
+            );
+        }
+        if self.train_videos < NUM_CLASSES {
+            return err(
+                "train_videos",
+                format!(
+                    "must be at least the number of classes ({NUM_CLASSES}), got {}",
+                    self.train_videos
+                ),
+            );
+        }
+        if self.test_videos < NUM_CLASSES {
+            return err(
+                "test_videos",
+                format!(
+                    "must be at least the number of classes ({NUM_CLASSES}), got {}",
+                    self.test_videos
+                ),
+            );
+        }
+        if self.distractors > 16 {
+            return err(
+                "distractors",
+                format!("must be at most 16, got {}", self.distractors),
+            );
+        }
+        if !self.noise.is_finite() || !(0.0..=64.0).contains(&self.noise) {
+            return err("noise", format!("must be in 0..=64, got {}", self.noise));
+        }
+        Ok(())
+    }
+}
+
+/// The synthetic dataset. Cheap to construct; videos are generated on demand.
+#[derive(Debug, Clone)]
+pub struct Synthetic {
+    cfg: SyntheticConfig,
+}
+
+impl Synthetic {
+    /// Validates the configuration.
+    pub fn new(cfg: SyntheticConfig) -> Result<Self> {
+        cfg.validate().map_err(|(key, message)| {
+            Error::BadInput(format!("synthetic dataset: `{key}` {message}"))
+        })?;
+        Ok(Synthetic { cfg })
+    }
+
+    /// The configuration this dataset was built from.
+    pub fn config(&self) -> &SyntheticConfig {
+        &self.cfg
+    }
+
+    pub fn num_classes(&self) -> usize {
+        NUM_CLASSES
+    }
+
+    /// Number of videos in `split`.
+    pub fn len(&self, split: Split) -> usize {
+        match split {
+            Split::Train => self.cfg.train_videos,
+            Split::Test => self.cfg.test_videos,
+        }
+    }
+
+    /// Label of video `index`: `index % classes`, so every class has `len / classes` videos
+    /// (plus one for the first `len % classes` classes).
+    pub fn label(&self, split: Split, index: usize) -> u32 {
+        self.check_index(split, index);
+        (index % NUM_CLASSES) as u32
+    }
+
+    /// The seed of video `index`. `mix` is a bijection and the split is the low bit of its
+    /// input, so train and test seeds are disjoint.
+    pub fn video_seed(&self, split: Split, index: usize) -> u64 {
+        let bit = match split {
+            Split::Train => 0,
+            Split::Test => 1,
+        };
+        mix(mix(self.cfg.seed) ^ (((index as u64) << 1) | bit))
+    }
+
+    /// Video `index` of `split`; deterministic in `(config, split, index)`.
+    pub fn video(&self, split: Split, index: usize) -> Video {
+        let label = self.label(split, index);
+        self.render(self.video_seed(split, index), label)
+    }
+
+    /// Renders the scene drawn from `seed` with the motion of `class`. The scene (object,
+    /// background, drift, distractors, lighting, noise) depends on `seed` only; the odd class
+    /// of each pair is exactly the even class's rendering played backwards:
+    /// `render(s, 2k + 1)` is `render(s, 2k)` with frames in reverse order.
+    pub fn render(&self, seed: u64, class: u32) -> Video {
+        assert!((class as usize) < NUM_CLASSES, "class {class} out of range");
+        let scene = Scene::draw(&self.cfg, seed, class / 2);
+        let (s, t_n) = (self.cfg.size, self.cfg.video_frames);
+        let n = s * s * 3;
+        let mut data = vec![0u8; t_n * n];
+        let mut buf = vec![0f32; n];
+        let mut cols = vec![(0usize, 0usize); s];
+        let reverse = class % 2 == 1;
+        for t in 0..t_n {
+            scene.render_frame(t, &mut buf, &mut cols);
+            let slot = if reverse { t_n - 1 - t } else { t };
+            scene.quantize(t, &buf, &mut data[slot * n..(slot + 1) * n]);
+        }
+        Video {
+            frames: t_n,
+            height: s,
+            width: s,
+            data,
+        }
+    }
+
+    fn check_index(&self, split: Split, index: usize) {
+        let len = self.len(split);
+        assert!(
+            index < len,
+            "synthetic {split:?} index {index} out of range (len {len})"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scene description
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    Disc,
+    Square,
+    Triangle,
+    Bar,
+}
+
+/// Foreground motion, in forward time (the even class of the pair).
+#[derive(Debug, Clone, Copy)]
+enum Motion {
+    /// Centre `(x0, y0) + t * (vx, vy)`, fixed angle and radius.
+    Translate {
+        x0: f32,
+        y0: f32,
+        vx: f32,
+        vy: f32,
+        angle: f32,
+        r: f32,
+    },
+    /// Fixed centre and radius; angle `a0 + w * t` (increasing angle is clockwise on screen).
+    Rotate {
+        cx: f32,
+        cy: f32,
+        a0: f32,
+        w: f32,
+        r: f32,
+    },
+    /// Fixed centre and angle; radius `r0 + k * t`.
+    Grow {
+        cx: f32,
+        cy: f32,
+        angle: f32,
+        r0: f32,
+        k: f32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Distractor {
+    shape: Shape,
+    r: f32,
+    color: [f32; 3],
+    p0: (f32, f32),
+    v: (f32, f32),
+}
+
+/// Everything needed to render one video, drawn from its seed.
+struct Scene {
+    size: usize,
+    /// Periodic background texture `[size, size, 3]`, before the vertical lighting ramp.
+    texture: Vec<f32>,
+    /// Vertical lighting ramp, one gain per row (brighter at the top).
+    row_gain: Vec<f32>,
+    drift0: (f32, f32),
+    drift_v: (f32, f32),
+    gain: f32,
+    flicker_amp: f32,
+    flicker_freq: f32,
+    flicker_phase: f32,
+    distractors: Vec<Distractor>,
+    shape: Shape,
+    color: [f32; 3],
+    motion: Motion,
+    noise: f32,
+    noise_seed: u64,
+}
+
+/// Strength of the "light from above" shading on objects (relative change per radius).
+const OBJECT_SHADE: f32 = 0.2;
+/// Brightness multiplier of the orientation band on the foreground object.
+const BAND_GAIN: f32 = 0.45;
+/// Band boundary in the object's local frame (radius units).
+const BAND_EDGE: f32 = 0.3;
+
+fn uniform(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> f32 {
+    lo + (hi - lo) * rng.random::<f32>()
+}
+
+fn l1(a: [f32; 3], b: [f32; 3]) -> f32 {
+    (a[0] - b[0]).abs() + (a[1] - b[1]).abs() + (a[2] - b[2]).abs()
+}
+
+fn random_color(rng: &mut ChaCha8Rng) -> [f32; 3] {
+    [
+        uniform(rng, 0.0, 255.0),
+        uniform(rng, 0.0, 255.0),
+        uniform(rng, 0.0, 255.0),
+    ]
+}
+
+impl Scene {
+    /// Draws the scene for `seed`. Each part uses its own random stream so that, for a given
+    /// seed, the nuisances are identical whatever the class family.
+    fn draw(cfg: &SyntheticConfig, seed: u64, family: u32) -> Scene {
+        let s = cfg.size;
+        let sf = s as f32;
+        let t_n = cfg.video_frames;
+        let span = (t_n - 1) as f32;
+        // Speeds are specified for 32-pixel frames and scale with the frame size.
+        let px = sf / 32.0;
+        let stream = |k: u64| ChaCha8Rng::seed_from_u64(mix(seed ^ mix(k)));
+
+        // Background colours and texture.
+        let mut rng = stream(1);
+        let base = [
+            uniform(&mut rng, 60.0, 180.0),
+            uniform(&mut rng, 60.0, 180.0),
+            uniform(&mut rng, 60.0, 180.0),
+        ];
+        let mut texture = vec![0f32; s * s * 3];
+        if cfg.texture {
+            let amp: [f32; 3] = std::array::from_fn(|_| {
+                let a = uniform(&mut rng, 20.0, 45.0);
+                if rng.random::<bool>() {
+                    a
+                } else {
+                    -a
+                }
+            });
+            let noise = value_noise(&mut rng, s);
+            for (i, &v) in noise.iter().enumerate() {
+                for c in 0..3 {
+                    texture[i * 3 + c] = base[c] + amp[c] * 2.0 * (v - 0.5);
+                }
+            }
+        } else {
+            for px3 in texture.chunks_exact_mut(3) {
+                px3.copy_from_slice(&base);
+            }
+        }
+        let row_gain = (0..s).map(|y| 1.2 - 0.4 * (y as f32 + 0.5) / sf).collect();
+
+        // Camera drift (direction uniform, so its distribution is time-reversal symmetric).
+        let mut rng = stream(2);
+        let (drift0, drift_v) = {
+            let o = (uniform(&mut rng, 0.0, sf), uniform(&mut rng, 0.0, sf));
+            let dir = uniform(&mut rng, 0.0, std::f32::consts::TAU);
+            let speed = uniform(&mut rng, 0.05, 0.2) * px;
+            if cfg.drift {
+                (o, (speed * dir.cos(), speed * dir.sin()))
+            } else {
+                (o, (0.0, 0.0))
+            }
+        };
+
+        // Lighting: per-video gain and a slow flicker with a uniform phase.
+        let mut rng = stream(3);
+        let gain = uniform(&mut rng, 0.85, 1.15);
+        let flicker_amp = uniform(&mut rng, 0.0, 0.07);
+        let flicker_freq = uniform(&mut rng, 0.01, 0.05) * std::f32::consts::TAU;
+        let flicker_phase = uniform(&mut rng, 0.0, std::f32::consts::TAU);
+
+        // Distractors: small, straight lines in random directions, bouncing off the borders.
+        let mut rng = stream(4);
+        let count = if cfg.distractors == 0 {
+            0
+        } else {
+            rng.random_range(1..=cfg.distractors)
+        };
+        let distractors = (0..count)
+            .map(|_| {
+                let r = (uniform(&mut rng, 0.04, 0.08) * sf).max(1.0);
+                let dir = uniform(&mut rng, 0.0, std::f32::consts::TAU);
+                let speed = uniform(&mut rng, 0.1, 0.5) * px;
+                Distractor {
+                    shape: if rng.random::<bool>() {
+                        Shape::Disc
+                    } else {
+                        Shape::Square
+                    },
+                    r,
+                    color: random_color(&mut rng),
+                    p0: (uniform(&mut rng, r, sf - r), uniform(&mut rng, r, sf - r)),
+                    v: (speed * dir.cos(), speed * dir.sin()),
+                }
+            })
+            .collect();
+
+        // Foreground object. Its colour keeps a clear contrast with the background colour,
+        // both on the lit part and on the dark orientation band.
+        let mut rng = stream(5);
+        let shape =
+            [Shape::Disc, Shape::Square, Shape::Triangle, Shape::Bar][rng.random_range(0..4)];
+        let mut color = [0.0; 3];
+        let mut best = f32::MIN;
+        for _ in 0..64 {
+            let c = random_color(&mut rng);
+            let contrast = l1(c, base).min(l1(c.map(|v| v * BAND_GAIN), base));
+            if contrast > best {
+                (best, color) = (contrast, c);
+            }
+            if contrast >= 120.0 {
+                break;
+            }
+        }
+
+        // Motion of the even (forward) class of the family. All candidate parameters are drawn
+        // in a fixed order whatever the family.
+        let mut rng = stream(6);
+        let margin = 2.0;
+        let angle = uniform(&mut rng, 0.0, std::f32::consts::TAU);
+        let r = uniform(&mut rng, 0.14, 0.2) * sf;
+        let speed = uniform(&mut rng, 0.25, 0.55) * px;
+        let w = uniform(&mut rng, 0.06, 0.14);
+        let r0 = uniform(&mut rng, 0.07, 0.11) * sf;
+        let k = uniform(&mut rng, 0.12, 0.25) * px;
+        let (u1, u2) = (rng.random::<f32>(), rng.random::<f32>());
+        let motion = match family {
+            // Translations: forward is left (family 0) or up (family 1).
+            0 | 1 => {
+                let (lo, hi) = (r + margin, sf - r - margin);
+                let travel = (speed * span).min(hi - lo);
+                let start = lo + travel + u1 * (hi - lo - travel);
+                let across = lo + u2 * (hi - lo);
+                let v = travel / span;
+                if family == 0 {
+                    Motion::Translate {
+                        x0: start,
+                        y0: across,
+                        vx: -v,
+                        vy: 0.0,
+                        angle,
+                        r,
+                    }
+                } else {
+                    Motion::Translate {
+                        x0: across,
+                        y0: start,
+                        vx: 0.0,
+                        vy: -v,
+                        angle,
+                        r,
+                    }
+                }
+            }
+            2 => {
+                let (lo, hi) = (r + margin, sf - r - margin);
+                Motion::Rotate {
+                    cx: lo + u1 * (hi - lo),
+                    cy: lo + u2 * (hi - lo),
+                    a0: angle,
+                    w,
+                    r,
+                }
+            }
+            _ => {
+                let r_max = 0.32 * sf;
+                let k = k.min((r_max - r0) / span);
+                let r1 = r0 + k * span;
+                let (lo, hi) = (r1 + margin, sf - r1 - margin);
+                Motion::Grow {
+                    cx: lo + u1 * (hi - lo),
+                    cy: lo + u2 * (hi - lo),
+                    angle,
+                    r0,
+                    k,
+                }
+            }
+        };
+
+        Scene {
+            size: s,
+            texture,
+            row_gain,
+            drift0,
+            drift_v,
+            gain,
+            flicker_amp,
+            flicker_freq,
+            flicker_phase,
+            distractors,
+            shape,
+            color,
+            motion,
+            noise: cfg.noise,
+            noise_seed: mix(seed ^ mix(7)),
+        }
+    }
+
+    /// Renders forward-time frame `t` into `buf` (`[S, S, 3]` floats, before gain and noise).
+    fn render_frame(&self, t: usize, buf: &mut [f32], cols: &mut [(usize, usize)]) {
+        let s = self.size;
+        let tf = t as f32;
+
+        // Background: the texture is periodic, and the sub-pixel part of the camera offset is
+        // the same for every pixel, so the bilinear weights are computed once per frame.
+        let ox = self.drift0.0 + self.drift_v.0 * tf;
+        let oy = self.drift0.1 + self.drift_v.1 * tf;
+        let (fx, fy) = (ox - ox.floor(), oy - oy.floor());
+        let (ix, iy) = (ox.floor() as i64, oy.floor() as i64);
+        let wrap = |v: i64| v.rem_euclid(s as i64) as usize;
+        for (x, c) in cols.iter_mut().enumerate() {
+            let x0 = wrap(x as i64 + ix);
+            *c = (x0 * 3, ((x0 + 1) % s) * 3);
+        }
+        let (w00, w01, w10, w11) = (
+            (1.0 - fx) * (1.0 - fy),
+            fx * (1.0 - fy),
+            (1.0 - fx) * fy,
+            fx * fy,
+        );
+        let row_len = s * 3;
+        for y in 0..s {
+            let y0 = wrap(y as i64 + iy);
+            let r0 = &self.texture[y0 * row_len..(y0 + 1) * row_len];
+            let r1 = &self.texture[((y0 + 1) % s) * row_len..((y0 + 1) % s + 1) * row_len];
+            let g = self.row_gain[y];
+            let out = &mut buf[y * row_len..(y + 1) * row_len];
+            for (x, &(a, b)) in cols.iter().enumerate() {
+                for c in 0..3 {
+                    let v = w00 * r0[a + c] + w01 * r0[b + c] + w10 * r1[a + c] + w11 * r1[b + c];
+                    out[x * 3 + c] = v * g;
+                }
+            }
+        }
+
+        // Distractors (behind the foreground object).
+        let sf = s as f32;
+        for d in &self.distractors {
+            let x = bounce(d.p0.0 + d.v.0 * tf, d.r, sf - d.r);
+            let y = bounce(d.p0.1 + d.v.1 * tf, d.r, sf - d.r);
+            draw_shape(buf, s, d.shape, x, y, 0.0, d.r, d.color, false);
+        }
+
+        let (cx, cy, angle, r) = match self.motion {
+            Motion::Translate {
+                x0,
+                y0,
+                vx,
+                vy,
+                angle,
+                r,
+            } => (x0 + vx * tf, y0 + vy * tf, angle, r),
+            Motion::Rotate { cx, cy, a0, w, r } => (cx, cy, a0 + w * tf, r),
+            Motion::Grow {
+                cx,
+                cy,
+                angle,
+                r0,
+                k,
+            } => (cx, cy, angle, r0 + k * tf),
+        };
+        draw_shape(buf, s, self.shape, cx, cy, angle, r, self.color, true);
+    }
+
+    /// Applies the frame's brightness, adds noise and rounds to bytes.
+    fn quantize(&self, t: usize, buf: &[f32], out: &mut [u8]) {
+        let gain = self.gain
+            * (1.0 + self.flicker_amp * (self.flicker_freq * t as f32 + self.flicker_phase).sin());
+        if self.noise <= 0.0 {
+            for (o, &v) in out.iter_mut().zip(buf) {
+                *o = (v * gain + 0.5).clamp(0.0, 255.0) as u8;
+            }
+            return;
+        }
+        // Noise depends on the forward time index, so reversal permutes whole frames.
+        let mut state = mix(self.noise_seed ^ (t as u64));
+        // Irwin-Hall: the sum of four random bytes has mean 510 and std ~147.8.
+        let scale = self.noise / 147.80;
+        let mut o_it = out.chunks_mut(2);
+        let mut b_it = buf.chunks(2);
+        while let (Some(o), Some(b)) = (o_it.next(), b_it.next()) {
+            let z = wyrand(&mut state);
+            let n0 = ((z & 0xff) + ((z >> 8) & 0xff) + ((z >> 16) & 0xff) + ((z >> 24) & 0xff))
+                as f32
+                - 510.0;
+            let n1 = (((z >> 32) & 0xff) + ((z >> 40) & 0xff) + ((z >> 48) & 0xff) + (z >> 56))
+                as f32
+                - 510.0;
+            o[0] = (b[0] * gain + n0 * scale + 0.5).clamp(0.0, 255.0) as u8;
+            if o.len() > 1 {
+                o[1] = (b[1] * gain + n1 * scale + 0.5).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+#[inline]
+fn wyrand(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    let t = (*state as u128).wrapping_mul((*state ^ 0xe703_7ed1_a0b4_28db) as u128);
+    ((t >> 64) as u64) ^ (t as u64)
+}
+
+/// Reflects `v` into `[lo, hi]` (straight-line motion bouncing off the borders).
+fn bounce(v: f32, lo: f32, hi: f32) -> f32 {
+    let len = hi - lo;
+    if len <= 0.0 {
+        return lo;
+    }
+    let m = (v - lo).rem_euclid(2.0 * len);
+    lo + if m > len { 2.0 * len - m } else { m }
+}
+
+/// Periodic two-octave value noise in `[0, 1]`, `[s, s]`.
+fn value_noise(rng: &mut ChaCha8Rng, s: usize) -> Vec<f32> {
+    let mut out = vec![0f32; s * s];
+    for (g, amp) in [(4usize, 2.0 / 3.0), (8usize, 1.0 / 3.0)] {
+        let lattice: Vec<f32> = (0..g * g).map(|_| rng.random::<f32>()).collect();
+        let coord = |p: usize| {
+            let u = p as f32 * g as f32 / s as f32;
+            let i = u.floor();
+            let f = u - i;
+            let i = i as usize % g;
+            (i, (i + 1) % g, f * f * (3.0 - 2.0 * f))
+        };
+        let xs: Vec<_> = (0..s).map(coord).collect();
+        for y in 0..s {
+            let (y0, y1, fy) = coord(y);
+            for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+                let a = lattice[y0 * g + x0] + fx * (lattice[y0 * g + x1] - lattice[y0 * g + x0]);
+                let b = lattice[y1 * g + x0] + fx * (lattice[y1 * g + x1] - lattice[y1 * g + x0]);
+                out[y * s + x] += amp * (a + fy * (b - a));
+            }
+        }
+    }
+    out
+}
+
+/// Signed distance (radius units, negative inside) of a unit-radius shape in its own frame.
+#[inline]
+fn sdf(shape: Shape, x: f32, y: f32) -> f32 {
+    fn sd_box(x: f32, y: f32, bx: f32, by: f32) -> f32 {
+        let (qx, qy) = (x.abs() - bx, y.abs() - by);
+        let (ox, oy) = (qx.max(0.0), qy.max(0.0));
+        (ox * ox + oy * oy).sqrt() + qx.max(qy).min(0.0)
+    }
+    match shape {
+        Shape::Disc => (x * x + y * y).sqrt() - 1.0,
+        // Corners at distance <= 1 from the centre, so every shape fits the unit disc.
+        Shape::Square => sd_box(x, y, 0.7, 0.7),
+        Shape::Bar => sd_box(x, y, 0.95, 0.3),
+        Shape::Triangle => {
+            // Equilateral triangle with circumradius 1, centred on its centroid (after
+            // Inigo Quilez's exact 2D SDF).
+            const K: f32 = 1.732_050_8;
+            const R: f32 = 0.866_025_4; // half side
+            let (mut px, mut py) = (x.abs() - R, y + R / K);
+            if px + K * py > 0.0 {
+                (px, py) = ((px - K * py) * 0.5, (-K * px - py) * 0.5);
+            }
+            px -= px.clamp(-2.0 * R, 0.0);
+            let d = (px * px + py * py).sqrt();
+            if py > 0.0 {
+                -d
+            } else {
+                d
+            }
+        }
+    }
+}
+
+/// Composites an anti-aliased shape of radius `r` pixels centred at `(cx, cy)` and rotated
+/// by `angle` (clockwise on screen) into `buf`, shaded brighter on its upper side. With
+/// `band`, one side of the shape (in its own frame) is darkened so its orientation shows.
+#[allow(clippy::too_many_arguments)]
+fn draw_shape(
+    buf: &mut [f32],
+    s: usize,
+    shape: Shape,
+    cx: f32,
+    cy: f32,
+    angle: f32,
+    r: f32,
+    color: [f32; 3],
+    band: bool,
+) {
+    let ext = r + 1.0;
+    let clip = |v: f32| (v.max(0.0) as usize).min(s);
+    let (x0, x1) = (clip((cx - ext).floor()), clip((cx + ext).ceil()));
+    let (y0, y1) = (clip((cy - ext).floor()), clip((cy + ext).ceil()));
+    let (sn, cs) = angle.sin_cos();
+    let inv_r = 1.0 / r;
+    for y in y0..y1 {
+        let py = y as f32 + 0.5 - cy;
+        let shade = (1.0 - OBJECT_SHADE * py * inv_r).clamp(0.7, 1.3);
+        let row = &mut buf[y * s * 3..(y + 1) * s * 3];
+        for x in x0..x1 {
+            let px = x as f32 + 0.5 - cx;
+            // Screen -> object frame: rotate by -angle, scale to unit radius.
+            let lx = (cs * px + sn * py) * inv_r;
+            let ly = (cs * py - sn * px) * inv_r;
+            // One-pixel linear ramp across the edge: coverage of the pixel.
+            let a = (0.5 - sdf(shape, lx, ly) * r).clamp(0.0, 1.0);
+            if a <= 0.0 {
+                continue;
+            }
+            let mut k = shade;
+            if band {
+                let m = (0.5 + (lx - BAND_EDGE) * r).clamp(0.0, 1.0);
+                k *= 1.0 - (1.0 - BAND_GAIN) * m;
+            }
+            let p = &mut row[x * 3..x * 3 + 3];
+            for c in 0..3 {
+                p[c] += a * (color[c] * k - p[c]);
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Batch normalisation over NCTHW tensors with PyTorch's `nn.BatchNorm3d` semantics.
+//!
+//! candle-nn's `BatchNorm` keeps its running statistics in plain tensors and cannot
+//! store them in a [`VarStore`] buffer, and its defaults differ from PyTorch's. This
+//! layer keeps `running_mean`, `running_var` and `num_batches_tracked` as store
+//! buffers (so checkpoints match torchvision's names) and is composed from candle
+//! tensor ops only, so it runs on every device with autograd.
+
+use candle_core::{DType, Tensor, Var};
+
+use super::{dims5, op_error};
+use crate::nn::{Init, VarStore};
+use crate::Result;
+
+const OP: &str = "BatchNorm3d";
+
+/// 3D batch normalisation: per-channel statistics over (N, T, H, W).
+pub struct BatchNorm3d {
+    /// Scale γ, `[C]`, trainable.
+    pub weight: Tensor,
+    /// Shift β, `[C]`, trainable.
+    pub bias: Tensor,
+    /// Buffer `[C]`, exponential average of batch means.
+    pub running_mean: Var,
+    /// Buffer `[C]`, exponential average of unbiased batch variances.
+    pub running_var: Var,
+    /// Buffer `[]` (i64): training steps seen.
+    pub num_batches_tracked: Var,
+    pub eps: f64,
+    pub momentum: f64,
+    channels: usize,
+}
+
+impl BatchNorm3d {
+    /// PyTorch defaults: eps 1e-5, momentum 0.1.
+    pub fn new(vs: &VarStore, channels: usize) -> Result<Self> {
+        Self::with_options(vs, channels, 1e-5, 0.1)
+    }
+
+    /// Creates (or fetches) `weight` (ones), `bias` (zeros) and the buffers
+    /// `running_mean` (zeros), `running_var` (ones), `num_batches_tracked` (0, i64).
+    pub fn with_options(vs: &VarStore, channels: usize, eps: f64, momentum: f64) -> Result<Self> {
+        if channels == 0 {
+            return Err(op_error(OP, "channels must be positive"));
+        }
+        if eps.is_nan() || eps <= 0.0 || !(0.0..=1.0).contains(&momentum) {
+            return Err(op_error(
+                OP,
+                format!("need eps > 0 and momentum in [0, 1], got eps {eps}, momentum {momentum}"),
+            ));
+        }
+        let dtype = vs.dtype();
+        Ok(Self {
+            weight: vs.var("weight", channels, Init::Const(1.0))?,
+            bias: vs.var("bias", channels, Init::Const(0.0))?,
+            running_mean: vs.buffer("running_mean", channels, 0.0, dtype)?,
+            running_var: vs.buffer("running_var", channels, 1.0, dtype)?,
+            num_batches_tracked: vs.buffer("num_batches_tracked", (), 0.0, DType::I64)?,
+            eps,
+            momentum,
+            channels,
+        })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// `train`: normalise with the batch's mean and biased variance over (N, T, H, W),
+    /// then update the running statistics (momentum-weighted, unbiased variance, outside
+    /// the autograd graph) and count the batch. Otherwise normalise with the running
+    /// statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let d = dims5(OP, "input", x)?;
+        let c = self.channels;
+        if d[1] != c {
+            return Err(op_error(
+                OP,
+                format!("input {d:?} has {} channels, layer expects {c}", d[1]),
+            ));
+        }
+        let dtype = x.dtype();
+        let per_channel =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.reshape((1, c, 1, 1, 1))?) };
+        let (w, b) = (per_channel(&self.weight)?, per_channel(&self.bias)?);
+        if !train {
+            let rm = per_channel(&self.running_mean.as_tensor().detach())?;
+            let rv = per_channel(&self.running_var.as_tensor().detach())?;
+            let scale = rv.affine(1.0, self.eps)?.sqrt()?.recip()?.mul(&w)?;
+            return Ok(x
+                .broadcast_sub(&rm)?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&b)?);
+        }
+
+        let count = d[0] * d[2] * d[3] * d[4];
+        if count < 2 {
+            return Err(op_error(
+                OP,
+                format!("training needs more than one value per channel, got input {d:?}"),
+            ));
+        }
+        // [N, C, L]; statistics over N and L (mean of per-sample means: equal counts).
+        let xr = x.reshape((d[0], c, count / d[0]))?;
+        let mean = xr.mean_keepdim(2)?.mean_keepdim(0)?;
+        let xc = xr.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
+        let inv = var.affine(1.0, self.eps)?.sqrt()?.recip()?;
+        let y = xc
+            .broadcast_mul(&inv)?
+            .reshape(d.to_vec())?
+            .broadcast_mul(&w)?
+            .broadcast_add(&b)?;
+
+        // Running statistics, detached: PyTorch's x̂ = (1 - m)·x̂ + m·x with the
+        // unbiased variance.
+        let m = self.momentum;
+        let stat_dtype = self.running_mean.dtype();
+        let batch_mean = mean.detach().flatten_all()?.to_dtype(stat_dtype)?;
+        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
+            .to_dtype(stat_dtype)?;
+        let update = |buf: &Var, batch: &Tensor| -> Result<()> {
+            let new = (buf.as_tensor().detach().affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
+            Ok(buf.set(&new)?)
+        };
+        update(&self.running_mean, &batch_mean)?;
+        update(&self.running_var, &unbiased)?;
+        let nbt = self.num_batches_tracked.as_tensor().detach();
+        let one = Tensor::ones(nbt.shape(), nbt.dtype(), nbt.device())?;
+        self.num_batches_tracked.set(&(nbt + one)?)?;
+        Ok(y)
+    }
+}

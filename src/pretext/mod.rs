@@ -1,0 +1,70 @@
+//! The method boundary. The trainer runs one object-safe trait, [`Pretext`]; each
+//! method family (geometric, speed sort, temporal contrast, temporal discriminative)
+//! is a trait of its own with its extension points, implemented by a shipped struct
+//! and adapted to `Pretext`. A new variant plugs in by implementing a family trait
+//! and adding one arm to [`crate::registry`].
+
+pub mod geometric;
+pub mod heads;
+
+use candle_core::Tensor;
+
+use crate::backbone::Backbone;
+use crate::nn::VarStore;
+use crate::Result;
+
+pub use geometric::{GeometricPretext, GeometricTransform, RotationPrediction};
+
+/// What clips one training sample (one video) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClipSpec {
+    /// Clips drawn from each video.
+    pub clips_per_video: usize,
+    /// Frames per clip.
+    pub frames: usize,
+    /// Frame stride drawn uniformly from `stride.0..=stride.1` per clip.
+    pub stride: (usize, usize),
+}
+
+/// One batch as a method sees it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Clips `[B * clips_per_video, 3, T, H, W]`, video-major.
+    pub clips: Tensor,
+    /// Videos in the batch (`B`).
+    pub videos: usize,
+    /// Seed for any randomness the method draws in this step (rotations, dropout):
+    /// derived from the run seed and the step, so a resumed run draws the same.
+    pub seed: u64,
+}
+
+/// Loss for one batch plus named scalars to log.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    pub loss: Tensor,
+    pub scalars: Vec<(&'static str, f64)>,
+}
+
+/// What the trainer runs.
+pub trait Pretext: Send {
+    /// What clips one training sample needs.
+    fn clip_spec(&self) -> ClipSpec;
+    /// Loss for one batch (with autograd graph when `train`), plus scalars to log.
+    fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput>;
+    /// After the optimizer step: EMA encoders, memory-bank updates.
+    fn after_step(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The backbone being learned (what is exported and evaluated).
+    fn backbone(&self) -> &dyn Backbone;
+    /// Parameters owned by the method itself (heads, projectors); saved under `pretext.`.
+    fn head_vars(&self) -> &VarStore;
+    /// Extra state that must survive a resume (queues, EMA weights).
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![])
+    }
+    /// Restores what [`Pretext::state`] returned.
+    fn load_state(&mut self, _state: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,428 @@
+//! Recipes: the typed, validated description of one run. A recipe is layered with
+//! figment from base files, the experiment file, a sweep point, `VSSL_` environment
+//! variables and `--set` arguments (see [`layers`]); this module holds the schema
+//! and the range checks. Every section denies unknown keys, and every error names
+//! the layer (file, env, `--set`) and the dotted key.
+
+pub mod layers;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::synthetic::SyntheticConfig;
+use crate::train::optim::OptimizerKind;
+use crate::train::schedule::ScheduleKind;
+
+pub use layers::{load, RecipeSource};
+
+/// A fully resolved recipe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recipe {
+    /// Run name (defaults to the experiment file's stem).
+    pub name: String,
+    pub data: DataCfg,
+    pub backbone: BackboneCfg,
+    pub method: MethodCfg,
+    pub train: TrainCfg,
+    pub eval: EvalCfg,
+}
+
+impl Recipe {
+    /// The recipe as TOML, as written to `recipe.resolved.toml` and into weights metadata.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise recipe: {e}\n"))
+    }
+}
+
+/// Where videos come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataKind {
+    /// Built-in procedural videos; nothing to download.
+    Synthetic,
+    Ucf101,
+    Hmdb51,
+    Csv,
+    Folder,
+}
+
+/// `[data]`: the dataset and the clip geometry fed to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataCfg {
+    pub kind: DataKind,
+    /// Folder of videos (ucf101, hmdb51, folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Folder of split files (ucf101, hmdb51).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splits: Option<PathBuf>,
+    /// Official split number, 1..=3.
+    pub split: u8,
+    /// `path,label` list (csv).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<PathBuf>,
+    /// Frames per clip fed to the model.
+    pub frames: usize,
+    /// Spatial size (square crop) fed to the model.
+    pub size: usize,
+    /// Worker threads preparing batches ahead of the model.
+    pub workers: usize,
+    /// Generator settings for `kind = "synthetic"`.
+    pub synthetic: SyntheticConfig,
+}
+
+impl Default for DataCfg {
+    fn default() -> Self {
+        Self {
+            kind: DataKind::Synthetic,
+            root: None,
+            splits: None,
+            split: 1,
+            list: None,
+            frames: 8,
+            size: 32,
+            workers: 2,
+            synthetic: SyntheticConfig::default(),
+        }
+    }
+}
+
+/// Backbone architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// torchvision's R3D-18 (widths 64..512, two basic blocks per stage).
+    R3d18,
+    /// A CPU-friendly R3D (widths and depths from `widths`/`layers`), for quick recipes.
+    R3dSmall,
+}
+
+/// Normalisation layers inside the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// BatchNorm3d.
+    Bn,
+}
+
+/// `[backbone]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackboneCfg {
+    pub arch: Arch,
+    pub norm: NormKind,
+    /// Channels of the four stages (r3d_small only; r3d_18 is fixed at 64,128,256,512).
+    pub widths: [usize; 4],
+    /// Basic blocks per stage (r3d_small only; r3d_18 is fixed at 2,2,2,2).
+    pub layers: [usize; 4],
+}
+
+impl Default for BackboneCfg {
+    fn default() -> Self {
+        Self {
+            arch: Arch::R3dSmall,
+            norm: NormKind::Bn,
+            widths: [16, 32, 64, 128],
+            layers: [1, 1, 1, 1],
+        }
+    }
+}
+
+/// Pretext method families (`[method] kind = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    Geometric,
+    SpeedSort,
+    TemporalContrast,
+    TemporalDiscriminative,
+}
+
+/// `[method]`: one variant per method family, each with its own keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MethodCfg {
+    Geometric(GeometricCfg),
+}
+
+impl MethodCfg {
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            MethodCfg::Geometric(_) => MethodKind::Geometric,
+        }
+    }
+}
+
+/// How rotations are drawn for rotation prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationsPerClip {
+    /// One random rotation per clip (the public 3DRotNet re-implementation).
+    One,
+    /// All four rotated copies of every clip in the batch (image RotNet). Default.
+    All,
+}
+
+/// `[method] kind = "geometric"`: 3DRotNet rotation prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeometricCfg {
+    /// Present so the section can be read as one table; always "geometric".
+    #[serde(skip_serializing)]
+    pub kind: Option<MethodKind>,
+    pub rotations_per_clip: RotationsPerClip,
+    /// Clip stride is drawn uniformly from `stride_min..=stride_max`.
+    pub stride_min: usize,
+    pub stride_max: usize,
+    /// Dropout before the rotation classifier.
+    pub dropout: f64,
+}
+
+impl Default for GeometricCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            rotations_per_clip: RotationsPerClip::All,
+            stride_min: 1,
+            stride_max: 5,
+            dropout: 0.5,
+        }
+    }
+}
+
+/// `[train]`: optimiser, schedule, length, checkpoints, seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainCfg {
+    pub seed: u64,
+    /// Videos per batch (methods may turn one video into several clips).
+    pub batch_size: usize,
+    /// Optimiser steps; if `epochs` is set, steps = epochs * ceil(videos / batch_size).
+    pub steps: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u64>,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Step schedule: decay points as fractions of the run (e.g. [0.5, 0.75]).
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    pub min_lr: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub grad_clip: f64,
+    /// Save a resumable checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept on disk (oldest deleted first).
+    pub keep_checkpoints: usize,
+    /// Write a metrics.jsonl line every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainCfg {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            batch_size: 16,
+            steps: 200,
+            epochs: None,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            milestones: vec![0.5, 0.75],
+            gamma: 0.1,
+            min_lr: 0.0,
+            grad_clip: 40.0,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            log_every: 10,
+        }
+    }
+}
+
+/// `[eval]`: downstream protocol settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalCfg {
+    /// Clips per video whose features are averaged (uniformly spaced).
+    pub test_clips: usize,
+    /// Clip stride for evaluation clips.
+    pub stride: usize,
+    /// Linear probe: full-batch epochs over cached features.
+    pub linear_epochs: usize,
+    pub linear_lr: f64,
+    pub linear_weight_decay: f64,
+    /// Retrieval recall@k for these k.
+    pub k: Vec<usize>,
+    /// Clips per forward pass during feature extraction.
+    pub batch_size: usize,
+}
+
+impl Default for EvalCfg {
+    fn default() -> Self {
+        Self {
+            test_clips: 3,
+            stride: 2,
+            linear_epochs: 300,
+            linear_lr: 0.05,
+            linear_weight_decay: 1e-3,
+            k: vec![1, 5, 10],
+            batch_size: 32,
+        }
+    }
+}
+
+/// One out-of-range value: (dotted key, message).
+pub type Invalid = (String, String);
+
+fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> std::result::Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err((key.to_string(), msg()))
+    }
+}
+
+impl Recipe {
+    /// Range and consistency checks that types alone cannot express.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        let d = &self.data;
+        check(d.frames >= 1, "data.frames", || "must be at least 1".into())?;
+        check(d.size >= 8, "data.size", || {
+            format!("must be at least 8, got {}", d.size)
+        })?;
+        check((1..=3).contains(&d.split), "data.split", || {
+            format!("must be 1, 2 or 3, got {}", d.split)
+        })?;
+        match d.kind {
+            DataKind::Synthetic => {
+                d.synthetic
+                    .validate()
+                    .map_err(|(k, m)| (format!("data.synthetic.{k}"), m))?;
+                let sf = d.synthetic.video_frames;
+                check(d.frames <= sf, "data.frames", || {
+                    format!(
+                        "{} frames per clip exceed data.synthetic.video_frames = {sf}",
+                        d.frames
+                    )
+                })?;
+                let ss = d.synthetic.size;
+                check(d.size <= ss, "data.size", || {
+                    format!("{} exceeds data.synthetic.size = {ss}", d.size)
+                })?;
+            }
+            DataKind::Ucf101 | DataKind::Hmdb51 => {
+                check(d.root.is_some(), "data.root", || {
+                    "required for this data.kind".into()
+                })?;
+                check(d.splits.is_some(), "data.splits", || {
+                    "required for this data.kind".into()
+                })?;
+            }
+            DataKind::Csv => check(d.list.is_some(), "data.list", || {
+                "required for data.kind = \"csv\"".into()
+            })?,
+            DataKind::Folder => check(d.root.is_some(), "data.root", || {
+                "required for data.kind = \"folder\"".into()
+            })?,
+        }
+        let b = &self.backbone;
+        for (i, w) in b.widths.iter().enumerate() {
+            check(*w >= 1, "backbone.widths", || {
+                format!("entry {i} must be at least 1")
+            })?;
+        }
+        for (i, l) in b.layers.iter().enumerate() {
+            check(*l >= 1, "backbone.layers", || {
+                format!("entry {i} must be at least 1")
+            })?;
+        }
+        match &self.method {
+            MethodCfg::Geometric(g) => {
+                check(g.stride_min >= 1, "method.stride_min", || {
+                    "must be at least 1".into()
+                })?;
+                check(g.stride_max >= g.stride_min, "method.stride_max", || {
+                    format!("must be >= method.stride_min ({})", g.stride_min)
+                })?;
+                check((0.0..1.0).contains(&g.dropout), "method.dropout", || {
+                    format!("must be in [0, 1), got {}", g.dropout)
+                })?;
+            }
+        }
+        let t = &self.train;
+        check(t.batch_size >= 1, "train.batch_size", || {
+            "must be at least 1, got 0".into()
+        })?;
+        check(t.lr.is_finite() && t.lr > 0.0, "train.lr", || {
+            format!("must be > 0, got {}", t.lr)
+        })?;
+        check(t.steps >= 1 || t.epochs.is_some(), "train.steps", || {
+            "must be at least 1".into()
+        })?;
+        if let Some(e) = t.epochs {
+            check(e >= 1, "train.epochs", || "must be at least 1".into())?;
+        }
+        check((0.0..1.0).contains(&t.momentum), "train.momentum", || {
+            format!("must be in [0, 1), got {}", t.momentum)
+        })?;
+        check(!t.nesterov || t.momentum > 0.0, "train.nesterov", || {
+            "needs train.momentum > 0".into()
+        })?;
+        check(t.weight_decay >= 0.0, "train.weight_decay", || {
+            format!("must be >= 0, got {}", t.weight_decay)
+        })?;
+        for (i, b) in t.betas.iter().enumerate() {
+            check((0.0..1.0).contains(b), "train.betas", || {
+                format!("entry {i} must be in [0, 1), got {b}")
+            })?;
+        }
+        check(t.eps > 0.0, "train.eps", || "must be > 0".into())?;
+        check(t.gamma > 0.0, "train.gamma", || "must be > 0".into())?;
+        check(t.min_lr >= 0.0 && t.min_lr <= t.lr, "train.min_lr", || {
+            "must be in [0, train.lr]".into()
+        })?;
+        for m in &t.milestones {
+            check((0.0..=1.0).contains(m), "train.milestones", || {
+                format!("fractions in [0, 1], got {m}")
+            })?;
+        }
+        check(t.grad_clip >= 0.0, "train.grad_clip", || {
+            "must be >= 0 (0 disables)".into()
+        })?;
+        check(t.log_every >= 1, "train.log_every", || {
+            "must be at least 1".into()
+        })?;
+        check(t.keep_checkpoints >= 1, "train.keep_checkpoints", || {
+            "must be at least 1".into()
+        })?;
+        let e = &self.eval;
+        check(e.test_clips >= 1, "eval.test_clips", || {
+            "must be at least 1".into()
+        })?;
+        check(e.stride >= 1, "eval.stride", || "must be at least 1".into())?;
+        check(e.linear_lr > 0.0, "eval.linear_lr", || "must be > 0".into())?;
+        check(e.batch_size >= 1, "eval.batch_size", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            !e.k.is_empty() && e.k.iter().all(|&k| k >= 1),
+            "eval.k",
+            || "must list values >= 1".into(),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,44 @@
+//! The registry: a recipe's enums resolve to concrete objects here, with
+//! exhaustive matches (no global string maps). A new method, backbone or dataset
+//! kind is one enum variant in `recipe` plus one arm below.
+
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::backbone::{self, Backbone};
+use crate::data::datasets::{self, VideoDataset};
+use crate::nn::{hash_str, mix, VarStore};
+use crate::pretext::{Pretext, RotationPrediction};
+use crate::recipe::{MethodCfg, Recipe};
+use crate::Result;
+
+/// Seed of the backbone's parameter initialisation for a run seed.
+pub fn backbone_seed(seed: u64) -> u64 {
+    mix(seed ^ hash_str("backbone"))
+}
+
+/// The dataset a recipe names.
+pub fn dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
+    Ok(Arc::from(datasets::build(&recipe.data)?))
+}
+
+/// A freshly initialised backbone for a recipe (also the random-init baseline).
+pub fn backbone(recipe: &Recipe, device: &Device) -> Result<Box<dyn Backbone>> {
+    let vs = VarStore::new(device, backbone_seed(recipe.train.seed));
+    backbone::build(&recipe.backbone, &vs)
+}
+
+/// The pretext method a recipe names, around a fresh backbone.
+pub fn pretext(recipe: &Recipe, device: &Device) -> Result<Box<dyn Pretext>> {
+    let net = backbone(recipe, device)?;
+    let heads = VarStore::new(device, mix(recipe.train.seed ^ hash_str("heads")));
+    Ok(match &recipe.method {
+        MethodCfg::Geometric(cfg) => Box::new(RotationPrediction::new(
+            cfg,
+            recipe.data.frames,
+            net,
+            heads,
+        )?),
+    })
+}

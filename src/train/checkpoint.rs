@@ -1,0 +1,209 @@
+//! Safetensors files written atomically and read back with clear errors.
+//!
+//! candle's own `safetensors::save` writes no `__metadata__` (where vssl keeps the
+//! recipe, step and format tags), truncates the destination in place (a crash
+//! mid-write leaves a torn checkpoint), and its loader reports failures without
+//! the file name. This module writes through a temporary sibling file that is
+//! fsynced and renamed over the destination, and reads with errors that name the
+//! path and never panic on truncated or corrupt input.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
+
+use crate::{Error, Result};
+
+/// A tensor already copied to host memory as little-endian bytes.
+struct HostTensor {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn le_bytes<T: candle_core::WithDType, const N: usize>(
+    t: &Tensor,
+    f: impl Fn(T) -> [u8; N],
+) -> Result<Vec<u8>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<T>()?
+        .into_iter()
+        .flat_map(f)
+        .collect())
+}
+
+fn to_host(path: &Path, name: &str, t: &Tensor) -> Result<HostTensor> {
+    let t = t.detach().to_device(&Device::Cpu)?;
+    let bytes = match t.dtype() {
+        DType::U8 => le_bytes::<u8, 1>(&t, |x| [x])?,
+        DType::U32 => le_bytes::<u32, 4>(&t, u32::to_le_bytes)?,
+        DType::I16 => le_bytes::<i16, 2>(&t, i16::to_le_bytes)?,
+        DType::I32 => le_bytes::<i32, 4>(&t, i32::to_le_bytes)?,
+        DType::I64 => le_bytes::<i64, 8>(&t, i64::to_le_bytes)?,
+        DType::F16 => le_bytes::<half::f16, 2>(&t, half::f16::to_le_bytes)?,
+        DType::BF16 => le_bytes::<half::bf16, 2>(&t, half::bf16::to_le_bytes)?,
+        DType::F32 => le_bytes::<f32, 4>(&t, f32::to_le_bytes)?,
+        DType::F64 => le_bytes::<f64, 8>(&t, f64::to_le_bytes)?,
+        // One byte per element: candle's own safetensors view copies it out on the CPU.
+        DType::F8E4M3 => View::data(&&t).into_owned(),
+        other => {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}`: dtype {other:?} cannot be saved"),
+            ));
+        }
+    };
+    Ok(HostTensor {
+        dtype: t.dtype().into(),
+        shape: t.dims().to_vec(),
+        bytes,
+    })
+}
+
+/// `<path>.tmp-<pid>`, in the same directory as `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `tensors` (any dtype candle can store; copied to the CPU) and string
+/// `metadata` (stored as `__metadata__`; omitted when empty, nothing added) as a
+/// safetensors file: the bytes go to `<path>.tmp-<pid>` in the same directory,
+/// which is fsynced, renamed over `path`, and the directory fsynced. A crash at
+/// any moment leaves either the old file or the new one at `path`, never a torn
+/// one. Duplicate tensor names are an error.
+pub fn write_safetensors_atomic(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    if path.file_name().is_none() {
+        return Err(Error::checkpoint(path, "not a file path"));
+    }
+    let mut host = BTreeMap::new();
+    for (name, t) in tensors {
+        if host
+            .insert(name.as_str(), to_host(path, name, t)?)
+            .is_some()
+        {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}` given twice"),
+            ));
+        }
+    }
+    let meta = if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata.clone())
+    };
+    let bytes = safetensors::serialize(host.iter().map(|(k, v)| (*k, v)), meta)
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
+    drop(host);
+
+    let tmp = temp_path(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    sync_dir(path)
+}
+
+/// Makes the rename durable: fsync the directory holding `path` (Unix only).
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Reads every tensor of a safetensors file onto `device`, plus its
+/// `__metadata__` map (empty when absent). A missing or unreadable file, a
+/// truncated or corrupt one, or a dtype candle cannot hold is an error naming
+/// the path; never panics.
+pub fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let corrupt = |e: safetensors::SafeTensorError| {
+        Error::checkpoint(path, format!("not a valid safetensors file: {e}"))
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(corrupt)?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.iter() {
+        let dtype = match view.dtype() {
+            StDtype::U8 => DType::U8,
+            StDtype::U32 => DType::U32,
+            StDtype::I16 => DType::I16,
+            StDtype::I32 => DType::I32,
+            StDtype::I64 => DType::I64,
+            StDtype::F16 => DType::F16,
+            StDtype::BF16 => DType::BF16,
+            StDtype::F32 => DType::F32,
+            StDtype::F64 => DType::F64,
+            StDtype::F8_E4M3 => DType::F8E4M3,
+            other => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor `{name}`: unsupported dtype {other:?}"),
+                ));
+            }
+        };
+        let expected = view.shape().iter().product::<usize>() * dtype.size_in_bytes();
+        if view.data().len() != expected {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor `{name}`: {} bytes for shape {:?} of {dtype:?}",
+                    view.data().len(),
+                    view.shape()
+                ),
+            ));
+        }
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
+            .map_err(|e| Error::checkpoint(path, format!("tensor `{name}`: {e}")))?;
+        out.insert(name.to_string(), t);
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}

@@ -1,0 +1,7 @@
+//! Training: one trainer for every method, with checkpointable optimisers,
+//! learning-rate schedules and atomic safetensors checkpoints.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests: running the binary and writing tiny recipes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (where `registry/` and `experiments/` live).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `vssl` with arguments, logs quiet, no inherited VSSL_ recipe variables.
+pub fn vssl(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vssl"));
+    c.args(args).current_dir(repo()).env("VSSL_LOG", "warn");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VSSL_") && k != "VSSL_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("failed to start vssl")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A tiny, fast recipe (small network, tiny synthetic set) written into `dir`,
+/// with extra TOML appended.
+pub fn tiny_recipe(dir: &Path, extra: &str) -> PathBuf {
+    let repo = repo();
+    let text = format!(
+        r#"base = ["{r}/registry/methods/geometric.toml", "{r}/registry/backbones/r3d_small.toml",
+        "{r}/registry/datasets/synthetic.toml", "{r}/registry/schedules/sgd_cosine.toml"]
+[data]
+frames = 4
+size = 16
+workers = 2
+[data.synthetic]
+train_videos = 16
+test_videos = 8
+video_frames = 16
+size = 16
+[backbone]
+widths = [4, 8, 8, 8]
+[method]
+stride_max = 2
+[train]
+batch_size = 2
+steps = 6
+checkpoint_every = 3
+log_every = 1
+warmup_steps = 2
+[eval]
+test_clips = 2
+linear_epochs = 20
+{extra}
+"#,
+        r = repo.display()
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -1,0 +1,956 @@
+//! vssl::ops against naive nested-loop references (f64), gradients against central
+//! finite differences of those references.
+//!
+//! Losses are `sum(out ⊙ R)` for a fixed random `R`, so the analytic gradient is
+//! `opᵀ(R)`. Convolution, average pooling and (locally) max pooling are linear in the
+//! perturbed argument, so their f64 finite differences are exact up to rounding; the
+//! remaining error is the f32 autograd's (~1e-6 relative). Gradients must agree to
+//! `1e-3·(1 + |g|)`: a wrong tap, stride or transpose is off by O(|g|).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use vssl::nn::VarStore;
+use vssl::ops::{
+    adaptive_avg_pool3d, avg_pool3d, conv3d, conv3d_generic, global_avg_pool3d, max_pool3d,
+    BatchNorm3d, Conv3d, Conv3dConfig,
+};
+
+type D5 = [usize; 5];
+
+// ---------------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------------
+
+/// Deterministic uniform values in [-1, 1), already rounded to f32 so the f64
+/// references see exactly what the f32 ops see.
+fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..n)
+        .map(|_| {
+            s = vssl::nn::mix(s);
+            (((s >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0) as f32 as f64
+        })
+        .collect()
+}
+
+/// Distinct values (a shuffled ramp), so max pooling has no ties.
+fn distinct_vec(n: usize, seed: u64) -> Vec<f64> {
+    let mut v: Vec<(u64, usize)> = (0..n)
+        .map(|i| (vssl::nn::mix(seed ^ (i as u64 * 0x1234_5678)), i))
+        .collect();
+    v.sort();
+    let mut out = vec![0.0; n];
+    for (rank, (_, i)) in v.into_iter().enumerate() {
+        out[i] = (rank as f64 / n as f64 * 2.0 - 1.0) as f32 as f64;
+    }
+    out
+}
+
+fn numel(d: &[usize]) -> usize {
+    d.iter().product()
+}
+
+fn tensor(data: &[f64], dims: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_vec(data.to_vec(), dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn var(data: &[f64], dims: &[usize]) -> Var {
+    Var::from_tensor(&tensor(data, dims, DType::F32)).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+/// The same values as a non-contiguous view: stored as `[N, C, T, W, H]`, transposed back.
+fn transposed_view(x: &[f64], xd: D5) -> Tensor {
+    let [n, c, t, h, w] = xd;
+    let mut xs = vec![0.0; x.len()];
+    for i in 0..n * c * t {
+        for hh in 0..h {
+            for ww in 0..w {
+                xs[(i * w + ww) * h + hh] = x[(i * h + hh) * w + ww];
+            }
+        }
+    }
+    let v = tensor(&xs, &[n, c, t, w, h], DType::F32)
+        .transpose(3, 4)
+        .unwrap();
+    assert!(!v.is_contiguous());
+    v
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `sum(out ⊙ r)` as a scalar tensor.
+fn weighted_loss(out: &Tensor, r: &[f64]) -> Tensor {
+    let r = tensor(r, out.dims(), out.dtype());
+    out.mul(&r).unwrap().sum_all().unwrap()
+}
+
+/// Up to `count` distinct indices in `0..n` (all of them when n is small).
+fn sample_indices(n: usize, count: usize, seed: u64) -> Vec<usize> {
+    if n <= count {
+        return (0..n).collect();
+    }
+    let mut idx: Vec<usize> = (0..count)
+        .map(|i| (vssl::nn::mix(seed + i as u64) % n as u64) as usize)
+        .collect();
+    idx.sort();
+    idx.dedup();
+    idx
+}
+
+/// Checks `grad` (autograd) against central differences of `f` at sampled indices of `x`.
+fn check_fd(
+    what: &str,
+    x: &[f64],
+    grad: &[f64],
+    eps: f64,
+    samples: usize,
+    f: impl Fn(&[f64]) -> f64,
+) {
+    assert_eq!(x.len(), grad.len(), "{what}: gradient has the wrong size");
+    let mut xp = x.to_vec();
+    for i in sample_indices(x.len(), samples, x.len() as u64) {
+        xp[i] = x[i] + eps;
+        let up = f(&xp);
+        xp[i] = x[i] - eps;
+        let down = f(&xp);
+        xp[i] = x[i];
+        let fd = (up - down) / (2.0 * eps);
+        assert!(
+            (grad[i] - fd).abs() <= 1e-3 * (1.0 + fd.abs()),
+            "{what}[{i}]: autograd {} vs finite difference {fd}",
+            grad[i]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// naive references (f64)
+// ---------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    x: D5,
+    o: usize,
+    k: [usize; 3],
+    cfg: Conv3dConfig,
+    bias: bool,
+}
+
+impl ConvCase {
+    fn w(&self) -> D5 {
+        [self.o, self.x[1], self.k[0], self.k[1], self.k[2]]
+    }
+    fn out(&self) -> D5 {
+        let mut d = [self.x[0], self.o, 0, 0, 0];
+        for a in 0..3 {
+            let c = &self.cfg;
+            d[2 + a] = (self.x[2 + a] + 2 * c.padding[a] - c.dilation[a] * (self.k[a] - 1) - 1)
+                / c.stride[a]
+                + 1;
+        }
+        d
+    }
+}
+
+fn conv_case(
+    x: D5,
+    o: usize,
+    k: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    dilation: [usize; 3],
+    bias: bool,
+) -> ConvCase {
+    ConvCase {
+        x,
+        o,
+        k,
+        cfg: Conv3dConfig {
+            stride,
+            padding,
+            dilation,
+        },
+        bias,
+    }
+}
+
+fn conv_cases() -> Vec<ConvCase> {
+    vec![
+        // 3×3×3, pad 1, odd sizes, batch 2, bias
+        conv_case([2, 3, 5, 7, 9], 4, [3, 3, 3], [1; 3], [1; 3], [1; 3], true),
+        // non-cubic kernel, mixed strides and paddings, batch 1 (inner-parallel path), no bias
+        conv_case(
+            [1, 2, 5, 7, 9],
+            3,
+            [1, 3, 2],
+            [2, 1, 2],
+            [0, 1, 1],
+            [1; 3],
+            false,
+        ),
+        // dilation 2 on T and W, stride 2, batch 3
+        conv_case(
+            [3, 2, 6, 8, 7],
+            2,
+            [3, 2, 3],
+            [2; 3],
+            [1, 0, 2],
+            [2, 1, 2],
+            true,
+        ),
+        // pointwise fast path
+        conv_case([2, 4, 4, 5, 6], 5, [1; 3], [1; 3], [0; 3], [1; 3], true),
+        // 1×1×1 strided shortcut (not pointwise: stride 2)
+        conv_case([2, 3, 5, 7, 9], 2, [1; 3], [1, 2, 2], [0; 3], [1; 3], false),
+        // kernel covers the whole input
+        conv_case([1, 1, 3, 3, 3], 1, [3; 3], [1; 3], [0; 3], [1; 3], true),
+        // padding wider than the input on T: some taps read only padding
+        conv_case(
+            [2, 2, 2, 4, 5],
+            2,
+            [3; 3],
+            [1, 1, 2],
+            [2, 1, 2],
+            [1; 3],
+            true,
+        ),
+        // mixed strides with dilation and large padding
+        conv_case(
+            [2, 2, 5, 6, 7],
+            3,
+            [2, 3, 3],
+            [1, 2, 3],
+            [1, 2, 1],
+            [2, 2, 1],
+            false,
+        ),
+    ]
+}
+
+fn conv_ref(c: &ConvCase, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let [n, ci, it, ih, iw] = c.x;
+    let [_, o, ot, oh, ow] = c.out();
+    let [kt, kh, kw] = c.k;
+    let (s, p, d) = (c.cfg.stride, c.cfg.padding, c.cfg.dilation);
+    let mut y = vec![0.0; numel(&c.out())];
+    for nn in 0..n {
+        for oo in 0..o {
+            for t in 0..ot {
+                for h in 0..oh {
+                    for wv in 0..ow {
+                        let mut acc = b.map_or(0.0, |b| b[oo]);
+                        for cc in 0..ci {
+                            for a in 0..kt {
+                                let ti = (t * s[0] + a * d[0]) as isize - p[0] as isize;
+                                if ti < 0 || ti >= it as isize {
+                                    continue;
+                                }
+                                for bb in 0..kh {
+                                    let hi = (h * s[1] + bb * d[1]) as isize - p[1] as isize;
+                                    if hi < 0 || hi >= ih as isize {
+                                        continue;
+                                    }
+                                    for e in 0..kw {
+                                        let wi = (wv * s[2] + e * d[2]) as isize - p[2] as isize;
+                                        if wi < 0 || wi >= iw as isize {
+                                            continue;
+                                        }
+                                        let xi = (((nn * ci + cc) * it + ti as usize) * ih
+                                            + hi as usize)
+                                            * iw
+                                            + wi as usize;
+                                        let wj = (((oo * ci + cc) * kt + a) * kh + bb) * kw + e;
+                                        acc += x[xi] * w[wj];
+                                    }
+                                }
+                            }
+                        }
+                        y[(((nn * o + oo) * ot + t) * oh + h) * ow + wv] = acc;
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pool {
+    Max,
+    Avg,
+}
+
+fn pool_out(x: D5, k: [usize; 3], s: [usize; 3], p: [usize; 3]) -> D5 {
+    let mut d = x;
+    for a in 0..3 {
+        d[2 + a] = (x[2 + a] + 2 * p[a] - k[a]) / s[a] + 1;
+    }
+    d
+}
+
+fn pool_ref(
+    kind: Pool,
+    x: &[f64],
+    xd: D5,
+    k: [usize; 3],
+    s: [usize; 3],
+    p: [usize; 3],
+) -> Vec<f64> {
+    let od = pool_out(xd, k, s, p);
+    let [n, c, it, ih, iw] = xd;
+    let [_, _, ot, oh, ow] = od;
+    let mut y = Vec::with_capacity(numel(&od));
+    for nc in 0..n * c {
+        for t in 0..ot {
+            for h in 0..oh {
+                for w in 0..ow {
+                    let mut mx = f64::NEG_INFINITY;
+                    let mut sum = 0.0;
+                    for a in 0..k[0] {
+                        for b in 0..k[1] {
+                            for e in 0..k[2] {
+                                let ti = (t * s[0] + a) as isize - p[0] as isize;
+                                let hi = (h * s[1] + b) as isize - p[1] as isize;
+                                let wi = (w * s[2] + e) as isize - p[2] as isize;
+                                if ti < 0
+                                    || hi < 0
+                                    || wi < 0
+                                    || ti >= it as isize
+                                    || hi >= ih as isize
+                                    || wi >= iw as isize
+                                {
+                                    continue;
+                                }
+                                let v = x[((nc * it + ti as usize) * ih + hi as usize) * iw
+                                    + wi as usize];
+                                mx = mx.max(v);
+                                sum += v;
+                            }
+                        }
+                    }
+                    y.push(match kind {
+                        Pool::Max => mx,
+                        Pool::Avg => sum / numel(&k) as f64,
+                    });
+                }
+            }
+        }
+    }
+    y
+}
+
+fn adaptive_ref(x: &[f64], xd: D5, out: [usize; 3]) -> Vec<f64> {
+    let [n, c, it, ih, iw] = xd;
+    let win = |i: usize, len: usize, o: usize| (i * len / o, ((i + 1) * len).div_ceil(o));
+    let mut y = Vec::new();
+    for nc in 0..n * c {
+        for t in 0..out[0] {
+            let (t0, t1) = win(t, it, out[0]);
+            for h in 0..out[1] {
+                let (h0, h1) = win(h, ih, out[1]);
+                for w in 0..out[2] {
+                    let (w0, w1) = win(w, iw, out[2]);
+                    let mut sum = 0.0;
+                    for ti in t0..t1 {
+                        for hi in h0..h1 {
+                            for wi in w0..w1 {
+                                sum += x[((nc * it + ti) * ih + hi) * iw + wi];
+                            }
+                        }
+                    }
+                    y.push(sum / ((t1 - t0) * (h1 - h0) * (w1 - w0)) as f64);
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Per-channel (mean, biased var) over N, T, H, W.
+fn bn_stats(x: &[f64], xd: D5) -> (Vec<f64>, Vec<f64>) {
+    let [n, c, ..] = xd;
+    let l = numel(&xd[2..]);
+    let mut mean = vec![0.0; c];
+    let mut var = vec![0.0; c];
+    for ch in 0..c {
+        let vals = || {
+            (0..n).flat_map(move |nn| x[(nn * c + ch) * l..(nn * c + ch + 1) * l].iter().copied())
+        };
+        let m = vals().sum::<f64>() / (n * l) as f64;
+        mean[ch] = m;
+        var[ch] = vals().map(|v| (v - m) * (v - m)).sum::<f64>() / (n * l) as f64;
+    }
+    (mean, var)
+}
+
+fn bn_apply(
+    x: &[f64],
+    xd: D5,
+    mean: &[f64],
+    var: &[f64],
+    w: &[f64],
+    b: &[f64],
+    eps: f64,
+) -> Vec<f64> {
+    let c = xd[1];
+    let l = numel(&xd[2..]);
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ch = (i / l) % c;
+            (v - mean[ch]) / (var[ch] + eps).sqrt() * w[ch] + b[ch]
+        })
+        .collect()
+}
+
+fn bn_train_ref(x: &[f64], xd: D5, w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
+    let (mean, var) = bn_stats(x, xd);
+    bn_apply(x, xd, &mean, &var, w, b, eps)
+}
+
+// ---------------------------------------------------------------------------------
+// conv3d
+// ---------------------------------------------------------------------------------
+
+fn conv_data(c: &ConvCase, seed: u64) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+    let x = rand_vec(numel(&c.x), seed);
+    let w = rand_vec(numel(&c.w()), seed + 1);
+    let b = c.bias.then(|| rand_vec(c.o, seed + 2));
+    (x, w, b)
+}
+
+#[test]
+fn conv3d_forward_matches_naive_reference() {
+    for (i, c) in conv_cases().iter().enumerate() {
+        let (x, w, b) = conv_data(c, 10 * i as u64);
+        let want = conv_ref(c, &x, &w, b.as_deref());
+        let xt = tensor(&x, &c.x, DType::F32);
+        let wt = tensor(&w, &c.w(), DType::F32);
+        let bt = b.as_ref().map(|b| tensor(b, &[c.o], DType::F32));
+        for (name, y) in [
+            ("custom", conv3d(&xt, &wt, bt.as_ref(), &c.cfg).unwrap()),
+            (
+                "generic",
+                conv3d_generic(&xt, &wt, bt.as_ref(), &c.cfg).unwrap(),
+            ),
+        ] {
+            assert_eq!(y.dims(), c.out(), "case {i} {name}: output shape");
+            assert_eq!(y.dtype(), DType::F32);
+            let diff = max_abs_diff(&values(&y), &want);
+            assert!(diff <= 1e-4, "case {i} {c:?} {name}: max abs diff {diff}");
+        }
+    }
+}
+
+#[test]
+fn conv3d_f64_and_noncontiguous_inputs() {
+    let c = conv_cases()[2];
+    let (x, w, b) = conv_data(&c, 77);
+    let want = conv_ref(&c, &x, &w, b.as_deref());
+    let b = b.unwrap();
+    // f64 runs through the same custom op.
+    let y = conv3d(
+        &tensor(&x, &c.x, DType::F64),
+        &tensor(&w, &c.w(), DType::F64),
+        Some(&tensor(&b, &[c.o], DType::F64)),
+        &c.cfg,
+    )
+    .unwrap();
+    assert_eq!(y.dtype(), DType::F64);
+    assert!(max_abs_diff(&values(&y), &want) <= 1e-10);
+    // A transposed view of the input and an offset view of the weight.
+    let xv = transposed_view(&x, c.x);
+    assert!(!xv.is_contiguous());
+    let wt = tensor(&w, &c.w(), DType::F32);
+    let wv = Tensor::cat(&[&wt, &wt], 0)
+        .unwrap()
+        .narrow(0, c.o, c.o)
+        .unwrap();
+    let bt = tensor(&b, &[c.o], DType::F32);
+    for y in [
+        conv3d(&xv, &wv, Some(&bt), &c.cfg).unwrap(),
+        conv3d_generic(&xv, &wv, Some(&bt), &c.cfg).unwrap(),
+    ] {
+        assert!(max_abs_diff(&values(&y), &want) <= 1e-4);
+    }
+}
+
+/// Autograd gradients of the custom op (and of the generic path) for x, w and bias.
+fn conv_grads(
+    c: &ConvCase,
+    x: &[f64],
+    w: &[f64],
+    b: Option<&[f64]>,
+    r: &[f64],
+    generic: bool,
+) -> [Vec<f64>; 3] {
+    let xv = var(x, &c.x);
+    let wv = var(w, &c.w());
+    let bv = b.map(|b| var(b, &[c.o]));
+    let f = if generic { conv3d_generic } else { conv3d };
+    let y = f(
+        xv.as_tensor(),
+        wv.as_tensor(),
+        bv.as_ref().map(|b| b.as_tensor()),
+        &c.cfg,
+    )
+    .unwrap();
+    let grads = weighted_loss(&y, r).backward().unwrap();
+    let g = |t: &Tensor| values(grads.get(t).expect("missing gradient"));
+    [
+        g(xv.as_tensor()),
+        g(wv.as_tensor()),
+        bv.as_ref().map_or(vec![], |b| g(b.as_tensor())),
+    ]
+}
+
+#[test]
+fn conv3d_gradients_match_finite_differences() {
+    for (i, c) in conv_cases().iter().enumerate() {
+        let (x, w, b) = conv_data(c, 100 + 10 * i as u64);
+        let r = rand_vec(numel(&c.out()), 999 + i as u64);
+        let [gx, gw, gb] = conv_grads(c, &x, &w, b.as_deref(), &r, false);
+        let what = |s: &str| format!("case {i} {s}");
+        let bref = b.as_deref();
+        check_fd(&what("dx"), &x, &gx, 1e-3, 48, |xp| {
+            dot(&conv_ref(c, xp, &w, bref), &r)
+        });
+        check_fd(&what("dw"), &w, &gw, 1e-3, 48, |wp| {
+            dot(&conv_ref(c, &x, wp, bref), &r)
+        });
+        if let Some(b) = &b {
+            check_fd(&what("db"), b, &gb, 1e-3, 48, |bp| {
+                dot(&conv_ref(c, &x, &w, Some(bp)), &r)
+            });
+        }
+    }
+}
+
+#[test]
+fn conv3d_custom_and_generic_gradients_agree() {
+    for (i, c) in conv_cases().iter().enumerate() {
+        let (x, w, b) = conv_data(c, 300 + 10 * i as u64);
+        let r = rand_vec(numel(&c.out()), 5 + i as u64);
+        let custom = conv_grads(c, &x, &w, b.as_deref(), &r, false);
+        let generic = conv_grads(c, &x, &w, b.as_deref(), &r, true);
+        for (name, (a, g)) in ["dx", "dw", "db"].iter().zip(custom.iter().zip(&generic)) {
+            let scale = 1.0 + g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(a, g);
+            assert!(
+                diff <= 1e-5 * scale,
+                "case {i} {name}: custom vs generic max abs diff {diff} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv3d_is_deterministic_and_skips_untracked_input_grad() {
+    // Batch 4 (batch-parallel path) and batch 1 (inner-parallel path): two runs must be
+    // bit-identical, forward and backward.
+    for n in [4, 1] {
+        let c = conv_case([n, 3, 4, 6, 6], 4, [3; 3], [1, 2, 2], [1; 3], [1; 3], true);
+        let (x, w, b) = conv_data(&c, 42);
+        let r = rand_vec(numel(&c.out()), 43);
+        let run = || {
+            let [gx, gw, gb] = conv_grads(&c, &x, &w, b.as_deref(), &r, false);
+            let y = conv3d(
+                &tensor(&x, &c.x, DType::F32),
+                &tensor(&w, &c.w(), DType::F32),
+                None,
+                &c.cfg,
+            )
+            .unwrap();
+            [values(&y), gx, gw, gb].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+        };
+        assert!(run() == run(), "batch {n}: conv3d is not deterministic");
+    }
+    // A plain (untracked) input gets no gradient; the weight still does.
+    let c = conv_cases()[0];
+    let (x, w, _) = conv_data(&c, 1);
+    let xt = tensor(&x, &c.x, DType::F32);
+    let wv = var(&w, &c.w());
+    let y = conv3d(&xt, wv.as_tensor(), None, &c.cfg).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&xt).is_none());
+    assert_eq!(grads.get(wv.as_tensor()).unwrap().dims(), c.w());
+}
+
+#[test]
+fn conv3d_layer_creates_named_params() {
+    let vs = VarStore::new(&Device::Cpu, 7);
+    let cfg = Conv3dConfig {
+        stride: [1, 2, 2],
+        padding: [1, 2, 2],
+        ..Default::default()
+    };
+    assert_eq!(
+        Conv3dConfig::default(),
+        Conv3dConfig {
+            stride: [1; 3],
+            padding: [0; 3],
+            dilation: [1; 3]
+        }
+    );
+    let conv = Conv3d::new(&vs.pp("stem"), 3, 8, [3, 5, 5], cfg, true).unwrap();
+    let names: BTreeMap<String, Vec<usize>> = vs
+        .trainable()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().dims().to_vec()))
+        .collect();
+    assert_eq!(names.get("stem.weight"), Some(&vec![8, 3, 3, 5, 5]));
+    assert_eq!(names.get("stem.bias"), Some(&vec![8]));
+    assert!(values(conv.bias.as_ref().unwrap())
+        .iter()
+        .all(|&v| v == 0.0));
+    let x = tensor(
+        &rand_vec(2 * 3 * 4 * 9 * 9, 3),
+        &[2, 3, 4, 9, 9],
+        DType::F32,
+    );
+    let y = conv.forward(&x).unwrap();
+    assert_eq!(y.dims(), [2, 8, 4, 5, 5]);
+    let want = conv3d(&x, &conv.weight, conv.bias.as_ref(), &cfg).unwrap();
+    assert_eq!(values(&y), values(&want));
+    let no_bias =
+        Conv3d::new(&vs.pp("b"), 3, 4, [1, 1, 1], Conv3dConfig::default(), false).unwrap();
+    assert!(no_bias.bias.is_none());
+    assert!(vs.trainable().iter().all(|(k, _)| k != "b.bias"));
+}
+
+#[test]
+fn conv3d_rejects_bad_shapes_with_errors() {
+    let cfg = Conv3dConfig::default();
+    let x = Tensor::zeros((1, 3, 4, 5, 5), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((2, 4, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    for f in [conv3d, conv3d_generic] {
+        let err = f(&x, &w, None, &cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("channel mismatch")
+                && err.contains("3 channels")
+                && err.contains("expects 4"),
+            "{err}"
+        );
+        let err = f(&x.squeeze(0).unwrap(), &w, None, &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rank 5"), "{err}");
+        let w5 = Tensor::zeros((2, 3, 5, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = f(&x, &w5, None, &cfg).unwrap_err().to_string();
+        assert!(err.contains("smaller than the dilated kernel"), "{err}");
+        let w3 = Tensor::zeros((2, 3, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let err = f(&x, &w3, Some(&b), &cfg).unwrap_err().to_string();
+        assert!(err.contains("bias must have shape [2]"), "{err}");
+        let bad = Conv3dConfig {
+            stride: [0, 1, 1],
+            ..cfg
+        };
+        assert!(f(&x, &w3, None, &bad).is_err());
+    }
+    assert!(max_pool3d(&x, [3, 3, 3], [1; 3], [2, 1, 1])
+        .unwrap_err()
+        .to_string()
+        .contains("at most half"));
+    assert!(avg_pool3d(&x, [5, 1, 1], [1; 3], [0; 3]).is_err());
+    assert!(adaptive_avg_pool3d(&x, [0, 1, 1]).is_err());
+    assert!(global_avg_pool3d(&x.squeeze(0).unwrap()).is_err());
+    let vs = VarStore::new(&Device::Cpu, 0);
+    let bn = BatchNorm3d::new(&vs, 4).unwrap();
+    let err = bn.forward_t(&x, true).unwrap_err().to_string();
+    assert!(
+        err.contains("3 channels") && err.contains("expects 4"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// pooling
+// ---------------------------------------------------------------------------------
+
+type PoolCase = (D5, [usize; 3], [usize; 3], [usize; 3]);
+
+fn pool_cases() -> Vec<PoolCase> {
+    vec![
+        ([2, 2, 5, 7, 9], [3; 3], [2; 3], [1; 3]),
+        ([1, 3, 5, 7, 9], [1, 3, 2], [1, 2, 2], [0, 1, 1]),
+        ([2, 2, 5, 7, 9], [2; 3], [2; 3], [0; 3]),
+        ([2, 1, 6, 5, 7], [3, 2, 3], [1, 1, 2], [1, 0, 1]),
+        ([1, 2, 4, 8, 8], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+    ]
+}
+
+type PoolFn = fn(&Tensor, [usize; 3], [usize; 3], [usize; 3]) -> vssl::Result<Tensor>;
+
+fn pool_fn(kind: Pool) -> PoolFn {
+    match kind {
+        Pool::Max => max_pool3d,
+        Pool::Avg => avg_pool3d,
+    }
+}
+
+#[test]
+fn pool3d_forward_and_gradients_match_naive_reference() {
+    for kind in [Pool::Max, Pool::Avg] {
+        for (i, &(xd, k, s, p)) in pool_cases().iter().enumerate() {
+            let x = distinct_vec(numel(&xd), i as u64);
+            let xv = var(&x, &xd);
+            let y = pool_fn(kind)(xv.as_tensor(), k, s, p).unwrap();
+            let want = pool_ref(kind, &x, xd, k, s, p);
+            assert_eq!(y.dims(), pool_out(xd, k, s, p), "case {i}: shape");
+            let diff = max_abs_diff(&values(&y), &want);
+            assert!(diff <= 1e-4, "case {i}: forward max abs diff {diff}");
+            let yv = pool_fn(kind)(&transposed_view(&x, xd), k, s, p).unwrap();
+            assert!(
+                max_abs_diff(&values(&yv), &want) <= 1e-4,
+                "case {i}: non-contiguous input"
+            );
+            let r = rand_vec(want.len(), 50 + i as u64);
+            let g = values(
+                weighted_loss(&y, &r)
+                    .backward()
+                    .unwrap()
+                    .get(xv.as_tensor())
+                    .unwrap(),
+            );
+            // Max pooling is linear near distinct values: a tiny step keeps every argmax.
+            check_fd(&format!("case {i} dx"), &x, &g, 1e-6, 400, |xp| {
+                dot(&pool_ref(kind, xp, xd, k, s, p), &r)
+            });
+        }
+    }
+}
+
+#[test]
+fn adaptive_and_global_avg_pool_match_naive_reference() {
+    let xd = [2, 2, 5, 7, 9];
+    let x = rand_vec(numel(&xd), 11);
+    for out in [
+        [1, 1, 1],
+        [2, 3, 4],
+        [5, 7, 9],
+        [3, 4, 4],
+        [4, 7, 3],
+        [6, 2, 5],
+    ] {
+        let xv = var(&x, &xd);
+        let y = adaptive_avg_pool3d(xv.as_tensor(), out).unwrap();
+        assert_eq!(y.dims(), [2, 2, out[0], out[1], out[2]]);
+        let want = adaptive_ref(&x, xd, out);
+        let diff = max_abs_diff(&values(&y), &want);
+        assert!(diff <= 1e-4, "out {out:?}: forward max abs diff {diff}");
+        let yv = adaptive_avg_pool3d(&transposed_view(&x, xd), out).unwrap();
+        assert!(
+            max_abs_diff(&values(&yv), &want) <= 1e-4,
+            "out {out:?}: non-contiguous input"
+        );
+        let r = rand_vec(want.len(), 3);
+        let g = values(
+            weighted_loss(&y, &r)
+                .backward()
+                .unwrap()
+                .get(xv.as_tensor())
+                .unwrap(),
+        );
+        check_fd(&format!("out {out:?} dx"), &x, &g, 1e-3, 200, |xp| {
+            dot(&adaptive_ref(xp, xd, out), &r)
+        });
+    }
+    let y = global_avg_pool3d(&tensor(&x, &xd, DType::F32)).unwrap();
+    assert_eq!(y.dims(), [2, 2]);
+    let diff = max_abs_diff(&values(&y), &adaptive_ref(&x, xd, [1, 1, 1]));
+    assert!(diff <= 1e-5, "global: {diff}");
+}
+
+// ---------------------------------------------------------------------------------
+// batch_norm3d
+// ---------------------------------------------------------------------------------
+
+fn set_param(vs: &VarStore, name: &str, data: &[f64]) {
+    let (_, v) = vs
+        .all()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .expect("param exists");
+    v.set(&tensor(data, v.dims(), v.dtype())).unwrap();
+}
+
+#[test]
+fn batch_norm3d_train_eval_and_running_stats_follow_pytorch() {
+    let xd = [3, 4, 3, 5, 6];
+    let count = (3 * 3 * 5 * 6) as f64;
+    let vs = VarStore::new(&Device::Cpu, 0);
+    let bn = BatchNorm3d::new(&vs.pp("bn"), 4).unwrap();
+    let mut names: Vec<String> = vs.all().into_iter().map(|(k, _)| k).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bn.bias",
+            "bn.num_batches_tracked",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.weight"
+        ]
+    );
+    assert_eq!((bn.eps, bn.momentum), (1e-5, 0.1));
+    let (w, b) = (rand_vec(4, 1), rand_vec(4, 2));
+    set_param(&vs, "bn.weight", &w);
+    set_param(&vs, "bn.bias", &b);
+
+    let (mut rm, mut rv) = (vec![0.0; 4], vec![1.0; 4]);
+    for step in 0..2u64 {
+        // Shifted, scaled data so the statistics are far from (0, 1).
+        let x: Vec<f64> = rand_vec(numel(&xd), 20 + step)
+            .iter()
+            .map(|v| (v * 3.0 + 1.5) as f32 as f64)
+            .collect();
+        let y = bn.forward_t(&tensor(&x, &xd, DType::F32), true).unwrap();
+        let diff = max_abs_diff(&values(&y), &bn_train_ref(&x, xd, &w, &b, 1e-5));
+        assert!(
+            diff <= 1e-4,
+            "step {step}: train forward max abs diff {diff}"
+        );
+        let (mean, var) = bn_stats(&x, xd);
+        for ch in 0..4 {
+            rm[ch] = 0.9 * rm[ch] + 0.1 * mean[ch];
+            rv[ch] = 0.9 * rv[ch] + 0.1 * var[ch] * count / (count - 1.0);
+        }
+        assert!(
+            max_abs_diff(&values(bn.running_mean.as_tensor()), &rm) <= 1e-5,
+            "step {step}: running_mean"
+        );
+        assert!(
+            max_abs_diff(&values(bn.running_var.as_tensor()), &rv) <= 1e-5,
+            "step {step}: running_var"
+        );
+        assert_eq!(
+            bn.num_batches_tracked
+                .as_tensor()
+                .to_scalar::<i64>()
+                .unwrap(),
+            step as i64 + 1
+        );
+    }
+    // Eval uses the running statistics and leaves them alone.
+    let x = rand_vec(numel(&xd), 30);
+    let y = bn.forward_t(&tensor(&x, &xd, DType::F32), false).unwrap();
+    let diff = max_abs_diff(&values(&y), &bn_apply(&x, xd, &rm, &rv, &w, &b, 1e-5));
+    assert!(diff <= 1e-4, "eval forward max abs diff {diff}");
+    assert!(max_abs_diff(&values(bn.running_mean.as_tensor()), &rm) <= 1e-5);
+    assert_eq!(
+        bn.num_batches_tracked
+            .as_tensor()
+            .to_scalar::<i64>()
+            .unwrap(),
+        2
+    );
+    // Custom eps and momentum.
+    let bn2 = BatchNorm3d::with_options(&vs.pp("bn2"), 4, 1e-3, 0.5).unwrap();
+    bn2.forward_t(&tensor(&x, &xd, DType::F32), true).unwrap();
+    let (mean, _) = bn_stats(&x, xd);
+    let want: Vec<f64> = mean.iter().map(|m| 0.5 * m).collect();
+    assert!(max_abs_diff(&values(bn2.running_mean.as_tensor()), &want) <= 1e-5);
+}
+
+#[test]
+fn batch_norm3d_gradients_match_finite_differences() {
+    let xd = [2, 3, 3, 4, 5];
+    let vs = VarStore::new(&Device::Cpu, 0);
+    let bn = BatchNorm3d::new(&vs, 3).unwrap();
+    let (w, b) = (rand_vec(3, 4), rand_vec(3, 5));
+    set_param(&vs, "weight", &w);
+    set_param(&vs, "bias", &b);
+    let x = rand_vec(numel(&xd), 6);
+    let r = rand_vec(numel(&xd), 7);
+    for train in [true, false] {
+        let xv = var(&x, &xd);
+        let y = bn.forward_t(xv.as_tensor(), train).unwrap();
+        let grads = weighted_loss(&y, &r).backward().unwrap();
+        let g = |t: &Tensor| values(grads.get(t).expect("missing gradient"));
+        let (gx, gw, gb) = (g(xv.as_tensor()), g(&bn.weight), g(&bn.bias));
+        // Running stats are buffers: they must not receive gradients.
+        assert!(
+            grads.get(bn.running_mean.as_tensor()).is_none()
+                && grads.get(bn.running_var.as_tensor()).is_none()
+        );
+        let (rm, rv) = (
+            values(bn.running_mean.as_tensor()),
+            values(bn.running_var.as_tensor()),
+        );
+        let f = |x: &[f64], w: &[f64], b: &[f64]| {
+            let y = if train {
+                bn_train_ref(x, xd, w, b, 1e-5)
+            } else {
+                bn_apply(x, xd, &rm, &rv, w, b, 1e-5)
+            };
+            dot(&y, &r)
+        };
+        check_fd(&format!("train={train} dx"), &x, &gx, 1e-4, 120, |xp| {
+            f(xp, &w, &b)
+        });
+        check_fd(&format!("train={train} dweight"), &w, &gw, 1e-4, 3, |wp| {
+            f(&x, wp, &b)
+        });
+        check_fd(&format!("train={train} dbias"), &b, &gb, 1e-4, 3, |bp| {
+            f(&x, &w, bp)
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// speed (manual): cargo test --release --test it ops::conv3d_speed -- --ignored --nocapture
+// ---------------------------------------------------------------------------------
+
+#[test]
+#[ignore]
+fn conv3d_speed() {
+    let xv = var(&rand_vec(8 * 64 * 8 * 28 * 28, 1), &[8, 64, 8, 28, 28]);
+    let wv = var(&rand_vec(64 * 64 * 27, 2), &[64, 64, 3, 3, 3]);
+    let cfg = Conv3dConfig {
+        padding: [1; 3],
+        ..Default::default()
+    };
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for rep in 0..3 {
+        let t = Instant::now();
+        let y = conv3d(xv.as_tensor(), wv.as_tensor(), None, &cfg).unwrap();
+        let fwd = ms(t);
+        let t = Instant::now();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(xv.as_tensor()).is_some());
+        let bwd = ms(t);
+        // Weight gradient alone: the input is a plain tensor.
+        let y = conv3d(&xv.as_tensor().detach(), wv.as_tensor(), None, &cfg).unwrap();
+        let t = Instant::now();
+        y.sum_all().unwrap().backward().unwrap();
+        let bwd_w = ms(t);
+        println!(
+            "rep {rep}: conv3d [8,64,8,28,28] -> 64, k3 p1: forward {fwd:.0} ms, backward {bwd:.0} ms (weight grad alone {bwd_w:.0} ms)"
+        );
+    }
+}
