@@ -112,12 +112,7 @@ fn device(spec: &str) -> anyhow::Result<Device> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Recipe { recipe, sets } => {
-            let r = recipe::load(&RecipeSource {
-                file: recipe,
-                env: true,
-                sets,
-                ..Default::default()
-            })?;
+            let r = recipe::load(&RecipeSource::with_sets(recipe, sets))?;
             print!("{}", r.to_toml());
         }
         Cmd::Train {
@@ -127,12 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resume,
             stop_after,
         } => {
-            let r = recipe::load(&RecipeSource {
-                file: recipe,
-                env: true,
-                sets,
-                ..Default::default()
-            })?;
+            let r = recipe::load(&RecipeSource::with_sets(recipe, sets))?;
             let dev = device(&cli.device)?;
             let out = out.unwrap_or_else(|| PathBuf::from("weights").join(&r.name));
             let s = trainer::train(
@@ -187,14 +177,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn synth(out: PathBuf, recipe: Option<PathBuf>, sets: Vec<String>, fps: u32) -> anyhow::Result<()> {
     let cfg = match recipe {
         Some(file) => {
-            recipe::load(&RecipeSource {
-                file,
-                env: true,
-                sets,
-                ..Default::default()
-            })?
-            .data
-            .synthetic
+            recipe::load(&RecipeSource::with_sets(file, sets))?
+                .data
+                .synthetic
         }
         None => vssl::data::synthetic::SyntheticConfig::default(),
     };

@@ -79,7 +79,14 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
             ChaCha8Rng::seed_from_u64(mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
         for c in 0..spec.clips_per_video {
             let stride = rng.random_range(spec.stride.0..=spec.stride.1);
-            let start = rng.random_range(0..video.frames);
+            // A clip lies inside the video when it fits; only longer clips wrap around
+            // (a wrap is a jump cut, which would teach motion models the wrong thing).
+            let span = (t - 1) * stride + 1;
+            let start = if span <= video.frames {
+                rng.random_range(0..=video.frames - span)
+            } else {
+                rng.random_range(0..video.frames)
+            };
             let idxs = clip_indices(video.frames, t, stride, start);
             let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
             let k = j * spec.clips_per_video + c;

@@ -1,6 +1,6 @@
-//! Clip sampling: which frame indices make a clip. Indices wrap around the video
-//! so short videos still give full-length clips (the convention of the public
-//! 3DRotNet/VTDL code).
+//! Clip sampling: which frame indices make a clip. Clips are placed inside the video
+//! when they fit; indices wrap around only for videos shorter than the clip, so short
+//! videos still give full-length clips.
 
 /// Frame indices of a clip of `frames` frames at `stride` starting at `start`,
 /// wrapping around a video of `len` frames.

@@ -18,12 +18,12 @@
 //! | `RotateClockwise` / `RotateCounterclockwise` | spin about its centre | each other |
 //! | `Grow` / `Shrink` | radius changes linearly | each other |
 //!
-//! The reverse relation holds *literally*: the generator draws a scene from the video's
+//! The reverse relation holds *literally* for everything but the downward flow of the
+//! world (drift, falling distractors and the object's sink): the generator draws a scene from the video's
 //! seed, renders the motion of the even class `2k`, and a video of class `2k + 1` is the
-//! very same rendering with its frames in reverse order (see [`Synthetic::render`]).
-//! Every nuisance below has a time-reversal-symmetric distribution and is drawn from its
-//! own random stream, identically for every class, so it carries no information about
-//! the label. Any single frame (or the bag of all frames) of a `2k` video is thus
+//! very same rendering with its frames in reverse order, while the world keeps flowing
+//! down (see [`Synthetic::render`]). Every nuisance is drawn from its own random stream,
+//! identically for every class, so it carries no information about the label. Any single frame (or the bag of all frames) of a `2k` video is thus
 //! distributed exactly like one of a `2k + 1` video: only temporal order separates the
 //! pairs, which is what a video representation should capture.
 //!
@@ -31,22 +31,28 @@
 //!
 //! - a smooth random background texture per video (two octaves of periodic value noise
 //!   between two random colours), or a flat random colour when `texture` is off;
-//! - slow camera drift: the background translates in a random direction at a random slow
-//!   speed (`drift`), independently of the label;
-//! - `1..=distractors` small distractor objects moving in straight lines in random
-//!   directions, bouncing off the borders;
+//! - camera drift (`drift`): the background scrolls slowly down the screen, with a small
+//!   random sideways component, independently of the label;
+//! - `1..=distractors` small distractor objects that fall down the screen (speed `fall`,
+//!   re-entering at the top), or with `fall = 0` move in random straight lines bouncing
+//!   off the borders;
 //! - global brightness: a random gain per video plus a slow random sinusoidal flicker;
 //! - i.i.d. per-pixel noise of standard deviation `noise` (in 0..255 units).
 //!
 //! To make rotations visible the foreground object carries a dark band on one side of
 //! its own frame (so even the disc has an orientation).
 //!
-//! # Canonical "up"
+//! # Canonical "up" comes only from motion
 //!
-//! The world is lit from above: the background is brighter at the top of the frame than
-//! at the bottom (a vertical gain ramp from 1.2 to 0.8, fixed to the screen), and every
-//! object is shaded brighter on its upper side. A rotated or flipped frame is therefore
-//! recognisable, which gives a rotation-prediction pretext task something to learn.
+//! Nothing static tells up from down: the background texture is isotropic and objects
+//! are not shaded. The only cues are dynamic: the background scrolls down, the
+//! distractors fall, and the foreground object slowly sinks (`sink`) on top of its
+//! class motion. They belong to the world, not to the action, so they are rendered
+//! in playback time in every video, also when the foreground motion is reversed (the
+//! `2k + 1` classes): they carry no information about the class (their frames and their
+//! motion are distributed alike in every class),
+//! but a rotation-prediction pretext can only solve its task by perceiving motion, as
+//! 3DRotNet intends for real video, where things fall down.
 //!
 //! # Rendering
 //!
@@ -110,6 +116,12 @@ pub struct SyntheticConfig {
     pub texture: bool,
     /// Per-pixel noise standard deviation, in 0..255 units.
     pub noise: f32,
+    /// Falling speed of the distractors, in pixels/frame at 32-pixel frames (scaled with
+    /// `size`); 0 makes them move in random straight lines instead.
+    pub fall: f32,
+    /// The foreground object also sinks down the screen at this speed (pixels/frame at
+    /// 32-pixel frames), in playback time in every class, like things under gravity.
+    pub sink: f32,
 }
 
 impl Default for SyntheticConfig {
@@ -124,6 +136,8 @@ impl Default for SyntheticConfig {
             drift: true,
             texture: true,
             noise: 6.0,
+            fall: 0.4,
+            sink: 0.4,
         }
     }
 }
@@ -167,6 +181,12 @@ impl SyntheticConfig {
         }
         if !self.noise.is_finite() || !(0.0..=64.0).contains(&self.noise) {
             return err("noise", format!("must be in 0..=64, got {}", self.noise));
+        }
+        if !self.sink.is_finite() || !(0.0..=0.4).contains(&self.sink) {
+            return err("sink", format!("must be in 0..=0.4, got {}", self.sink));
+        }
+        if !self.fall.is_finite() || !(0.0..=4.0).contains(&self.fall) {
+            return err("fall", format!("must be in 0..=4, got {}", self.fall));
         }
         Ok(())
     }
@@ -229,8 +249,9 @@ impl Synthetic {
 
     /// Renders the scene drawn from `seed` with the motion of `class`. The scene (object,
     /// background, drift, distractors, lighting, noise) depends on `seed` only; the odd class
-    /// of each pair is exactly the even class's rendering played backwards:
-    /// `render(s, 2k + 1)` is `render(s, 2k)` with frames in reverse order.
+    /// of each pair is the even class's rendering played backwards, except that the
+    /// world keeps flowing down: without distractors and drift, `render(s, 2k + 1)` is exactly
+    /// `render(s, 2k)` with frames in reverse order.
     pub fn render(&self, seed: u64, class: u32) -> Video {
         assert!((class as usize) < NUM_CLASSES, "class {class} out of range");
         let scene = Scene::draw(&self.cfg, seed, class / 2);
@@ -241,8 +262,8 @@ impl Synthetic {
         let mut cols = vec![(0usize, 0usize); s];
         let reverse = class % 2 == 1;
         for t in 0..t_n {
-            scene.render_frame(t, &mut buf, &mut cols);
             let slot = if reverse { t_n - 1 - t } else { t };
+            scene.render_frame(t, slot, &mut buf, &mut cols);
             scene.quantize(t, &buf, &mut data[slot * n..(slot + 1) * n]);
         }
         Video {
@@ -310,15 +331,30 @@ struct Distractor {
     color: [f32; 3],
     p0: (f32, f32),
     v: (f32, f32),
+    /// Falls (wrapping from the bottom edge to the top) instead of bouncing vertically.
+    falls: bool,
+}
+
+impl Distractor {
+    /// Centre at playback time `t`.
+    fn position(&self, t: f32, size: f32) -> (f32, f32) {
+        let x = bounce(self.p0.0 + self.v.0 * t, self.r, size - self.r);
+        let y = if self.falls {
+            // Enter fully above the top edge, leave fully below the bottom one.
+            let span = size + 2.0 * self.r;
+            (self.p0.1 + self.v.1 * t + self.r).rem_euclid(span) - self.r
+        } else {
+            bounce(self.p0.1 + self.v.1 * t, self.r, size - self.r)
+        };
+        (x, y)
+    }
 }
 
 /// Everything needed to render one video, drawn from its seed.
 struct Scene {
     size: usize,
-    /// Periodic background texture `[size, size, 3]`, before the vertical lighting ramp.
+    /// Periodic background texture `[size, size, 3]`.
     texture: Vec<f32>,
-    /// Vertical lighting ramp, one gain per row (brighter at the top).
-    row_gain: Vec<f32>,
     drift0: (f32, f32),
     drift_v: (f32, f32),
     gain: f32,
@@ -331,10 +367,11 @@ struct Scene {
     motion: Motion,
     noise: f32,
     noise_seed: u64,
+    /// Foreground sink speed (pixels/frame) and the middle frame it is centred on.
+    sink: f32,
+    mid: f32,
 }
 
-/// Strength of the "light from above" shading on objects (relative change per radius).
-const OBJECT_SHADE: f32 = 0.2;
 /// Brightness multiplier of the orientation band on the foreground object.
 const BAND_GAIN: f32 = 0.45;
 /// Band boundary in the object's local frame (radius units).
@@ -378,7 +415,7 @@ impl Scene {
         let mut texture = vec![0f32; s * s * 3];
         if cfg.texture {
             let amp: [f32; 3] = std::array::from_fn(|_| {
-                let a = uniform(&mut rng, 20.0, 45.0);
+                let a = uniform(&mut rng, 35.0, 60.0);
                 if rng.random::<bool>() {
                     a
                 } else {
@@ -396,16 +433,18 @@ impl Scene {
                 px3.copy_from_slice(&base);
             }
         }
-        let row_gain = (0..s).map(|y| 1.2 - 0.4 * (y as f32 + 0.5) / sf).collect();
 
-        // Camera drift (direction uniform, so its distribution is time-reversal symmetric).
+        // Camera drift: the background scrolls down the screen (a camera rising, or a
+        // world that flows downwards), with a small sideways component. Like the falling
+        // distractors it is rendered in playback time in every class.
         let mut rng = stream(2);
         let (drift0, drift_v) = {
             let o = (uniform(&mut rng, 0.0, sf), uniform(&mut rng, 0.0, sf));
-            let dir = uniform(&mut rng, 0.0, std::f32::consts::TAU);
-            let speed = uniform(&mut rng, 0.05, 0.2) * px;
+            let side = uniform(&mut rng, -0.1, 0.1) * px;
+            let speed = uniform(&mut rng, 0.5, 1.0) * px;
             if cfg.drift {
-                (o, (speed * dir.cos(), speed * dir.sin()))
+                // Sampling the texture at y + oy with oy decreasing moves content down.
+                (o, (side, -speed))
             } else {
                 (o, (0.0, 0.0))
             }
@@ -418,7 +457,8 @@ impl Scene {
         let flicker_freq = uniform(&mut rng, 0.01, 0.05) * std::f32::consts::TAU;
         let flicker_phase = uniform(&mut rng, 0.0, std::f32::consts::TAU);
 
-        // Distractors: small, straight lines in random directions, bouncing off the borders.
+        // Distractors: falling (random speed around `fall`, slight sideways drift) or, with
+        // `fall = 0`, straight lines in random directions bouncing off the borders.
         let mut rng = stream(4);
         let count = if cfg.distractors == 0 {
             0
@@ -427,19 +467,30 @@ impl Scene {
         };
         let distractors = (0..count)
             .map(|_| {
-                let r = (uniform(&mut rng, 0.04, 0.08) * sf).max(1.0);
+                let r = (uniform(&mut rng, 0.05, 0.09) * sf).max(1.0);
                 let dir = uniform(&mut rng, 0.0, std::f32::consts::TAU);
                 let speed = uniform(&mut rng, 0.1, 0.5) * px;
+                let shape = if rng.random::<bool>() {
+                    Shape::Disc
+                } else {
+                    Shape::Square
+                };
+                let color = random_color(&mut rng);
+                let p0 = (uniform(&mut rng, r, sf - r), uniform(&mut rng, r, sf - r));
+                let fall = cfg.fall * px * uniform(&mut rng, 0.7, 1.3);
+                let side = uniform(&mut rng, -0.1, 0.1) * px;
+                let falls = cfg.fall > 0.0;
                 Distractor {
-                    shape: if rng.random::<bool>() {
-                        Shape::Disc
-                    } else {
-                        Shape::Square
-                    },
+                    shape,
                     r,
-                    color: random_color(&mut rng),
-                    p0: (uniform(&mut rng, r, sf - r), uniform(&mut rng, r, sf - r)),
-                    v: (speed * dir.cos(), speed * dir.sin()),
+                    color,
+                    p0,
+                    v: if falls {
+                        (side, fall)
+                    } else {
+                        (speed * dir.cos(), speed * dir.sin())
+                    },
+                    falls,
                 }
             })
             .collect();
@@ -473,13 +524,23 @@ impl Scene {
         let r0 = uniform(&mut rng, 0.07, 0.11) * sf;
         let k = uniform(&mut rng, 0.12, 0.25) * px;
         let (u1, u2) = (rng.random::<f32>(), rng.random::<f32>());
+        // The sink moves the object by `sink_travel` over the video, centred on the middle
+        // frame: keep that much room above and below the class motion.
+        let sink = cfg.sink * px;
+        let half_sink = 0.5 * sink * span;
         let motion = match family {
             // Translations: forward is left (family 0) or up (family 1).
             0 | 1 => {
                 let (lo, hi) = (r + margin, sf - r - margin);
-                let travel = (speed * span).min(hi - lo);
-                let start = lo + travel + u1 * (hi - lo - travel);
-                let across = lo + u2 * (hi - lo);
+                let (ylo, yhi) = (lo + half_sink, hi - half_sink);
+                let (lo_m, hi_m) = if family == 0 { (lo, hi) } else { (ylo, yhi) };
+                let travel = (speed * span).min(hi_m - lo_m);
+                let start = lo_m + travel + u1 * (hi_m - lo_m - travel);
+                let across = if family == 0 {
+                    ylo + u2 * (yhi - ylo)
+                } else {
+                    lo + u2 * (hi - lo)
+                };
                 let v = travel / span;
                 if family == 0 {
                     Motion::Translate {
@@ -505,7 +566,7 @@ impl Scene {
                 let (lo, hi) = (r + margin, sf - r - margin);
                 Motion::Rotate {
                     cx: lo + u1 * (hi - lo),
-                    cy: lo + u2 * (hi - lo),
+                    cy: lo + half_sink + u2 * (hi - lo - 2.0 * half_sink),
                     a0: angle,
                     w,
                     r,
@@ -518,7 +579,7 @@ impl Scene {
                 let (lo, hi) = (r1 + margin, sf - r1 - margin);
                 Motion::Grow {
                     cx: lo + u1 * (hi - lo),
-                    cy: lo + u2 * (hi - lo),
+                    cy: lo + half_sink + u2 * (hi - lo - 2.0 * half_sink).max(0.0),
                     angle,
                     r0,
                     k,
@@ -529,7 +590,6 @@ impl Scene {
         Scene {
             size: s,
             texture,
-            row_gain,
             drift0,
             drift_v,
             gain,
@@ -542,18 +602,22 @@ impl Scene {
             motion,
             noise: cfg.noise,
             noise_seed: mix(seed ^ mix(7)),
+            sink,
+            mid: 0.5 * span,
         }
     }
 
-    /// Renders forward-time frame `t` into `buf` (`[S, S, 3]` floats, before gain and noise).
-    fn render_frame(&self, t: usize, buf: &mut [f32], cols: &mut [(usize, usize)]) {
+    /// Renders forward-time frame `t` into `buf` (`[S, S, 3]` floats, before gain and noise);
+    /// the distractors are drawn at playback time `slot`.
+    fn render_frame(&self, t: usize, slot: usize, buf: &mut [f32], cols: &mut [(usize, usize)]) {
+        let td = slot as f32;
         let s = self.size;
         let tf = t as f32;
 
         // Background: the texture is periodic, and the sub-pixel part of the camera offset is
         // the same for every pixel, so the bilinear weights are computed once per frame.
-        let ox = self.drift0.0 + self.drift_v.0 * tf;
-        let oy = self.drift0.1 + self.drift_v.1 * tf;
+        let ox = self.drift0.0 + self.drift_v.0 * td;
+        let oy = self.drift0.1 + self.drift_v.1 * td;
         let (fx, fy) = (ox - ox.floor(), oy - oy.floor());
         let (ix, iy) = (ox.floor() as i64, oy.floor() as i64);
         let wrap = |v: i64| v.rem_euclid(s as i64) as usize;
@@ -572,12 +636,11 @@ impl Scene {
             let y0 = wrap(y as i64 + iy);
             let r0 = &self.texture[y0 * row_len..(y0 + 1) * row_len];
             let r1 = &self.texture[((y0 + 1) % s) * row_len..((y0 + 1) % s + 1) * row_len];
-            let g = self.row_gain[y];
             let out = &mut buf[y * row_len..(y + 1) * row_len];
             for (x, &(a, b)) in cols.iter().enumerate() {
                 for c in 0..3 {
                     let v = w00 * r0[a + c] + w01 * r0[b + c] + w10 * r1[a + c] + w11 * r1[b + c];
-                    out[x * 3 + c] = v * g;
+                    out[x * 3 + c] = v;
                 }
             }
         }
@@ -585,8 +648,7 @@ impl Scene {
         // Distractors (behind the foreground object).
         let sf = s as f32;
         for d in &self.distractors {
-            let x = bounce(d.p0.0 + d.v.0 * tf, d.r, sf - d.r);
-            let y = bounce(d.p0.1 + d.v.1 * tf, d.r, sf - d.r);
+            let (x, y) = d.position(td, sf);
             draw_shape(buf, s, d.shape, x, y, 0.0, d.r, d.color, false);
         }
 
@@ -608,6 +670,8 @@ impl Scene {
                 k,
             } => (cx, cy, angle, r0 + k * tf),
         };
+        // The sink follows playback time, like the falling distractors.
+        let cy = cy + self.sink * (td - self.mid);
         draw_shape(buf, s, self.shape, cx, cy, angle, r, self.color, true);
     }
 
@@ -663,7 +727,7 @@ fn bounce(v: f32, lo: f32, hi: f32) -> f32 {
 /// Periodic two-octave value noise in `[0, 1]`, `[s, s]`.
 fn value_noise(rng: &mut ChaCha8Rng, s: usize) -> Vec<f32> {
     let mut out = vec![0f32; s * s];
-    for (g, amp) in [(4usize, 2.0 / 3.0), (8usize, 1.0 / 3.0)] {
+    for (g, amp) in [(4usize, 0.4), (8usize, 0.6)] {
         let lattice: Vec<f32> = (0..g * g).map(|_| rng.random::<f32>()).collect();
         let coord = |p: usize| {
             let u = p as f32 * g as f32 / s as f32;
@@ -741,7 +805,6 @@ fn draw_shape(
     let inv_r = 1.0 / r;
     for y in y0..y1 {
         let py = y as f32 + 0.5 - cy;
-        let shade = (1.0 - OBJECT_SHADE * py * inv_r).clamp(0.7, 1.3);
         let row = &mut buf[y * s * 3..(y + 1) * s * 3];
         for x in x0..x1 {
             let px = x as f32 + 0.5 - cx;
@@ -753,7 +816,7 @@ fn draw_shape(
             if a <= 0.0 {
                 continue;
             }
-            let mut k = shade;
+            let mut k = 1.0;
             if band {
                 let m = (0.5 + (lx - BAND_EDGE) * r).clamp(0.0, 1.0);
                 k *= 1.0 - (1.0 - BAND_GAIN) * m;

@@ -97,12 +97,7 @@ pub fn evaluate(
             target.run_dir.display()
         )));
     }
-    let src = RecipeSource {
-        file: recipe_file,
-        env: true,
-        sets: sets.to_vec(),
-        ..Default::default()
-    };
+    let src = RecipeSource::with_sets(recipe_file, sets.to_vec());
     let recipe: Recipe = recipe::load(&src)?;
     let backbone = registry::backbone(&recipe, device)?;
     let weights_label = if random_init {

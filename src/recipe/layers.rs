@@ -39,6 +39,14 @@ impl RecipeSource {
             ..Default::default()
         }
     }
+
+    /// An experiment file with environment overrides and `--set` arguments (the CLI's layers).
+    pub fn with_sets(path: impl Into<PathBuf>, sets: Vec<String>) -> Self {
+        Self {
+            sets,
+            ..Self::file(path)
+        }
+    }
 }
 
 /// Resolves and validates a recipe.

@@ -94,6 +94,7 @@ impl Default for DataCfg {
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     /// torchvision's R3D-18 (widths 64..512, two basic blocks per stage).
+    #[serde(rename = "r3d_18")]
     R3d18,
     /// A CPU-friendly R3D (widths and depths from `widths`/`layers`), for quick recipes.
     R3dSmall,

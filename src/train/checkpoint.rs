@@ -127,6 +127,12 @@ pub fn write_safetensors_atomic(
     let tmp = temp_path(path);
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
+        if crash_test::kill_now() {
+            // Crash test: half the bytes reach the disk, then the process dies.
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            f.sync_all()?;
+            crash_test::sigkill_self();
+        }
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
@@ -206,4 +212,30 @@ pub fn read_safetensors(
         out.insert(name.to_string(), t);
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Fault injection for crash-safety tests: with `VSSL_CRASH_AT_WRITE=N` in the
+/// environment, the process kills itself with SIGKILL halfway through its N-th atomic
+/// write (1-based). Unset, this costs one relaxed atomic increment per write.
+mod crash_test {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+
+    pub fn kill_now() -> bool {
+        let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
+        std::env::var("VSSL_CRASH_AT_WRITE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(n)
+    }
+
+    pub fn sigkill_self() -> ! {
+        #[cfg(unix)]
+        // SAFETY: raising a signal has no memory-safety preconditions.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+        std::process::abort()
+    }
 }

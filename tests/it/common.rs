@@ -32,8 +32,8 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-/// A tiny, fast recipe (small network, tiny synthetic set) written into `dir`,
-/// with extra TOML appended.
+/// A tiny, fast recipe (small network, tiny synthetic set) written into `dir`;
+/// `extra` is an experiment layered over it (so it may repeat sections).
 pub fn tiny_recipe(dir: &Path, extra: &str) -> PathBuf {
     let repo = repo();
     let text = format!(
@@ -61,11 +61,11 @@ warmup_steps = 2
 [eval]
 test_clips = 2
 linear_epochs = 20
-{extra}
 "#,
         r = repo.display()
     );
+    std::fs::write(dir.join("tiny_base.toml"), text).unwrap();
     let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, format!("base = [\"tiny_base.toml\"]\n{extra}\n")).unwrap();
     path
 }

@@ -118,7 +118,7 @@ fn set_wins_over_env_and_env_over_file() {
     let plain = run(&mut vssl(&["recipe", file]));
     assert!(plain.status.success(), "{}", stderr(&plain));
     let file_lr = lr_of(&stdout(&plain));
-    assert_eq!(file_lr, 0.05);
+    assert_eq!(file_lr, 0.001);
 
     let set = run(&mut vssl(&["recipe", file, "--set", "train.lr=0.5"]));
     assert_eq!(lr_of(&stdout(&set)), 0.5);
