@@ -293,7 +293,7 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
         Ok(_) => fig
             .focus("method")
             .extract_inner("kind")
-            .map_err(|e| recipe_error(fig, "method.kind", e))?,
+            .map_err(|e| recipe_error(fig, "method", e))?,
         Err(_) => {
             return Err(Error::Recipe {
                 layer: file.display().to_string(),
