@@ -8,7 +8,9 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
-use vssl::eval::{EvalTarget, Protocol};
+use vssl::backbone::extract::{self, ExtractOptions};
+use vssl::backbone::import::{self, BackboneArgs, ImportOptions};
+use vssl::eval::{EvalOptions, EvalTarget, Protocol};
 use vssl::recipe::{self, RecipeSource};
 use vssl::train::trainer::{self, TrainOptions};
 
@@ -50,17 +52,90 @@ enum Cmd {
         recipe: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Also print the backbone's architecture and parameter count, as TOML comment
+        /// lines (`# backbone ...`) after the recipe on stdout, so the output stays valid TOML.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Import a PyTorch checkpoint (.pth state dict) of a torchvision video model or
+    /// VCOP's C3D as vssl weights (safetensors, same tensor names). Prints what was
+    /// applied, missing and unused to stderr.
+    Import {
+        /// The .pth file: a state dict, or one under `state_dict` / `model`; `module.`
+        /// prefixes are stripped.
+        input: PathBuf,
+        /// Architecture: r3d_18, mc3_18, r2plus1d_18, r3d_small or c3d.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Take the backbone section (and data.frames) from this recipe.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        /// Override a backbone key: --set backbone.widths=[2,2,2,2] (repeatable;
+        /// `data.frames=N` sets the clip length TGN layers are built for).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The safetensors file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep initial values for backbone tensors the file lacks instead of failing.
+        #[arg(long)]
+        allow_missing: bool,
+    },
+    /// Extract pooled backbone features (before any classifier) of a video, a
+    /// directory of videos, or a safetensors file of normalised `clips` [N,3,T,H,W].
+    /// Writes `features` [N, C] with metadata `names`, `skipped`, `arch`, `weights`.
+    Extract {
+        /// Weights (vssl import output or a run's model.safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Video file, directory of videos (sorted by name; unreadable ones skipped),
+        /// or .safetensors holding `clips`.
+        #[arg(long)]
+        input: PathBuf,
+        /// The safetensors file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Architecture (default: from the weights' metadata).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Take the backbone section (and data.frames) from this recipe.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        /// Override a backbone key: --set backbone.widths=[2,2,2,2] (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Frames per clip (videos).
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        /// Shorter side after decoding and square centre-crop size (videos).
+        #[arg(long, default_value_t = 112)]
+        size: usize,
+        /// Uniformly spaced clips per video, features averaged (videos).
+        #[arg(long, default_value_t = 1)]
+        clips: usize,
+        /// Temporal stride between a clip's frames (videos).
+        #[arg(long, default_value_t = 1)]
+        stride: usize,
+        /// Clips per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
     },
     /// Evaluate a run's backbone downstream; prints one JSON line per protocol.
     Eval {
         /// Run directory (or a model.safetensors inside one).
         run: PathBuf,
-        /// linear, knn, or a comma list (features are extracted once).
+        /// linear, knn, finetune, or a comma list (linear and knn share one feature extraction).
         #[arg(long, default_value = "linear")]
         protocol: String,
         /// Evaluate the same architecture untrained (the scratch baseline).
         #[arg(long)]
         random_init: bool,
+        /// Run on each of these official splits and report mean and std, e.g. 1,2,3.
+        #[arg(long)]
+        splits: Option<String>,
+        /// Continue an interrupted fine-tuning run.
+        #[arg(long)]
+        resume: bool,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
@@ -111,9 +186,82 @@ fn device(spec: &str) -> anyhow::Result<Device> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Recipe { recipe, sets } => {
+        Cmd::Recipe {
+            recipe,
+            sets,
+            summary,
+        } => {
             let r = recipe::load(&RecipeSource::with_sets(recipe, sets))?;
             print!("{}", r.to_toml());
+            if summary {
+                println!("{}", backbone_summary(&r)?);
+            }
+        }
+        Cmd::Import {
+            input,
+            arch,
+            recipe,
+            sets,
+            out,
+            allow_missing,
+        } => {
+            let opts = ImportOptions {
+                input,
+                out,
+                backbone: BackboneArgs { arch, recipe, sets },
+                allow_missing,
+            };
+            let rep = import::import(&opts)?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            eprintln!(
+                "import {} as {}: applied {}; missing: {}; unused: {}",
+                opts.input.display(),
+                import::arch_name(rep.spec.cfg.arch),
+                rep.load.applied.len(),
+                list(&rep.load.missing),
+                list(&rep.load.unused)
+            );
+            println!("{}", opts.out.display());
+        }
+        Cmd::Extract {
+            weights,
+            input,
+            output,
+            arch,
+            recipe,
+            sets,
+            frames,
+            size,
+            clips,
+            stride,
+            batch,
+        } => {
+            let dev = device(&cli.device)?;
+            let opts = ExtractOptions {
+                weights,
+                input,
+                output,
+                backbone: BackboneArgs { arch, recipe, sets },
+                frames,
+                size,
+                clips,
+                stride,
+                batch,
+            };
+            let s = extract::extract(&opts, &dev)?;
+            tracing::info!(
+                "{} feature rows of {} channels ({} inputs skipped)",
+                s.rows,
+                s.channels,
+                s.skipped.len()
+            );
+            println!("{}", opts.output.display());
         }
         Cmd::Train {
             recipe,
@@ -148,15 +296,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run,
             protocol,
             random_init,
+            splits,
+            resume,
             sets,
         } => {
             let protocols = protocol
                 .split(',')
                 .map(|p| p.trim().parse::<Protocol>())
                 .collect::<Result<Vec<_>, _>>()?;
+            let splits = match splits {
+                None => vec![],
+                Some(s) => s
+                    .split(',')
+                    .map(|x| {
+                        x.trim().parse::<u8>().map_err(|_| {
+                            vssl::Error::BadInput(format!("--splits: `{x}` is not a split number"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             let dev = device(&cli.device)?;
             let target = EvalTarget::locate(&run)?;
-            for json in vssl::eval::evaluate(&target, &protocols, random_init, &sets, &dev)? {
+            let opts = EvalOptions {
+                protocols,
+                random_init,
+                sets,
+                splits,
+                resume,
+            };
+            for json in vssl::eval::evaluate(&target, &opts, &dev)? {
                 println!("{json}");
             }
         }
@@ -171,6 +339,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => synth(out, recipe, sets, fps)?,
     }
     Ok(())
+}
+
+/// `# backbone r3d_18: 33,166,272 parameters (33,371,472 with a 400-class fc)`: the
+/// count without the classifier, then with the recipe's classifier (or, when the recipe
+/// builds none, with a Kinetics-400 one for comparison with published numbers).
+fn backbone_summary(r: &recipe::Recipe) -> anyhow::Result<String> {
+    let mut cfg = r.backbone.clone();
+    let classes = cfg.num_classes.take();
+    let vs = vssl::nn::VarStore::new(&Device::Cpu, 0);
+    let net = vssl::backbone::build(&cfg, &vs, r.data.frames)?;
+    let base = net.param_count();
+    let n = classes.unwrap_or(400);
+    let with_fc = base + net.out_channels() * n + n;
+    let fc = import::classifier_prefix(cfg.arch);
+    let which = if classes.is_some() { "its" } else { "a" };
+    Ok(format!(
+        "# backbone {}: {} parameters ({} with {which} {n}-class {fc})",
+        import::arch_name(cfg.arch),
+        thousands(base),
+        thousands(with_fc)
+    ))
+}
+
+/// `33166272` -> `33,166,272`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(feature = "video")]

@@ -23,10 +23,15 @@ pub fn dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
     Ok(Arc::from(datasets::build(&recipe.data)?))
 }
 
+/// The dataset the downstream protocols use (`[eval.data]`, else `[data]`).
+pub fn eval_dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
+    Ok(Arc::from(datasets::build(recipe.eval_data())?))
+}
+
 /// A freshly initialised backbone for a recipe (also the random-init baseline).
 pub fn backbone(recipe: &Recipe, device: &Device) -> Result<Box<dyn Backbone>> {
     let vs = VarStore::new(device, backbone_seed(recipe.train.seed));
-    backbone::build(&recipe.backbone, &vs)
+    backbone::build(&recipe.backbone, &vs, recipe.data.frames)
 }
 
 /// The pretext method a recipe names, around a fresh backbone.

@@ -1,14 +1,31 @@
 //! Backbones: 3D CNNs mapping clips `[B, 3, T, H, W]` to feature maps
-//! `[B, C, T', H', W']`. Parameter names follow torchvision's video models so that
-//! weights move between vssl and PyTorch.
+//! `[B, C, T', H', W']`. Module structure and state-dict names follow torchvision's
+//! video models (and VCOP's C3D) exactly, so weights move between vssl and PyTorch.
+//!
+//! - [`video_resnet`]: torchvision's `VideoResNet`: `r3d_18`, `mc3_18`, `r2plus1d_18`,
+//!   and `r3d_small` (R3D topology with a recipe's widths and depths).
+//! - [`c3d`]: C3D with batch norm as in VCOP.
+//! - [`norm`]: BatchNorm3d or Temporal Group Normalization in every normalisation slot.
+//!
+//! The entry point is [`build`]. A backbone's feature map excludes global pooling and
+//! the classifier; [`Backbone::pooled`] adds the global average pool and
+//! [`Backbone::classify`] the optional classifier (`backbone.num_classes`).
 
-pub mod r3d;
+pub mod c3d;
+pub mod extract;
+pub mod import;
+pub mod norm;
+pub mod video_resnet;
 
 use candle_core::Tensor;
 
 use crate::nn::VarStore;
-use crate::recipe::{Arch, BackboneCfg};
+use crate::recipe::{Arch, BackboneCfg, NormKind};
 use crate::Result;
+
+pub use c3d::C3d;
+pub use norm::NormSpec;
+pub use video_resnet::{ConvBuilder, StemKind, VideoResNet, VideoResNetConfig};
 
 /// A video encoder being learned.
 pub trait Backbone: Send + Sync {
@@ -24,20 +41,44 @@ pub trait Backbone: Send + Sync {
         let f = self.forward_t(x, train)?;
         crate::ops::pool3d::global_avg_pool3d(&f)
     }
+
+    /// Class logits `[B, num_classes]` of pooled features `[B, C]`, or `None` when the
+    /// backbone was built without a classifier (`num_classes` unset, the default).
+    fn classify(&self, _pooled: &Tensor) -> Option<Result<Tensor>> {
+        None
+    }
+
+    /// Number of trainable scalars (buffers such as running statistics excluded),
+    /// including the classifier when one was built.
+    fn param_count(&self) -> usize {
+        self.vars()
+            .trainable()
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum()
+    }
 }
 
-/// Builds the backbone a recipe names, with fresh parameters in `vs`.
-pub fn build(cfg: &BackboneCfg, vs: &VarStore) -> Result<Box<dyn Backbone>> {
-    let net = match cfg.arch {
-        Arch::R3d18 => r3d::R3d::new(&r3d::R3dConfig::r3d_18(), vs)?,
-        Arch::R3dSmall => r3d::R3d::new(
-            &r3d::R3dConfig {
-                widths: cfg.widths,
-                layers: cfg.layers,
-                stem_width: cfg.widths[0],
-            },
-            vs,
-        )?,
+/// Builds the backbone a recipe names, with fresh parameters in `vs`, for clips of
+/// `frames` frames (`data.frames`; only TGN uses it, to clamp each layer's group count
+/// to the time steps that layer sees).
+pub fn build(cfg: &BackboneCfg, vs: &VarStore, frames: usize) -> Result<Box<dyn Backbone>> {
+    let norm = match cfg.norm {
+        NormKind::Bn => NormSpec::bn(),
+        NormKind::Tgn => NormSpec::tgn(cfg.tgn_groups),
     };
-    Ok(Box::new(net))
+    let resnet = |base: VideoResNetConfig| VideoResNetConfig {
+        num_classes: cfg.num_classes,
+        temporal_dilation_last_stage: cfg.temporal_dilation_last_stage,
+        norm,
+        ..base
+    };
+    let c = match cfg.arch {
+        Arch::R3d18 => resnet(VideoResNetConfig::r3d_18()),
+        Arch::Mc318 => resnet(VideoResNetConfig::mc3_18()),
+        Arch::R2plus1d18 => resnet(VideoResNetConfig::r2plus1d_18()),
+        Arch::R3dSmall => resnet(VideoResNetConfig::r3d_small(cfg.widths, cfg.layers)),
+        Arch::C3d => return Ok(Box::new(C3d::new(vs, &norm, cfg.num_classes, frames)?)),
+    };
+    Ok(Box::new(VideoResNet::new(&c, vs, frames)?))
 }

@@ -52,7 +52,15 @@ impl VideoDataset for Synthetic {
 /// Builds the dataset a recipe's `[data]` section names.
 pub fn build(cfg: &DataCfg) -> Result<Box<dyn VideoDataset>> {
     match cfg.kind {
-        DataKind::Synthetic => Ok(Box::new(Synthetic::new(cfg.synthetic.clone())?)),
+        DataKind::Synthetic => {
+            // Synthetic "splits" 2 and 3 are independent draws of the same world (split 1
+            // is `data.synthetic.seed` itself), so `--splits 1,2,3` works as for UCF101.
+            let mut c = cfg.synthetic.clone();
+            if cfg.split > 1 {
+                c.seed = crate::nn::mix(c.seed ^ (cfg.split as u64).wrapping_mul(0x9e37_79b9));
+            }
+            Ok(Box::new(Synthetic::new(c)?))
+        }
         other => Err(Error::BadInput(format!(
             "data.kind = {:?}: real-video datasets are not available in this version of vssl yet; \
              use data.kind = \"synthetic\"",

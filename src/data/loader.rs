@@ -31,6 +31,8 @@ pub struct HostBatch {
     pub seed: u64,
     /// Videos that failed to load and were replaced by the next one.
     pub skipped: Vec<String>,
+    /// Label of each video (None for unlabelled datasets).
+    pub labels: Vec<Option<u32>>,
 }
 
 /// Geometry of training batches.
@@ -66,9 +68,11 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
     let clips = plan.batch_size * spec.clips_per_video;
     let mut data = vec![0f32; clips * clip_len];
     let mut skipped = Vec::new();
+    let mut labels = Vec::with_capacity(plan.batch_size);
     for j in 0..plan.batch_size {
         let mut idx = video_for(n, plan, step, j);
         let video = load_or_skip(ds, Split::Train, &mut idx, &mut skipped)?;
+        labels.push(ds.label(Split::Train, idx));
         if video.height < s || video.width < s {
             return Err(Error::BadInput(format!(
                 "video {idx} is {}x{}, smaller than data.size = {s}",
@@ -105,6 +109,7 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         videos: plan.batch_size,
         seed: mix(plan.seed ^ mix(step ^ 0xba7c)),
         skipped,
+        labels,
     })
 }
 

@@ -4,6 +4,8 @@
 pub mod augment;
 pub mod datasets;
 #[cfg(feature = "video")]
+pub mod decode;
+#[cfg(feature = "video")]
 pub mod encode;
 pub mod loader;
 pub mod sampler;

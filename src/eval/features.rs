@@ -1,4 +1,7 @@
-//! Shared multi-clip feature extraction for every protocol.
+//! Shared multi-clip feature extraction: `test_clips` uniformly spaced,
+//! centre-cropped clips per video, the backbone in eval mode, each clip's feature
+//! map pooled as `eval.pooling` says. Features are kept per clip (`[V, K, D]`):
+//! the linear probe trains on clips, retrieval averages them per video.
 
 use candle_core::{Device, Tensor};
 
@@ -6,38 +9,99 @@ use crate::backbone::Backbone;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::eval_clips;
 use crate::data::Split;
-use crate::recipe::Recipe;
-use crate::Result;
+use crate::recipe::{Pooling, Recipe};
+use crate::{Error, Result};
 
-/// Per-video features `[N, C]` of both splits, with labels.
+/// Clip features of one split.
+#[derive(Debug, Clone)]
+pub struct SplitFeatures {
+    /// `[V, K, D]`: video, clip, feature.
+    pub clips: Tensor,
+    pub labels: Vec<u32>,
+}
+
+impl SplitFeatures {
+    /// Per-video features `[V, D]`: the mean over clips.
+    pub fn videos(&self) -> Result<Tensor> {
+        Ok(self.clips.mean(1)?)
+    }
+}
+
+/// Features of both splits.
 #[derive(Debug, Clone)]
 pub struct Features {
-    pub train: Tensor,
-    pub train_labels: Vec<u32>,
-    pub test: Tensor,
-    pub test_labels: Vec<u32>,
+    pub train: SplitFeatures,
+    pub test: SplitFeatures,
     /// Videos that could not be read (reported, not fatal).
     pub skipped: Vec<String>,
 }
 
-/// Extracts clip-averaged pooled features of every labelled video.
-pub fn extract(
-    net: &dyn Backbone,
+/// Pools a feature map `[B, C, T, H, W]` into `[B, D]`.
+pub fn pool(map: &Tensor, pooling: Pooling) -> Result<Tensor> {
+    Ok(match pooling {
+        Pooling::Pooled => map.mean((2, 3, 4))?,
+        Pooling::Temporal => map.mean((3, 4))?.flatten_from(1)?,
+    })
+}
+
+/// Centre-cropped test clips of one video as a host buffer `[K, 3, T, S, S]`.
+pub fn video_clips(v: &crate::data::Video, recipe: &Recipe) -> Vec<f32> {
+    let e = &recipe.eval;
+    eval_clips(
+        v,
+        recipe.eval_frames(),
+        e.stride,
+        e.test_clips,
+        recipe.eval_data().size,
+    )
+}
+
+/// Runs `f` on batches of test clips of every labelled video of a split; returns the
+/// per-batch outputs `[n_videos * K, ..]` concatenated, the labels, and skipped videos.
+pub fn map_split(
     ds: &dyn VideoDataset,
+    split: Split,
     recipe: &Recipe,
     device: &Device,
-) -> Result<Features> {
-    let mut skipped = Vec::new();
-    let (train, train_labels) =
-        split_features(net, ds, Split::Train, recipe, device, &mut skipped)?;
-    let (test, test_labels) = split_features(net, ds, Split::Test, recipe, device, &mut skipped)?;
-    Ok(Features {
-        train,
-        train_labels,
-        test,
-        test_labels,
-        skipped,
-    })
+    skipped: &mut Vec<String>,
+    mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Vec<u32>)> {
+    let e = &recipe.eval;
+    let (frames, size, k) = (recipe.eval_frames(), recipe.eval_data().size, e.test_clips);
+    let per_batch = (e.batch_size / k).max(1);
+    let (mut outs, mut labels, mut pending, mut pending_videos) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
+    let n = ds.len(split);
+    for i in 0..n {
+        if let Some(label) = ds.label(split, i) {
+            match ds.video(split, i) {
+                Ok(v) => {
+                    pending.extend(video_clips(&v, recipe));
+                    labels.push(label);
+                    pending_videos += 1;
+                }
+                Err(err) => {
+                    tracing::warn!("skipping video in evaluation: {err}");
+                    skipped.push(err.to_string());
+                }
+            }
+        }
+        if pending_videos > 0 && (pending_videos == per_batch || i + 1 == n) {
+            let x = Tensor::from_vec(
+                std::mem::take(&mut pending),
+                (pending_videos * k, 3, frames, size, size),
+                device,
+            )?;
+            outs.push(f(&x)?.detach());
+            pending_videos = 0;
+        }
+    }
+    if outs.is_empty() {
+        return Err(Error::BadInput(format!(
+            "no labelled {split:?} videos to evaluate on"
+        )));
+    }
+    Ok((Tensor::cat(&outs, 0)?, labels))
 }
 
 fn split_features(
@@ -47,46 +111,29 @@ fn split_features(
     recipe: &Recipe,
     device: &Device,
     skipped: &mut Vec<String>,
-) -> Result<(Tensor, Vec<u32>)> {
-    let e = &recipe.eval;
-    let (frames, size, n_clips) = (recipe.data.frames, recipe.data.size, e.test_clips);
-    let per_batch = (e.batch_size / n_clips).max(1);
-    let mut feats = Vec::new();
-    let mut labels = Vec::new();
-    let mut pending: Vec<f32> = Vec::new();
-    let mut pending_videos = 0;
-    let n = ds.len(split);
-    for i in 0..n {
-        let Some(label) = ds.label(split, i) else {
-            continue;
-        };
-        match ds.video(split, i) {
-            Ok(v) => {
-                pending.extend(eval_clips(&v, frames, e.stride, n_clips, size));
-                labels.push(label);
-                pending_videos += 1;
-            }
-            Err(err) => {
-                tracing::warn!("skipping video in evaluation: {err}");
-                skipped.push(err.to_string());
-            }
-        }
-        if pending_videos == per_batch || (i + 1 == n && pending_videos > 0) {
-            let x = Tensor::from_vec(
-                std::mem::take(&mut pending),
-                (pending_videos * n_clips, 3, frames, size, size),
-                device,
-            )?;
-            let f = net.pooled(&x, false)?.detach();
-            let c = f.dim(1)?;
-            feats.push(f.reshape((pending_videos, n_clips, c))?.mean(1)?);
-            pending_videos = 0;
-        }
-    }
-    if feats.is_empty() {
-        return Err(crate::Error::BadInput(format!(
-            "no labelled {split:?} videos to evaluate on"
-        )));
-    }
-    Ok((Tensor::cat(&feats, 0)?, labels))
+) -> Result<SplitFeatures> {
+    let pooling = recipe.eval.pooling;
+    let (flat, labels) = map_split(ds, split, recipe, device, skipped, |x| {
+        pool(&net.forward_t(x, false)?, pooling)
+    })?;
+    let d = flat.dim(1)?;
+    let clips = flat.reshape((labels.len(), recipe.eval.test_clips, d))?;
+    Ok(SplitFeatures { clips, labels })
+}
+
+/// Extracts clip features of both splits with the backbone in eval mode.
+pub fn extract(
+    net: &dyn Backbone,
+    ds: &dyn VideoDataset,
+    recipe: &Recipe,
+    device: &Device,
+) -> Result<Features> {
+    let mut skipped = Vec::new();
+    let train = split_features(net, ds, Split::Train, recipe, device, &mut skipped)?;
+    let test = split_features(net, ds, Split::Test, recipe, device, &mut skipped)?;
+    Ok(Features {
+        train,
+        test,
+        skipped,
+    })
 }

@@ -1,10 +1,13 @@
-//! Linear probe: a softmax classifier trained on frozen, cached features (the
-//! backbone never sees a gradient). Features are standardised with the train
-//! split's statistics; the classifier trains full-batch with AdamW.
+//! Linear probe: a softmax classifier trained on frozen, cached clip features (the
+//! backbone never sees a gradient and runs in eval mode). Each train clip is a
+//! sample; test clips are scored one by one (clip level) and their softmax averaged
+//! per video (video level). Features are standardised with the train statistics;
+//! the classifier trains full-batch with AdamW, deterministically.
 
 use candle_core::Tensor;
 use serde::Serialize;
 
+use super::metrics::{top_k, video_probs};
 use super::Features;
 use crate::loss::cross_entropy;
 use crate::nn::{Init, VarStore};
@@ -15,48 +18,43 @@ use crate::Result;
 /// Linear-probe accuracies.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct LinearResult {
+    /// Video level (softmax averaged over the test clips).
     pub top1: f64,
     pub top5: f64,
-    pub train_top1: f64,
+    pub clip_top1: f64,
+    pub clip_top5: f64,
+    /// Clip-level accuracy on the training features (to see over-fitting).
+    pub train_clip_top1: f64,
 }
 
-/// Share of rows whose target is among the `k` highest logits.
-pub fn top_k(logits: &Tensor, targets: &[u32], k: usize) -> Result<f64> {
-    let rows = logits.to_vec2::<f32>()?;
-    let hits = rows
+fn repeat_labels(labels: &[u32], k: usize) -> Vec<u32> {
+    labels
         .iter()
-        .zip(targets)
-        .filter(|(row, &t)| {
-            let v = row[t as usize];
-            // rank = other logits at least as high (ties count against the target,
-            // so an untrained all-zero classifier scores 0, not 1)
-            row.iter()
-                .enumerate()
-                .filter(|&(j, &x)| j != t as usize && x >= v)
-                .count()
-                < k
-        })
-        .count();
-    Ok(hits as f64 / targets.len().max(1) as f64)
+        .flat_map(|&l| std::iter::repeat_n(l, k))
+        .collect()
 }
 
 /// Trains and tests a linear classifier on `f`.
 pub fn probe(f: &Features, classes: usize, cfg: &EvalCfg, seed: u64) -> Result<LinearResult> {
-    let dev = f.train.device();
-    let mean = f.train.mean_keepdim(0)?;
-    let std = f
-        .train
+    let (vtr, k, d) = f.train.clips.dims3()?;
+    let (vte, kte, _) = f.test.clips.dims3()?;
+    let xtr = f.train.clips.reshape((vtr * k, d))?;
+    let xte = f.test.clips.reshape((vte * kte, d))?;
+    let dev = xtr.device().clone();
+    let mean = xtr.mean_keepdim(0)?;
+    let std = xtr
         .broadcast_sub(&mean)?
         .sqr()?
         .mean_keepdim(0)?
         .sqrt()?
         .clamp(1e-6, f64::INFINITY)?;
     let norm = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?) };
-    let (xtr, xte) = (norm(&f.train)?, norm(&f.test)?);
-    let ytr = Tensor::from_vec(f.train_labels.clone(), f.train_labels.len(), dev)?;
-    let c = xtr.dim(1)?;
-    let vs = VarStore::new(dev, seed);
-    let w = vs.var("weight", (classes, c), Init::Const(0.0))?;
+    let (xtr, xte) = (norm(&xtr)?, norm(&xte)?);
+    let ytr_v = repeat_labels(&f.train.labels, k);
+    let yte_v = repeat_labels(&f.test.labels, kte);
+    let ytr = Tensor::from_vec(ytr_v.clone(), ytr_v.len(), &dev)?;
+    let vs = VarStore::new(&dev, seed);
+    let w = vs.var("weight", (classes, d), Init::Const(0.0))?;
     let b = vs.var("bias", classes, Init::Const(0.0))?;
     let mut opt = Optimizer::new(
         OptimizerConfig {
@@ -77,9 +75,13 @@ pub fn probe(f: &Features, classes: usize, cfg: &EvalCfg, seed: u64) -> Result<L
     }
     let test_logits = forward(&xte)?.detach();
     let train_logits = forward(&xtr)?.detach();
+    let video = video_probs(&test_logits.reshape((vte, kte, classes))?)?;
+    let k5 = 5.min(classes);
     Ok(LinearResult {
-        top1: top_k(&test_logits, &f.test_labels, 1)?,
-        top5: top_k(&test_logits, &f.test_labels, 5.min(classes))?,
-        train_top1: top_k(&train_logits, &f.train_labels, 1)?,
+        top1: top_k(&video, &f.test.labels, 1)?,
+        top5: top_k(&video, &f.test.labels, k5)?,
+        clip_top1: top_k(&test_logits, &yte_v, 1)?,
+        clip_top5: top_k(&test_logits, &yte_v, k5)?,
+        train_clip_top1: top_k(&train_logits, &ytr_v, 1)?,
     })
 }

@@ -1,6 +1,7 @@
 //! Nearest-neighbour retrieval: every test video queries the train videos by cosine
-//! similarity of its L2-normalised feature; recall@k is the share of queries with
-//! at least one same-class video among the k nearest.
+//! similarity of its L2-normalised feature (clip features averaged, then
+//! normalised); recall@k is the share of queries with at least one same-class video
+//! among the k nearest.
 
 use std::collections::BTreeMap;
 
@@ -58,7 +59,13 @@ pub fn recall(
 
 /// Retrieval metrics of extracted features.
 pub fn recall_at_k(f: &Features, ks: &[usize]) -> Result<Retrieval> {
-    let r = recall(&f.train, &f.train_labels, &f.test, &f.test_labels, ks)?;
+    let r = recall(
+        &f.train.videos()?,
+        &f.train.labels,
+        &f.test.videos()?,
+        &f.test.labels,
+        ks,
+    )?;
     Ok(Retrieval {
         recall: ks
             .iter()

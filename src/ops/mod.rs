@@ -6,6 +6,7 @@
 pub mod batch_norm3d;
 pub mod conv3d;
 pub mod pool3d;
+pub mod tgn;
 
 pub use batch_norm3d::BatchNorm3d;
 pub use conv3d::{conv3d, conv3d_generic, Conv3d, Conv3dConfig};

@@ -58,7 +58,7 @@ pub struct DataCfg {
     /// Folder of split files (ucf101, hmdb51).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub splits: Option<PathBuf>,
-    /// Official split number, 1..=3.
+    /// Official split number, 1..=3 (synthetic: 2 and 3 are independent draws of the world).
     pub split: u8,
     /// `path,label` list (csv).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,15 +89,25 @@ impl Default for DataCfg {
     }
 }
 
-/// Backbone architectures.
+/// Backbone architectures (see `backbone` for the exact structures and names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
-    /// torchvision's R3D-18 (widths 64..512, two basic blocks per stage).
+    /// torchvision's R3D-18: 3x3x3 convolutions everywhere (widths 64..512, two basic
+    /// blocks per stage).
     #[serde(rename = "r3d_18")]
     R3d18,
+    /// torchvision's MC3-18: R3D-18 with 3D convolutions in stage 1 only and 1x3x3
+    /// (no temporal) convolutions in stages 2-4.
+    #[serde(rename = "mc3_18")]
+    Mc318,
+    /// torchvision's R(2+1)D-18: every 3D convolution factorised into 1x3x3 then 3x1x1.
+    #[serde(rename = "r2plus1d_18")]
+    R2plus1d18,
     /// A CPU-friendly R3D (widths and depths from `widths`/`layers`), for quick recipes.
     R3dSmall,
+    /// C3D with batch norm as in VCOP's self-supervised code (8 conv layers).
+    C3d,
 }
 
 /// Normalisation layers inside the backbone.
@@ -106,6 +116,8 @@ pub enum Arch {
 pub enum NormKind {
     /// BatchNorm3d.
     Bn,
+    /// Temporal Group Normalization (`ops::tgn`) with `tgn_groups` groups.
+    Tgn,
 }
 
 /// `[backbone]`.
@@ -114,10 +126,22 @@ pub enum NormKind {
 pub struct BackboneCfg {
     pub arch: Arch,
     pub norm: NormKind,
-    /// Channels of the four stages (r3d_small only; r3d_18 is fixed at 64,128,256,512).
+    /// Channels of the four stages (r3d_small only; the 18-layer nets use 64,128,256,512).
     pub widths: [usize; 4],
-    /// Basic blocks per stage (r3d_small only; r3d_18 is fixed at 2,2,2,2).
+    /// Basic blocks per stage (r3d_small only; the 18-layer nets use 2,2,2,2).
     pub layers: [usize; 4],
+    /// Temporal groups per part of the network when `norm = "tgn"`: entry 0 is the stem
+    /// (C3D: conv1), entries 1-4 are stages layer1..layer4 (C3D: conv2, conv3, conv4,
+    /// conv5). Each layer clamps its entry to the time steps it sees for `data.frames`.
+    pub tgn_groups: [usize; 5],
+    /// Stage 4 without temporal stride: its first convolution gets temporal stride 1,
+    /// dilation 2 and padding 2 and its downsample temporal stride 1 (TCLR), so 16
+    /// frames give T' = 4 instead of 2 (ResNets only; no extra parameters).
+    pub temporal_dilation_last_stage: bool,
+    /// Build the classifier (`fc`, C3D: `linear`) with this many classes. Not used by
+    /// the backbone's feature map; absent by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 impl Default for BackboneCfg {
@@ -127,6 +151,9 @@ impl Default for BackboneCfg {
             norm: NormKind::Bn,
             widths: [16, 32, 64, 128],
             layers: [1, 1, 1, 1],
+            tgn_groups: [4, 4, 2, 2, 1],
+            temporal_dilation_last_stage: false,
+            num_classes: None,
         }
     }
 }
@@ -254,35 +281,98 @@ impl Default for TrainCfg {
     }
 }
 
-/// `[eval]`: downstream protocol settings.
+/// How a backbone feature map becomes one feature vector per clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Global average over time and space: `[C]`.
+    Pooled,
+    /// Average over space only, time kept and flattened: `[C * T']` (TCLR's retrieval).
+    Temporal,
+}
+
+/// `[eval]`: downstream protocols (linear probe, retrieval, fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalCfg {
-    /// Clips per video whose features are averaged (uniformly spaced).
+    /// Evaluate on this dataset instead of the pretraining one (`[eval.data]`, any labelled kind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataCfg>,
+    /// Frames per evaluation clip (default: `data.frames`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames: Option<usize>,
+    /// Test clips per video, uniformly spaced, centre-cropped; their scores/features are averaged.
     pub test_clips: usize,
-    /// Clip stride for evaluation clips.
+    /// Frame stride of test clips.
     pub stride: usize,
-    /// Linear probe: full-batch epochs over cached features.
+    /// Frame stride of fine-tuning training clips (random start, random crop).
+    pub train_stride: usize,
+    /// Feature map pooling for linear probe and retrieval.
+    pub pooling: Pooling,
+    /// Linear probe: full-batch epochs over cached clip features.
     pub linear_epochs: usize,
     pub linear_lr: f64,
     pub linear_weight_decay: f64,
     /// Retrieval recall@k for these k.
     pub k: Vec<usize>,
-    /// Clips per forward pass during feature extraction.
+    /// Clips per forward pass during feature extraction and testing.
     pub batch_size: usize,
+    /// Fine-tuning: epochs over the train split, videos per batch.
+    pub finetune_epochs: u64,
+    pub finetune_batch_size: usize,
+    pub optimizer: OptimizerKind,
+    /// Learning rate of the new classifier head.
+    pub lr: f64,
+    /// Learning rate of the pretrained backbone (its own parameter group; 0 freezes it).
+    pub backbone_lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Dropout before the classifier during fine-tuning.
+    pub dropout: f64,
+    /// Test (video level) every this many fine-tuning epochs; the best is kept.
+    pub test_every: u64,
 }
 
 impl Default for EvalCfg {
     fn default() -> Self {
         Self {
-            test_clips: 3,
+            data: None,
+            frames: None,
+            test_clips: 10,
             stride: 2,
+            train_stride: 2,
+            pooling: Pooling::Pooled,
             linear_epochs: 300,
             linear_lr: 0.05,
             linear_weight_decay: 1e-3,
-            k: vec![1, 5, 10],
+            k: vec![1, 5, 10, 20, 50],
             batch_size: 32,
+            finetune_epochs: 10,
+            finetune_batch_size: 16,
+            optimizer: OptimizerKind::Adamw,
+            lr: 1e-3,
+            backbone_lr: 1e-4,
+            momentum: 0.9,
+            weight_decay: 0.05,
+            schedule: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            dropout: 0.5,
+            test_every: 1,
         }
+    }
+}
+
+impl Recipe {
+    /// The dataset the downstream protocols use.
+    pub fn eval_data(&self) -> &DataCfg {
+        self.eval.data.as_ref().unwrap_or(&self.data)
+    }
+
+    /// Frames per evaluation clip.
+    pub fn eval_frames(&self) -> usize {
+        self.eval.frames.unwrap_or(self.eval_data().frames)
     }
 }
 
@@ -300,46 +390,7 @@ fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> std::result::Resu
 impl Recipe {
     /// Range and consistency checks that types alone cannot express.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {
-        let d = &self.data;
-        check(d.frames >= 1, "data.frames", || "must be at least 1".into())?;
-        check(d.size >= 8, "data.size", || {
-            format!("must be at least 8, got {}", d.size)
-        })?;
-        check((1..=3).contains(&d.split), "data.split", || {
-            format!("must be 1, 2 or 3, got {}", d.split)
-        })?;
-        match d.kind {
-            DataKind::Synthetic => {
-                d.synthetic
-                    .validate()
-                    .map_err(|(k, m)| (format!("data.synthetic.{k}"), m))?;
-                let sf = d.synthetic.video_frames;
-                check(d.frames <= sf, "data.frames", || {
-                    format!(
-                        "{} frames per clip exceed data.synthetic.video_frames = {sf}",
-                        d.frames
-                    )
-                })?;
-                let ss = d.synthetic.size;
-                check(d.size <= ss, "data.size", || {
-                    format!("{} exceeds data.synthetic.size = {ss}", d.size)
-                })?;
-            }
-            DataKind::Ucf101 | DataKind::Hmdb51 => {
-                check(d.root.is_some(), "data.root", || {
-                    "required for this data.kind".into()
-                })?;
-                check(d.splits.is_some(), "data.splits", || {
-                    "required for this data.kind".into()
-                })?;
-            }
-            DataKind::Csv => check(d.list.is_some(), "data.list", || {
-                "required for data.kind = \"csv\"".into()
-            })?,
-            DataKind::Folder => check(d.root.is_some(), "data.root", || {
-                "required for data.kind = \"folder\"".into()
-            })?,
-        }
+        validate_data(&self.data)?;
         let b = &self.backbone;
         for (i, w) in b.widths.iter().enumerate() {
             check(*w >= 1, "backbone.widths", || {
@@ -349,6 +400,31 @@ impl Recipe {
         for (i, l) in b.layers.iter().enumerate() {
             check(*l >= 1, "backbone.layers", || {
                 format!("entry {i} must be at least 1")
+            })?;
+        }
+        for (i, g) in b.tgn_groups.iter().enumerate() {
+            check(*g >= 1, "backbone.tgn_groups", || {
+                format!("entry {i} must be at least 1")
+            })?;
+        }
+        if let Some(n) = b.num_classes {
+            check(n >= 1, "backbone.num_classes", || {
+                "must be at least 1".into()
+            })?;
+        }
+        if b.arch == Arch::C3d {
+            check(
+                !b.temporal_dilation_last_stage,
+                "backbone.temporal_dilation_last_stage",
+                || "only applies to the ResNet archs, not c3d".into(),
+            )?;
+            // Four max-pools halve T three times and H, W four times.
+            let d = &self.data;
+            check(d.frames >= 8, "data.frames", || {
+                format!("c3d needs at least 8 frames, got {}", d.frames)
+            })?;
+            check(d.size >= 16, "data.size", || {
+                format!("c3d needs at least 16 pixels, got {}", d.size)
             })?;
         }
         match &self.method {
@@ -411,6 +487,41 @@ impl Recipe {
             "must be at least 1".into()
         })?;
         let e = &self.eval;
+        if let Some(d) = &e.data {
+            validate_data(d).map_err(|(k, m)| (k.replacen("data.", "eval.data.", 1), m))?;
+        }
+        if let Some(f) = e.frames {
+            check(f >= 1, "eval.frames", || "must be at least 1".into())?;
+        }
+        check(e.train_stride >= 1, "eval.train_stride", || {
+            "must be at least 1".into()
+        })?;
+        check(e.finetune_epochs >= 1, "eval.finetune_epochs", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            e.finetune_batch_size >= 1,
+            "eval.finetune_batch_size",
+            || "must be at least 1".into(),
+        )?;
+        check(e.lr > 0.0, "eval.lr", || {
+            format!("must be > 0, got {}", e.lr)
+        })?;
+        check(e.backbone_lr >= 0.0, "eval.backbone_lr", || {
+            format!("must be >= 0 (0 freezes), got {}", e.backbone_lr)
+        })?;
+        check((0.0..1.0).contains(&e.momentum), "eval.momentum", || {
+            "must be in [0, 1)".into()
+        })?;
+        check(e.weight_decay >= 0.0, "eval.weight_decay", || {
+            "must be >= 0".into()
+        })?;
+        check((0.0..1.0).contains(&e.dropout), "eval.dropout", || {
+            "must be in [0, 1)".into()
+        })?;
+        check(e.test_every >= 1, "eval.test_every", || {
+            "must be at least 1".into()
+        })?;
         check(e.test_clips >= 1, "eval.test_clips", || {
             "must be at least 1".into()
         })?;
@@ -426,4 +537,48 @@ impl Recipe {
         )?;
         Ok(())
     }
+}
+
+/// Checks of one `[data]` table (also used for `[eval.data]`, with keys renamed).
+fn validate_data(d: &DataCfg) -> std::result::Result<(), Invalid> {
+    check(d.frames >= 1, "data.frames", || "must be at least 1".into())?;
+    check(d.size >= 8, "data.size", || {
+        format!("must be at least 8, got {}", d.size)
+    })?;
+    check((1..=3).contains(&d.split), "data.split", || {
+        format!("must be 1, 2 or 3, got {}", d.split)
+    })?;
+    match d.kind {
+        DataKind::Synthetic => {
+            d.synthetic
+                .validate()
+                .map_err(|(k, m)| (format!("data.synthetic.{k}"), m))?;
+            let sf = d.synthetic.video_frames;
+            check(d.frames <= sf, "data.frames", || {
+                format!(
+                    "{} frames per clip exceed data.synthetic.video_frames = {sf}",
+                    d.frames
+                )
+            })?;
+            let ss = d.synthetic.size;
+            check(d.size <= ss, "data.size", || {
+                format!("{} exceeds data.synthetic.size = {ss}", d.size)
+            })?;
+        }
+        DataKind::Ucf101 | DataKind::Hmdb51 => {
+            check(d.root.is_some(), "data.root", || {
+                "required for this data.kind".into()
+            })?;
+            check(d.splits.is_some(), "data.splits", || {
+                "required for this data.kind".into()
+            })?;
+        }
+        DataKind::Csv => check(d.list.is_some(), "data.list", || {
+            "required for data.kind = \"csv\"".into()
+        })?,
+        DataKind::Folder => check(d.root.is_some(), "data.root", || {
+            "required for data.kind = \"folder\"".into()
+        })?,
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Downstream metrics against brute-force references and hand-built cases.
 
 use candle_core::{Device, Tensor};
-use vssl::eval::linear::top_k;
+use vssl::eval::metrics::top_k;
 use vssl::eval::retrieval::recall;
 
 fn feats(rows: &[[f32; 3]]) -> Tensor {

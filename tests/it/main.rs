@@ -1,9 +1,13 @@
 //! Integration tests: one test binary, one module per concern.
+mod backbone;
 mod common;
 mod eval;
+mod eval_protocols;
+mod import_extract;
 mod ops;
 mod pretext;
 mod recipe;
 mod synthetic;
+mod torchvision;
 mod train_e2e;
 mod train_parts;
