@@ -14,10 +14,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::{write_clip, Crop};
 use crate::data::datasets::VideoDataset;
-use crate::data::sampler::{clip_indices, uniform_starts};
+use crate::data::sampler::{clip_indices, speed_sort_plan, uniform_starts};
 use crate::data::{Split, Video};
 use crate::nn::mix;
-use crate::pretext::ClipSpec;
+use crate::pretext::{ClipMeta, ClipSpec};
 use crate::{Error, Result};
 
 /// One batch on the host, ready to become a tensor `[B * clips, 3, T, S, S]`.
@@ -33,6 +33,8 @@ pub struct HostBatch {
     pub skipped: Vec<String>,
     /// Label of each video (None for unlabelled datasets).
     pub labels: Vec<Option<u32>>,
+    /// How each clip was sampled (speed = stride, direction), in batch order.
+    pub clip_meta: Vec<ClipMeta>,
 }
 
 /// Geometry of training batches.
@@ -63,12 +65,24 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         return Err(Error::BadInput("the training split has no videos".into()));
     }
     let spec = &plan.spec;
+    if let Some(sp) = &spec.speeds {
+        if sp.n_clips != spec.clips_per_video
+            || sp.n_clips > sp.speeds.len()
+            || sp.speeds.contains(&0)
+        {
+            return Err(Error::Internal(format!(
+                "inconsistent speed-sort spec: {} clips per video, {sp:?}",
+                spec.clips_per_video
+            )));
+        }
+    }
     let (s, t) = (plan.size, spec.frames);
     let clip_len = 3 * t * s * s;
     let clips = plan.batch_size * spec.clips_per_video;
     let mut data = vec![0f32; clips * clip_len];
     let mut skipped = Vec::new();
     let mut labels = Vec::with_capacity(plan.batch_size);
+    let mut clip_meta = Vec::with_capacity(clips);
     for j in 0..plan.batch_size {
         let mut idx = video_for(n, plan, step, j);
         let video = load_or_skip(ds, Split::Train, &mut idx, &mut skipped)?;
@@ -81,6 +95,23 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         }
         let mut rng =
             ChaCha8Rng::seed_from_u64(mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
+        let base = j * spec.clips_per_video;
+        if let Some(speeds) = &spec.speeds {
+            // Speed sorting: the clips of a video are drawn together (distinct speeds).
+            let planned = speed_sort_plan(video.frames, t, speeds, &mut rng);
+            for (c, pc) in planned.into_iter().enumerate() {
+                let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
+                let k = base + c;
+                write_clip(
+                    &video,
+                    &pc.indices,
+                    crop,
+                    &mut data[k * clip_len..(k + 1) * clip_len],
+                );
+                clip_meta.push(pc.meta);
+            }
+            continue;
+        }
         for c in 0..spec.clips_per_video {
             let stride = rng.random_range(spec.stride.0..=spec.stride.1);
             // A clip lies inside the video when it fits; only longer clips wrap around
@@ -93,13 +124,17 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
             };
             let idxs = clip_indices(video.frames, t, stride, start);
             let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
-            let k = j * spec.clips_per_video + c;
+            let k = base + c;
             write_clip(
                 &video,
                 &idxs,
                 crop,
                 &mut data[k * clip_len..(k + 1) * clip_len],
             );
+            clip_meta.push(ClipMeta {
+                speed: stride,
+                reverse: false,
+            });
         }
     }
     Ok(HostBatch {
@@ -110,6 +145,7 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         seed: mix(plan.seed ^ mix(step ^ 0xba7c)),
         skipped,
         labels,
+        clip_meta,
     })
 }
 

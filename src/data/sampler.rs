@@ -1,6 +1,12 @@
 //! Clip sampling: which frame indices make a clip. Clips are placed inside the video
 //! when they fit; indices wrap around only for videos shorter than the clip, so short
-//! videos still give full-length clips.
+//! videos still give full-length clips. Speed sorting draws all clips of a video
+//! together ([`speed_sort_plan`]): their speeds must differ.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::pretext::{ClipMeta, SpeedSpec};
 
 /// Frame indices of a clip of `frames` frames at `stride` starting at `start`,
 /// wrapping around a video of `len` frames.
@@ -19,4 +25,53 @@ pub fn uniform_starts(len: usize, frames: usize, stride: usize, n: usize) -> Vec
         return vec![room / 2];
     }
     (0..n).map(|i| (i * room) / (n - 1)).collect()
+}
+
+/// One clip of a speed-sort sample: how it plays and which frames it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedClip {
+    pub meta: ClipMeta,
+    /// Start frame of the forward clip.
+    pub start: usize,
+    /// Frame indices in playback order (descending in time when `meta.reverse`).
+    pub indices: Vec<usize>,
+}
+
+/// The clips of one video of `len` frames for a speed-sort spec, in the (shuffled)
+/// order they go into the batch. Draws, in this order: `n_clips` distinct speeds, then
+/// per clip a direction (backward with probability 0.5 when `spec.reverse`) and a
+/// start (inside the video when the span `(frames - 1) * speed + 1` fits, else
+/// anywhere with wrap-around), then the shuffle.
+pub fn speed_sort_plan<R: Rng + ?Sized>(
+    len: usize,
+    frames: usize,
+    spec: &SpeedSpec,
+    rng: &mut R,
+) -> Vec<PlannedClip> {
+    let mut speeds = spec.speeds.clone();
+    let n = spec.n_clips.min(speeds.len());
+    let (chosen, _) = speeds.partial_shuffle(rng, n);
+    let mut clips: Vec<PlannedClip> = chosen
+        .iter()
+        .map(|&speed| {
+            let reverse = spec.reverse && rng.random_bool(0.5);
+            let span = (frames - 1) * speed + 1;
+            let start = if span <= len {
+                rng.random_range(0..=len - span)
+            } else {
+                rng.random_range(0..len.max(1))
+            };
+            let mut indices = clip_indices(len, frames, speed, start);
+            if reverse {
+                indices.reverse();
+            }
+            PlannedClip {
+                meta: ClipMeta { speed, reverse },
+                start,
+                indices,
+            }
+        })
+        .collect();
+    clips.shuffle(rng);
+    clips
 }

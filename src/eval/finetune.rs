@@ -218,6 +218,7 @@ pub fn finetune(
             clips_per_video: 1,
             frames: recipe.eval_frames(),
             stride: (e.train_stride, e.train_stride),
+            speeds: None,
         },
         size: recipe.eval_data().size,
         batch_size: e.finetune_batch_size,

@@ -25,6 +25,8 @@ pub struct LinearResult {
     pub clip_top5: f64,
     /// Clip-level accuracy on the training features (to see over-fitting).
     pub train_clip_top1: f64,
+    /// Video-level confusion matrix: `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u32>>,
 }
 
 fn repeat_labels(labels: &[u32], k: usize) -> Vec<u32> {
@@ -77,7 +79,13 @@ pub fn probe(f: &Features, classes: usize, cfg: &EvalCfg, seed: u64) -> Result<L
     let train_logits = forward(&xtr)?.detach();
     let video = video_probs(&test_logits.reshape((vte, kte, classes))?)?;
     let k5 = 5.min(classes);
+    let mut confusion = vec![vec![0u32; classes]; classes];
+    let predicted = video.argmax(1)?.to_vec1::<u32>()?;
+    for (&t, &p) in f.test.labels.iter().zip(&predicted) {
+        confusion[t as usize][p as usize] += 1;
+    }
     Ok(LinearResult {
+        confusion,
         top1: top_k(&video, &f.test.labels, 1)?,
         top5: top_k(&video, &f.test.labels, k5)?,
         clip_top1: top_k(&test_logits, &yte_v, 1)?,

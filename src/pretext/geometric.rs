@@ -148,6 +148,7 @@ impl Pretext for RotationPrediction {
             clips_per_video: 1,
             frames: self.frames,
             stride: (self.cfg.stride_min, self.cfg.stride_max),
+            speeds: None,
         }
     }
 

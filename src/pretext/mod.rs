@@ -6,6 +6,7 @@
 
 pub mod geometric;
 pub mod heads;
+pub mod speed_sort;
 
 use candle_core::Tensor;
 
@@ -14,6 +15,7 @@ use crate::nn::VarStore;
 use crate::Result;
 
 pub use geometric::{GeometricPretext, GeometricTransform, RotationPrediction};
+pub use speed_sort::{SpeedSort, SpeedSortPretext};
 
 /// What clips one training sample (one video) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +24,46 @@ pub struct ClipSpec {
     pub clips_per_video: usize,
     /// Frames per clip.
     pub frames: usize,
-    /// Frame stride drawn uniformly from `stride.0..=stride.1` per clip.
+    /// Frame stride drawn uniformly from `stride.0..=stride.1` per clip (independent
+    /// clips; unused when `speeds` is set).
     pub stride: (usize, usize),
+    /// Speed-sort sampling: the clips of a video get distinct playback speeds and
+    /// directions and are shuffled (see [`SpeedSpec`]). `clips_per_video` must then
+    /// equal `n_clips`.
+    pub speeds: Option<SpeedSpec>,
+}
+
+/// How the clips of one video are drawn for speed sorting: `n_clips` distinct speeds
+/// out of `speeds` (speed s = frame stride s), each clip played backwards with
+/// probability 0.5 when `reverse`, random independent starts, random clip order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeedSpec {
+    /// Playback speeds to choose from (distinct, each >= 1).
+    pub speeds: Vec<usize>,
+    /// Clips per video (at most `speeds.len()`).
+    pub n_clips: usize,
+    /// Allow backward playback (frames in descending order).
+    pub reverse: bool,
+}
+
+/// How one clip of a batch was sampled: its frame stride (playback speed) and whether
+/// its frames run backwards. Independent (strided) clips record their stride and
+/// `reverse = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClipMeta {
+    pub speed: usize,
+    pub reverse: bool,
+}
+
+impl ClipMeta {
+    /// The speed with the direction as its sign (backward play is negative).
+    pub fn signed_speed(&self) -> i64 {
+        if self.reverse {
+            -(self.speed as i64)
+        } else {
+            self.speed as i64
+        }
+    }
 }
 
 /// One batch as a method sees it.
@@ -33,6 +73,8 @@ pub struct Batch {
     pub clips: Tensor,
     /// Videos in the batch (`B`).
     pub videos: usize,
+    /// How each clip was sampled, in batch order (`B * clips_per_video` entries).
+    pub clip_meta: Vec<ClipMeta>,
     /// Seed for any randomness the method draws in this step (rotations, dropout):
     /// derived from the run seed and the step, so a resumed run draws the same.
     pub seed: u64,

@@ -173,12 +173,14 @@ pub enum MethodKind {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MethodCfg {
     Geometric(GeometricCfg),
+    SpeedSort(SpeedSortCfg),
 }
 
 impl MethodCfg {
     pub fn kind(&self) -> MethodKind {
         match self {
             MethodCfg::Geometric(_) => MethodKind::Geometric,
+            MethodCfg::SpeedSort(_) => MethodKind::SpeedSort,
         }
     }
 }
@@ -215,6 +217,52 @@ impl Default for GeometricCfg {
             rotations_per_clip: RotationsPerClip::All,
             stride_min: 1,
             stride_max: 5,
+            dropout: 0.5,
+        }
+    }
+}
+
+/// What speed sorting predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpeedLabel {
+    /// One class per video: the permutation that sorts its shuffled clips by signed
+    /// speed (`n_clips!` classes). Default.
+    Sort,
+    /// One class per clip: its own (speed, direction).
+    PerClip,
+}
+
+/// `[method] kind = "speed_sort"`: sort clips of one video by playback speed
+/// (SpeedSortPretext; see METHODS.md section 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeedSortCfg {
+    /// Present so the section can be read as one table; always "speed_sort".
+    #[serde(skip_serializing)]
+    pub kind: Option<MethodKind>,
+    /// Clips per video, each at a distinct speed.
+    pub n_clips: usize,
+    /// Playback speeds (frame strides) to draw from; distinct, each >= 1.
+    pub speeds: Vec<usize>,
+    /// Allow backward playback (each clip reversed with probability 0.5).
+    pub reverse: bool,
+    pub label: SpeedLabel,
+    /// Width of the shared pair layer of the `"sort"` head.
+    pub pair_hidden: usize,
+    /// Dropout before the final classifier.
+    pub dropout: f64,
+}
+
+impl Default for SpeedSortCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            n_clips: 3,
+            speeds: vec![1, 2, 4, 8],
+            reverse: true,
+            label: SpeedLabel::Sort,
+            pair_hidden: 512,
             dropout: 0.5,
         }
     }
@@ -439,6 +487,7 @@ impl Recipe {
                     format!("must be in [0, 1), got {}", g.dropout)
                 })?;
             }
+            MethodCfg::SpeedSort(m) => validate_speed_sort(m)?,
         }
         let t = &self.train;
         check(t.batch_size >= 1, "train.batch_size", || {
@@ -537,6 +586,43 @@ impl Recipe {
         )?;
         Ok(())
     }
+}
+
+/// Checks of `[method] kind = "speed_sort"`.
+fn validate_speed_sort(m: &SpeedSortCfg) -> std::result::Result<(), Invalid> {
+    for (i, s) in m.speeds.iter().enumerate() {
+        check(*s >= 1, "method.speeds", || {
+            format!("entry {i} must be at least 1, got {s}")
+        })?;
+        check(!m.speeds[..i].contains(s), "method.speeds", || {
+            format!("speeds must be distinct; {s} appears twice")
+        })?;
+    }
+    check(m.n_clips >= 2, "method.n_clips", || {
+        format!("must be at least 2, got {}", m.n_clips)
+    })?;
+    check(m.n_clips <= m.speeds.len(), "method.n_clips", || {
+        format!(
+            "{} clips need as many distinct speeds; method.speeds has {}",
+            m.n_clips,
+            m.speeds.len()
+        )
+    })?;
+    if m.label == SpeedLabel::Sort {
+        check(m.n_clips <= 5, "method.n_clips", || {
+            format!(
+                "at most 5 with label = \"sort\" (n_clips! classes), got {}",
+                m.n_clips
+            )
+        })?;
+    }
+    check(m.pair_hidden >= 1, "method.pair_hidden", || {
+        "must be at least 1".into()
+    })?;
+    check((0.0..1.0).contains(&m.dropout), "method.dropout", || {
+        format!("must be in [0, 1), got {}", m.dropout)
+    })?;
+    Ok(())
 }
 
 /// Checks of one `[data]` table (also used for `[eval.data]`, with keys renamed).

@@ -285,6 +285,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         let batch = Batch {
             clips,
             videos: hb.videos,
+            clip_meta: hb.clip_meta,
             seed: hb.seed,
         };
         let out = pretext.step(&batch, true)?;

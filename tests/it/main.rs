@@ -7,6 +7,7 @@ mod import_extract;
 mod ops;
 mod pretext;
 mod recipe;
+mod speed_sort;
 mod synthetic;
 mod torchvision;
 mod train_e2e;

@@ -163,6 +163,8 @@ fn shipped_experiments_resolve() {
     for f in [
         "experiments/quickstart.toml",
         "experiments/geometric_r3d18_16x112_ucf101.toml",
+        "experiments/speed_sort_r3d18_16x112_ucf101.toml",
+        "experiments/speed_sort_quick.toml",
     ] {
         let out = run(&mut vssl(&["recipe", f]));
         assert!(out.status.success(), "{f}: {}", stderr(&out));

@@ -1,0 +1,588 @@
+//! SpeedSortPretext: permutation classes are a bijection, sort and per-clip labels
+//! follow the signed speeds, the loss matches a hand computation, the loader's clips
+//! show the frames their drawn speed and direction say, and training resumes exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use vssl::backbone;
+use vssl::data::augment::{MEAN, STD};
+use vssl::data::datasets::VideoDataset;
+use vssl::data::loader::{make_batch, BatchPlan};
+use vssl::data::sampler::{clip_indices, speed_sort_plan};
+use vssl::data::{Split, Video};
+use vssl::nn::VarStore;
+use vssl::pretext::speed_sort::{
+    factorial, per_clip_classes, per_clip_label, permutation_from_index, permutation_index,
+    sort_label, sorting_order,
+};
+use vssl::pretext::{Batch, ClipMeta, ClipSpec, Pretext, SpeedSort, SpeedSortPretext, SpeedSpec};
+use vssl::recipe::{BackboneCfg, NormKind, SpeedLabel, SpeedSortCfg};
+use vssl::train::checkpoint::read_safetensors;
+
+use super::common::{repo, run, stderr, stdout, vssl};
+
+fn m(speed: usize, reverse: bool) -> ClipMeta {
+    ClipMeta { speed, reverse }
+}
+
+/// All permutations of `0..n`, by recursive insertion.
+fn all_perms(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for p in all_perms(n - 1) {
+        for pos in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(pos, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+#[test]
+fn permutation_index_is_a_bijection() {
+    for n in [2usize, 3, 4, 5] {
+        let perms = all_perms(n);
+        assert_eq!(perms.len(), factorial(n));
+        let idx: BTreeSet<u32> = perms.iter().map(|p| permutation_index(p)).collect();
+        assert_eq!(
+            idx,
+            (0..factorial(n) as u32).collect::<BTreeSet<_>>(),
+            "n = {n}: every class once"
+        );
+        for p in &perms {
+            assert_eq!(&permutation_from_index(n, permutation_index(p)), p, "{p:?}");
+        }
+        for k in 0..factorial(n) as u32 {
+            assert_eq!(permutation_index(&permutation_from_index(n, k)), k);
+        }
+        // Lexicographic: identity first, reversal last.
+        let id: Vec<usize> = (0..n).collect();
+        let rev: Vec<usize> = (0..n).rev().collect();
+        assert_eq!(permutation_index(&id), 0);
+        assert_eq!(permutation_index(&rev), factorial(n) as u32 - 1);
+    }
+    // Hand values of the Lehmer code for n = 3: 012 021 102 120 201 210.
+    for (k, p) in [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(permutation_index(p), k as u32);
+    }
+}
+
+#[test]
+fn sort_label_orders_by_signed_speed() {
+    // signed speeds [2, -1, 4]: the backward clip is the slowest.
+    let metas = [m(2, false), m(1, true), m(4, false)];
+    assert_eq!(sorting_order(&metas), vec![1, 0, 2]);
+    assert_eq!(sort_label(&metas), permutation_index(&[1, 0, 2]));
+    assert_eq!(sort_label(&metas), 2);
+    // All forward, already sorted: class 0; descending: the reversal.
+    assert_eq!(sort_label(&[m(1, false), m(2, false), m(8, false)]), 0);
+    assert_eq!(sort_label(&[m(8, false), m(2, false), m(1, false)]), 5);
+    // Faster backward is more negative: signed [-1, -8, 2] sort as -8 < -1 < 2.
+    let metas = [m(1, true), m(8, true), m(2, false)];
+    assert_eq!(sorting_order(&metas), vec![1, 0, 2]);
+    // Every backward clip sorts below every forward clip, whatever the speeds.
+    let metas = [m(1, false), m(8, true), m(4, false), m(2, true)];
+    assert_eq!(sorting_order(&metas), vec![1, 3, 0, 2]);
+    // Shuffling the clips by a permutation q changes the label to the sort order of the
+    // shuffled list: sorting them must give ascending signed speeds every time.
+    let base = [m(4, true), m(1, true), m(2, false), m(8, false)];
+    for q in all_perms(4) {
+        let shuffled: Vec<ClipMeta> = q.iter().map(|&i| base[i]).collect();
+        let order = permutation_from_index(4, sort_label(&shuffled));
+        let sorted: Vec<i64> = order.iter().map(|&i| shuffled[i].signed_speed()).collect();
+        assert_eq!(sorted, vec![-4, -1, 2, 8], "{q:?}");
+    }
+}
+
+#[test]
+fn per_clip_labels_are_distinct_over_speed_and_direction() {
+    let speeds = [1usize, 2, 4, 8];
+    let mut seen = BTreeSet::new();
+    for &s in &speeds {
+        for r in [false, true] {
+            let l = per_clip_label(&m(s, r), &speeds, true).unwrap();
+            assert!(l < per_clip_classes(&speeds, true) as u32);
+            assert!(seen.insert(l), "speed {s} reverse {r}: label {l} repeats");
+        }
+    }
+    assert_eq!(seen.len(), 8);
+    // Without backward play: one class per speed.
+    let fwd: Vec<u32> = speeds
+        .iter()
+        .map(|&s| per_clip_label(&m(s, false), &speeds, false).unwrap())
+        .collect();
+    assert_eq!(fwd, vec![0, 1, 2, 3]);
+    assert_eq!(per_clip_classes(&speeds, false), 4);
+    assert!(per_clip_label(&m(3, false), &speeds, true).is_err());
+    assert!(per_clip_label(&m(2, true), &speeds, false).is_err());
+}
+
+fn tiny_backbone(norm: NormKind, frames: usize) -> Box<dyn backbone::Backbone> {
+    let cfg = BackboneCfg {
+        widths: [4, 8, 8, 8],
+        norm,
+        ..Default::default()
+    };
+    backbone::build(&cfg, &VarStore::new(&Device::Cpu, 3), frames).unwrap()
+}
+
+fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort {
+    let cfg = SpeedSortCfg {
+        n_clips,
+        speeds,
+        label,
+        pair_hidden: 6,
+        ..Default::default()
+    };
+    let heads = VarStore::new(&Device::Cpu, 9);
+    SpeedSort::new(&cfg, 4, tiny_backbone(NormKind::Bn, 4), heads).unwrap()
+}
+
+/// Sets every head weight to zero and the final bias to `bias`.
+fn set_head(p: &SpeedSort, bias: &[f32]) {
+    let mut t = BTreeMap::new();
+    for (k, v) in p.head_vars().all() {
+        let z = Tensor::zeros(v.dims(), DType::F32, &Device::Cpu).unwrap();
+        t.insert(k, z);
+    }
+    t.insert(
+        "fc.bias".to_string(),
+        Tensor::new(bias, &Device::Cpu).unwrap(),
+    );
+    let report = p.head_vars().load(&t).unwrap();
+    assert!(report.missing.is_empty() && report.unused.is_empty());
+}
+
+fn batch(metas: Vec<ClipMeta>, videos: usize) -> Batch {
+    let clips = Tensor::randn(0f32, 1.0, (metas.len(), 3, 4, 16, 16), &Device::Cpu).unwrap();
+    Batch {
+        clips,
+        videos,
+        clip_meta: metas,
+        seed: 11,
+    }
+}
+
+fn lse(x: &[f64]) -> f64 {
+    x.iter().map(|v| v.exp()).sum::<f64>().ln()
+}
+
+#[test]
+fn sort_loss_matches_hand_computation() {
+    let mut p = method(SpeedLabel::Sort, 3, vec![1, 2, 4, 8]);
+    assert_eq!(p.speeds().len(), 8, "4 speeds x 2 directions");
+    assert_eq!(p.classes(), 6);
+    // Head names: a shared pair layer and the final layer over 3 pairs x 6 hidden units.
+    let names: Vec<String> = p.head_vars().all().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        names,
+        vec!["fc.bias", "fc.weight", "pair.bias", "pair.weight"]
+    );
+    assert_eq!(
+        p.head_vars().all()[1].1.dims(),
+        &[6, 18],
+        "fc: [n!, n_pairs * pair_hidden]"
+    );
+    assert_eq!(
+        p.head_vars().all()[3].1.dims(),
+        &[6, 16],
+        "pair: [hidden, 2C]"
+    );
+
+    // Zero head: uniform logits, loss ln(3!), whatever the clips.
+    set_head(&p, &[0.0; 6]);
+    let metas = vec![
+        m(2, false),
+        m(1, true),
+        m(4, false), // video 0: order [1, 0, 2] = class 2
+        m(8, false),
+        m(4, false),
+        m(1, false), // video 1: order [2, 1, 0] = class 5
+    ];
+    let b = batch(metas.clone(), 2);
+    let got = p.step(&b, true).unwrap().loss.to_scalar::<f32>().unwrap() as f64;
+    assert!((got - 6f64.ln()).abs() < 1e-5, "{got} vs ln 6");
+
+    // Constant logits = bias: loss = mean over videos of lse(bias) - bias[label].
+    let bias = [0.5f32, -1.0, 2.0, 0.0, 1.0, 3.0];
+    set_head(&p, &bias);
+    let out = p.step(&b, true).unwrap();
+    let got = out.loss.to_scalar::<f32>().unwrap() as f64;
+    let bf: Vec<f64> = bias.iter().map(|&v| v as f64).collect();
+    let want = ((lse(&bf) - bf[2]) + (lse(&bf) - bf[5])) / 2.0;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    // The arg-max class 5 is right for video 1 only.
+    let acc = out.scalars.iter().find(|(k, _)| *k == "acc").unwrap().1;
+    assert!((acc - 0.5).abs() < 1e-9, "acc {acc}");
+    assert_eq!(p.targets(&metas).unwrap(), vec![2, 5]);
+    // The loss is the crate's cross-entropy on those targets.
+    let logits = Tensor::new(&[bias, bias], &Device::Cpu).unwrap();
+    let ce = vssl::loss::cross_entropy(&logits, &Tensor::new(&[2u32, 5], &Device::Cpu).unwrap())
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    assert!((ce - want).abs() < 1e-5);
+
+    // Bad metadata is an error, not a panic.
+    let short = batch(metas[..5].to_vec(), 2);
+    assert!(p.step(&short, true).is_err());
+}
+
+#[test]
+fn per_clip_loss_matches_hand_computation() {
+    let mut p = method(SpeedLabel::PerClip, 2, vec![1, 3]);
+    assert_eq!(p.classes(), 4);
+    let names: Vec<String> = p.head_vars().all().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(names, vec!["fc.bias", "fc.weight"]);
+    let bias = [1.0f32, 0.0, -2.0, 0.5];
+    set_head(&p, &bias);
+    // (speed, dir) classes: (1,fwd)=0 (1,rev)=1 (3,fwd)=2 (3,rev)=3
+    let metas = vec![m(3, true), m(1, false), m(1, true), m(3, false)];
+    assert_eq!(p.targets(&metas).unwrap(), vec![3, 0, 1, 2]);
+    // `speeds()` lists the playbacks in class order.
+    for (k, pb) in p.speeds().iter().enumerate() {
+        assert_eq!(per_clip_label(pb, &[1, 3], true).unwrap(), k as u32);
+    }
+    let out = p.step(&batch(metas, 2), false).unwrap();
+    let got = out.loss.to_scalar::<f32>().unwrap() as f64;
+    let bf: Vec<f64> = bias.iter().map(|&v| v as f64).collect();
+    let want = [3usize, 0, 1, 2]
+        .iter()
+        .map(|&c| lse(&bf) - bf[c])
+        .sum::<f64>()
+        / 4.0;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+}
+
+#[test]
+fn plan_draws_distinct_speeds_and_matching_indices() {
+    let spec = SpeedSpec {
+        speeds: vec![1, 2, 4, 8],
+        n_clips: 3,
+        reverse: true,
+    };
+    let (len, frames) = (40usize, 6usize);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut orders = BTreeSet::new();
+    let (mut back, mut fwd, mut wrapped) = (0, 0, 0);
+    for _ in 0..300 {
+        let plan = speed_sort_plan(len, frames, &spec, &mut rng);
+        assert_eq!(plan.len(), 3);
+        let speeds: BTreeSet<usize> = plan.iter().map(|c| c.meta.speed).collect();
+        assert_eq!(speeds.len(), 3, "distinct speeds");
+        for c in &plan {
+            assert!(spec.speeds.contains(&c.meta.speed));
+            let mut want = clip_indices(len, frames, c.meta.speed, c.start);
+            let span = (frames - 1) * c.meta.speed + 1;
+            if span <= len {
+                assert!(
+                    c.start + span <= len,
+                    "a clip that fits lies inside the video"
+                );
+            } else {
+                wrapped += 1;
+            }
+            if c.meta.reverse {
+                want.reverse();
+                back += 1;
+            } else {
+                fwd += 1;
+            }
+            assert_eq!(c.indices, want);
+        }
+        orders.insert(sort_label(&plan.iter().map(|c| c.meta).collect::<Vec<_>>()));
+    }
+    assert_eq!(orders.len(), 6, "every sort class occurs");
+    assert!(back > 300 && fwd > 300, "both directions: {back} / {fwd}");
+    assert!(wrapped > 0, "speed 8 spans 41 > 40 frames and wraps");
+    // Without reverse every clip plays forward.
+    let spec = SpeedSpec {
+        reverse: false,
+        ..spec
+    };
+    for _ in 0..20 {
+        assert!(speed_sort_plan(len, frames, &spec, &mut rng)
+            .iter()
+            .all(|c| !c.meta.reverse));
+    }
+}
+
+/// Videos whose frame `t` is a flat image of value `t` (so a clip's pixels reveal its
+/// frame indices); labels are the index.
+struct Ramp {
+    frames: usize,
+    size: usize,
+}
+
+impl VideoDataset for Ramp {
+    fn len(&self, _: Split) -> usize {
+        4
+    }
+    fn label(&self, _: Split, i: usize) -> Option<u32> {
+        Some(i as u32)
+    }
+    fn num_classes(&self) -> usize {
+        4
+    }
+    fn video(&self, _: Split, _: usize) -> vssl::Result<Video> {
+        let n = self.size * self.size * 3;
+        let data = (0..self.frames)
+            .flat_map(|t| std::iter::repeat_n(t as u8, n))
+            .collect();
+        Ok(Video {
+            frames: self.frames,
+            height: self.size,
+            width: self.size,
+            data,
+        })
+    }
+    fn describe(&self) -> String {
+        "ramp".into()
+    }
+}
+
+#[test]
+fn loader_clips_follow_drawn_speed_and_direction() {
+    let (len, frames, size) = (30usize, 5usize, 8usize);
+    let ds = Ramp { frames: len, size };
+    let spec = ClipSpec {
+        clips_per_video: 3,
+        frames,
+        stride: (1, 1),
+        speeds: Some(SpeedSpec {
+            speeds: vec![1, 2, 4, 8],
+            n_clips: 3,
+            reverse: true,
+        }),
+    };
+    let plan = BatchPlan {
+        spec,
+        size,
+        batch_size: 4,
+        seed: 17,
+    };
+    let (mut back, mut fwd) = (0, 0);
+    for step in 0..6 {
+        let hb = make_batch(&ds, &plan, step).unwrap();
+        assert_eq!(hb.shape, [12, 3, frames, size, size]);
+        assert_eq!(hb.clip_meta.len(), 12);
+        let clip_len = 3 * frames * size * size;
+        for (k, meta) in hb.clip_meta.iter().enumerate() {
+            // Frame index of each time step, read back from channel 0.
+            let shown: Vec<usize> = (0..frames)
+                .map(|t| {
+                    let v = hb.data[k * clip_len + t * size * size];
+                    ((v * STD[0] + MEAN[0]) * 255.0).round() as usize
+                })
+                .collect();
+            let first = if meta.reverse {
+                shown[frames - 1]
+            } else {
+                shown[0]
+            };
+            let mut want = clip_indices(len, frames, meta.speed, first);
+            if meta.reverse {
+                want.reverse();
+                back += 1;
+            } else {
+                fwd += 1;
+            }
+            assert_eq!(shown, want, "step {step} clip {k} {meta:?}");
+            if (frames - 1) * meta.speed < len {
+                assert!(first + (frames - 1) * meta.speed < len, "fits: no wrap");
+            }
+        }
+        for v in hb.clip_meta.chunks(3) {
+            let s: BTreeSet<usize> = v.iter().map(|c| c.speed).collect();
+            assert_eq!(s.len(), 3, "distinct speeds within a video");
+        }
+        // Counter-based: the same step gives the same batch.
+        let again = make_batch(&ds, &plan, step).unwrap();
+        assert_eq!(again.data, hb.data);
+        assert_eq!(again.clip_meta, hb.clip_meta);
+    }
+    assert!(back > 0 && fwd > 0);
+
+    // Strided specs record their stride, forward.
+    let plan = BatchPlan {
+        spec: ClipSpec {
+            clips_per_video: 1,
+            frames,
+            stride: (2, 3),
+            speeds: None,
+        },
+        ..plan
+    };
+    let hb = make_batch(&ds, &plan, 0).unwrap();
+    assert_eq!(hb.clip_meta.len(), 4);
+    assert!(hb
+        .clip_meta
+        .iter()
+        .all(|c| !c.reverse && (2..=3).contains(&c.speed)));
+}
+
+/// A tiny speed-sort recipe (small network, tiny synthetic set) written into `dir`.
+fn tiny_speed_recipe(dir: &Path, norm: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"base = ["{r}/registry/methods/speed_sort.toml", "{r}/registry/backbones/r3d_small.toml",
+        "{r}/registry/datasets/synthetic.toml", "{r}/registry/schedules/sgd_cosine.toml"]
+[data]
+frames = 4
+size = 16
+workers = 2
+[data.synthetic]
+train_videos = 16
+test_videos = 8
+video_frames = 16
+size = 16
+[backbone]
+widths = [4, 8, 8, 8]
+norm = "{norm}"
+[method]
+speeds = [1, 2, 3]
+pair_hidden = 8
+[train]
+batch_size = 2
+steps = 6
+checkpoint_every = 3
+log_every = 1
+warmup_steps = 2
+"#,
+        r = repo().display()
+    );
+    let path = dir.join(format!("speed_{norm}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    run(&mut vssl(&args))
+}
+
+fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    read_safetensors(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .0
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn resume_is_bit_identical_bn_and_tgn() {
+    for norm in ["bn", "tgn"] {
+        let d = tempfile::tempdir().unwrap();
+        let r = tiny_speed_recipe(d.path(), norm);
+        let straight = d.path().join("straight");
+        let o = train(&r, &straight, &[]);
+        assert!(o.status.success(), "{norm}: {}", stderr(&o));
+        let resumed = d.path().join("resumed");
+        let o = train(&r, &resumed, &["--stop-after", "3"]);
+        assert!(o.status.success(), "{norm}: {}", stderr(&o));
+        assert!(!resumed.join("model.safetensors").exists());
+        let o = train(&r, &resumed, &["--resume"]);
+        assert!(o.status.success(), "{norm}: {}", stderr(&o));
+
+        let a = tensors(&straight.join("model.safetensors"));
+        let b = tensors(&resumed.join("model.safetensors"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for k in ["pretext.pair.weight", "pretext.fc.weight"] {
+            assert!(a.contains_key(k), "{norm}: {k} saved");
+        }
+        for (k, ta) in &a {
+            assert_eq!(bits(ta), bits(&b[k]), "{norm}: tensor {k} differs");
+        }
+        let m1 = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+        let m2 = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
+        let col = |m: &str, key: &str| -> Vec<f64> {
+            m.lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{norm}: no {key} in {l}"))
+                })
+                .collect()
+        };
+        assert_eq!(col(&m1, "loss").len(), 6);
+        assert_eq!(col(&m1, "loss"), col(&m2, "loss"), "{norm}");
+        assert_eq!(col(&m1, "acc"), col(&m2, "acc"), "{norm}");
+    }
+}
+
+#[test]
+fn recipe_checks_name_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let r = tiny_speed_recipe(d.path(), "bn");
+    let bad = |sets: &[&str], key: &str| {
+        let mut args = vec!["recipe", r.to_str().unwrap()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = run(&mut vssl(&args));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{sets:?}: {err}");
+        assert!(
+            err.contains(key) && !err.contains("panicked"),
+            "{sets:?}: {err}"
+        );
+    };
+    bad(&["method.n_clips=4"], "method.n_clips"); // 3 speeds
+    bad(&["method.n_clips=1"], "method.n_clips");
+    bad(&["method.speeds=[1, 2, 2]"], "method.speeds");
+    bad(&["method.speeds=[0, 1, 2]"], "method.speeds");
+    bad(
+        &["method.speeds=[1, 2, 3, 4, 5, 6]", "method.n_clips=6"],
+        "method.n_clips",
+    );
+    bad(&["method.label=\"pairs\""], "method.label");
+    bad(&["method.stride_max=3"], "method.stride_max");
+    bad(&["method.dropout=1.0"], "method.dropout");
+    // Six clips are fine per clip (no n! classes), and the resolved recipe round-trips.
+    let o = run(&mut vssl(&[
+        "recipe",
+        r.to_str().unwrap(),
+        "--set",
+        "method.speeds=[1, 2, 3, 4, 5, 6]",
+        "--set",
+        "method.n_clips=6",
+        "--set",
+        "method.label=\"per_clip\"",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("kind = \"speed_sort\"") && text.contains("label = \"per_clip\""));
+}
