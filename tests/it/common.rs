@@ -1,7 +1,11 @@
 //! Helpers shared by the integration tests: running the binary and writing tiny recipes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use vssl::train::checkpoint::read_safetensors;
 
 /// The repository root (where `registry/` and `experiments/` live).
 pub fn repo() -> PathBuf {
@@ -68,4 +72,49 @@ linear_epochs = 20
     let path = dir.join("tiny.toml");
     std::fs::write(&path, format!("base = [\"tiny_base.toml\"]\n{extra}\n")).unwrap();
     path
+}
+
+/// Every tensor of a safetensors file, on the CPU.
+pub fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    read_safetensors(path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .0
+}
+
+/// `vssl train RECIPE --out OUT --device cpu EXTRA...`.
+pub fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    run(&mut vssl(&args))
+}
+
+/// Same names, and every tensor equal bit for bit.
+pub fn assert_bit_identical(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, ta) in a {
+        let tb = &b[k];
+        let (va, vb) = (
+            ta.flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            tb.flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+        );
+        let same = va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "tensor {k} differs between straight and resumed runs");
+    }
 }

@@ -6,9 +6,8 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use vssl::eval::metrics::{mean_std, top_k, video_probs};
-use vssl::train::checkpoint::read_safetensors;
 
-use super::common::{run, stderr, stdout, tiny_recipe, vssl};
+use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, vssl};
 
 #[test]
 fn video_level_scores_average_clip_softmax() {
@@ -162,9 +161,7 @@ fn finetune_resumes_bit_identically_after_a_crash() {
     // Straight run.
     let o = run(&mut vssl(&args));
     assert!(o.status.success(), "{}", stderr(&o));
-    let straight = read_safetensors(&out.join("eval/finetune/last.safetensors"), &Device::Cpu)
-        .unwrap()
-        .0;
+    let straight = tensors(&out.join("eval/finetune/last.safetensors"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/finetune.json")).unwrap())
             .unwrap();
@@ -181,34 +178,8 @@ fn finetune_resumes_bit_identically_after_a_crash() {
     resume_args.push("--resume");
     let o = run(&mut vssl(&resume_args));
     assert!(o.status.success(), "{}", stderr(&o));
-    let resumed = read_safetensors(&out.join("eval/finetune/last.safetensors"), &Device::Cpu)
-        .unwrap()
-        .0;
-    assert_eq!(
-        straight.keys().collect::<Vec<_>>(),
-        resumed.keys().collect::<Vec<_>>()
-    );
-    for (k, a) in &straight {
-        let (x, y) = (
-            a.flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap(),
-            resumed[k]
-                .flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap(),
-        );
-        assert!(
-            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            "{k} differs after resume"
-        );
-    }
+    let resumed = tensors(&out.join("eval/finetune/last.safetensors"));
+    assert_bit_identical(&straight, &resumed);
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/finetune.json")).unwrap())
             .unwrap();

@@ -20,9 +20,8 @@ use vssl::pretext::speed_sort::{
 };
 use vssl::pretext::{Batch, ClipMeta, ClipSpec, Pretext, SpeedSort, SpeedSortPretext, SpeedSpec};
 use vssl::recipe::{BackboneCfg, NormKind, SpeedLabel, SpeedSortCfg};
-use vssl::train::checkpoint::read_safetensors;
 
-use super::common::{repo, run, stderr, stdout, vssl};
+use super::common::{assert_bit_identical, repo, run, stderr, stdout, tensors, train, vssl};
 
 fn m(speed: usize, reverse: bool) -> ClipMeta {
     ClipMeta { speed, reverse }
@@ -471,37 +470,6 @@ warmup_steps = 2
     path
 }
 
-fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "train",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    run(&mut vssl(&args))
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    read_safetensors(path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .0
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
-
 #[test]
 fn resume_is_bit_identical_bn_and_tgn() {
     for norm in ["bn", "tgn"] {
@@ -519,13 +487,10 @@ fn resume_is_bit_identical_bn_and_tgn() {
 
         let a = tensors(&straight.join("model.safetensors"));
         let b = tensors(&resumed.join("model.safetensors"));
-        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
         for k in ["pretext.pair.weight", "pretext.fc.weight"] {
             assert!(a.contains_key(k), "{norm}: {k} saved");
         }
-        for (k, ta) in &a {
-            assert_eq!(bits(ta), bits(&b[k]), "{norm}: tensor {k} differs");
-        }
+        assert_bit_identical(&a, &b);
         let m1 = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
         let m2 = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
         let col = |m: &str, key: &str| -> Vec<f64> {

@@ -1,56 +1,12 @@
 //! End-to-end runs of `vssl train` / `vssl eval` on tiny synthetic data: run
 //! directory layout, exact resume, crash safety of checkpoint writes.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use vssl::train::checkpoint::read_safetensors;
 
-use super::common::{run, stderr, stdout, tiny_recipe, vssl};
-
-fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    read_safetensors(path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .0
-}
-
-fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "train",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    run(&mut vssl(&args))
-}
-
-fn assert_bit_identical(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (k, ta) in a {
-        let tb = &b[k];
-        let (va, vb) = (
-            ta.flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap(),
-            tb.flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap(),
-        );
-        let same = va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "tensor {k} differs between straight and resumed runs");
-    }
-}
+use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, train, vssl};
 
 #[test]
 fn run_dir_layout_and_metadata() {
