@@ -142,6 +142,15 @@ impl VarStore {
         out
     }
 
+    /// Every tensor in scope (as [`VarStore::all`]) with `prefix` prepended to its name:
+    /// what a model file or checkpoint holds.
+    pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        self.all()
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.as_tensor().clone()))
+            .collect()
+    }
+
     fn in_scope(&self, name: &str) -> bool {
         self.prefix.is_empty()
             || name == self.prefix

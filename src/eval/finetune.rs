@@ -115,18 +115,8 @@ fn unprefixed(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<Stri
 }
 
 fn model_tensors(net: &dyn Backbone, head_vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = net
-        .vars()
-        .all()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
-    out.extend(
-        head_vs
-            .all()
-            .into_iter()
-            .map(|(k, v)| (k, v.as_tensor().clone())),
-    );
+    let mut out = net.vars().named_tensors("");
+    out.extend(head_vs.named_tensors(""));
     out
 }
 

@@ -69,19 +69,8 @@ pub fn schedule(recipe: &Recipe, total: u64) -> Schedule {
 
 /// Every tensor of the model (backbone under torchvision names, heads under `pretext.`).
 pub fn model_tensors(p: &dyn Pretext) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = p
-        .backbone()
-        .vars()
-        .all()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
-    out.extend(
-        p.head_vars()
-            .all()
-            .into_iter()
-            .map(|(k, v)| (format!("pretext.{k}"), v.as_tensor().clone())),
-    );
+    let mut out = p.backbone().vars().named_tensors("");
+    out.extend(p.head_vars().named_tensors("pretext."));
     out
 }
 
