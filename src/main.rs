@@ -64,16 +64,8 @@ enum Cmd {
         /// The .pth file: a state dict, or one under `state_dict` / `model`; `module.`
         /// prefixes are stripped.
         input: PathBuf,
-        /// Architecture: r3d_18, mc3_18, r2plus1d_18, r3d_small or c3d.
-        #[arg(long)]
-        arch: Option<String>,
-        /// Take the backbone section (and data.frames) from this recipe.
-        #[arg(long)]
-        recipe: Option<PathBuf>,
-        /// Override a backbone key: --set backbone.widths=[2,2,2,2] (repeatable;
-        /// `data.frames=N` sets the clip length TGN layers are built for).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
+        #[command(flatten)]
+        backbone: BackboneOpts,
         /// The safetensors file to write.
         #[arg(long)]
         out: PathBuf,
@@ -95,15 +87,8 @@ enum Cmd {
         /// The safetensors file to write.
         #[arg(long)]
         output: PathBuf,
-        /// Architecture (default: from the weights' metadata).
-        #[arg(long)]
-        arch: Option<String>,
-        /// Take the backbone section (and data.frames) from this recipe.
-        #[arg(long)]
-        recipe: Option<PathBuf>,
-        /// Override a backbone key: --set backbone.widths=[2,2,2,2] (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
+        #[command(flatten)]
+        backbone: BackboneOpts,
         /// Frames per clip (videos).
         #[arg(long, default_value_t = 16)]
         frames: usize,
@@ -144,6 +129,32 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+}
+
+/// Which backbone `import` and `extract` build (shared by both commands).
+#[derive(clap::Args)]
+struct BackboneOpts {
+    /// Architecture: r3d_18, mc3_18, r2plus1d_18, r3d_small or c3d (extract: default
+    /// from the weights' metadata).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Take the backbone section (and data.frames) from this recipe.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Override a backbone key: --set backbone.widths=[2,2,2,2] (repeatable;
+    /// `data.frames=N` sets the clip length TGN layers are built for).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+impl From<BackboneOpts> for BackboneArgs {
+    fn from(o: BackboneOpts) -> Self {
+        BackboneArgs {
+            arch: o.arch,
+            recipe: o.recipe,
+            sets: o.sets,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -199,16 +210,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Import {
             input,
-            arch,
-            recipe,
-            sets,
+            backbone,
             out,
             allow_missing,
         } => {
             let opts = ImportOptions {
                 input,
                 out,
-                backbone: BackboneArgs { arch, recipe, sets },
+                backbone: backbone.into(),
                 allow_missing,
             };
             let rep = import::import(&opts)?;
@@ -233,9 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             weights,
             input,
             output,
-            arch,
-            recipe,
-            sets,
+            backbone,
             frames,
             size,
             clips,
@@ -247,7 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 weights,
                 input,
                 output,
-                backbone: BackboneArgs { arch, recipe, sets },
+                backbone: backbone.into(),
                 frames,
                 size,
                 clips,

@@ -10,7 +10,6 @@ use rand::{Rng, SeedableRng};
 use super::heads::{dropout, Linear};
 use super::{Batch, ClipSpec, Pretext, StepOutput};
 use crate::backbone::Backbone;
-use crate::loss;
 use crate::nn::{mix, VarStore};
 use crate::recipe::{GeometricCfg, RotationsPerClip};
 use crate::{Error, Result};
@@ -157,12 +156,7 @@ impl Pretext for RotationPrediction {
         let f = self.backbone.pooled(&x, train)?;
         let f = dropout(&f, self.cfg.dropout, train, mix(batch.seed ^ 0xd20f))?;
         let logits = self.head.forward(&f)?;
-        let loss = loss::cross_entropy(&logits, &labels)?;
-        let acc = loss::accuracy(&logits.detach(), &labels)?;
-        Ok(StepOutput {
-            loss,
-            scalars: vec![("acc", acc)],
-        })
+        StepOutput::classification(&logits, &labels)
     }
 
     fn backbone(&self) -> &dyn Backbone {
@@ -173,6 +167,3 @@ impl Pretext for RotationPrediction {
         &self.head_vars
     }
 }
-
-#[allow(dead_code)]
-fn _assert_object_safe(_: &dyn Pretext) {}

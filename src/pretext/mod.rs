@@ -87,6 +87,19 @@ pub struct StepOutput {
     pub scalars: Vec<(&'static str, f64)>,
 }
 
+impl StepOutput {
+    /// Cross-entropy of `logits` against `labels`, logging accuracy as `acc`: the
+    /// output of every classification pretext.
+    pub fn classification(logits: &Tensor, labels: &Tensor) -> Result<Self> {
+        let loss = crate::loss::cross_entropy(logits, labels)?;
+        let acc = crate::loss::accuracy(&logits.detach(), labels)?;
+        Ok(Self {
+            loss,
+            scalars: vec![("acc", acc)],
+        })
+    }
+}
+
 /// What the trainer runs.
 pub trait Pretext: Send {
     /// What clips one training sample needs.

@@ -12,7 +12,6 @@ use candle_core::Tensor;
 use super::heads::{dropout, Linear};
 use super::{Batch, ClipMeta, ClipSpec, Pretext, SpeedSpec, StepOutput};
 use crate::backbone::Backbone;
-use crate::loss;
 use crate::nn::{mix, VarStore};
 use crate::recipe::{SpeedLabel, SpeedSortCfg};
 use crate::{Error, Result};
@@ -279,12 +278,7 @@ impl Pretext for SpeedSort {
         let labels = Tensor::from_vec(targets.clone(), targets.len(), batch.clips.device())?;
         let f = self.backbone.pooled(&batch.clips, train)?;
         let logits = self.logits(&f, batch.videos, train, mix(batch.seed ^ 0x5bd5))?;
-        let loss = loss::cross_entropy(&logits, &labels)?;
-        let acc = loss::accuracy(&logits.detach(), &labels)?;
-        Ok(StepOutput {
-            loss,
-            scalars: vec![("acc", acc)],
-        })
+        StepOutput::classification(&logits, &labels)
     }
 
     fn backbone(&self) -> &dyn Backbone {

@@ -36,12 +36,19 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-/// A tiny, fast recipe (small network, tiny synthetic set) written into `dir`;
-/// `extra` is an experiment layered over it (so it may repeat sections).
+/// A tiny, fast rotation-prediction recipe (small network, tiny synthetic set)
+/// written into `dir`; `extra` is an experiment layered over it (so it may repeat
+/// sections).
 pub fn tiny_recipe(dir: &Path, extra: &str) -> PathBuf {
+    tiny_recipe_for(dir, "geometric", "stride_max = 2", extra)
+}
+
+/// As [`tiny_recipe`] for any method: `registry/methods/<method>.toml` as the method
+/// base, with `method_keys` in its `[method]` table.
+pub fn tiny_recipe_for(dir: &Path, method: &str, method_keys: &str, extra: &str) -> PathBuf {
     let repo = repo();
     let text = format!(
-        r#"base = ["{r}/registry/methods/geometric.toml", "{r}/registry/backbones/r3d_small.toml",
+        r#"base = ["{r}/registry/methods/{method}.toml", "{r}/registry/backbones/r3d_small.toml",
         "{r}/registry/datasets/synthetic.toml", "{r}/registry/schedules/sgd_cosine.toml"]
 [data]
 frames = 4
@@ -55,7 +62,7 @@ size = 16
 [backbone]
 widths = [4, 8, 8, 8]
 [method]
-stride_max = 2
+{method_keys}
 [train]
 batch_size = 2
 steps = 6

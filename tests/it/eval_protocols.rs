@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use vssl::eval::metrics::{mean_std, top_k, video_probs};
 
-use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, vssl};
+use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, train, vssl};
 
 #[test]
 fn video_level_scores_average_clip_softmax() {
@@ -53,14 +53,7 @@ fn trained_run(dir: &Path) -> std::path::PathBuf {
         "[eval]\nfinetune_epochs = 2\nfinetune_batch_size = 4\ntest_clips = 2\n",
     );
     let out = dir.join("run");
-    let o = run(&mut vssl(&[
-        "train",
-        r.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]));
+    let o = train(&r, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
 }

@@ -21,7 +21,9 @@ use vssl::pretext::speed_sort::{
 use vssl::pretext::{Batch, ClipMeta, ClipSpec, Pretext, SpeedSort, SpeedSortPretext, SpeedSpec};
 use vssl::recipe::{BackboneCfg, NormKind, SpeedLabel, SpeedSortCfg};
 
-use super::common::{assert_bit_identical, repo, run, stderr, stdout, tensors, train, vssl};
+use super::common::{
+    assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe_for, train, vssl,
+};
 
 fn m(speed: usize, reverse: bool) -> ClipMeta {
     ClipMeta { speed, reverse }
@@ -438,36 +440,12 @@ fn loader_clips_follow_drawn_speed_and_direction() {
 
 /// A tiny speed-sort recipe (small network, tiny synthetic set) written into `dir`.
 fn tiny_speed_recipe(dir: &Path, norm: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"base = ["{r}/registry/methods/speed_sort.toml", "{r}/registry/backbones/r3d_small.toml",
-        "{r}/registry/datasets/synthetic.toml", "{r}/registry/schedules/sgd_cosine.toml"]
-[data]
-frames = 4
-size = 16
-workers = 2
-[data.synthetic]
-train_videos = 16
-test_videos = 8
-video_frames = 16
-size = 16
-[backbone]
-widths = [4, 8, 8, 8]
-norm = "{norm}"
-[method]
-speeds = [1, 2, 3]
-pair_hidden = 8
-[train]
-batch_size = 2
-steps = 6
-checkpoint_every = 3
-log_every = 1
-warmup_steps = 2
-"#,
-        r = repo().display()
-    );
-    let path = dir.join(format!("speed_{norm}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    tiny_recipe_for(
+        dir,
+        "speed_sort",
+        "speeds = [1, 2, 3]\npair_hidden = 8",
+        &format!("[backbone]\nnorm = \"{norm}\""),
+    )
 }
 
 #[test]
