@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::{write_clip, Crop};
 use crate::data::datasets::VideoDataset;
-use crate::data::sampler::{clip_indices, speed_sort_plan, uniform_starts};
+use crate::data::sampler::{clip_indices, plan_clips, uniform_starts};
 use crate::data::{Split, Video};
 use crate::nn::mix;
 use crate::pretext::{ClipMeta, ClipSpec};
@@ -65,17 +65,6 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         return Err(Error::BadInput("the training split has no videos".into()));
     }
     let spec = &plan.spec;
-    if let Some(sp) = &spec.speeds {
-        if sp.n_clips != spec.clips_per_video
-            || sp.n_clips > sp.speeds.len()
-            || sp.speeds.contains(&0)
-        {
-            return Err(Error::Internal(format!(
-                "inconsistent speed-sort spec: {} clips per video, {sp:?}",
-                spec.clips_per_video
-            )));
-        }
-    }
     let (s, t) = (plan.size, spec.frames);
     let clip_len = 3 * t * s * s;
     let clips = plan.batch_size * spec.clips_per_video;
@@ -96,45 +85,19 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         let mut rng =
             ChaCha8Rng::seed_from_u64(mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
         let base = j * spec.clips_per_video;
-        if let Some(speeds) = &spec.speeds {
-            // Speed sorting: the clips of a video are drawn together (distinct speeds).
-            let planned = speed_sort_plan(video.frames, t, speeds, &mut rng);
-            for (c, pc) in planned.into_iter().enumerate() {
-                let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
-                let k = base + c;
-                write_clip(
-                    &video,
-                    &pc.indices,
-                    crop,
-                    &mut data[k * clip_len..(k + 1) * clip_len],
-                );
-                clip_meta.push(pc.meta);
-            }
-            continue;
-        }
-        for c in 0..spec.clips_per_video {
-            let stride = rng.random_range(spec.stride.0..=spec.stride.1);
-            // A clip lies inside the video when it fits; only longer clips wrap around
-            // (a wrap is a jump cut, which would teach motion models the wrong thing).
-            let span = (t - 1) * stride + 1;
-            let start = if span <= video.frames {
-                rng.random_range(0..=video.frames - span)
-            } else {
-                rng.random_range(0..video.frames)
-            };
-            let idxs = clip_indices(video.frames, t, stride, start);
+        for (c, pc) in plan_clips(spec, video.frames, &mut rng)?
+            .into_iter()
+            .enumerate()
+        {
             let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
             let k = base + c;
             write_clip(
                 &video,
-                &idxs,
+                &pc.indices,
                 crop,
                 &mut data[k * clip_len..(k + 1) * clip_len],
             );
-            clip_meta.push(ClipMeta {
-                speed: stride,
-                reverse: false,
-            });
+            clip_meta.push(pc.meta);
         }
     }
     Ok(HostBatch {

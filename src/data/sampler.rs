@@ -6,7 +6,8 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::pretext::{ClipMeta, SpeedSpec};
+use crate::pretext::{ClipMeta, ClipSpec, Sampling, SpeedSpec};
+use crate::{Error, Result};
 
 /// Frame indices of a clip of `frames` frames at `stride` starting at `start`,
 /// wrapping around a video of `len` frames.
@@ -74,4 +75,59 @@ pub fn speed_sort_plan<R: Rng + ?Sized>(
         .collect();
     clips.shuffle(rng);
     clips
+}
+
+/// The clips of one video of `len` frames for any [`ClipSpec`], in batch order:
+/// the single entry point the loader uses, dispatching on [`Sampling`].
+pub fn plan_clips<R: Rng + ?Sized>(
+    spec: &ClipSpec,
+    len: usize,
+    rng: &mut R,
+) -> Result<Vec<PlannedClip>> {
+    let t = spec.frames;
+    let clips = match &spec.sampling {
+        Sampling::Strided { stride } => (0..spec.clips_per_video)
+            .map(|_| {
+                let stride = rng.random_range(stride.0..=stride.1);
+                // A clip lies inside the video when it fits; only longer clips wrap
+                // around (a wrap is a jump cut, which would teach motion models the
+                // wrong thing).
+                let span = (t - 1) * stride + 1;
+                let start = if span <= len {
+                    rng.random_range(0..=len - span)
+                } else {
+                    rng.random_range(0..len.max(1))
+                };
+                PlannedClip {
+                    meta: ClipMeta {
+                        speed: stride,
+                        reverse: false,
+                    },
+                    start,
+                    indices: clip_indices(len, t, stride, start),
+                }
+            })
+            .collect(),
+        Sampling::SpeedSort(sp) => {
+            if sp.n_clips != spec.clips_per_video
+                || sp.n_clips > sp.speeds.len()
+                || sp.speeds.contains(&0)
+            {
+                return Err(Error::Internal(format!(
+                    "inconsistent speed-sort spec: {} clips per video, {sp:?}",
+                    spec.clips_per_video
+                )));
+            }
+            speed_sort_plan(len, t, sp, rng)
+        }
+    };
+    if clips.len() != spec.clips_per_video {
+        return Err(Error::Internal(format!(
+            "sampling {:?} planned {} clips, spec says {}",
+            spec.sampling,
+            clips.len(),
+            spec.clips_per_video
+        )));
+    }
+    Ok(clips)
 }

@@ -204,12 +204,7 @@ pub fn finetune(
     }
 
     let plan = BatchPlan {
-        spec: ClipSpec {
-            clips_per_video: 1,
-            frames: recipe.eval_frames(),
-            stride: (e.train_stride, e.train_stride),
-            speeds: None,
-        },
+        spec: ClipSpec::strided(1, recipe.eval_frames(), (e.train_stride, e.train_stride)),
         size: recipe.eval_data().size,
         batch_size: e.finetune_batch_size,
         seed,

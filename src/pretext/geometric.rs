@@ -143,12 +143,7 @@ impl GeometricPretext for RotationPrediction {
 
 impl Pretext for RotationPrediction {
     fn clip_spec(&self) -> ClipSpec {
-        ClipSpec {
-            clips_per_video: 1,
-            frames: self.frames,
-            stride: (self.cfg.stride_min, self.cfg.stride_max),
-            speeds: None,
-        }
+        ClipSpec::strided(1, self.frames, (self.cfg.stride_min, self.cfg.stride_max))
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {

@@ -20,17 +20,37 @@ pub use speed_sort::{SpeedSort, SpeedSortPretext};
 /// What clips one training sample (one video) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClipSpec {
-    /// Clips drawn from each video.
+    /// Clips drawn from each video (all of `frames` frames), in the order the
+    /// sampling puts them into the batch.
     pub clips_per_video: usize,
     /// Frames per clip.
     pub frames: usize,
-    /// Frame stride drawn uniformly from `stride.0..=stride.1` per clip (independent
-    /// clips; unused when `speeds` is set).
-    pub stride: (usize, usize),
-    /// Speed-sort sampling: the clips of a video get distinct playback speeds and
-    /// directions and are shuffled (see [`SpeedSpec`]). `clips_per_video` must then
-    /// equal `n_clips`.
-    pub speeds: Option<SpeedSpec>,
+    /// How the clips of one video are placed in time and relate to each other.
+    pub sampling: Sampling,
+}
+
+impl ClipSpec {
+    /// `clips` independent clips with a frame stride drawn from `stride.0..=stride.1`.
+    pub fn strided(clips: usize, frames: usize, stride: (usize, usize)) -> Self {
+        Self {
+            clips_per_video: clips,
+            frames,
+            sampling: Sampling::Strided { stride },
+        }
+    }
+}
+
+/// Clip placement families. Each variant is planned by
+/// [`crate::data::sampler::plan_clips`]; a method with new multi-clip relations
+/// adds a variant and an arm there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sampling {
+    /// Independent clips, each with its own start and a frame stride drawn uniformly
+    /// from `stride.0..=stride.1`.
+    Strided { stride: (usize, usize) },
+    /// Speed sorting: distinct playback speeds per clip (see [`SpeedSpec`]);
+    /// `clips_per_video` must equal `n_clips`.
+    SpeedSort(SpeedSpec),
 }
 
 /// How the clips of one video are drawn for speed sorting: `n_clips` distinct speeds

@@ -10,7 +10,7 @@
 use candle_core::Tensor;
 
 use super::heads::{dropout, Linear};
-use super::{Batch, ClipMeta, ClipSpec, Pretext, SpeedSpec, StepOutput};
+use super::{Batch, ClipMeta, ClipSpec, Pretext, Sampling, SpeedSpec, StepOutput};
 use crate::backbone::Backbone;
 use crate::nn::{mix, VarStore};
 use crate::recipe::{SpeedLabel, SpeedSortCfg};
@@ -254,8 +254,7 @@ impl Pretext for SpeedSort {
         ClipSpec {
             clips_per_video: self.cfg.n_clips,
             frames: self.frames,
-            stride: (1, 1),
-            speeds: Some(SpeedSpec {
+            sampling: Sampling::SpeedSort(SpeedSpec {
                 speeds: self.cfg.speeds.clone(),
                 n_clips: self.cfg.n_clips,
                 reverse: self.cfg.reverse,

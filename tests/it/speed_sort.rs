@@ -18,7 +18,9 @@ use vssl::pretext::speed_sort::{
     factorial, per_clip_classes, per_clip_label, permutation_from_index, permutation_index,
     sort_label, sorting_order,
 };
-use vssl::pretext::{Batch, ClipMeta, ClipSpec, Pretext, SpeedSort, SpeedSortPretext, SpeedSpec};
+use vssl::pretext::{
+    Batch, ClipMeta, ClipSpec, Pretext, Sampling, SpeedSort, SpeedSortPretext, SpeedSpec,
+};
 use vssl::recipe::{BackboneCfg, NormKind, SpeedLabel, SpeedSortCfg};
 
 use super::common::{
@@ -365,8 +367,7 @@ fn loader_clips_follow_drawn_speed_and_direction() {
     let spec = ClipSpec {
         clips_per_video: 3,
         frames,
-        stride: (1, 1),
-        speeds: Some(SpeedSpec {
+        sampling: Sampling::SpeedSort(SpeedSpec {
             speeds: vec![1, 2, 4, 8],
             n_clips: 3,
             reverse: true,
@@ -422,12 +423,7 @@ fn loader_clips_follow_drawn_speed_and_direction() {
 
     // Strided specs record their stride, forward.
     let plan = BatchPlan {
-        spec: ClipSpec {
-            clips_per_video: 1,
-            frames,
-            stride: (2, 3),
-            speeds: None,
-        },
+        spec: ClipSpec::strided(1, frames, (2, 3)),
         ..plan
     };
     let hb = make_batch(&ds, &plan, 0).unwrap();
