@@ -9,7 +9,7 @@ use candle_core::Device;
 use crate::backbone::{self, Backbone};
 use crate::data::datasets::{self, VideoDataset};
 use crate::nn::{hash_str, mix, VarStore};
-use crate::pretext::{Pretext, RotationPrediction, SpeedSort};
+use crate::pretext::{Pretext, RotationPrediction, SpeedSort, Tclr};
 use crate::recipe::{MethodCfg, Recipe};
 use crate::Result;
 
@@ -46,5 +46,8 @@ pub fn pretext(recipe: &Recipe, device: &Device) -> Result<Box<dyn Pretext>> {
             heads,
         )?),
         MethodCfg::SpeedSort(cfg) => Box::new(SpeedSort::new(cfg, recipe.data.frames, net, heads)?),
+        MethodCfg::TemporalContrast(cfg) => {
+            Box::new(Tclr::new(cfg, recipe.data.frames, net, heads)?)
+        }
     })
 }

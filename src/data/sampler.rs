@@ -6,7 +6,7 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::pretext::{ClipMeta, ClipSpec, Sampling, SpeedSpec};
+use crate::pretext::{ClipMeta, ClipSpec, Sampling, SparseDenseSpec, SpeedSpec};
 use crate::{Error, Result};
 
 /// Frame indices of a clip of `frames` frames at `stride` starting at `start`,
@@ -77,6 +77,39 @@ pub fn speed_sort_plan<R: Rng + ?Sized>(
     clips
 }
 
+/// The clips of one video of `len` frames for temporal contrast (see
+/// [`SparseDenseSpec`] for the layout and batch order). Draws one start: inside the
+/// video when the whole footprint (the sparse span and the last dense clip) fits,
+/// else anywhere with wrap-around. Sparse clips record `speed = stride`, dense clips
+/// `speed = 1`.
+pub fn sparse_dense_plan<R: Rng + ?Sized>(
+    len: usize,
+    frames: usize,
+    spec: &SparseDenseSpec,
+    rng: &mut R,
+) -> Vec<PlannedClip> {
+    let q = frames * spec.stride / spec.dense.max(1);
+    let sparse_span = (frames - 1) * spec.stride + 1;
+    let dense_end = (spec.dense.max(1) - 1) * q + frames;
+    let footprint = sparse_span.max(dense_end);
+    let start = if footprint <= len {
+        rng.random_range(0..=len - footprint)
+    } else {
+        rng.random_range(0..len.max(1))
+    };
+    let clip = |speed: usize, from: usize| PlannedClip {
+        meta: ClipMeta {
+            speed,
+            reverse: false,
+        },
+        start: from % len.max(1),
+        indices: clip_indices(len, frames, speed, from),
+    };
+    let mut one_view = vec![clip(spec.stride, start)];
+    one_view.extend((0..spec.dense).map(|i| clip(1, start + i * q)));
+    (0..spec.views).flat_map(|_| one_view.clone()).collect()
+}
+
 /// The clips of one video of `len` frames for any [`ClipSpec`], in batch order:
 /// the single entry point the loader uses, dispatching on [`Sampling`].
 pub fn plan_clips<R: Rng + ?Sized>(
@@ -119,6 +152,20 @@ pub fn plan_clips<R: Rng + ?Sized>(
                 )));
             }
             speed_sort_plan(len, t, sp, rng)
+        }
+        Sampling::SparseDense(sd) => {
+            if sd.clips() != spec.clips_per_video
+                || sd.stride == 0
+                || sd.dense == 0
+                || sd.views == 0
+                || (t * sd.stride) % sd.dense != 0
+            {
+                return Err(Error::Internal(format!(
+                    "inconsistent sparse-dense spec: {} clips per video of {t} frames, {sd:?}",
+                    spec.clips_per_video
+                )));
+            }
+            sparse_dense_plan(len, t, sd, rng)
         }
     };
     if clips.len() != spec.clips_per_video {

@@ -7,6 +7,7 @@
 pub mod geometric;
 pub mod heads;
 pub mod speed_sort;
+pub mod temporal_contrast;
 
 use candle_core::Tensor;
 
@@ -16,6 +17,7 @@ use crate::Result;
 
 pub use geometric::{GeometricPretext, GeometricTransform, RotationPrediction};
 pub use speed_sort::{SpeedSort, SpeedSortPretext};
+pub use temporal_contrast::{Tclr, TemporalContrast};
 
 /// What clips one training sample (one video) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,41 @@ pub enum Sampling {
     /// Speed sorting: distinct playback speeds per clip (see [`SpeedSpec`]);
     /// `clips_per_video` must equal `n_clips`.
     SpeedSort(SpeedSpec),
+    /// Temporal contrast (TCLR): one sparse clip and `dense` consecutive-frame clips
+    /// aligned with its parts, each repeated for `views` augmented views (see
+    /// [`SparseDenseSpec`]); `clips_per_video` must equal `views * (1 + dense)`.
+    SparseDense(SparseDenseSpec),
+}
+
+/// TCLR's clips of one video. The sparse clip has `frames` frames at stride `stride`
+/// from a random start `s`; it spans `frames * stride` frames, split into `dense`
+/// equal parts of `q = frames * stride / dense` frames. Dense clip `i` is `frames`
+/// consecutive frames from `s + i * q`, so it lines up with part `i` of the sparse
+/// clip (paper: 16 frames, stride 4, 4 dense clips at offsets 0/16/32/48, each
+/// exactly one quarter). Batch order per video is view-major:
+/// `[sparse, dense_0, .., dense_{dense-1}]` for view 0, then the same for view 1, and
+/// so on; all views show the same frames (the loader crops each clip on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseDenseSpec {
+    /// Frame stride of the sparse clip (>= 1).
+    pub stride: usize,
+    /// Dense clips (>= 1); `frames * stride` must be a multiple.
+    pub dense: usize,
+    /// Augmented views of every clip (>= 1).
+    pub views: usize,
+}
+
+impl SparseDenseSpec {
+    /// Clips per video: `views * (1 + dense)`.
+    pub fn clips(&self) -> usize {
+        self.views * (1 + self.dense)
+    }
+
+    /// Batch position (within its video) of clip `k` of view `view`: `k = 0` is the
+    /// sparse clip, `k = 1 + i` dense clip `i`.
+    pub fn position(&self, view: usize, k: usize) -> usize {
+        view * (1 + self.dense) + k
+    }
 }
 
 /// How the clips of one video are drawn for speed sorting: `n_clips` distinct speeds

@@ -174,6 +174,7 @@ pub enum MethodKind {
 pub enum MethodCfg {
     Geometric(GeometricCfg),
     SpeedSort(SpeedSortCfg),
+    TemporalContrast(TemporalContrastCfg),
 }
 
 impl MethodCfg {
@@ -181,6 +182,7 @@ impl MethodCfg {
         match self {
             MethodCfg::Geometric(_) => MethodKind::Geometric,
             MethodCfg::SpeedSort(_) => MethodKind::SpeedSort,
+            MethodCfg::TemporalContrast(_) => MethodKind::TemporalContrast,
         }
     }
 }
@@ -264,6 +266,64 @@ impl Default for SpeedSortCfg {
             label: SpeedLabel::Sort,
             pair_hidden: 512,
             dropout: 0.5,
+        }
+    }
+}
+
+/// How the local-local loss is reduced over the videos of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlReduction {
+    /// Mean over videos (default; the three losses on one scale).
+    Mean,
+    /// Sum over videos, as TCLR's public code does: LL weighted by the batch size.
+    Sum,
+}
+
+/// `[method] kind = "temporal_contrast"`: TCLR (METHODS.md section 3). Total loss
+/// `w_ic * IC + w_ll * LL + w_gl * GL`; a weight of 0 switches its loss off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemporalContrastCfg {
+    /// Present so the section can be read as one table; always "temporal_contrast".
+    #[serde(skip_serializing)]
+    pub kind: Option<MethodKind>,
+    /// Frame stride of the sparse clip; `data.frames * sparse_stride` frames are split
+    /// into `dense_clips` parts, one dense clip each.
+    pub sparse_stride: usize,
+    /// Dense clips per video (paper: 4).
+    pub dense_clips: usize,
+    /// Softmax temperature of all three losses.
+    pub temperature: f64,
+    /// Weight of the instance loss (IC).
+    pub w_ic: f64,
+    /// Weight of the local-local loss (LL).
+    pub w_ll: f64,
+    /// Weight of the global-local loss (GL).
+    pub w_gl: f64,
+    /// Add the dense instance term to IC (all dense clips of a video positive to each
+    /// other, other videos' dense clips negative), as the public code does.
+    pub ic_dense: bool,
+    pub ll_reduction: LlReduction,
+    /// Projection MLP: C -> proj_hidden, BN, ReLU -> proj_dim, BN, L2 normalise.
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+}
+
+impl Default for TemporalContrastCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            sparse_stride: 4,
+            dense_clips: 4,
+            temperature: 0.1,
+            w_ic: 1.0,
+            w_ll: 1.0,
+            w_gl: 1.0,
+            ic_dense: true,
+            ll_reduction: LlReduction::Mean,
+            proj_hidden: 512,
+            proj_dim: 128,
         }
     }
 }
@@ -488,6 +548,7 @@ impl Recipe {
                 })?;
             }
             MethodCfg::SpeedSort(m) => validate_speed_sort(m)?,
+            MethodCfg::TemporalContrast(m) => validate_temporal_contrast(m, self.data.frames)?,
         }
         let t = &self.train;
         check(t.batch_size >= 1, "train.batch_size", || {
@@ -621,6 +682,56 @@ fn validate_speed_sort(m: &SpeedSortCfg) -> std::result::Result<(), Invalid> {
     })?;
     check((0.0..1.0).contains(&m.dropout), "method.dropout", || {
         format!("must be in [0, 1), got {}", m.dropout)
+    })?;
+    Ok(())
+}
+
+/// Checks of `[method] kind = "temporal_contrast"` (clips of `frames` frames).
+fn validate_temporal_contrast(
+    m: &TemporalContrastCfg,
+    frames: usize,
+) -> std::result::Result<(), Invalid> {
+    check(m.sparse_stride >= 1, "method.sparse_stride", || {
+        "must be at least 1".into()
+    })?;
+    check(m.dense_clips >= 1, "method.dense_clips", || {
+        "must be at least 1".into()
+    })?;
+    check(
+        (frames * m.sparse_stride) % m.dense_clips == 0,
+        "method.dense_clips",
+        || {
+            format!(
+                "must divide the sparse span data.frames * method.sparse_stride = {}",
+                frames * m.sparse_stride
+            )
+        },
+    )?;
+    check(
+        m.temperature.is_finite() && m.temperature > 0.0,
+        "method.temperature",
+        || format!("must be > 0, got {}", m.temperature),
+    )?;
+    for (key, w) in [
+        ("method.w_ic", m.w_ic),
+        ("method.w_ll", m.w_ll),
+        ("method.w_gl", m.w_gl),
+    ] {
+        check(w.is_finite() && w >= 0.0, key, || {
+            format!("must be >= 0 (0 switches the loss off), got {w}")
+        })?;
+    }
+    check(m.w_ic + m.w_ll + m.w_gl > 0.0, "method.w_ic", || {
+        "w_ic, w_ll and w_gl are all 0: nothing to learn".into()
+    })?;
+    check(m.w_ll == 0.0 || m.dense_clips >= 2, "method.w_ll", || {
+        "the local-local loss needs method.dense_clips >= 2 (or w_ll = 0)".into()
+    })?;
+    check(m.proj_hidden >= 1, "method.proj_hidden", || {
+        "must be at least 1".into()
+    })?;
+    check(m.proj_dim >= 1, "method.proj_dim", || {
+        "must be at least 1".into()
     })?;
     Ok(())
 }
