@@ -158,7 +158,7 @@ pub fn plan_clips<R: Rng + ?Sized>(
                 || sd.stride == 0
                 || sd.dense == 0
                 || sd.views == 0
-                || (t * sd.stride) % sd.dense != 0
+                || !(t * sd.stride).is_multiple_of(sd.dense)
             {
                 return Err(Error::Internal(format!(
                     "inconsistent sparse-dense spec: {} clips per video of {t} frames, {sd:?}",

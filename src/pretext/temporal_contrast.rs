@@ -30,7 +30,7 @@ pub const VIEWS: usize = 2;
 /// slice `i` always covers the same frames as the dense group `i`.
 pub fn gl_slices(t_out: usize, dense: usize) -> Result<usize> {
     let (lo, hi) = (t_out.min(dense), t_out.max(dense));
-    if lo == 0 || hi % lo != 0 {
+    if lo == 0 || !hi.is_multiple_of(lo) {
         return Err(Error::BadInput(format!(
             "global-local loss: the backbone keeps T' = {t_out} time steps, which cannot be \
              aligned with method.dense_clips = {dense} (one must be a multiple of the other; \
@@ -44,7 +44,7 @@ pub fn gl_slices(t_out: usize, dense: usize) -> Result<usize> {
 /// `[N, groups, C]`, entry `i` the mean of steps `i*T/groups .. (i+1)*T/groups`.
 pub fn time_groups(x: &Tensor, groups: usize) -> Result<Tensor> {
     let (n, c, t) = x.dims3()?;
-    if groups == 0 || t % groups != 0 {
+    if groups == 0 || !t.is_multiple_of(groups) {
         return Err(Error::Internal(format!(
             "time_groups: {t} steps into {groups} groups"
         )));

@@ -698,7 +698,7 @@ fn validate_temporal_contrast(
         "must be at least 1".into()
     })?;
     check(
-        (frames * m.sparse_stride) % m.dense_clips == 0,
+        (frames * m.sparse_stride).is_multiple_of(m.dense_clips),
         "method.dense_clips",
         || {
             format!(
