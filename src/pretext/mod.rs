@@ -7,6 +7,7 @@
 pub mod geometric;
 pub mod heads;
 pub mod speed_sort;
+pub mod temporal_discriminative;
 
 use candle_core::Tensor;
 
@@ -16,6 +17,7 @@ use crate::Result;
 
 pub use geometric::{GeometricPretext, GeometricTransform, RotationPrediction};
 pub use speed_sort::{SpeedSort, SpeedSortPretext};
+pub use temporal_discriminative::{TemporalDiscriminative, Vtdl};
 
 /// What clips one training sample (one video) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,11 @@ pub enum Sampling {
     /// Speed sorting: distinct playback speeds per clip (see [`SpeedSpec`]);
     /// `clips_per_video` must equal `n_clips`.
     SpeedSort(SpeedSpec),
+    /// Temporal triplet (VTDL): `clips_per_video` must be 3, in batch order anchor,
+    /// positive, negative. Anchor and positive share one start; the negative starts at
+    /// a circular distance of at least `min_gap` frames from it. All three at frame
+    /// `stride`; see [`crate::data::sampler::triplet_starts`].
+    TemporalTriplet { stride: usize, min_gap: usize },
 }
 
 /// How the clips of one video are drawn for speed sorting: `n_clips` distinct speeds

@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{GeometricCfg, MethodCfg, MethodKind, Recipe, SpeedSortCfg};
+use super::{GeometricCfg, MethodCfg, MethodKind, Recipe, SpeedSortCfg, TemporalDiscriminativeCfg};
 use crate::{Error, Result};
 
 /// Sections a recipe may have at top level (plus `base` and `name`).
@@ -305,6 +305,9 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
     let method = match kind {
         MethodKind::Geometric => MethodCfg::Geometric(section::<GeometricCfg>(fig, "method")?),
         MethodKind::SpeedSort => MethodCfg::SpeedSort(section::<SpeedSortCfg>(fig, "method")?),
+        MethodKind::TemporalDiscriminative => {
+            MethodCfg::TemporalDiscriminative(section::<TemporalDiscriminativeCfg>(fig, "method")?)
+        }
         other => {
             return Err(Error::Recipe {
                 layer: layer_name(fig, "method.kind", None),
