@@ -9,6 +9,7 @@ mod pretext;
 mod recipe;
 mod speed_sort;
 mod synthetic;
+mod temporal_discriminative;
 mod torchvision;
 mod train_e2e;
 mod train_parts;
