@@ -9,7 +9,7 @@ use candle_core::Device;
 use crate::backbone::{self, Backbone};
 use crate::data::datasets::{self, VideoDataset};
 use crate::nn::{hash_str, mix, VarStore};
-use crate::pretext::{Pretext, RotationPrediction, SpeedSort, Tclr};
+use crate::pretext::{Pretext, RotationPrediction, SpeedSort, Tclr, Vtdl};
 use crate::recipe::{MethodCfg, Recipe};
 use crate::Result;
 
@@ -49,5 +49,13 @@ pub fn pretext(recipe: &Recipe, device: &Device) -> Result<Box<dyn Pretext>> {
         MethodCfg::TemporalContrast(cfg) => {
             Box::new(Tclr::new(cfg, recipe.data.frames, net, heads)?)
         }
+        MethodCfg::TemporalDiscriminative(cfg) => Box::new(Vtdl::new(
+            cfg,
+            &recipe.backbone,
+            recipe.data.frames,
+            net,
+            heads,
+            mix(recipe.train.seed ^ hash_str("queue")),
+        )?),
     })
 }

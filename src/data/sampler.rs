@@ -1,7 +1,8 @@
 //! Clip sampling: which frame indices make a clip. Clips are placed inside the video
 //! when they fit; indices wrap around only for videos shorter than the clip, so short
 //! videos still give full-length clips. Speed sorting draws all clips of a video
-//! together ([`speed_sort_plan`]): their speeds must differ.
+//! together ([`speed_sort_plan`]): their speeds must differ. A temporal triplet
+//! ([`triplet_starts`]) puts a negative clip at least `min_gap` frames from the anchor.
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -110,6 +111,55 @@ pub fn sparse_dense_plan<R: Rng + ?Sized>(
     (0..spec.views).flat_map(|_| one_view.clone()).collect()
 }
 
+/// Distance between frames `a` and `b` of a video of `len` frames read as a loop.
+pub fn circular_distance(a: usize, b: usize, len: usize) -> usize {
+    let len = len.max(1);
+    let d = (a % len).abs_diff(b % len);
+    d.min(len - d)
+}
+
+/// Start frames `(anchor, negative)` of a temporal triplet (the positive shares the
+/// anchor's start) for clips of `frames` frames at `stride` in a video of `len` frames.
+/// The negative is always at [`circular_distance`] `>= min_gap` from the anchor.
+///
+/// When both clips can lie inside the video with that gap (the span
+/// `(frames - 1) * stride + 1` leaves `room >= min_gap` free starts), both do: the
+/// anchor is drawn among starts that have a partner, then the negative among its
+/// partners (a jump cut in one clip only would be a shortcut for telling them apart).
+/// Otherwise the video is read as a loop (indices wrap): anchor anywhere, negative at
+/// an offset drawn from `min_gap..=len - min_gap`. A video shorter than `2 * min_gap`
+/// has no valid negative and is an error naming `method.min_gap`.
+pub fn triplet_starts<R: Rng + ?Sized>(
+    len: usize,
+    frames: usize,
+    stride: usize,
+    min_gap: usize,
+    rng: &mut R,
+) -> Result<(usize, usize)> {
+    let span = (frames.max(1) - 1) * stride + 1;
+    if span <= len && len - span >= min_gap {
+        let room = len - span;
+        // Start `s` in 0..=room has a partner iff s >= min_gap or s + min_gap <= room.
+        let anchors: Vec<usize> = (0..=room)
+            .filter(|&s| s >= min_gap || s + min_gap <= room)
+            .collect();
+        let s = anchors[rng.random_range(0..anchors.len())];
+        let partners: Vec<usize> = (0..=room).filter(|&n| n.abs_diff(s) >= min_gap).collect();
+        return Ok((s, partners[rng.random_range(0..partners.len())]));
+    }
+    if len == 0 || len < 2 * min_gap {
+        return Err(Error::BadInput(format!(
+            "temporal triplet: a video of {len} frames has no negative start at least \
+             method.min_gap = {min_gap} frames from the anchor (needs at least {} frames); \
+             lower method.min_gap",
+            (2 * min_gap).max(1)
+        )));
+    }
+    let s = rng.random_range(0..len);
+    let d = rng.random_range(min_gap..=len - min_gap);
+    Ok((s, (s + d) % len))
+}
+
 /// The clips of one video of `len` frames for any [`ClipSpec`], in batch order:
 /// the single entry point the loader uses, dispatching on [`Sampling`].
 pub fn plan_clips<R: Rng + ?Sized>(
@@ -166,6 +216,28 @@ pub fn plan_clips<R: Rng + ?Sized>(
                 )));
             }
             sparse_dense_plan(len, t, sd, rng)
+        }
+        &Sampling::TemporalTriplet { stride, min_gap } => {
+            if spec.clips_per_video != 3 || stride == 0 {
+                return Err(Error::Internal(format!(
+                    "inconsistent temporal-triplet spec: {} clips per video, stride {stride}",
+                    spec.clips_per_video
+                )));
+            }
+            let (anchor, negative) = triplet_starts(len, t, stride, min_gap, rng)?;
+            let meta = ClipMeta {
+                speed: stride,
+                reverse: false,
+            };
+            // Batch order per video: anchor, positive, negative.
+            [anchor, anchor, negative]
+                .into_iter()
+                .map(|start| PlannedClip {
+                    meta,
+                    start,
+                    indices: clip_indices(len, t, stride, start),
+                })
+                .collect()
         }
     };
     if clips.len() != spec.clips_per_video {

@@ -8,6 +8,7 @@ pub mod geometric;
 pub mod heads;
 pub mod speed_sort;
 pub mod temporal_contrast;
+pub mod temporal_discriminative;
 
 use candle_core::Tensor;
 
@@ -18,6 +19,7 @@ use crate::Result;
 pub use geometric::{GeometricPretext, GeometricTransform, RotationPrediction};
 pub use speed_sort::{SpeedSort, SpeedSortPretext};
 pub use temporal_contrast::{Tclr, TemporalContrast};
+pub use temporal_discriminative::{TemporalDiscriminative, Vtdl};
 
 /// What clips one training sample (one video) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,11 @@ pub enum Sampling {
     /// Speed sorting: distinct playback speeds per clip (see [`SpeedSpec`]);
     /// `clips_per_video` must equal `n_clips`.
     SpeedSort(SpeedSpec),
+    /// Temporal triplet (VTDL): `clips_per_video` must be 3, in batch order anchor,
+    /// positive, negative. Anchor and positive share one start; the negative starts at
+    /// a circular distance of at least `min_gap` frames from it. All three at frame
+    /// `stride`; see [`crate::data::sampler::triplet_starts`].
+    TemporalTriplet { stride: usize, min_gap: usize },
     /// Temporal contrast (TCLR): one sparse clip and `dense` consecutive-frame clips
     /// aligned with its parts, each repeated for `views` augmented views (see
     /// [`SparseDenseSpec`]); `clips_per_video` must equal `views * (1 + dense)`.

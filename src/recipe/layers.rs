@@ -11,7 +11,10 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{GeometricCfg, MethodCfg, MethodKind, Recipe, SpeedSortCfg, TemporalContrastCfg};
+use super::{
+    GeometricCfg, MethodCfg, MethodKind, Recipe, SpeedSortCfg, TemporalContrastCfg,
+    TemporalDiscriminativeCfg,
+};
 use crate::{Error, Result};
 
 /// Sections a recipe may have at top level (plus `base` and `name`).
@@ -308,15 +311,8 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
         MethodKind::TemporalContrast => {
             MethodCfg::TemporalContrast(section::<TemporalContrastCfg>(fig, "method")?)
         }
-        other => {
-            return Err(Error::Recipe {
-                layer: layer_name(fig, "method.kind", None),
-                key: "method.kind".into(),
-                message: format!(
-                    "`{}` is planned but not available in this version of vssl",
-                    kind_name(other)
-                ),
-            })
+        MethodKind::TemporalDiscriminative => {
+            MethodCfg::TemporalDiscriminative(section::<TemporalDiscriminativeCfg>(fig, "method")?)
         }
     };
     let recipe = Recipe {
@@ -333,11 +329,4 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
         message,
     })?;
     Ok(recipe)
-}
-
-fn kind_name(k: MethodKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

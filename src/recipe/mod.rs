@@ -175,6 +175,7 @@ pub enum MethodCfg {
     Geometric(GeometricCfg),
     SpeedSort(SpeedSortCfg),
     TemporalContrast(TemporalContrastCfg),
+    TemporalDiscriminative(TemporalDiscriminativeCfg),
 }
 
 impl MethodCfg {
@@ -183,6 +184,7 @@ impl MethodCfg {
             MethodCfg::Geometric(_) => MethodKind::Geometric,
             MethodCfg::SpeedSort(_) => MethodKind::SpeedSort,
             MethodCfg::TemporalContrast(_) => MethodKind::TemporalContrast,
+            MethodCfg::TemporalDiscriminative(_) => MethodKind::TemporalDiscriminative,
         }
     }
 }
@@ -324,6 +326,51 @@ impl Default for TemporalContrastCfg {
             ll_reduction: LlReduction::Mean,
             proj_hidden: 512,
             proj_dim: 128,
+        }
+    }
+}
+
+/// `[method] kind = "temporal_discriminative"`: VTDL, temporal triplets contrasted
+/// against a momentum encoder's memory bank (METHODS.md section 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemporalDiscriminativeCfg {
+    /// Present so the section can be read as one table; always "temporal_discriminative".
+    #[serde(skip_serializing)]
+    pub kind: Option<MethodKind>,
+    /// Frame stride of all three clips.
+    pub stride: usize,
+    /// Least (circular) distance in frames between the anchor's and the negative's start.
+    pub min_gap: usize,
+    /// Temporal Consistent Augmentation on the anchor.
+    pub tca: bool,
+    /// TCA mixing weight `l` is drawn from `U(0, tca_max)`.
+    pub tca_max: f64,
+    /// EMA momentum of the key encoder (0 copies the query encoder, 1 freezes it).
+    pub momentum: f64,
+    /// Keys kept in the FIFO memory bank.
+    pub queue_size: usize,
+    /// InfoNCE temperature.
+    pub temperature: f64,
+    /// Weight of the margin triplet loss (the public code computes it but adds 0).
+    pub triplet_weight: f64,
+    /// Margin of the triplet loss.
+    pub margin: f64,
+}
+
+impl Default for TemporalDiscriminativeCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            stride: 4,
+            min_gap: 8,
+            tca: true,
+            tca_max: 0.1,
+            momentum: 0.999,
+            queue_size: 16384,
+            temperature: 0.07,
+            triplet_weight: 0.0,
+            margin: 1.0,
         }
     }
 }
@@ -549,6 +596,7 @@ impl Recipe {
             }
             MethodCfg::SpeedSort(m) => validate_speed_sort(m)?,
             MethodCfg::TemporalContrast(m) => validate_temporal_contrast(m, self.data.frames)?,
+            MethodCfg::TemporalDiscriminative(m) => validate_temporal_discriminative(m)?,
         }
         let t = &self.train;
         check(t.batch_size >= 1, "train.batch_size", || {
@@ -732,6 +780,39 @@ fn validate_temporal_contrast(
     })?;
     check(m.proj_dim >= 1, "method.proj_dim", || {
         "must be at least 1".into()
+    })?;
+    Ok(())
+}
+
+/// Checks of `[method] kind = "temporal_discriminative"`.
+fn validate_temporal_discriminative(
+    m: &TemporalDiscriminativeCfg,
+) -> std::result::Result<(), Invalid> {
+    check(m.stride >= 1, "method.stride", || {
+        "must be at least 1".into()
+    })?;
+    check(m.min_gap >= 1, "method.min_gap", || {
+        "must be at least 1".into()
+    })?;
+    check((0.0..1.0).contains(&m.tca_max), "method.tca_max", || {
+        format!("must be in [0, 1), got {}", m.tca_max)
+    })?;
+    check((0.0..=1.0).contains(&m.momentum), "method.momentum", || {
+        format!("must be in [0, 1], got {}", m.momentum)
+    })?;
+    check(m.queue_size >= 1, "method.queue_size", || {
+        "must be at least 1".into()
+    })?;
+    check(
+        m.temperature.is_finite() && m.temperature > 0.0,
+        "method.temperature",
+        || format!("must be > 0, got {}", m.temperature),
+    )?;
+    check(m.triplet_weight >= 0.0, "method.triplet_weight", || {
+        format!("must be >= 0, got {}", m.triplet_weight)
+    })?;
+    check(m.margin >= 0.0, "method.margin", || {
+        format!("must be >= 0, got {}", m.margin)
     })?;
     Ok(())
 }

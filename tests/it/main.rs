@@ -10,6 +10,7 @@ mod recipe;
 mod speed_sort;
 mod synthetic;
 mod temporal_contrast;
+mod temporal_discriminative;
 mod torchvision;
 mod train_e2e;
 mod train_parts;
