@@ -290,11 +290,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &dev,
             )?;
             tracing::info!(
-                "{} steps of {} in {:.1}s, last loss {:.4}: {}",
+                "{} steps of {} in {:.1}s, last loss {:.4}, {} bad videos skipped: {}",
                 s.steps_done,
                 s.total_steps,
                 s.seconds,
                 s.last_loss,
+                s.bad_videos,
                 s.run_dir.display()
             );
             println!("{}", s.run_dir.display());

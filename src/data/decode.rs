@@ -77,14 +77,21 @@ fn decode_frames(path: &Path, short_side: Option<usize>) -> std::result::Result<
             .ok_or("no video stream")?;
         (stream.index(), stream.parameters())
     };
+    // One decoding thread per video: the loader parallelises across videos, and the
+    // benchmark compares against `ffmpeg -threads 1`.
     let mut decoder = ffmpeg::codec::context::Context::from_parameters(params)
-        .and_then(|c| c.decoder().video())
+        .and_then(|mut c| {
+            c.set_threading(ffmpeg::codec::threading::Config::count(1));
+            c.decoder().video()
+        })
         .map_err(|e| format!("cannot open the video decoder: {e}"))?;
 
     let mut out = FrameSink {
         short_side,
         dims: None,
         conv: None,
+        decoded: ffmpeg::frame::Video::empty(),
+        rgb: ffmpeg::frame::Video::empty(),
         data: Vec::new(),
         frames: 0,
     };
@@ -141,6 +148,9 @@ struct FrameSink {
     /// Output (width, height), fixed by the first frame.
     dims: Option<(usize, usize)>,
     conv: Option<Converter>,
+    /// Decoder output and RGB frames, reused for every frame (no allocation per frame).
+    decoded: ffmpeg::frame::Video,
+    rgb: ffmpeg::frame::Video,
     data: Vec<u8>,
     frames: usize,
 }
@@ -148,10 +158,9 @@ struct FrameSink {
 impl FrameSink {
     /// Receives every frame the decoder has ready.
     fn drain(&mut self, decoder: &mut ffmpeg::decoder::Video) -> std::result::Result<(), String> {
-        let mut frame = ffmpeg::frame::Video::empty();
         loop {
-            match decoder.receive_frame(&mut frame) {
-                Ok(()) => self.push(&frame)?,
+            match decoder.receive_frame(&mut self.decoded) {
+                Ok(()) => self.push()?,
                 Err(ffmpeg::Error::Eof) => return Ok(()),
                 Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => {
                     return Ok(())
@@ -163,8 +172,9 @@ impl FrameSink {
         }
     }
 
-    fn push(&mut self, frame: &ffmpeg::frame::Video) -> std::result::Result<(), String> {
+    fn push(&mut self) -> std::result::Result<(), String> {
         use ffmpeg::{format::Pixel, software::scaling};
+        let frame = &self.decoded;
         let (sw, sh) = (frame.width(), frame.height());
         if sw == 0 || sh == 0 {
             return Err("decoded frame has no pixels".into());
@@ -187,9 +197,9 @@ impl FrameSink {
             self.conv = Some(Converter { src, ctx });
         }
         let conv = self.conv.as_mut().expect("converter set above");
-        let mut rgb = ffmpeg::frame::Video::empty();
+        let rgb = &mut self.rgb;
         conv.ctx
-            .run(frame, &mut rgb)
+            .run(frame, rgb)
             .map_err(|e| format!("cannot convert frame {}: {e}", self.frames))?;
         let row = w * 3;
         let stride = rgb.stride(0);

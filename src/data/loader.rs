@@ -125,7 +125,8 @@ pub fn load_or_skip(
         match ds.video(split, *idx) {
             Ok(v) => return Ok(v),
             Err(e) => {
-                tracing::warn!("skipping unreadable video: {e}");
+                // The trainer warns once per distinct video (bad_videos.txt).
+                tracing::debug!("skipping unreadable video: {e}");
                 skipped.push(e.to_string());
                 *idx = (*idx + 1) % n;
             }

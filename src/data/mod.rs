@@ -7,8 +7,10 @@ pub mod datasets;
 pub mod decode;
 #[cfg(feature = "video")]
 pub mod encode;
+pub mod files;
 pub mod loader;
 pub mod sampler;
+pub mod splits;
 pub mod synthetic;
 
 /// A decoded (or generated) video held in memory: RGB bytes laid out `[T, H, W, 3]`.

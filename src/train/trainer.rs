@@ -39,6 +39,45 @@ pub struct TrainSummary {
     pub total_steps: u64,
     pub last_loss: f64,
     pub seconds: f64,
+    /// Distinct videos skipped as unreadable (listed in `<run>/bad_videos.txt`).
+    pub bad_videos: usize,
+}
+
+/// `<run>/bad_videos.txt`: one line per distinct video the loader had to skip, with
+/// the reason, appended as they occur (so a crash keeps what was found).
+struct BadVideos {
+    path: PathBuf,
+    seen: std::collections::HashSet<String>,
+}
+
+impl BadVideos {
+    /// Reads the lines of an earlier (resumed) run so they are not repeated.
+    fn open(run: &Path) -> Self {
+        let path = run.join("bad_videos.txt");
+        let seen = std::fs::read_to_string(&path)
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        Self { path, seen }
+    }
+
+    fn record(&mut self, reasons: &[String]) -> Result<()> {
+        for r in reasons {
+            let line = r.replace('\n', " ");
+            if self.seen.insert(line.clone()) {
+                tracing::warn!(
+                    "skipping bad video (listed in {}): {line}",
+                    self.path.display()
+                );
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| Error::io(&self.path, e))?;
+                writeln!(f, "{line}").map_err(|e| Error::io(&self.path, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Total optimiser steps a recipe asks for.
@@ -267,8 +306,10 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
     let mut last_loss = f64::NAN;
     let mut window = (Instant::now(), 0usize);
     let loader = Loader::spawn(dataset.clone(), plan, start, end, recipe.data.workers);
+    let mut bad = BadVideos::open(run);
     for hb in loader {
         let hb = hb?;
+        bad.record(&hb.skipped)?;
         let step = hb.step;
         let clips = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
         let batch = Batch {
@@ -347,6 +388,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         total_steps: total,
         last_loss,
         seconds: began.elapsed().as_secs_f64(),
+        bad_videos: bad.seen.len(),
     })
 }
 
