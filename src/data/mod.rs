@@ -2,6 +2,8 @@
 //! Everything upstream of the model lives here, so methods only see [`crate::pretext::Batch`].
 
 pub mod augment;
+#[cfg(feature = "video")]
+pub mod bench;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;

@@ -214,19 +214,20 @@ pub fn hmdb51(root: &Path, splits: &Path, split: u8) -> Result<Listing> {
                     format!("expected `<video> 0|1|2`, got `{text}`"),
                 ));
             };
-            let target =
-                match code {
-                    "0" => continue,
-                    "1" => &mut listing.train,
-                    "2" => &mut listing.test,
-                    other => return Err(at_line(
+            let target = match code {
+                "0" => continue,
+                "1" => &mut listing.train,
+                "2" => &mut listing.test,
+                other => {
+                    return Err(at_line(
                         &list,
                         line,
                         format!(
                             "split code must be 0 (unused), 1 (train) or 2 (test), got `{other}`"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let path = existing(&list, line, root.join(&class).join(video))?;
             target.push(Entry {
                 path,
