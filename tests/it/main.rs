@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, one module per concern.
 mod backbone;
 mod common;
+mod datasets;
 mod eval;
 mod eval_protocols;
 mod import_extract;
