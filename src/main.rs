@@ -495,8 +495,10 @@ fn bench_data(_: PathBuf, _: Vec<String>, _: usize, _: u64, _: usize) -> anyhow:
 }
 
 fn main() -> ExitCode {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("VSSL_LOG").unwrap_or_else(|_| "info".into());
+    // ffmpeg's own log lines (target `video`, via video-rs) are off by default: a bad
+    // video's error already carries the reason, and the trainer warns once per video.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VSSL_LOG")
+        .unwrap_or_else(|_| "info,video=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -47,6 +47,16 @@ pub fn resized_dims(w: usize, h: usize, short_side: Option<usize>) -> (usize, us
 /// decoder produced. Errors (missing file, not a video, no video stream, no decodable
 /// frame, zero `short_side`) are [`Error::Video`] naming `path`; never panics.
 pub fn decode_video(path: &Path, short_side: Option<usize>) -> Result<Video> {
+    decode_video_limited(path, short_side, None)
+}
+
+/// As [`decode_video`], but stops after the first `max_frames` frames (when given):
+/// bounds the memory one decoded video takes whatever the file's length.
+pub fn decode_video_limited(
+    path: &Path,
+    short_side: Option<usize>,
+    max_frames: Option<usize>,
+) -> Result<Video> {
     let fail = |message: String| Error::Video {
         path: path.to_path_buf(),
         message,
@@ -58,7 +68,7 @@ pub fn decode_video(path: &Path, short_side: Option<usize>) -> Result<Video> {
         return Err(fail("no such file".into()));
     }
     init_ffmpeg();
-    decode_frames(path, short_side).map_err(fail)
+    decode_frames(path, short_side, max_frames.unwrap_or(usize::MAX)).map_err(fail)
 }
 
 /// The RGB24 converter for one input geometry.
@@ -67,7 +77,11 @@ struct Converter {
     ctx: ffmpeg::software::scaling::Context,
 }
 
-fn decode_frames(path: &Path, short_side: Option<usize>) -> std::result::Result<Video, String> {
+fn decode_frames(
+    path: &Path,
+    short_side: Option<usize>,
+    max_frames: usize,
+) -> std::result::Result<Video, String> {
     use ffmpeg::{format, media, Packet};
     let mut ictx = format::input(path).map_err(|e| format!("cannot open: {e}"))?;
     let (index, params) = {
@@ -126,10 +140,20 @@ fn decode_frames(path: &Path, short_side: Option<usize>) -> std::result::Result<
             Err(e) => return Err(format!("decode error after {} frames: {e}", out.frames)),
         }
         out.drain(&mut decoder)?;
+        if out.frames >= max_frames {
+            break;
+        }
     }
     // Flush the frames the decoder still holds.
-    if decoder.send_eof().is_ok() {
+    if out.frames < max_frames && decoder.send_eof().is_ok() {
         out.drain(&mut decoder)?;
+    }
+    // A decoder may hand out several frames per packet: keep exactly the first `max_frames`.
+    if out.frames > max_frames {
+        if let Some((w, h)) = out.dims {
+            out.data.truncate(max_frames * w * h * 3);
+        }
+        out.frames = max_frames;
     }
     let Some((w, h)) = out.dims else {
         return Err("no decodable video frame".into());

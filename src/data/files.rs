@@ -19,6 +19,7 @@ pub struct FileDataset {
     kind: DataKind,
     listing: Listing,
     short_side: usize,
+    max_frames: Option<usize>,
     /// Videos with fewer decoded frames than this are bad input (a clip needs them).
     min_frames: usize,
 }
@@ -51,21 +52,13 @@ impl FileDataset {
                 return Err(Error::Internal("synthetic data is not file-backed".into()))
             }
         };
-        Ok(Self::new(
-            cfg.kind,
+        Ok(Self {
+            kind: cfg.kind,
             listing,
-            cfg.short_side.unwrap_or(cfg.size),
-            cfg.frames,
-        ))
-    }
-
-    pub fn new(kind: DataKind, listing: Listing, short_side: usize, min_frames: usize) -> Self {
-        Self {
-            kind,
-            listing,
-            short_side,
-            min_frames,
-        }
+            short_side: cfg.short_side.unwrap_or(cfg.size),
+            max_frames: cfg.max_frames,
+            min_frames: cfg.frames,
+        })
     }
 
     /// The class names (index = label).
@@ -96,7 +89,7 @@ impl VideoDataset for FileDataset {
             .entries(split)
             .get(index)
             .ok_or_else(|| Error::Internal(format!("{split:?} video {index} out of range")))?;
-        let v = decode(&entry.path, self.short_side)?;
+        let v = decode(&entry.path, self.short_side, self.max_frames)?;
         if v.frames < self.min_frames {
             return Err(Error::Video {
                 path: entry.path.clone(),
@@ -125,12 +118,12 @@ impl VideoDataset for FileDataset {
 }
 
 #[cfg(feature = "video")]
-fn decode(path: &std::path::Path, short_side: usize) -> Result<Video> {
-    crate::data::decode::decode_video(path, Some(short_side))
+fn decode(path: &std::path::Path, short_side: usize, max_frames: Option<usize>) -> Result<Video> {
+    crate::data::decode::decode_video_limited(path, Some(short_side), max_frames)
 }
 
 #[cfg(not(feature = "video"))]
-fn decode(path: &std::path::Path, _: usize) -> Result<Video> {
+fn decode(path: &std::path::Path, _: usize, _: Option<usize>) -> Result<Video> {
     Err(Error::BadInput(format!(
         "{}: decoding video files needs vssl built with the `video` feature (ffmpeg)",
         path.display()

@@ -70,6 +70,10 @@ pub struct DataCfg {
     /// kept); default `data.size`. Bounds the memory a decoded video takes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub short_side: Option<usize>,
+    /// Decode at most this many frames of each video (the first ones): caps the memory
+    /// a long video takes in a loader worker. Default: every frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frames: Option<usize>,
     /// Frames per clip fed to the model.
     pub frames: usize,
     /// Spatial size (square crop) fed to the model.
@@ -90,6 +94,7 @@ impl Default for DataCfg {
             list: None,
             test_list: None,
             short_side: None,
+            max_frames: None,
             frames: 8,
             size: 32,
             workers: 2,
@@ -643,6 +648,11 @@ fn validate_data(d: &DataCfg) -> std::result::Result<(), Invalid> {
     check((1..=3).contains(&d.split), "data.split", || {
         format!("must be 1, 2 or 3, got {}", d.split)
     })?;
+    if let Some(m) = d.max_frames {
+        check(m >= d.frames, "data.max_frames", || {
+            format!("must be at least data.frames = {}, got {m}", d.frames)
+        })?;
+    }
     if let Some(s) = d.short_side {
         check(s >= d.size, "data.short_side", || {
             format!("must be at least data.size = {}, got {s}", d.size)

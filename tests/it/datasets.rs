@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use vssl::data::datasets::{self, VideoDataset};
-use vssl::data::decode::decode_video;
+use vssl::data::decode::{decode_video, decode_video_limited};
 use vssl::data::loader::{BatchPlan, HostBatch, Loader};
 use vssl::data::sampler::{clip_indices, clip_indices_clamped, plan_clips, uniform_starts};
 use vssl::data::Split;
@@ -124,6 +124,10 @@ fn decodes_every_frame_of_xvid_h264_and_vp8_files() {
     // testsrc draws a moving pattern: consecutive frames differ, so frames are not repeats.
     let v = decode_video(&dir.path().join("a.avi"), None).unwrap();
     assert_ne!(v.frame(0), v.frame(10));
+    // A frame cap keeps exactly the first frames.
+    let capped = decode_video_limited(&dir.path().join("a.avi"), None, Some(7)).unwrap();
+    assert_eq!(capped.frames, 7);
+    assert_eq!(capped.data[..], v.data[..7 * 32 * 24 * 3]);
 }
 
 #[test]
