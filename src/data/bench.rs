@@ -41,6 +41,8 @@ pub struct BenchReport {
     pub ffmpeg_frames_per_s: f64,
     /// How ffmpeg was run (`concat`: one process over all files; `per-file`).
     pub ffmpeg_mode: String,
+    /// Median over runs of (vssl frames/s) / (ffmpeg frames/s), each pair measured
+    /// back to back (robust to load changing between runs).
     pub decode_ratio: f64,
     /// Loader clips/s decoding on the fly with `data.workers` threads.
     pub workers: usize,
@@ -151,7 +153,8 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         )));
     }
     let short = recipe.data.short_side.unwrap_or(recipe.data.size);
-    let (mut vssl_fps, mut ff_fps, mut otf) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut vssl_fps, mut ff_fps, mut ratios, mut otf) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut frames = 0;
     let mut mode = "concat";
     let list = scratch.join("vssl-bench-concat.txt");
@@ -184,6 +187,7 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
             }
         };
         ff_fps.push(frames as f64 / secs.max(1e-9));
+        ratios.push(vssl_fps[vssl_fps.len() - 1] / ff_fps[ff_fps.len() - 1]);
         otf.push(loader_clips_per_s(ds.clone(), &plan, opts.steps, workers)?);
     }
     let _ = std::fs::remove_file(&list);
@@ -206,7 +210,7 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         vssl_frames_per_s,
         ffmpeg_frames_per_s,
         ffmpeg_mode: mode.into(),
-        decode_ratio: vssl_frames_per_s / ffmpeg_frames_per_s,
+        decode_ratio: median(ratios),
         workers,
         on_the_fly_clips_per_s: on_the_fly,
         cache_clips_per_s: cache,
