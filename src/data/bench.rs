@@ -171,7 +171,10 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         let t = Instant::now();
         frames = 0;
         for f in &files {
-            frames += decode_video(f, Some(short)).map(|v| v.frames).unwrap_or(0);
+            if let Ok(v) = decode_video(f, Some(short)) {
+                frames += v.frames;
+                v.recycle();
+            }
         }
         vssl_fps.push(frames as f64 / t.elapsed().as_secs_f64().max(1e-9));
 

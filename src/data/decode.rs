@@ -106,7 +106,7 @@ fn decode_frames(
         conv: None,
         decoded: ffmpeg::frame::Video::empty(),
         rgb: ffmpeg::frame::Video::empty(),
-        data: Vec::new(),
+        data: crate::data::spare_buffer(),
         frames: 0,
     };
     let mut corrupt = 0usize;

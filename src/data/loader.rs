@@ -99,6 +99,7 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
             );
             clip_meta.push(pc.meta);
         }
+        video.recycle();
     }
     Ok(HostBatch {
         step,
