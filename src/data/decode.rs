@@ -6,7 +6,9 @@
 //! are never consulted (AVI files written without presentation timestamps, variable
 //! frame rates and lying headers all decode to the frames that are actually there).
 //! Every frame is converted to RGB24 by swscale (bilinear), which also resizes it when
-//! a shorter side is requested. A single corrupt packet is skipped; anything else that
+//! a shorter side is requested (in YUV first, then to RGB: see `Converter`). One decoder
+//! thread per video, and the decoded, RGB and output buffers are reused (the output
+//! through [`crate::data::Video::recycle`]). A single corrupt packet is skipped; anything else that
 //! goes wrong is an [`Error::Video`] naming the file.
 
 use std::path::Path;
@@ -72,9 +74,59 @@ pub fn decode_video_limited(
 }
 
 /// The RGB24 converter for one input geometry.
+///
+/// Resizing goes in two steps, in the source's own (planar YUV) format and then to
+/// RGB24 at the final size: swscale's scaled path straight to packed RGB is about twice
+/// as slow as resizing the planes and then taking its fast unscaled RGB conversion.
 struct Converter {
     src: (ffmpeg::format::Pixel, u32, u32),
-    ctx: ffmpeg::software::scaling::Context,
+    /// Resize in the source format (absent when the size does not change).
+    resize: Option<(ffmpeg::software::scaling::Context, ffmpeg::frame::Video)>,
+    to_rgb: ffmpeg::software::scaling::Context,
+}
+
+impl Converter {
+    fn new(
+        src: (ffmpeg::format::Pixel, u32, u32),
+        w: u32,
+        h: u32,
+    ) -> std::result::Result<Self, ffmpeg::Error> {
+        use ffmpeg::{format::Pixel, software::scaling};
+        let (fmt, sw, sh) = src;
+        let bilinear = scaling::Flags::BILINEAR;
+        if (sw, sh) != (w, h) {
+            // Formats swscale cannot write fall back to the one-step conversion.
+            if let (Ok(resize), Ok(to_rgb)) = (
+                scaling::Context::get(fmt, sw, sh, fmt, w, h, bilinear),
+                scaling::Context::get(fmt, w, h, Pixel::RGB24, w, h, bilinear),
+            ) {
+                return Ok(Self {
+                    src,
+                    resize: Some((resize, ffmpeg::frame::Video::empty())),
+                    to_rgb,
+                });
+            }
+        }
+        Ok(Self {
+            src,
+            resize: None,
+            to_rgb: scaling::Context::get(fmt, sw, sh, Pixel::RGB24, w, h, bilinear)?,
+        })
+    }
+
+    fn run(
+        &mut self,
+        frame: &ffmpeg::frame::Video,
+        rgb: &mut ffmpeg::frame::Video,
+    ) -> std::result::Result<(), ffmpeg::Error> {
+        match &mut self.resize {
+            Some((ctx, small)) => {
+                ctx.run(frame, small)?;
+                self.to_rgb.run(small, rgb)
+            }
+            None => self.to_rgb.run(frame, rgb),
+        }
+    }
 }
 
 fn decode_frames(
@@ -197,7 +249,6 @@ impl FrameSink {
     }
 
     fn push(&mut self) -> std::result::Result<(), String> {
-        use ffmpeg::{format::Pixel, software::scaling};
         let frame = &self.decoded;
         let (sw, sh) = (frame.width(), frame.height());
         if sw == 0 || sh == 0 {
@@ -208,22 +259,13 @@ impl FrameSink {
             .get_or_insert_with(|| resized_dims(sw as usize, sh as usize, self.short_side));
         let src = (frame.format(), sw, sh);
         if self.conv.as_ref().is_none_or(|c| c.src != src) {
-            let ctx = scaling::Context::get(
-                src.0,
-                sw,
-                sh,
-                Pixel::RGB24,
-                w as u32,
-                h as u32,
-                scaling::Flags::BILINEAR,
-            )
-            .map_err(|e| format!("cannot convert {:?} {sw}x{sh} frames to RGB: {e}", src.0))?;
-            self.conv = Some(Converter { src, ctx });
+            let conv = Converter::new(src, w as u32, h as u32)
+                .map_err(|e| format!("cannot convert {:?} {sw}x{sh} frames to RGB: {e}", src.0))?;
+            self.conv = Some(conv);
         }
         let conv = self.conv.as_mut().expect("converter set above");
         let rgb = &mut self.rgb;
-        conv.ctx
-            .run(frame, rgb)
+        conv.run(frame, rgb)
             .map_err(|e| format!("cannot convert frame {}: {e}", self.frames))?;
         let row = w * 3;
         let stride = rgb.stride(0);

@@ -120,6 +120,15 @@ fn decodes_every_frame_of_xvid_h264_and_vp8_files() {
         // Shorter side 16: 32x24 -> round(32 * 16 / 24) = 21 x 16.
         let r = decode_video(&p, Some(16)).unwrap();
         assert_eq!((r.frames, r.width, r.height), (frames, 21, 16), "{name}");
+        // Resizing keeps the picture: per-channel means of a frame agree with the
+        // full-size frame's (a channel swap or a garbled layout would not).
+        let mean = |f: &[u8], c: usize| {
+            f.iter().skip(c).step_by(3).map(|&x| x as f64).sum::<f64>() / (f.len() / 3) as f64
+        };
+        for c in 0..3 {
+            let (a, b) = (mean(v.frame(3), c), mean(r.frame(3), c));
+            assert!((a - b).abs() < 8.0, "{name} channel {c}: {a} vs {b}");
+        }
     }
     // testsrc draws a moving pattern: consecutive frames differ, so frames are not repeats.
     let v = decode_video(&dir.path().join("a.avi"), None).unwrap();
