@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::checkpoint::{read_safetensors, write_safetensors_atomic};
 use super::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
+use crate::data::bad_videos::BadVideos;
 use crate::data::loader::{BatchPlan, Loader};
 use crate::data::Split;
 use crate::pretext::{Batch, Pretext};
@@ -41,43 +42,6 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Distinct videos skipped as unreadable (listed in `<run>/bad_videos.txt`).
     pub bad_videos: usize,
-}
-
-/// `<run>/bad_videos.txt`: one line per distinct video the loader had to skip, with
-/// the reason, appended as they occur (so a crash keeps what was found).
-struct BadVideos {
-    path: PathBuf,
-    seen: std::collections::HashSet<String>,
-}
-
-impl BadVideos {
-    /// Reads the lines of an earlier (resumed) run so they are not repeated.
-    fn open(run: &Path) -> Self {
-        let path = run.join("bad_videos.txt");
-        let seen = std::fs::read_to_string(&path)
-            .map(|t| t.lines().map(str::to_string).collect())
-            .unwrap_or_default();
-        Self { path, seen }
-    }
-
-    fn record(&mut self, reasons: &[String]) -> Result<()> {
-        for r in reasons {
-            let line = r.replace('\n', " ");
-            if self.seen.insert(line.clone()) {
-                tracing::warn!(
-                    "skipping bad video (listed in {}): {line}",
-                    self.path.display()
-                );
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .map_err(|e| Error::io(&self.path, e))?;
-                writeln!(f, "{line}").map_err(|e| Error::io(&self.path, e))?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Total optimiser steps a recipe asks for.
@@ -388,7 +352,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         total_steps: total,
         last_loss,
         seconds: began.elapsed().as_secs_f64(),
-        bad_videos: bad.seen.len(),
+        bad_videos: bad.count(),
     })
 }
 

@@ -456,6 +456,24 @@ fn truncated_and_empty_videos_are_skipped_and_listed() {
     // One warning per distinct bad video, however often it is drawn.
     let err = stderr(&out);
     assert_eq!(err.matches("skipping bad video").count(), 2, "{err}");
+
+    // Evaluation skips them too, counts them, and does not list them twice.
+    let out = run(&mut vssl(&[
+        "eval",
+        run_dir.to_str().unwrap(),
+        "--protocol",
+        "knn",
+        "--device",
+        "cpu",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (j["skipped"].as_u64(), j["train_videos"].as_u64()),
+        (Some(2), Some(4))
+    );
+    let again = std::fs::read_to_string(run_dir.join("bad_videos.txt")).unwrap();
+    assert_eq!(again, listed);
 }
 
 #[test]
