@@ -1,5 +1,6 @@
 //! Integration tests: one test binary, one module per concern.
 mod backbone;
+mod clip_sampling;
 mod common;
 mod datasets;
 mod eval;
