@@ -465,3 +465,43 @@ fn pretrain_and_evaluate_on_synth_written_as_ucf101() {
     }
     assert!(lines[0]["metrics"]["top1"].as_f64().is_some());
 }
+
+#[test]
+fn bench_data_compares_with_the_ffmpeg_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (videos, splits) = ucf101_layout(dir.path());
+    let recipe = tiny_recipe(
+        dir.path(),
+        &format!(
+            "[data]\nkind = \"ucf101\"\nroot = \"{}\"\nsplits = \"{}\"\n",
+            videos.display(),
+            splits.display()
+        ),
+    );
+    let r = recipe.to_str().unwrap();
+    let out = run(&mut vssl(&[
+        "bench", "data", r, "--repeat", "1", "--steps", "2",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let j: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // Six 20-frame training videos, decoded by both.
+    assert_eq!(
+        (j["videos"].as_u64(), j["frames"].as_u64()),
+        (Some(6), Some(120))
+    );
+    let (v, f) = (
+        j["vssl_frames_per_s"].as_f64().unwrap(),
+        j["ffmpeg_frames_per_s"].as_f64().unwrap(),
+    );
+    assert!(v > 0.0 && f > 0.0);
+    assert!((j["decode_ratio"].as_f64().unwrap() - v / f).abs() < 1e-9 * (v / f));
+    assert!(text.contains("ratio vssl/ffmpeg"), "{text}");
+    assert!(j["on_the_fly_clips_per_s"].as_f64().unwrap() > 0.0);
+
+    // The in-memory synthetic set has no files to benchmark: bad input.
+    let synth = tiny_recipe(dir.path(), "");
+    let out = run(&mut vssl(&["bench", "data", synth.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("vssl data synth"), "{}", stderr(&out));
+}
