@@ -20,6 +20,8 @@ use crate::common::{run, stderr, stdout, tiny_recipe, train, vssl};
 fn make_video(path: &Path, codec: &str, frames: usize, w: usize, h: usize) {
     let codec_args: &[&str] = match codec {
         "xvid" => &["-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "5"],
+        // With B-frames, as many UCF101 files: decode order differs from display order.
+        "xvid-b" => &["-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "5", "-bf", "2"],
         "h264" => &[
             "-c:v",
             "libx264",
@@ -107,6 +109,7 @@ fn decodes_every_frame_of_xvid_h264_and_vp8_files() {
     let dir = tempfile::tempdir().unwrap();
     for (name, codec, frames) in [
         ("a.avi", "xvid", 20),
+        ("b.avi", "xvid-b", 20),
         ("b.mp4", "h264", 13),
         ("c.mkv", "h264", 11),
         ("d.webm", "vp8", 9),
@@ -116,6 +119,25 @@ fn decodes_every_frame_of_xvid_h264_and_vp8_files() {
         let v = decode_video(&p, None).unwrap();
         assert_eq!((v.frames, v.width, v.height), (frames, 32, 24), "{name}");
         assert_eq!(v.data.len(), frames * 32 * 24 * 3);
+        // Same frames, in the same order, as the ffmpeg CLI's RGB output.
+        let cli = Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i"])
+            .arg(&p)
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            .output()
+            .unwrap()
+            .stdout;
+        assert_eq!(cli.len(), v.data.len(), "{name}");
+        let mad = cli
+            .iter()
+            .zip(&v.data)
+            .map(|(&a, &b)| (a as f64 - b as f64).abs())
+            .sum::<f64>()
+            / cli.len() as f64;
+        assert!(
+            mad < 1.0,
+            "{name}: mean abs difference {mad} from ffmpeg's frames"
+        );
         // Shorter side 16: 32x24 -> round(32 * 16 / 24) = 21 x 16.
         let r = decode_video(&p, Some(16)).unwrap();
         assert_eq!((r.frames, r.width, r.height), (frames, 21, 16), "{name}");
