@@ -129,6 +129,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Data pipeline speed on the recipe's video files: vssl decode vs the ffmpeg CLI
+    /// (frames/s, one core each), loader clips/s on the fly and from the cache.
+    Data {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Runs per figure; medians are printed.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Loader steps per clips/s run.
+        #[arg(long, default_value_t = 20)]
+        steps: u64,
+        /// Train-split videos decoded per frames/s run.
+        #[arg(long, default_value_t = 64)]
+        videos: usize,
+    },
 }
 
 /// Which backbone `import` and `extract` build (shared by both commands).
@@ -290,11 +315,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &dev,
             )?;
             tracing::info!(
-                "{} steps of {} in {:.1}s, last loss {:.4}: {}",
+                "{} steps of {} in {:.1}s, last loss {:.4}, {} bad videos skipped: {}",
                 s.steps_done,
                 s.total_steps,
                 s.seconds,
                 s.last_loss,
+                s.bad_videos,
                 s.run_dir.display()
             );
             println!("{}", s.run_dir.display());
@@ -344,6 +370,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     fps,
                 },
         } => synth(out, recipe, sets, fps)?,
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Data {
+                    recipe,
+                    sets,
+                    repeat,
+                    steps,
+                    videos,
+                },
+        } => bench_data(recipe, sets, repeat, steps, videos)?,
     }
     Ok(())
 }
@@ -409,9 +445,60 @@ fn synth(_: PathBuf, _: Option<PathBuf>, _: Vec<String>, _: u32) -> anyhow::Resu
     Err(vssl::Error::BadInput("`vssl data synth` needs the `video` feature (ffmpeg)".into()).into())
 }
 
+#[cfg(feature = "video")]
+fn bench_data(
+    recipe: PathBuf,
+    sets: Vec<String>,
+    repeat: usize,
+    steps: u64,
+    videos: usize,
+) -> anyhow::Result<()> {
+    use vssl::data::bench::{self, BenchOptions};
+    let r = recipe::load(&RecipeSource::with_sets(recipe, sets))?;
+    let opts = BenchOptions {
+        repeat,
+        steps,
+        videos,
+    };
+    let rep = bench::bench_data(&r, &opts, &std::env::temp_dir())?;
+    println!(
+        "decode: {} videos, {} frames, medians of {} runs",
+        rep.videos, rep.frames, rep.repeat
+    );
+    println!(
+        "  vssl   {:10.1} frames/s (1 thread, shorter side {})",
+        rep.vssl_frames_per_s,
+        r.data.short_side.unwrap_or(r.data.size)
+    );
+    println!(
+        "  ffmpeg {:10.1} frames/s (-threads 1, -pix_fmt rgb24 -f null, {})",
+        rep.ffmpeg_frames_per_s, rep.ffmpeg_mode
+    );
+    println!("  ratio vssl/ffmpeg {:.2}x", rep.decode_ratio);
+    println!(
+        "loader on the fly: {:.1} clips/s ({} workers)",
+        rep.on_the_fly_clips_per_s, rep.workers
+    );
+    match (rep.cache_clips_per_s, rep.cache_ratio) {
+        (Some(c), Some(x)) => {
+            println!("loader from cache: {c:.1} clips/s, ratio {x:.1}x on-the-fly")
+        }
+        _ => println!("loader from cache: not measured (data.cache unset or not built)"),
+    }
+    println!("{}", serde_json::to_string(&rep)?);
+    Ok(())
+}
+
+#[cfg(not(feature = "video"))]
+fn bench_data(_: PathBuf, _: Vec<String>, _: usize, _: u64, _: usize) -> anyhow::Result<()> {
+    Err(vssl::Error::BadInput("`vssl bench data` needs the `video` feature (ffmpeg)".into()).into())
+}
+
 fn main() -> ExitCode {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("VSSL_LOG").unwrap_or_else(|_| "info".into());
+    // ffmpeg's own log lines (target `video`, via video-rs) are off by default: a bad
+    // video's error already carries the reason, and the trainer warns once per video.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VSSL_LOG")
+        .unwrap_or_else(|_| "info,video=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,12 +1,13 @@
 //! Datasets as one trait: a list of videos per split, labels where known, and a
 //! way to get a video's frames. Real-video kinds (UCF101, HMDB51, CSV lists,
-//! folders) implement the same trait in the data issue; the built-in synthetic set
-//! lives here so every recipe runs with nothing downloaded.
+//! folders) are [`FileDataset`]s (`data::files`); the built-in synthetic set lives
+//! here so every recipe runs with nothing downloaded.
 
+use crate::data::files::FileDataset;
 use crate::data::synthetic::Synthetic;
 use crate::data::{Split, Video};
 use crate::recipe::{DataCfg, DataKind};
-use crate::{Error, Result};
+use crate::Result;
 
 /// A labelled (or unlabelled) collection of videos with train/test splits.
 pub trait VideoDataset: Send + Sync {
@@ -24,6 +25,10 @@ pub trait VideoDataset: Send + Sync {
     fn video(&self, split: Split, index: usize) -> Result<Video>;
     /// A short description for logs.
     fn describe(&self) -> String;
+    /// The file a video is decoded from, if it comes from one (used to key caches).
+    fn source_path(&self, _split: Split, _index: usize) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl VideoDataset for Synthetic {
@@ -61,10 +66,8 @@ pub fn build(cfg: &DataCfg) -> Result<Box<dyn VideoDataset>> {
             }
             Ok(Box::new(Synthetic::new(c)?))
         }
-        other => Err(Error::BadInput(format!(
-            "data.kind = {:?}: real-video datasets are not available in this version of vssl yet; \
-             use data.kind = \"synthetic\"",
-            other
-        ))),
+        DataKind::Ucf101 | DataKind::Hmdb51 | DataKind::Csv | DataKind::Folder => {
+            Ok(Box::new(FileDataset::from_cfg(cfg)?))
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! are never consulted (AVI files written without presentation timestamps, variable
 //! frame rates and lying headers all decode to the frames that are actually there).
 //! Every frame is converted to RGB24 by swscale (bilinear), which also resizes it when
-//! a shorter side is requested. A single corrupt packet is skipped; anything else that
+//! a shorter side is requested (in YUV first, then to RGB: see `Converter`). One decoder
+//! thread per video, and the decoded, RGB and output buffers are reused (the output
+//! through [`crate::data::Video::recycle`]). A single corrupt packet is skipped; anything else that
 //! goes wrong is an [`Error::Video`] naming the file.
 
 use std::path::Path;
@@ -47,6 +49,16 @@ pub fn resized_dims(w: usize, h: usize, short_side: Option<usize>) -> (usize, us
 /// decoder produced. Errors (missing file, not a video, no video stream, no decodable
 /// frame, zero `short_side`) are [`Error::Video`] naming `path`; never panics.
 pub fn decode_video(path: &Path, short_side: Option<usize>) -> Result<Video> {
+    decode_video_limited(path, short_side, None)
+}
+
+/// As [`decode_video`], but stops after the first `max_frames` frames (when given):
+/// bounds the memory one decoded video takes whatever the file's length.
+pub fn decode_video_limited(
+    path: &Path,
+    short_side: Option<usize>,
+    max_frames: Option<usize>,
+) -> Result<Video> {
     let fail = |message: String| Error::Video {
         path: path.to_path_buf(),
         message,
@@ -58,16 +70,70 @@ pub fn decode_video(path: &Path, short_side: Option<usize>) -> Result<Video> {
         return Err(fail("no such file".into()));
     }
     init_ffmpeg();
-    decode_frames(path, short_side).map_err(fail)
+    decode_frames(path, short_side, max_frames.unwrap_or(usize::MAX)).map_err(fail)
 }
 
 /// The RGB24 converter for one input geometry.
+///
+/// Resizing goes in two steps, in the source's own (planar YUV) format and then to
+/// RGB24 at the final size: swscale's scaled path straight to packed RGB is about twice
+/// as slow as resizing the planes and then taking its fast unscaled RGB conversion.
 struct Converter {
     src: (ffmpeg::format::Pixel, u32, u32),
-    ctx: ffmpeg::software::scaling::Context,
+    /// Resize in the source format (absent when the size does not change).
+    resize: Option<(ffmpeg::software::scaling::Context, ffmpeg::frame::Video)>,
+    to_rgb: ffmpeg::software::scaling::Context,
 }
 
-fn decode_frames(path: &Path, short_side: Option<usize>) -> std::result::Result<Video, String> {
+impl Converter {
+    fn new(
+        src: (ffmpeg::format::Pixel, u32, u32),
+        w: u32,
+        h: u32,
+    ) -> std::result::Result<Self, ffmpeg::Error> {
+        use ffmpeg::{format::Pixel, software::scaling};
+        let (fmt, sw, sh) = src;
+        let bilinear = scaling::Flags::BILINEAR;
+        if (sw, sh) != (w, h) {
+            // Formats swscale cannot write fall back to the one-step conversion.
+            if let (Ok(resize), Ok(to_rgb)) = (
+                scaling::Context::get(fmt, sw, sh, fmt, w, h, bilinear),
+                scaling::Context::get(fmt, w, h, Pixel::RGB24, w, h, bilinear),
+            ) {
+                return Ok(Self {
+                    src,
+                    resize: Some((resize, ffmpeg::frame::Video::empty())),
+                    to_rgb,
+                });
+            }
+        }
+        Ok(Self {
+            src,
+            resize: None,
+            to_rgb: scaling::Context::get(fmt, sw, sh, Pixel::RGB24, w, h, bilinear)?,
+        })
+    }
+
+    fn run(
+        &mut self,
+        frame: &ffmpeg::frame::Video,
+        rgb: &mut ffmpeg::frame::Video,
+    ) -> std::result::Result<(), ffmpeg::Error> {
+        match &mut self.resize {
+            Some((ctx, small)) => {
+                ctx.run(frame, small)?;
+                self.to_rgb.run(small, rgb)
+            }
+            None => self.to_rgb.run(frame, rgb),
+        }
+    }
+}
+
+fn decode_frames(
+    path: &Path,
+    short_side: Option<usize>,
+    max_frames: usize,
+) -> std::result::Result<Video, String> {
     use ffmpeg::{format, media, Packet};
     let mut ictx = format::input(path).map_err(|e| format!("cannot open: {e}"))?;
     let (index, params) = {
@@ -77,15 +143,22 @@ fn decode_frames(path: &Path, short_side: Option<usize>) -> std::result::Result<
             .ok_or("no video stream")?;
         (stream.index(), stream.parameters())
     };
+    // One decoding thread per video: the loader parallelises across videos, and the
+    // benchmark compares against `ffmpeg -threads 1`.
     let mut decoder = ffmpeg::codec::context::Context::from_parameters(params)
-        .and_then(|c| c.decoder().video())
+        .and_then(|mut c| {
+            c.set_threading(ffmpeg::codec::threading::Config::count(1));
+            c.decoder().video()
+        })
         .map_err(|e| format!("cannot open the video decoder: {e}"))?;
 
     let mut out = FrameSink {
         short_side,
         dims: None,
         conv: None,
-        data: Vec::new(),
+        decoded: ffmpeg::frame::Video::empty(),
+        rgb: ffmpeg::frame::Video::empty(),
+        data: crate::data::spare_buffer(),
         frames: 0,
     };
     let mut corrupt = 0usize;
@@ -119,10 +192,20 @@ fn decode_frames(path: &Path, short_side: Option<usize>) -> std::result::Result<
             Err(e) => return Err(format!("decode error after {} frames: {e}", out.frames)),
         }
         out.drain(&mut decoder)?;
+        if out.frames >= max_frames {
+            break;
+        }
     }
     // Flush the frames the decoder still holds.
-    if decoder.send_eof().is_ok() {
+    if out.frames < max_frames && decoder.send_eof().is_ok() {
         out.drain(&mut decoder)?;
+    }
+    // A decoder may hand out several frames per packet: keep exactly the first `max_frames`.
+    if out.frames > max_frames {
+        if let Some((w, h)) = out.dims {
+            out.data.truncate(max_frames * w * h * 3);
+        }
+        out.frames = max_frames;
     }
     let Some((w, h)) = out.dims else {
         return Err("no decodable video frame".into());
@@ -141,6 +224,9 @@ struct FrameSink {
     /// Output (width, height), fixed by the first frame.
     dims: Option<(usize, usize)>,
     conv: Option<Converter>,
+    /// Decoder output and RGB frames, reused for every frame (no allocation per frame).
+    decoded: ffmpeg::frame::Video,
+    rgb: ffmpeg::frame::Video,
     data: Vec<u8>,
     frames: usize,
 }
@@ -148,10 +234,9 @@ struct FrameSink {
 impl FrameSink {
     /// Receives every frame the decoder has ready.
     fn drain(&mut self, decoder: &mut ffmpeg::decoder::Video) -> std::result::Result<(), String> {
-        let mut frame = ffmpeg::frame::Video::empty();
         loop {
-            match decoder.receive_frame(&mut frame) {
-                Ok(()) => self.push(&frame)?,
+            match decoder.receive_frame(&mut self.decoded) {
+                Ok(()) => self.push()?,
                 Err(ffmpeg::Error::Eof) => return Ok(()),
                 Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::error::EAGAIN => {
                     return Ok(())
@@ -163,8 +248,8 @@ impl FrameSink {
         }
     }
 
-    fn push(&mut self, frame: &ffmpeg::frame::Video) -> std::result::Result<(), String> {
-        use ffmpeg::{format::Pixel, software::scaling};
+    fn push(&mut self) -> std::result::Result<(), String> {
+        let frame = &self.decoded;
         let (sw, sh) = (frame.width(), frame.height());
         if sw == 0 || sh == 0 {
             return Err("decoded frame has no pixels".into());
@@ -174,22 +259,13 @@ impl FrameSink {
             .get_or_insert_with(|| resized_dims(sw as usize, sh as usize, self.short_side));
         let src = (frame.format(), sw, sh);
         if self.conv.as_ref().is_none_or(|c| c.src != src) {
-            let ctx = scaling::Context::get(
-                src.0,
-                sw,
-                sh,
-                Pixel::RGB24,
-                w as u32,
-                h as u32,
-                scaling::Flags::BILINEAR,
-            )
-            .map_err(|e| format!("cannot convert {:?} {sw}x{sh} frames to RGB: {e}", src.0))?;
-            self.conv = Some(Converter { src, ctx });
+            let conv = Converter::new(src, w as u32, h as u32)
+                .map_err(|e| format!("cannot convert {:?} {sw}x{sh} frames to RGB: {e}", src.0))?;
+            self.conv = Some(conv);
         }
         let conv = self.conv.as_mut().expect("converter set above");
-        let mut rgb = ffmpeg::frame::Video::empty();
-        conv.ctx
-            .run(frame, &mut rgb)
+        let rgb = &mut self.rgb;
+        conv.run(frame, rgb)
             .map_err(|e| format!("cannot convert frame {}: {e}", self.frames))?;
         let row = w * 3;
         let stride = rgb.stride(0);

@@ -99,6 +99,7 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
             );
             clip_meta.push(pc.meta);
         }
+        video.recycle();
     }
     Ok(HostBatch {
         step,
@@ -125,7 +126,8 @@ pub fn load_or_skip(
         match ds.video(split, *idx) {
             Ok(v) => return Ok(v),
             Err(e) => {
-                tracing::warn!("skipping unreadable video: {e}");
+                // The trainer warns once per distinct video (bad_videos.txt).
+                tracing::debug!("skipping unreadable video: {e}");
                 skipped.push(e.to_string());
                 *idx = (*idx + 1) % n;
             }

@@ -2,13 +2,18 @@
 //! Everything upstream of the model lives here, so methods only see [`crate::pretext::Batch`].
 
 pub mod augment;
+pub mod bad_videos;
+#[cfg(feature = "video")]
+pub mod bench;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;
 #[cfg(feature = "video")]
 pub mod encode;
+pub mod files;
 pub mod loader;
 pub mod sampler;
+pub mod splits;
 pub mod synthetic;
 
 /// A decoded (or generated) video held in memory: RGB bytes laid out `[T, H, W, 3]`.
@@ -32,6 +37,31 @@ impl Video {
         let n = self.height * self.width * 3;
         &self.data[t * n..(t + 1) * n]
     }
+    /// Hands the frame buffer back for the next video decoded on this thread. A loader
+    /// worker that recycles decodes every video into memory it has already touched:
+    /// no page faults, no zeroing by the kernel (which otherwise costs about as much
+    /// as decoding itself).
+    pub fn recycle(self) {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if self.data.capacity() > s.capacity() {
+                *s = self.data;
+            }
+        });
+    }
+}
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with the capacity of the largest video recycled on this thread.
+pub fn spare_buffer() -> Vec<u8> {
+    SPARE.with(|s| {
+        let mut v = std::mem::take(&mut *s.borrow_mut());
+        v.clear();
+        v
+    })
 }
 
 /// Which half of a labelled dataset.

@@ -18,6 +18,15 @@ pub fn clip_indices(len: usize, frames: usize, stride: usize, start: usize) -> V
         .collect()
 }
 
+/// As [`clip_indices`], but clamped at the end instead of wrapping: frames past the
+/// last one repeat the last frame (no jump cut back to the start).
+pub fn clip_indices_clamped(len: usize, frames: usize, stride: usize, start: usize) -> Vec<usize> {
+    let last = len.saturating_sub(1);
+    (0..frames)
+        .map(|i| (start + i * stride).min(last))
+        .collect()
+}
+
 /// Start frames of `n` clips spread uniformly over a video (evaluation clips): the
 /// clip span `(frames - 1) * stride + 1` is fitted inside the video when it can be.
 pub fn uniform_starts(len: usize, frames: usize, stride: usize, n: usize) -> Vec<usize> {

@@ -81,7 +81,8 @@ pub fn map_split(
                     pending_videos += 1;
                 }
                 Err(err) => {
-                    tracing::warn!("skipping video in evaluation: {err}");
+                    // Callers warn once per video (bad_videos.txt, fine-tuning's first test).
+                    tracing::debug!("skipping video in evaluation: {err}");
                     skipped.push(err.to_string());
                 }
             }

@@ -66,6 +66,11 @@ pub fn test(
     let (logits, labels) = map_split(ds, Split::Test, recipe, device, &mut skipped, |x| {
         head.forward(&pool(&net.forward_t(x, false)?, Pooling::Pooled)?)
     })?;
+    if epoch <= recipe.eval.test_every {
+        for s in &skipped {
+            tracing::warn!("skipping video in testing: {s}");
+        }
+    }
     let k = recipe.eval.test_clips;
     let classes = logits.dim(1)?;
     let clip_labels: Vec<u32> = labels

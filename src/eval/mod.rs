@@ -225,7 +225,9 @@ pub fn evaluate(
             .any(|p| matches!(p, Protocol::Linear | Protocol::Knn));
         let feats = if needs_features {
             let net = load_backbone(&recipe, target, opts.random_init, device)?;
-            Some(extract(net.as_ref(), dataset.as_ref(), &recipe, device)?)
+            let f = extract(net.as_ref(), dataset.as_ref(), &recipe, device)?;
+            crate::data::bad_videos::BadVideos::open(&target.run_dir).record(&f.skipped)?;
+            Some(f)
         } else {
             None
         };

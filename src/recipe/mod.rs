@@ -60,9 +60,20 @@ pub struct DataCfg {
     pub splits: Option<PathBuf>,
     /// Official split number, 1..=3 (synthetic: 2 and 3 are independent draws of the world).
     pub split: u8,
-    /// `path,label` list (csv).
+    /// `path,label` list (csv): the train split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list: Option<PathBuf>,
+    /// `path,label` list of the test split (csv; optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_list: Option<PathBuf>,
+    /// Decoded frames are resized so their shorter side has this many pixels (aspect
+    /// kept); default `data.size`. Bounds the memory a decoded video takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_side: Option<usize>,
+    /// Decode at most this many frames of each video (the first ones): caps the memory
+    /// a long video takes in a loader worker. Default: every frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frames: Option<usize>,
     /// Frames per clip fed to the model.
     pub frames: usize,
     /// Spatial size (square crop) fed to the model.
@@ -81,6 +92,9 @@ impl Default for DataCfg {
             splits: None,
             split: 1,
             list: None,
+            test_list: None,
+            short_side: None,
+            max_frames: None,
             frames: 8,
             size: 32,
             workers: 2,
@@ -826,6 +840,16 @@ fn validate_data(d: &DataCfg) -> std::result::Result<(), Invalid> {
     check((1..=3).contains(&d.split), "data.split", || {
         format!("must be 1, 2 or 3, got {}", d.split)
     })?;
+    if let Some(m) = d.max_frames {
+        check(m >= d.frames, "data.max_frames", || {
+            format!("must be at least data.frames = {}, got {m}", d.frames)
+        })?;
+    }
+    if let Some(s) = d.short_side {
+        check(s >= d.size, "data.short_side", || {
+            format!("must be at least data.size = {}, got {s}", d.size)
+        })?;
+    }
     match d.kind {
         DataKind::Synthetic => {
             d.synthetic

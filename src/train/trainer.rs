@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::checkpoint::{read_safetensors, write_safetensors_atomic};
 use super::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
+use crate::data::bad_videos::BadVideos;
 use crate::data::loader::{BatchPlan, Loader};
 use crate::data::Split;
 use crate::pretext::{Batch, Pretext};
@@ -39,6 +40,8 @@ pub struct TrainSummary {
     pub total_steps: u64,
     pub last_loss: f64,
     pub seconds: f64,
+    /// Distinct videos skipped as unreadable (listed in `<run>/bad_videos.txt`).
+    pub bad_videos: usize,
 }
 
 /// Total optimiser steps a recipe asks for.
@@ -267,8 +270,10 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
     let mut last_loss = f64::NAN;
     let mut window = (Instant::now(), 0usize);
     let loader = Loader::spawn(dataset.clone(), plan, start, end, recipe.data.workers);
+    let mut bad = BadVideos::open(run);
     for hb in loader {
         let hb = hb?;
+        bad.record(&hb.skipped)?;
         let step = hb.step;
         let clips = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
         let batch = Batch {
@@ -347,6 +352,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         total_steps: total,
         last_loss,
         seconds: began.elapsed().as_secs_f64(),
+        bad_videos: bad.count(),
     })
 }
 

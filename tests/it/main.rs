@@ -1,6 +1,8 @@
 //! Integration tests: one test binary, one module per concern.
 mod backbone;
+mod clip_sampling;
 mod common;
+mod datasets;
 mod eval;
 mod eval_protocols;
 mod import_extract;

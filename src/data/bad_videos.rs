@@ -1,0 +1,52 @@
+//! The run directory's list of bad videos: the trainer and the downstream protocols
+//! skip videos that cannot be decoded (or are too short) and keep going; each distinct
+//! one is warned about once and written, with the reason, to `<run>/bad_videos.txt`
+//! as soon as it is found, so a crash keeps the list.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// `<run>/bad_videos.txt`: one line per distinct video the loader had to skip, with
+/// the reason, appended as they occur (so a crash keeps what was found).
+pub struct BadVideos {
+    path: PathBuf,
+    seen: std::collections::HashSet<String>,
+}
+
+impl BadVideos {
+    /// Reads the lines of an earlier (resumed) run so they are not repeated.
+    pub fn open(run: &Path) -> Self {
+        let path = run.join("bad_videos.txt");
+        let seen = std::fs::read_to_string(&path)
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        Self { path, seen }
+    }
+
+    /// Appends the reasons not seen before, warning once for each.
+    pub fn record(&mut self, reasons: &[String]) -> Result<()> {
+        for r in reasons {
+            let line = r.replace('\n', " ");
+            if self.seen.insert(line.clone()) {
+                tracing::warn!(
+                    "skipping bad video (listed in {}): {line}",
+                    self.path.display()
+                );
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| Error::io(&self.path, e))?;
+                writeln!(f, "{line}").map_err(|e| Error::io(&self.path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Distinct bad videos recorded (including those of an earlier, resumed run).
+    pub fn count(&self) -> usize {
+        self.seen.len()
+    }
+}

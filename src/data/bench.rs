@@ -1,0 +1,222 @@
+//! `vssl bench data`: how fast the data pipeline feeds the trainer, measured on the
+//! recipe's own video files in one run: decoded frames/s of vssl's decoder against
+//! the ffmpeg command-line tool on the same files (both on one core), and clips/s of
+//! the loader decoding on the fly (and reading the frame cache, when configured).
+//! Each figure is the median of `repeat` runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::data::datasets::VideoDataset;
+use crate::data::decode::decode_video;
+use crate::data::loader::{BatchPlan, Loader};
+use crate::data::Split;
+use crate::recipe::Recipe;
+use crate::{registry, Error, Result};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Runs per figure (the median is reported).
+    pub repeat: usize,
+    /// Loader steps per clips/s run.
+    pub steps: u64,
+    /// Videos of the train split decoded per frames/s run (the first ones).
+    pub videos: usize,
+}
+
+/// The medians, and how they were obtained.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub videos: usize,
+    pub frames: usize,
+    pub repeat: usize,
+    /// vssl decode (resize to `data.short_side` included), one thread.
+    pub vssl_frames_per_s: f64,
+    /// `ffmpeg -threads 1 ... -pix_fmt rgb24 -f null -` on the same files.
+    pub ffmpeg_frames_per_s: f64,
+    /// How ffmpeg was run (`concat`: one process over all files; `per-file`).
+    pub ffmpeg_mode: String,
+    /// Median over runs of (vssl frames/s) / (ffmpeg frames/s), each pair measured
+    /// back to back (robust to load changing between runs).
+    pub decode_ratio: f64,
+    /// Loader clips/s decoding on the fly with `data.workers` threads.
+    pub workers: usize,
+    pub on_the_fly_clips_per_s: f64,
+    pub cache_clips_per_s: Option<f64>,
+    pub cache_ratio: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `ffmpeg` with `args`, returns the wall time; a failure is an error naming it.
+fn time_ffmpeg(args: &[String]) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new("ffmpeg")
+        .args(args)
+        .output()
+        .map_err(|e| Error::BadInput(format!("cannot run ffmpeg (is it installed?): {e}")))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(Error::BadInput(format!(
+            "ffmpeg {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )));
+    }
+    Ok(secs)
+}
+
+fn ffmpeg_file_args(file: &Path) -> Vec<String> {
+    let mut a: Vec<String> = ["-nostdin", "-v", "error", "-threads", "1", "-i"]
+        .map(String::from)
+        .to_vec();
+    a.push(file.display().to_string());
+    a.extend(["-pix_fmt", "rgb24", "-f", "null", "-"].map(String::from));
+    a
+}
+
+/// One ffmpeg process decoding every file in turn (concat demuxer), so process start-up
+/// is not counted against ffmpeg; `None` if the files cannot be concatenated.
+fn ffmpeg_concat(files: &[PathBuf], list: &Path) -> Result<Option<f64>> {
+    let text: String = files
+        .iter()
+        .map(|f| {
+            let abs = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+            format!(
+                "file '{}'\n",
+                abs.display().to_string().replace('\'', "'\\''")
+            )
+        })
+        .collect();
+    std::fs::write(list, text).map_err(|e| Error::io(list, e))?;
+    let mut a: Vec<String> = [
+        "-nostdin", "-v", "error", "-threads", "1", "-f", "concat", "-safe", "0", "-i",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.push(list.display().to_string());
+    a.extend(["-pix_fmt", "rgb24", "-f", "null", "-"].map(String::from));
+    Ok(time_ffmpeg(&a).ok())
+}
+
+/// Clips/s of the loader over `steps` steps of the recipe's batch plan.
+fn loader_clips_per_s(
+    ds: Arc<dyn VideoDataset>,
+    plan: &BatchPlan,
+    steps: u64,
+    workers: usize,
+) -> Result<f64> {
+    let t = Instant::now();
+    let mut clips = 0usize;
+    for hb in Loader::spawn(ds, plan.clone(), 0, steps, workers) {
+        clips += hb?.shape[0];
+    }
+    Ok(clips as f64 / t.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// The cached dataset of a recipe, when `data.cache` is set and built.
+// MERGE(cache): the frame cache lives on the `aug` branch (`crate::data::cache`); wire
+// this to open it (returning `None` when `data.cache` is unset or not built yet).
+fn cached_dataset(_recipe: &Recipe) -> Result<Option<Arc<dyn VideoDataset>>> {
+    Ok(None)
+}
+
+/// Benchmarks the recipe's data pipeline; `scratch` holds temporary files.
+pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Result<BenchReport> {
+    let repeat = opts.repeat.max(1);
+    let ds = registry::dataset(recipe)?;
+    let n = ds.len(Split::Train).min(opts.videos.max(1));
+    let files: Vec<PathBuf> = (0..n)
+        .filter_map(|i| ds.source_path(Split::Train, i))
+        .collect();
+    if files.is_empty() {
+        return Err(Error::BadInput(format!(
+            "bench data needs video files; {} has none (write the synthetic set with \
+             `vssl data synth --out DIR` and use data.kind = \"ucf101\")",
+            ds.describe()
+        )));
+    }
+    let short = recipe.data.short_side.unwrap_or(recipe.data.size);
+    let (mut vssl_fps, mut ff_fps, mut ratios, mut otf) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut frames = 0;
+    let mut mode = "concat";
+    let list = scratch.join("vssl-bench-concat.txt");
+    let device = candle_core::Device::Cpu;
+    let plan = BatchPlan {
+        spec: registry::pretext(recipe, &device)?.clip_spec(),
+        size: recipe.data.size,
+        batch_size: recipe.train.batch_size,
+        seed: recipe.train.seed,
+    };
+    let workers = recipe.data.workers.max(1);
+    // Interleave the measurements so a change in machine load hits all of them.
+    for _ in 0..repeat {
+        let t = Instant::now();
+        frames = 0;
+        for f in &files {
+            if let Ok(v) = decode_video(f, Some(short)) {
+                frames += v.frames;
+                v.recycle();
+            }
+        }
+        vssl_fps.push(frames as f64 / t.elapsed().as_secs_f64().max(1e-9));
+
+        let secs = match (mode, ffmpeg_concat(&files, &list)?) {
+            ("concat", Some(s)) => s,
+            _ => {
+                mode = "per-file";
+                let mut s = 0.0;
+                for f in &files {
+                    s += time_ffmpeg(&ffmpeg_file_args(f))?;
+                }
+                s
+            }
+        };
+        ff_fps.push(frames as f64 / secs.max(1e-9));
+        ratios.push(vssl_fps[vssl_fps.len() - 1] / ff_fps[ff_fps.len() - 1]);
+        otf.push(loader_clips_per_s(ds.clone(), &plan, opts.steps, workers)?);
+    }
+    let _ = std::fs::remove_file(&list);
+    let (vssl_frames_per_s, ffmpeg_frames_per_s) = (median(vssl_fps), median(ff_fps));
+    let on_the_fly = median(otf);
+    let cache = match cached_dataset(recipe)? {
+        Some(c) => {
+            let mut v = Vec::new();
+            for _ in 0..repeat {
+                v.push(loader_clips_per_s(c.clone(), &plan, opts.steps, workers)?);
+            }
+            Some(median(v))
+        }
+        None => None,
+    };
+    Ok(BenchReport {
+        videos: files.len(),
+        frames,
+        repeat,
+        vssl_frames_per_s,
+        ffmpeg_frames_per_s,
+        ffmpeg_mode: mode.into(),
+        decode_ratio: median(ratios),
+        workers,
+        on_the_fly_clips_per_s: on_the_fly,
+        cache_clips_per_s: cache,
+        cache_ratio: cache.map(|c| c / on_the_fly),
+    })
+}

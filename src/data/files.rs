@@ -1,0 +1,131 @@
+//! Datasets of video files (UCF101, HMDB51, CSV lists, folders): one struct over a
+//! [`Listing`] that [`crate::data::splits`] checked eagerly. Videos decode lazily, one
+//! at a time, when the loader asks for them; frames are resized on decode so the
+//! shorter side is `data.short_side` (default `data.size`), which bounds the memory
+//! a decoded video takes. An unreadable, empty or too-short video is an
+//! [`Error::Video`] the loader skips and the trainer lists in `bad_videos.txt`.
+
+use std::path::PathBuf;
+
+use crate::data::datasets::VideoDataset;
+use crate::data::splits::{self, Listing};
+use crate::data::{Split, Video};
+use crate::recipe::{DataCfg, DataKind};
+use crate::{Error, Result};
+
+/// A dataset of video files on disk.
+#[derive(Debug, Clone)]
+pub struct FileDataset {
+    kind: DataKind,
+    listing: Listing,
+    short_side: usize,
+    max_frames: Option<usize>,
+    /// Videos with fewer decoded frames than this are bad input (a clip needs them).
+    min_frames: usize,
+}
+
+impl FileDataset {
+    /// Parses and checks the split files or lists a `[data]` section names.
+    pub fn from_cfg(cfg: &DataCfg) -> Result<Self> {
+        let need = |p: &Option<PathBuf>, key: &str| {
+            p.clone().ok_or_else(|| {
+                Error::BadInput(format!(
+                    "data.{key} is required for data.kind = {:?}",
+                    cfg.kind
+                ))
+            })
+        };
+        let listing = match cfg.kind {
+            DataKind::Ucf101 => splits::ucf101(
+                &need(&cfg.root, "root")?,
+                &need(&cfg.splits, "splits")?,
+                cfg.split,
+            )?,
+            DataKind::Hmdb51 => splits::hmdb51(
+                &need(&cfg.root, "root")?,
+                &need(&cfg.splits, "splits")?,
+                cfg.split,
+            )?,
+            DataKind::Csv => splits::csv(&need(&cfg.list, "list")?, cfg.test_list.as_deref())?,
+            DataKind::Folder => splits::folder(&need(&cfg.root, "root")?)?,
+            DataKind::Synthetic => {
+                return Err(Error::Internal("synthetic data is not file-backed".into()))
+            }
+        };
+        Ok(Self {
+            kind: cfg.kind,
+            listing,
+            short_side: cfg.short_side.unwrap_or(cfg.size),
+            max_frames: cfg.max_frames,
+            min_frames: cfg.frames,
+        })
+    }
+
+    /// The class names (index = label).
+    pub fn classes(&self) -> &[String] {
+        &self.listing.classes
+    }
+
+    fn entries(&self, split: Split) -> &[splits::Entry] {
+        match split {
+            Split::Train => &self.listing.train,
+            Split::Test => &self.listing.test,
+        }
+    }
+}
+
+impl VideoDataset for FileDataset {
+    fn len(&self, split: Split) -> usize {
+        self.entries(split).len()
+    }
+    fn label(&self, split: Split, index: usize) -> Option<u32> {
+        self.entries(split).get(index)?.label
+    }
+    fn num_classes(&self) -> usize {
+        self.listing.classes.len()
+    }
+    fn video(&self, split: Split, index: usize) -> Result<Video> {
+        let entry = self
+            .entries(split)
+            .get(index)
+            .ok_or_else(|| Error::Internal(format!("{split:?} video {index} out of range")))?;
+        let v = decode(&entry.path, self.short_side, self.max_frames)?;
+        if v.frames < self.min_frames {
+            return Err(Error::Video {
+                path: entry.path.clone(),
+                message: format!(
+                    "too short: {} decoded frames, a clip needs data.frames = {}",
+                    v.frames, self.min_frames
+                ),
+            });
+        }
+        Ok(v)
+    }
+    fn source_path(&self, split: Split, index: usize) -> Option<PathBuf> {
+        Some(self.entries(split).get(index)?.path.clone())
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{:?} ({} train / {} test videos, {} classes, shorter side {})",
+            self.kind,
+            self.len(Split::Train),
+            self.len(Split::Test),
+            self.num_classes(),
+            self.short_side
+        )
+        .to_lowercase()
+    }
+}
+
+#[cfg(feature = "video")]
+fn decode(path: &std::path::Path, short_side: usize, max_frames: Option<usize>) -> Result<Video> {
+    crate::data::decode::decode_video_limited(path, Some(short_side), max_frames)
+}
+
+#[cfg(not(feature = "video"))]
+fn decode(path: &std::path::Path, _: usize, _: Option<usize>) -> Result<Video> {
+    Err(Error::BadInput(format!(
+        "{}: decoding video files needs vssl built with the `video` feature (ffmpeg)",
+        path.display()
+    )))
+}
