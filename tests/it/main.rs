@@ -1,4 +1,5 @@
 //! Integration tests: one test binary, one module per concern.
+mod augment;
 mod backbone;
 mod common;
 mod eval;
