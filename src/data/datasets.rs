@@ -24,6 +24,10 @@ pub trait VideoDataset: Send + Sync {
     fn video(&self, split: Split, index: usize) -> Result<Video>;
     /// A short description for logs.
     fn describe(&self) -> String;
+    /// The file a video is decoded from, if it comes from one (used to key caches).
+    fn source_path(&self, _split: Split, _index: usize) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl VideoDataset for Synthetic {

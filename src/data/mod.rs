@@ -2,6 +2,7 @@
 //! Everything upstream of the model lives here, so methods only see [`crate::pretext::Batch`].
 
 pub mod augment;
+pub mod cache;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;

@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, one module per concern.
 mod augment;
 mod backbone;
+mod cache;
 mod common;
 mod eval;
 mod eval_protocols;
