@@ -408,3 +408,102 @@ fn a_killed_cache_command_leaves_no_valid_cache() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.join(cache::INDEX).is_file());
 }
+
+/// Synthetic videos written to disk as H.264 `.avi` and decoded on every read.
+#[cfg(feature = "video")]
+struct Decoded {
+    paths: [Vec<PathBuf>; 2],
+    labels: [Vec<u32>; 2],
+}
+
+#[cfg(feature = "video")]
+impl VideoDataset for Decoded {
+    fn len(&self, split: Split) -> usize {
+        self.paths[split as usize].len()
+    }
+    fn label(&self, split: Split, index: usize) -> Option<u32> {
+        Some(self.labels[split as usize][index])
+    }
+    fn num_classes(&self) -> usize {
+        8
+    }
+    fn video(&self, split: Split, index: usize) -> Result<Video> {
+        vssl::data::decode::decode_video(&self.paths[split as usize][index], None)
+    }
+    fn describe(&self) -> String {
+        "decoded synthetic".into()
+    }
+    fn source_path(&self, split: Split, index: usize) -> Option<PathBuf> {
+        Some(self.paths[split as usize][index].clone())
+    }
+}
+
+/// Training clips/s decoding the synthetic set from disk vs reading the frame cache
+/// (one thread, medians of 3). Not a test: run with
+/// `cargo test --release --test it cache::bench -- --ignored --nocapture`.
+#[cfg(feature = "video")]
+#[test]
+#[ignore]
+fn bench_cache_vs_decoding() {
+    let d = tempfile::tempdir().unwrap();
+    let synth = vssl::data::synthetic::Synthetic::new(SyntheticConfig {
+        train_videos: 128,
+        test_videos: 16,
+        ..SyntheticConfig::default()
+    })
+    .unwrap();
+    let mut ds = Decoded {
+        paths: [vec![], vec![]],
+        labels: [vec![], vec![]],
+    };
+    for split in [Split::Train, Split::Test] {
+        for i in 0..synth.len(split) {
+            let p = d.path().join(format!("{split:?}_{i}.avi"));
+            vssl::data::encode::write_video(&p, &synth.video(split, i), 25).unwrap();
+            ds.paths[split as usize].push(p);
+            ds.labels[split as usize].push(synth.label(split, i));
+        }
+    }
+    let ds: Arc<dyn VideoDataset> = Arc::new(ds);
+    let cfg = DataCfg {
+        root: Some(d.path().to_path_buf()),
+        ..DataCfg::default()
+    };
+    let dir = d.path().join("cache");
+    let t = std::time::Instant::now();
+    cache::build(&dir, ds.as_ref(), &cfg, &quiet).unwrap();
+    println!(
+        "cache build: {:.2}s for 144 videos",
+        t.elapsed().as_secs_f64()
+    );
+    let cached = CachedDataset::open(&dir, ds.clone(), &cfg).unwrap();
+    // The quick start's geometry: 8-frame clips of 32 pixels, batches of 16.
+    let plan = BatchPlan {
+        spec: ClipSpec::strided(1, 8, (1, 3)),
+        size: 32,
+        batch_size: 16,
+        seed: 0,
+        augment: AugmentCfg::default(),
+    };
+    let clips_per_s = |src: &dyn VideoDataset, steps: u64| {
+        let mut runs: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for step in 0..steps {
+                    make_batch(src, &plan, step).unwrap();
+                }
+                (steps * 16) as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        println!("  runs {runs:.1?}");
+        runs[1]
+    };
+    let fly = clips_per_s(ds.as_ref(), 8);
+    let hit = clips_per_s(&cached, 64);
+    println!(
+        "on the fly: {fly:.1} clips/s; cache: {hit:.1} clips/s; ratio {:.1}x",
+        hit / fly
+    );
+    assert!(hit >= 10.0 * fly);
+}
