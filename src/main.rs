@@ -196,6 +196,16 @@ enum DataCmd {
         #[arg(long, default_value_t = 25)]
         fps: u32,
     },
+    /// Decode every video of the recipe's dataset once into its frame cache
+    /// (`data.cache`, and `eval.data.cache` if set); skipped when already up to date.
+    Cache {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Rebuild even if the cache is up to date.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn device(spec: &str) -> anyhow::Result<Device> {
@@ -380,6 +390,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     videos,
                 },
         } => bench_data(recipe, sets, repeat, steps, videos)?,
+        Cmd::Data {
+            cmd:
+                DataCmd::Cache {
+                    recipe,
+                    sets,
+                    force,
+                },
+        } => cache(recipe, sets, force)?,
     }
     Ok(())
 }
@@ -416,6 +434,52 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// `vssl data cache`: builds (or confirms) the recipe's frame caches; prints their paths.
+fn cache(recipe: PathBuf, sets: Vec<String>, force: bool) -> anyhow::Result<()> {
+    use vssl::data::cache::{self, Refresh};
+    let r = recipe::load(&RecipeSource::with_sets(recipe, sets))?;
+    let tables =
+        std::iter::once(("data", &r.data)).chain(r.eval.data.iter().map(|d| ("eval.data", d)));
+    let mut any = false;
+    for (name, cfg) in tables {
+        let Some(dir) = &cfg.cache else { continue };
+        any = true;
+        let source = vssl::data::datasets::build(cfg)?;
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} videos {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let progress = |done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        };
+        match cache::refresh(dir, source.as_ref(), cfg, force, &progress)? {
+            Refresh::UpToDate => tracing::info!("{name}.cache {} is up to date", dir.display()),
+            Refresh::Built { reason, summary } => {
+                bar.finish_and_clear();
+                tracing::info!(
+                    "{name}.cache {}: cached {} videos ({} unreadable), {:.1} MB ({reason})",
+                    dir.display(),
+                    summary.videos,
+                    summary.unreadable,
+                    summary.bytes as f64 / 1e6
+                );
+            }
+        }
+        println!("{}", dir.display());
+    }
+    if !any {
+        return Err(vssl::Error::BadInput(
+            "the recipe sets no data.cache: add `cache = \"DIR\"` to [data] or pass --set data.cache=\"DIR\"".into(),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(feature = "video")]

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use crate::backbone::{self, Backbone};
+use crate::data::cache::CachedDataset;
 use crate::data::datasets::{self, VideoDataset};
 use crate::nn::{hash_str, mix, VarStore};
 use crate::pretext::{Pretext, RotationPrediction, SpeedSort, Tclr, Vtdl};
-use crate::recipe::{MethodCfg, Recipe};
+use crate::recipe::{DataCfg, MethodCfg, Recipe};
 use crate::Result;
 
 /// Seed of the backbone's parameter initialisation for a run seed.
@@ -20,12 +21,21 @@ pub fn backbone_seed(seed: u64) -> u64 {
 
 /// The dataset a recipe names.
 pub fn dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
-    Ok(Arc::from(datasets::build(&recipe.data)?))
+    open_data(&recipe.data)
 }
 
 /// The dataset the downstream protocols use (`[eval.data]`, else `[data]`).
 pub fn eval_dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
-    Ok(Arc::from(datasets::build(recipe.eval_data())?))
+    open_data(recipe.eval_data())
+}
+
+/// A `[data]` table's dataset, reading frames from its `cache` when one is set.
+fn open_data(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
+    let ds: Arc<dyn VideoDataset> = Arc::from(datasets::build(cfg)?);
+    Ok(match &cfg.cache {
+        None => ds,
+        Some(dir) => Arc::new(CachedDataset::open(dir, ds, cfg)?),
+    })
 }
 
 /// A freshly initialised backbone for a recipe (also the random-init baseline).

@@ -169,7 +169,14 @@ pub fn video_features(
         )));
     }
     let (t, s) = (opts.frames, opts.size);
-    let data = crate::data::loader::eval_clips(video, t, opts.stride, opts.clips, s);
+    let data = crate::data::loader::eval_clips(
+        video,
+        t,
+        opts.stride,
+        opts.clips,
+        s,
+        &crate::data::augment::Normalize::KINETICS,
+    );
     let x = Tensor::from_vec(data, (opts.clips, 3, t, s, s), device)?;
     Ok(clip_features(net, &x, opts.batch)?.mean(0)?)
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::data::cache::CachedDataset;
 use crate::data::datasets::VideoDataset;
 use crate::data::decode::decode_video;
 use crate::data::loader::{BatchPlan, Loader};
@@ -130,17 +131,36 @@ fn loader_clips_per_s(
     Ok(clips as f64 / t.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// The cached dataset of a recipe, when `data.cache` is set and built.
-// MERGE(cache): the frame cache lives on the `aug` branch (`crate::data::cache`); wire
-// this to open it (returning `None` when `data.cache` is unset or not built yet).
-fn cached_dataset(_recipe: &Recipe) -> Result<Option<Arc<dyn VideoDataset>>> {
-    Ok(None)
+/// The cached dataset of a recipe, when `data.cache` is set and built (a stale cache
+/// is an error: benchmarking it would measure the wrong frames).
+fn cached_dataset(
+    recipe: &Recipe,
+    source: &Arc<dyn VideoDataset>,
+) -> Result<Option<Arc<dyn VideoDataset>>> {
+    let Some(dir) = &recipe.data.cache else {
+        return Ok(None);
+    };
+    match crate::data::cache::check(dir, source.as_ref(), &recipe.data) {
+        crate::data::cache::Status::Missing => {
+            tracing::warn!(
+                "data.cache = {} is not built yet; run `vssl data cache` to bench it",
+                dir.display()
+            );
+            Ok(None)
+        }
+        _ => Ok(Some(Arc::new(CachedDataset::open(
+            dir,
+            source.clone(),
+            &recipe.data,
+        )?))),
+    }
 }
 
 /// Benchmarks the recipe's data pipeline; `scratch` holds temporary files.
 pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Result<BenchReport> {
     let repeat = opts.repeat.max(1);
-    let ds = registry::dataset(recipe)?;
+    // On the fly means straight from the video files, whatever `data.cache` says.
+    let ds: Arc<dyn VideoDataset> = Arc::from(crate::data::datasets::build(&recipe.data)?);
     let n = ds.len(Split::Train).min(opts.videos.max(1));
     let files: Vec<PathBuf> = (0..n)
         .filter_map(|i| ds.source_path(Split::Train, i))
@@ -164,6 +184,7 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         size: recipe.data.size,
         batch_size: recipe.train.batch_size,
         seed: recipe.train.seed,
+        augment: recipe.data.augment.clone(),
     };
     let workers = recipe.data.workers.max(1);
     // Interleave the measurements so a change in machine load hits all of them.
@@ -196,7 +217,7 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
     let _ = std::fs::remove_file(&list);
     let (vssl_frames_per_s, ffmpeg_frames_per_s) = (median(vssl_fps), median(ff_fps));
     let on_the_fly = median(otf);
-    let cache = match cached_dataset(recipe)? {
+    let cache = match cached_dataset(recipe, &ds)? {
         Some(c) => {
             let mut v = Vec::new();
             for _ in 0..repeat {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::augment::{write_clip, Crop};
+use crate::data::augment::{write_clip, AugmentCfg, ClipAug, CropMode, Normalize};
 use crate::data::datasets::VideoDataset;
 use crate::data::sampler::{clip_indices, plan_clips, uniform_starts};
 use crate::data::{Split, Video};
@@ -44,6 +44,8 @@ pub struct BatchPlan {
     pub size: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// Training augmentation and normalisation (`[data.augment]`).
+    pub augment: AugmentCfg,
 }
 
 /// The dataset index of the `j`-th video of step `step`: epochs are independent
@@ -72,11 +74,13 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
     let mut skipped = Vec::new();
     let mut labels = Vec::with_capacity(plan.batch_size);
     let mut clip_meta = Vec::with_capacity(clips);
+    let norm = Normalize::from_cfg(&plan.augment);
     for j in 0..plan.batch_size {
         let mut idx = video_for(n, plan, step, j);
         let video = load_or_skip(ds, Split::Train, &mut idx, &mut skipped)?;
         labels.push(ds.label(Split::Train, idx));
-        if video.height < s || video.width < s {
+        // A resized crop resamples any window to `s`; the others cut `s` pixels.
+        if plan.augment.crop != CropMode::Resized && (video.height < s || video.width < s) {
             return Err(Error::BadInput(format!(
                 "video {idx} is {}x{}, smaller than data.size = {s}",
                 video.height, video.width
@@ -89,12 +93,14 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
             .into_iter()
             .enumerate()
         {
-            let crop = Crop::random(&video, s, rng.random(), rng.random(), false);
+            let aug = ClipAug::draw(&plan.augment, video.height, video.width, s, &mut rng);
             let k = base + c;
             write_clip(
                 &video,
                 &pc.indices,
-                crop,
+                &aug,
+                &norm,
+                s,
                 &mut data[k * clip_len..(k + 1) * clip_len],
             );
             clip_meta.push(pc.meta);
@@ -138,11 +144,19 @@ pub fn load_or_skip(
     ))
 }
 
-/// `n` uniformly spaced, centre-cropped evaluation clips of one video, `[n, 3, T, S, S]`.
-pub fn eval_clips(video: &Video, frames: usize, stride: usize, n: usize, size: usize) -> Vec<f32> {
+/// `n` uniformly spaced, centre-cropped evaluation clips of one video, `[n, 3, T, S, S]`,
+/// normalised by `norm`.
+pub fn eval_clips(
+    video: &Video,
+    frames: usize,
+    stride: usize,
+    n: usize,
+    size: usize,
+    norm: &Normalize,
+) -> Vec<f32> {
     let clip_len = 3 * frames * size * size;
     let mut out = vec![0f32; n * clip_len];
-    let crop = Crop::centre(video, size);
+    let crop = ClipAug::centre(video.height, video.width, size);
     for (k, start) in uniform_starts(video.frames, frames, stride, n)
         .into_iter()
         .enumerate()
@@ -151,7 +165,9 @@ pub fn eval_clips(video: &Video, frames: usize, stride: usize, n: usize, size: u
         write_clip(
             video,
             &idxs,
-            crop,
+            &crop,
+            norm,
+            size,
             &mut out[k * clip_len..(k + 1) * clip_len],
         );
     }

@@ -5,6 +5,7 @@ pub mod augment;
 pub mod bad_videos;
 #[cfg(feature = "video")]
 pub mod bench;
+pub mod cache;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;

@@ -6,6 +6,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::backbone::Backbone;
+use crate::data::augment::Normalize;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::eval_clips;
 use crate::data::Split;
@@ -53,6 +54,7 @@ pub fn video_clips(v: &crate::data::Video, recipe: &Recipe) -> Vec<f32> {
         e.stride,
         e.test_clips,
         recipe.eval_data().size,
+        &Normalize::from_cfg(&recipe.eval_data().augment),
     )
 }
 

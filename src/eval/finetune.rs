@@ -213,6 +213,7 @@ pub fn finetune(
         size: recipe.eval_data().size,
         batch_size: e.finetune_batch_size,
         seed,
+        augment: recipe.eval_data().augment.clone(),
     };
     tracing::info!(
         "fine-tuning {} steps ({} epochs), backbone lr {} head lr {}",

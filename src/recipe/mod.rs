@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::data::augment::{AugmentCfg, CropMode};
 use crate::data::synthetic::SyntheticConfig;
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::ScheduleKind;
@@ -82,6 +83,11 @@ pub struct DataCfg {
     pub workers: usize,
     /// Generator settings for `kind = "synthetic"`.
     pub synthetic: SyntheticConfig,
+    /// Training augmentation and the normalisation (`[data.augment]`).
+    pub augment: AugmentCfg,
+    /// Frame cache directory written by `vssl data cache`; read instead of decoding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
 }
 
 impl Default for DataCfg {
@@ -99,6 +105,8 @@ impl Default for DataCfg {
             size: 32,
             workers: 2,
             synthetic: SyntheticConfig::default(),
+            augment: AugmentCfg::default(),
+            cache: None,
         }
     }
 }
@@ -850,6 +858,9 @@ fn validate_data(d: &DataCfg) -> std::result::Result<(), Invalid> {
             format!("must be at least data.size = {}, got {s}", d.size)
         })?;
     }
+    d.augment
+        .validate()
+        .map_err(|(k, m)| (format!("data.augment.{k}"), m))?;
     match d.kind {
         DataKind::Synthetic => {
             d.synthetic

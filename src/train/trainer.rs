@@ -252,6 +252,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         size: recipe.data.size,
         batch_size: t.batch_size,
         seed: recipe.train.seed,
+        augment: recipe.data.augment.clone(),
     };
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()

@@ -356,6 +356,7 @@ fn loader_batches_identical_for_any_worker_count() {
         size: 16,
         batch_size: 3,
         seed: 11,
+        augment: Default::default(),
     };
     let collect = |w| -> Vec<HostBatch> {
         Loader::spawn(ds.clone(), plan.clone(), 0, 5, w)

@@ -378,6 +378,7 @@ fn loader_clips_follow_drawn_speed_and_direction() {
         size,
         batch_size: 4,
         seed: 17,
+        augment: Default::default(),
     };
     let (mut back, mut fwd) = (0, 0);
     for step in 0..6 {
