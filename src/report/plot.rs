@@ -110,6 +110,13 @@ fn curve(runs: &[RunData], g: &Group) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
+/// One row's loss curve: palette index, row name, (step, mean, std).
+struct Curve<'a> {
+    color: usize,
+    name: &'a str,
+    points: Vec<(f64, f64, f64)>,
+}
+
 /// Pretraining loss curves, one line (mean) and band (±std) per group; groups
 /// without a loss log (random init) are left out. None when no run has one.
 pub fn loss_curves(
@@ -117,16 +124,20 @@ pub fn loss_curves(
     groups: &[Group],
     stem: &Path,
 ) -> Result<Option<Vec<PathBuf>>> {
-    let curves: Vec<(usize, &Group, Vec<(f64, f64, f64)>)> = groups
+    let curves: Vec<Curve> = groups
         .iter()
         .enumerate()
-        .map(|(i, g)| (i, g, curve(runs, g)))
-        .filter(|(_, _, c)| !c.is_empty())
+        .map(|(i, g)| Curve {
+            color: i,
+            name: &g.name,
+            points: curve(runs, g),
+        })
+        .filter(|c| !c.points.is_empty())
         .collect();
     if curves.is_empty() {
         return Ok(None);
     }
-    let pts = curves.iter().flat_map(|(_, _, c)| c.iter());
+    let pts = curves.iter().flat_map(|c| c.points.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(s, m, sd) in pts {
         x1 = x1.max(s);
@@ -148,7 +159,7 @@ pub fn loss_curves(
 /// Draws the loss curves on any backend.
 fn draw_loss<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    curves: &[(usize, &Group, Vec<(f64, f64, f64)>)],
+    curves: &[Curve],
     (x1, y0, y1): (f64, f64, f64),
 ) -> std::result::Result<(), String> {
     let mut chart = ChartBuilder::on(root)
@@ -169,8 +180,13 @@ fn draw_loss<DB: DrawingBackend>(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, g, c) in curves.iter() {
-        let color = Palette99::pick(*i);
+    for Curve {
+        color,
+        name,
+        points: c,
+    } in curves
+    {
+        let color = Palette99::pick(*color);
         if c.len() > 1 {
             let mut band: Vec<(f64, f64)> = c.iter().map(|&(s, m, sd)| (s, m + sd)).collect();
             band.extend(c.iter().rev().map(|&(s, m, sd)| (s, m - sd)));
@@ -182,7 +198,7 @@ fn draw_loss<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(c.iter().map(|&(s, m, _)| (s, m)), style))
             .map_err(|e| e.to_string())?
-            .label(g.name.clone())
+            .label(name.to_string())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart

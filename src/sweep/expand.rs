@@ -60,7 +60,7 @@ impl Point {
             index: self.index,
             label: self.label.clone(),
             group: self.group.clone(),
-            base: self.base.display().to_string(),
+            base: super::shown(&self.base),
             pretrain: self.pretrain,
             seed: self.seed,
             eval: eval.iter().map(|p| p.name().to_string()).collect(),

@@ -101,41 +101,42 @@ pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
             format!("running: {}", running.join(" | "))
         })
     };
+    // The queue's lock is released before the point runs.
+    let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.max(1).min(total.max(1)) {
-            s.spawn(|| loop {
-                let Some(i) = queue.lock().map(|mut q| q.pop_front()).ok().flatten() else {
-                    break;
-                };
-                let p = &sweep.points[i];
-                if let Ok(mut r) = running.lock() {
-                    r.push(p.label.clone());
-                    set_msg(&r);
-                }
-                let began = Instant::now();
-                let status = run_point(sweep, p, opts);
-                let secs = began.elapsed().as_secs_f64();
-                if let Ok(mut r) = running.lock() {
-                    r.retain(|l| l != &p.label);
-                    set_msg(&r);
-                }
-                bar.inc(1);
-                let done = bar.position();
-                bar.suspend(|| match &status {
-                    Status::Failed { stage, message } => eprintln!(
-                        "[{done}/{total}] {} FAILED in {stage} after {secs:.0}s: {message}",
-                        p.label
-                    ),
-                    _ => eprintln!("[{done}/{total}] {} done in {secs:.0}s", p.label),
-                });
-                if let Ok(mut r) = results.lock() {
-                    r.push(Outcome {
-                        index: i,
-                        label: p.label.clone(),
-                        dir: p.dir.clone(),
-                        status,
-                        seconds: secs,
+            s.spawn(|| {
+                while let Some(i) = next() {
+                    let p = &sweep.points[i];
+                    if let Ok(mut r) = running.lock() {
+                        r.push(p.label.clone());
+                        set_msg(&r);
+                    }
+                    let began = Instant::now();
+                    let status = run_point(sweep, p, opts);
+                    let secs = began.elapsed().as_secs_f64();
+                    if let Ok(mut r) = running.lock() {
+                        r.retain(|l| l != &p.label);
+                        set_msg(&r);
+                    }
+                    bar.inc(1);
+                    let done = bar.position();
+                    bar.suspend(|| match &status {
+                        Status::Failed { stage, message } => eprintln!(
+                            "[{done}/{total}] {} FAILED in {stage} after {secs:.0}s: {message}",
+                            p.label
+                        ),
+                        _ => eprintln!("[{done}/{total}] {} done in {secs:.0}s", p.label),
                     });
+                    if let Ok(mut r) = results.lock() {
+                        r.push(Outcome {
+                            index: i,
+                            label: p.label.clone(),
+                            dir: p.dir.clone(),
+                            status,
+                            seconds: secs,
+                        });
+                    }
                 }
             });
         }

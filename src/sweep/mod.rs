@@ -143,6 +143,17 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
+/// A path as shown to people: relative to the working directory when inside it.
+pub fn shown(p: &Path) -> String {
+    std::env::current_dir()
+        .and_then(|d| d.canonicalize())
+        .ok()
+        .and_then(|d| p.strip_prefix(d).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// The overrides of a point as `key=value` text (for listings and scripts).
 pub fn overrides_text(p: &Point) -> String {
     let s: Vec<String> = p
@@ -168,9 +179,9 @@ pub fn plan_table(sweep: &Sweep) -> String {
     out.push_str("| # | run | state | base | overrides |\n| --- | --- | --- | --- | --- |\n");
     for p in &sweep.points {
         let base = if p.pretrain {
-            p.base.display().to_string()
+            shown(&p.base)
         } else {
-            format!("{} (random init)", p.base.display())
+            format!("{} (random init)", shown(&p.base))
         };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",

@@ -296,14 +296,12 @@ pub fn parse(file: &Path) -> Result<SweepSpec> {
             "missing: a sweep needs a `base` recipe or `[[runs]]` that name their own",
         ));
     }
-    if !grid.is_empty() || !zip.is_empty() {
-        if base.is_none() {
-            return Err(err(
-                file,
-                "base",
-                "missing: [grid] and [zip] points start from the top-level `base` recipe",
-            ));
-        }
+    if (!grid.is_empty() || !zip.is_empty()) && base.is_none() {
+        return Err(err(
+            file,
+            "base",
+            "missing: [grid] and [zip] points start from the top-level `base` recipe",
+        ));
     }
     let eval = raw
         .eval
