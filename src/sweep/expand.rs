@@ -267,9 +267,11 @@ pub fn expand(spec: &SweepSpec, sets: &[String], out: &Path) -> Result<Vec<Point
             }
             let hash = format!("{:08x}", fnv1a(text.as_bytes()) >> 32);
             overrides.pop(); // the name is not an override the user chose
+                             // Long labels are cut (file names have a length limit); the hash keeps them apart.
+            let stem: String = label.chars().take(120).collect();
             points.push(Point {
                 index: points.len(),
-                dir: out.join(format!("{label}-{hash}")),
+                dir: out.join(format!("{stem}-{hash}")),
                 label,
                 group,
                 base: d.base.clone(),
