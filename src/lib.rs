@@ -13,6 +13,9 @@
 //!   `method.*`; metadata holds step, seed and the recipe);
 //! - `metrics.jsonl`: one JSON line per logged step;
 //! - `eval/<protocol>[-random].json`: downstream results.
+//!
+//! [`sweep`] expands one sweep file into many such runs (locally or as a Slurm job
+//! array) and [`report`] compares them in tables and plots.
 
 pub mod backbone;
 pub mod data;
@@ -24,6 +27,8 @@ pub mod ops;
 pub mod pretext;
 pub mod recipe;
 pub mod registry;
+pub mod report;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

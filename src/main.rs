@@ -12,6 +12,8 @@ use vssl::backbone::extract::{self, ExtractOptions};
 use vssl::backbone::import::{self, BackboneArgs, ImportOptions};
 use vssl::eval::{EvalOptions, EvalTarget, Protocol};
 use vssl::recipe::{self, RecipeSource};
+use vssl::report::{CompareOptions, GroupBy};
+use vssl::sweep::local::{self, LocalOptions, Status};
 use vssl::train::trainer::{self, TrainOptions};
 
 #[derive(Parser)]
@@ -124,6 +126,50 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Run a sweep file: every point (grid, zip, explicit runs, seeds) pretrained and
+    /// evaluated, each in its own directory under weights/sweeps/<name>/. Every recipe
+    /// is resolved first, so a bad key fails before anything runs; finished runs are
+    /// skipped and stopped ones resumed, so rerunning continues an interrupted sweep.
+    Sweep {
+        /// The sweep file (TOML; see README "Sweeps").
+        file: PathBuf,
+        /// Runs at a time (local executor).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// List the points, their run directories and states; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// local: child processes on this machine; slurm: write an sbatch job-array script.
+        #[arg(long, value_enum, default_value_t = Executor::Local)]
+        executor: Executor,
+        /// With --executor slurm: submit the script with sbatch.
+        #[arg(long)]
+        submit: bool,
+        /// Sweep directory (default weights/sweeps/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a recipe key in every point (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Compare runs: markdown + CSV tables (mean ± std over the runs of a row), loss
+    /// and metric plots (PNG, SVG) and an index.md, written to --out.
+    Compare {
+        /// Run directories and/or sweep directories (folders of runs).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows: `group` (a sweep point, seeds pooled), `run` (every run), or dotted
+        /// recipe keys such as `method.kind,backbone.norm`.
+        #[arg(long, default_value = "group")]
+        group_by: String,
+        /// Metric columns, e.g. linear.top1,knn.recall@5,pretrain.final_loss
+        /// (default: linear.top1, knn.recall@1, finetune.best.top1 where present).
+        #[arg(long)]
+        metrics: Option<String>,
+    },
     /// Dataset utilities.
     Data {
         #[command(subcommand)]
@@ -180,6 +226,12 @@ impl From<BackboneOpts> for BackboneArgs {
             sets: o.sets,
         }
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Executor {
+    Local,
+    Slurm,
 }
 
 #[derive(Subcommand)]
@@ -369,6 +421,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             for json in vssl::eval::evaluate(&target, &opts, &dev)? {
                 println!("{json}");
+            }
+        }
+        Cmd::Sweep {
+            file,
+            jobs,
+            dry_run,
+            executor,
+            submit,
+            out,
+            sets,
+        } => {
+            let sweep = vssl::sweep::load(&file, &sets, out.as_deref())?;
+            if dry_run {
+                print!("{}", vssl::sweep::plan_table(&sweep));
+                return Ok(());
+            }
+            let exe = std::env::current_exe().context("locating the vssl executable")?;
+            match executor {
+                Executor::Local => {
+                    let opts = LocalOptions {
+                        jobs,
+                        device: cli.device.clone(),
+                        exe,
+                    };
+                    let outcomes = local::run(&sweep, &opts)?;
+                    println!("{}", local::summary(&outcomes));
+                    let failed = outcomes
+                        .iter()
+                        .filter(|o| matches!(o.status, Status::Failed { .. }))
+                        .count();
+                    if failed > 0 {
+                        anyhow::bail!(
+                            "{failed} of {} runs failed (the others completed); rerun the sweep to retry them",
+                            outcomes.len()
+                        );
+                    }
+                }
+                Executor::Slurm => {
+                    let cwd = std::env::current_dir().context("current directory")?;
+                    let job = vssl::sweep::slurm::write(&sweep, &exe, &cwd, &cli.device, submit)?;
+                    println!("{}", job.script.display());
+                    match job.submitted {
+                        Some(s) => println!("{s}"),
+                        None => eprintln!(
+                            "{} array tasks; submit with: sbatch {}",
+                            sweep.points.len(),
+                            job.script.display()
+                        ),
+                    }
+                }
+            }
+        }
+        Cmd::Compare {
+            inputs,
+            out,
+            group_by,
+            metrics,
+        } => {
+            let opts = CompareOptions {
+                inputs,
+                out,
+                group_by: group_by.parse::<GroupBy>()?,
+                metrics: metrics.map(|m| m.split(',').map(|x| x.trim().to_string()).collect()),
+            };
+            let res = vssl::report::compare(&opts)?;
+            print!("{}", res.table);
+            for f in &res.files {
+                eprintln!("wrote {}", f.display());
             }
         }
         Cmd::Data {

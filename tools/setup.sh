@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages vssl needs on Debian/Ubuntu: ffmpeg's libraries and
 # headers (video-rs), clang (bindgen for ffmpeg-sys), pkg-config, and the ffmpeg CLI
-# (tests make their own videos with it). Safe to run again: it installs only what is missing.
+# (tests make their own videos with it), and a TrueType font for `vssl compare` plots.
+# Safe to run again: it installs only what is missing.
 set -euo pipefail
 pkgs=(pkg-config clang libclang-dev ffmpeg libavcodec-dev libavformat-dev libavutil-dev
-      libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev python3-pip)
+      libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev python3-pip
+      fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

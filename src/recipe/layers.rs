@@ -151,7 +151,7 @@ fn collect_bases(file: &Path, stack: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) 
 
 /// A relative base path is looked up beside the including file, then in each parent
 /// folder, so `base = ["registry/..."]` works from `experiments/` and from sweeps.
-fn resolve_base(including: &Path, base: &str) -> Option<PathBuf> {
+pub(crate) fn resolve_base(including: &Path, base: &str) -> Option<PathBuf> {
     let p = Path::new(base);
     if p.is_absolute() {
         return p.is_file().then(|| p.to_path_buf());
