@@ -178,6 +178,13 @@ fn ucf101_splits_counts_labels_and_paths() {
     );
     let v = ds.video(Split::Train, 3).unwrap();
     assert_eq!((v.frames, v.width, v.height), (20, 21, 16));
+    // Fewer frames than data.frames = 4: a bad video, named, with the reason.
+    make_video(&videos.join("Gamma/v_Gamma_g01_c01.avi"), "xvid", 3, 32, 24);
+    let e = ds.video(Split::Train, 4).unwrap_err().to_string();
+    assert!(
+        e.contains("v_Gamma_g01_c01.avi") && e.contains("too short: 3 decoded frames"),
+        "{e}"
+    );
 }
 
 #[test]
