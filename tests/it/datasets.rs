@@ -315,7 +315,7 @@ fn csv_lists_and_folders() {
     assert_eq!(ds.video(Split::Train, 1).unwrap().frames, 7);
 
     // Integer labels are class indices; a test list is optional.
-    std::fs::write(&list, "clips/a.avi,3\n").unwrap();
+    std::fs::write(&list, "clips/a.avi,03\n").unwrap();
     let test = dir.path().join("test.csv");
     std::fs::write(&test, "clips/deep/b.mp4,0\n").unwrap();
     let c = DataCfg {
