@@ -294,19 +294,20 @@ pub fn csv(train: &Path, test: Option<&Path>) -> Result<Listing> {
         rows.into_iter()
             .map(|(_, _, path, label)| Entry {
                 path,
-                label: label.map(|l| {
-                    classes
-                        .iter()
-                        .position(|c| *c == l)
-                        .expect("every label is a class") as u32
+                // Numeric labels are the index itself ("03" is class 3); names were
+                // collected into `classes` above, so the lookup always finds them.
+                label: label.and_then(|l| match numeric {
+                    true => l.parse::<u32>().ok(),
+                    false => classes.iter().position(|c| *c == l).map(|i| i as u32),
                 }),
             })
             .collect()
     };
+    let (train, test) = (to_entries(train_rows), to_entries(test_rows));
     Ok(Listing {
-        train: to_entries(train_rows),
-        test: to_entries(test_rows),
-        classes: classes.clone(),
+        train,
+        test,
+        classes,
     })
 }
 

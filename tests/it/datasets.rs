@@ -178,6 +178,13 @@ fn ucf101_splits_counts_labels_and_paths() {
     );
     let v = ds.video(Split::Train, 3).unwrap();
     assert_eq!((v.frames, v.width, v.height), (20, 21, 16));
+    // Fewer frames than data.frames = 4: a bad video, named, with the reason.
+    make_video(&videos.join("Gamma/v_Gamma_g01_c01.avi"), "xvid", 3, 32, 24);
+    let e = ds.video(Split::Train, 4).unwrap_err().to_string();
+    assert!(
+        e.contains("v_Gamma_g01_c01.avi") && e.contains("too short: 3 decoded frames"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -308,7 +315,7 @@ fn csv_lists_and_folders() {
     assert_eq!(ds.video(Split::Train, 1).unwrap().frames, 7);
 
     // Integer labels are class indices; a test list is optional.
-    std::fs::write(&list, "clips/a.avi,3\n").unwrap();
+    std::fs::write(&list, "clips/a.avi,03\n").unwrap();
     let test = dir.path().join("test.csv");
     std::fs::write(&test, "clips/deep/b.mp4,0\n").unwrap();
     let c = DataCfg {
