@@ -178,34 +178,32 @@ fn read_index(dir: &Path) -> std::result::Result<Option<Index>, String> {
 }
 
 /// Checks the index against the source dataset and the frame file; `Ok(None)` when
-/// there is no index.
-fn validate(dir: &Path, source: &dyn VideoDataset, cfg: &DataCfg) -> Result<Option<Index>> {
+/// there is no index, `Err(why)` when it cannot be used.
+fn validate(
+    dir: &Path,
+    source: &dyn VideoDataset,
+    cfg: &DataCfg,
+) -> std::result::Result<Option<Index>, String> {
     let index = match read_index(dir) {
         Ok(Some(i)) => i,
         Ok(None) => return Ok(None),
-        Err(why) => return Err(stale_message(dir, &why)),
+        Err(why) => return Err(why),
     };
     let want = config_hash(cfg);
     if index.config != want {
-        return Err(stale_message(
-            dir,
-            &format!(
-                "it was built from a different [data] table (config hash {} here, {want} now; \
+        return Err(format!(
+            "it was built from a different [data] table (config hash {} in the cache, {want} now; \
                  kind, root, splits, split, list and the synthetic settings count)",
-                index.config
-            ),
+            index.config
         ));
     }
     for split in [Split::Train, Split::Test] {
         let entries = index.entries(split);
         if entries.len() != source.len(split) {
-            return Err(stale_message(
-                dir,
-                &format!(
-                    "the {split:?} split has {} videos, the cache {}",
-                    source.len(split),
-                    entries.len()
-                ),
+            return Err(format!(
+                "the {split:?} split has {} videos, the cache {}",
+                source.len(split),
+                entries.len()
             ));
         }
         for (i, e) in entries.iter().enumerate() {
@@ -215,14 +213,11 @@ fn validate(dir: &Path, source: &dyn VideoDataset, cfg: &DataCfg) -> Result<Opti
                 (Some(k), Some(p)) if k.path == p => {
                     let n = SourceKey::of(&p);
                     if n != *k {
-                        return Err(stale_message(
-                            dir,
-                            &format!(
-                                "{} changed since the cache was built ({} then, {} now)",
-                                p.display(),
-                                k.describe(),
-                                n.describe()
-                            ),
+                        return Err(format!(
+                            "{} changed since the cache was built ({} then, {} now)",
+                            p.display(),
+                            k.describe(),
+                            n.describe()
                         ));
                     }
                 }
@@ -230,13 +225,10 @@ fn validate(dir: &Path, source: &dyn VideoDataset, cfg: &DataCfg) -> Result<Opti
                     let show = |p: Option<&Path>| {
                         p.map_or("no file".to_string(), |p| p.display().to_string())
                     };
-                    return Err(stale_message(
-                        dir,
-                        &format!(
-                            "{split:?} video {i} now comes from {}, the cache has {}",
-                            show(p.as_deref()),
-                            show(k.as_ref().map(|k| k.path.as_path()))
-                        ),
+                    return Err(format!(
+                        "{split:?} video {i} now comes from {}, the cache has {}",
+                        show(p.as_deref()),
+                        show(k.as_ref().map(|k| k.path.as_path()))
                     ));
                 }
             }
@@ -245,13 +237,10 @@ fn validate(dir: &Path, source: &dyn VideoDataset, cfg: &DataCfg) -> Result<Opti
     let frames = dir.join(FRAMES);
     let len = fs::metadata(&frames).map(|m| m.len()).unwrap_or(0);
     if len != index.bytes {
-        return Err(stale_message(
-            dir,
-            &format!(
-                "{} holds {len} bytes, the index expects {} (incomplete or damaged)",
-                frames.display(),
-                index.bytes
-            ),
+        return Err(format!(
+            "{} holds {len} bytes, the index expects {} (incomplete or damaged)",
+            frames.display(),
+            index.bytes
         ));
     }
     Ok(Some(index))
@@ -262,7 +251,7 @@ pub fn check(dir: &Path, source: &dyn VideoDataset, cfg: &DataCfg) -> Status {
     match validate(dir, source, cfg) {
         Ok(None) => Status::Missing,
         Ok(Some(_)) => Status::Fresh,
-        Err(e) => Status::Stale(e.to_string()),
+        Err(why) => Status::Stale(why),
     }
 }
 
@@ -279,12 +268,14 @@ impl CachedDataset {
     /// Opens the cache at `dir` for `source` built from `cfg`. Errors (naming the cache
     /// and what changed) when it is missing, incomplete, or stale.
     pub fn open(dir: &Path, source: Arc<dyn VideoDataset>, cfg: &DataCfg) -> Result<Self> {
-        let index = validate(dir, source.as_ref(), cfg)?.ok_or_else(|| Error::Dataset {
-            path: dir.to_path_buf(),
-            message: "no frame cache here (data.cache is set); build it with \
+        let index = validate(dir, source.as_ref(), cfg)
+            .map_err(|why| stale_message(dir, &why))?
+            .ok_or_else(|| Error::Dataset {
+                path: dir.to_path_buf(),
+                message: "no frame cache here (data.cache is set); build it with \
                       `vssl data cache <recipe>`"
-                .into(),
-        })?;
+                    .into(),
+            })?;
         let frames = dir.join(FRAMES);
         let file = File::open(&frames).map_err(|e| Error::io(&frames, e))?;
         Ok(Self {

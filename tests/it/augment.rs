@@ -242,14 +242,13 @@ fn jitter(brightness: f32, contrast: f32, saturation: f32, hue: f32) -> ClipAug 
             saturation,
             hue,
         }),
-        ..ClipAug::crop(win(0.0, 0.0, 1.0, 2.0))
+        ..ClipAug::crop(win(0.0, 0.0, 2.0, 2.0))
     }
 }
 
 #[test]
 fn colour_ops_by_hand() {
-    // One frame of two pixels (1 x 2), output 1 x 1 would resample, so use s = 1 rows:
-    // a 2x2 frame and a 2x2 pixel crop instead.
+    // One 2x2 frame, cropped whole (no resampling), values in [0, 1] (no normalisation).
     let v = pixels(
         2,
         2,
@@ -257,11 +256,10 @@ fn colour_ops_by_hand() {
     );
     let w = win(0.0, 0.0, 2.0, 2.0);
     let get = |aug: &ClipAug, c, y, x| at(&clip(&v, aug, &ID, 2), 1, 2, c, 0, y, x);
-    let with = |j: ClipAug| ClipAug { window: w, ..j };
     // Brightness 0.5 halves; 1.5 saturates at 1.
-    let b = with(jitter(0.5, 1.0, 1.0, 0.0));
+    let b = jitter(0.5, 1.0, 1.0, 0.0);
     assert!((get(&b, 0, 0, 0) - 100.0 / 255.0).abs() < 1e-6);
-    let b = with(jitter(1.5, 1.0, 1.0, 0.0));
+    let b = jitter(1.5, 1.0, 1.0, 0.0);
     assert_eq!(get(&b, 0, 0, 1), 1.0);
     assert!((get(&b, 1, 0, 0) - 150.0 / 255.0).abs() < 1e-6);
     // Contrast 0 gives the clip's mean luma everywhere.
@@ -269,16 +267,16 @@ fn colour_ops_by_hand() {
     let mean = (luma([200.0, 100.0, 50.0]) + luma([255.0, 0.0, 0.0]) + luma([10.0, 20.0, 30.0]))
         / 4.0
         / 255.0;
-    let c0 = with(jitter(1.0, 0.0, 1.0, 0.0));
+    let c0 = jitter(1.0, 0.0, 1.0, 0.0);
     for (c, y, x) in [(0, 0, 0), (2, 1, 0), (1, 1, 1)] {
         assert!((get(&c0, c, y, x) - mean).abs() < 1e-6);
     }
     // Contrast 2: 2 v - mean, clamped.
-    let c2 = with(jitter(1.0, 2.0, 1.0, 0.0));
+    let c2 = jitter(1.0, 2.0, 1.0, 0.0);
     assert!((get(&c2, 1, 0, 0) - (2.0 * 100.0 / 255.0 - mean)).abs() < 1e-6);
     assert_eq!(get(&c2, 0, 1, 0), 0.0);
     // Saturation 0 is each pixel's luma.
-    let s0 = with(jitter(1.0, 1.0, 0.0, 0.0));
+    let s0 = jitter(1.0, 1.0, 0.0, 0.0);
     assert!((get(&s0, 2, 0, 0) - luma([200.0, 100.0, 50.0]) / 255.0).abs() < 1e-6);
     // Grayscale: ITU-R 601 weights, the same value in every channel.
     let g = ClipAug {
@@ -289,7 +287,7 @@ fn colour_ops_by_hand() {
         assert!((get(&g, c, 0, 1) - 0.299).abs() < 1e-6);
     }
     // Hue: red turned by a third is green, by two thirds blue, by a sixth yellow.
-    let h = with(jitter(1.0, 1.0, 1.0, 1.0 / 3.0));
+    let h = jitter(1.0, 1.0, 1.0, 1.0 / 3.0);
     let red: Vec<f32> = (0..3).map(|c| get(&h, c, 0, 1)).collect();
     assert!(
         red.iter()
