@@ -15,6 +15,7 @@
 //! - `eval/<protocol>[-random].json`: downstream results.
 
 pub mod backbone;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -5,7 +5,9 @@
 //! (CUDA) a path built only from candle tensor ops.
 pub mod batch_norm3d;
 pub mod conv3d;
+mod conv3d_cpu;
 pub mod pool3d;
+pub mod profile;
 pub mod tgn;
 
 pub use batch_norm3d::BatchNorm3d;
