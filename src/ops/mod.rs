@@ -4,8 +4,10 @@
 //! runs on any device: CPU gets custom kernels where they pay off, other devices
 //! (CUDA) a path built only from candle tensor ops.
 pub mod batch_norm3d;
+mod bn_cpu;
 pub mod conv3d;
 mod conv3d_cpu;
+pub mod fused;
 pub mod pool3d;
 pub mod profile;
 pub mod tgn;
