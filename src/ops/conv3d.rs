@@ -48,7 +48,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig)
     let y = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dFwd(g))?
     } else {
-        generic_no_bias(x, w, &g)?
+        generic_no_bias(x, w, &g, GENERIC_COLS_LIMIT)?
     };
     add_bias(y, bias, g.o)
 }
@@ -62,8 +62,20 @@ pub fn conv3d_generic(
     bias: Option<&Tensor>,
     cfg: &Conv3dConfig,
 ) -> Result<Tensor> {
+    conv3d_generic_chunked(x, w, bias, cfg, GENERIC_COLS_LIMIT)
+}
+
+/// [`conv3d_generic`] building at most `max_cols` elements of im2col matrix at once
+/// (whole samples at a time, at least one).
+pub fn conv3d_generic_chunked(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    max_cols: usize,
+) -> Result<Tensor> {
     let g = Geom::new(x, w, cfg)?;
-    let y = generic_no_bias(x, w, &g)?;
+    let y = generic_no_bias(x, w, &g, max_cols)?;
     add_bias(y, bias, g.o)
 }
 
@@ -272,7 +284,31 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>, o: usize) -> Result<Tensor> {
 
 /// The tensor-op convolution: pad, gather every kernel tap along each axis with one
 /// index_select per axis, rearrange into `[N, C·K, L]` and multiply by `W` as `[O, C·K]`.
-fn generic_no_bias(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
+///
+/// The im2col matrix is `C·K` times larger than the output: batches whose matrix
+/// would exceed `max_cols` elements run in chunks of samples, so memory stays
+/// bounded on the GPU.
+fn generic_no_bias(x: &Tensor, w: &Tensor, g: &Geom, max_cols: usize) -> Result<Tensor> {
+    let per_sample = g.ck() * g.l();
+    let chunk = (max_cols / per_sample.max(1)).max(1);
+    if g.n > chunk {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < g.n {
+            let len = chunk.min(g.n - start);
+            let sub = Geom { n: len, ..*g };
+            parts.push(generic_chunk(&x.narrow(0, start, len)?, w, &sub)?);
+            start += len;
+        }
+        return Ok(Tensor::cat(&parts, 0)?);
+    }
+    generic_chunk(x, w, g)
+}
+
+/// Default im2col elements the generic path builds at once (1 GiB of f32).
+const GENERIC_COLS_LIMIT: usize = 1 << 28;
+
+fn generic_chunk(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
     // index_select needs contiguous storage.
     let mut cols = x.contiguous()?;
     for ax in 0..3 {

@@ -7,8 +7,10 @@
 //! needs into a small per-task scratch buffer that stays in cache.
 //!
 //! - forward: parallel over column blocks, `Y[:, blk] = W · cols[:, blk]`;
-//! - input gradient: parallel over channel groups, `dcols[rows(c), blk] = Wᵀ[rows(c)]
-//!   · dY[:, blk]` scattered (col2vol) into those channels of `dX` only;
+//! - input gradient: with stride 1 (and padding within the kernel extent), the
+//!   forward kernel applied to `dY` with the flipped, transposed kernel; otherwise
+//!   parallel over channel groups, `dcols[rows(c), blk] = Wᵀ[rows(c)] · dY[:, blk]`
+//!   scattered (col2vol) into those channels of `dX` only;
 //! - weight gradient: parallel over row groups of `C·K`, `dW[:, rows] += dY[:, blk] ·
 //!   cols[rows, blk]ᵀ` over the blocks in order.
 //!
@@ -346,8 +348,43 @@ fn split(len: usize, unit: usize, parts: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// dx = col2vol(Wᵀ · dy), `[N, C, T, H, W]`; parallel over channel groups.
+/// dx, `[N, C, T, H, W]`. Stride 1 with padding at most the dilated kernel extent
+/// is a forward convolution of `dy` with the flipped, transposed kernel (a long-K
+/// gemm, no scatter); anything else takes [`bwd_input_col2vol`].
 pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
+    let direct = g.stride == [1; 3] && (0..3).all(|a| g.pad[a] <= g.dil[a] * (g.k[a] - 1));
+    if !direct {
+        return bwd_input_col2vol(g, dy, w);
+    }
+    let (kvol, [k0, k1, k2]) = (g.kvol(), g.k);
+    // wt[c, o, a, b, e] = w[o, c, k0-1-a, k1-1-b, k2-1-e]
+    let mut wt = vec![T::zero(); w.len()];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            let src = &w[(o * g.c + c) * kvol..][..kvol];
+            let dst = &mut wt[(c * g.o + o) * kvol..][..kvol];
+            for (i, d) in dst.iter_mut().enumerate() {
+                let (a, b, e) = (i / (k1 * k2), (i / k2) % k1, i % k2);
+                *d = src[((k0 - 1 - a) * k1 + (k1 - 1 - b)) * k2 + (k2 - 1 - e)];
+            }
+        }
+    }
+    let gt = Geom {
+        n: g.n,
+        c: g.o,
+        o: g.c,
+        inp: g.out,
+        k: g.k,
+        out: g.inp,
+        stride: [1; 3],
+        pad: [0, 1, 2].map(|a| g.dil[a] * (g.k[a] - 1) - g.pad[a]),
+        dil: g.dil,
+    };
+    fwd(&gt, dy, &wt)
+}
+
+/// dx = col2vol(Wᵀ · dy), `[N, C, T, H, W]`; parallel over channel groups.
+fn bwd_input_col2vol<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
     let (ck, l, o, kvol) = (g.ck(), g.l(), g.o, g.kvol());
     let total = g.n * l;
     let mut dx = vec![T::zero(); g.n * g.c * g.lin()];

@@ -577,6 +577,34 @@ fn conv3d_custom_and_generic_gradients_agree() {
 }
 
 #[test]
+fn conv3d_generic_in_batch_chunks_equals_whole_batch() {
+    use vssl::ops::conv3d_generic_chunked;
+    let c = conv_cases()[0];
+    let (x, w, b) = conv_data(&c, 77);
+    let r = rand_vec(numel(&c.out()), 78);
+    let run = |limit: usize| {
+        let xv = var(&x, &c.x);
+        let wv = var(&w, &c.w());
+        let bt = tensor(b.as_ref().unwrap(), &[c.o], DType::F32);
+        let y = conv3d_generic_chunked(xv.as_tensor(), wv.as_tensor(), Some(&bt), &c.cfg, limit)
+            .unwrap();
+        let grads = weighted_loss(&y, &r).backward().unwrap();
+        [
+            values(&y),
+            values(grads.get(xv.as_tensor()).unwrap()),
+            values(grads.get(wv.as_tensor()).unwrap()),
+        ]
+    };
+    // Limit 1: one sample per chunk (batch 2); usize::MAX: the whole batch at once.
+    let (chunked, whole) = (run(1), run(usize::MAX));
+    for (a, b) in chunked.iter().zip(&whole) {
+        assert!(max_abs_diff(a, b) <= 1e-6);
+    }
+    let want = conv_ref(&c, &x, &w, b.as_deref());
+    assert!(max_abs_diff(&chunked[0], &want) <= 1e-4);
+}
+
+#[test]
 fn conv3d_is_deterministic_and_skips_untracked_input_grad() {
     // Batch 4 (batch-parallel path) and batch 1 (inner-parallel path): two runs must be
     // bit-identical, forward and backward.
