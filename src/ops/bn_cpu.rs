@@ -204,24 +204,25 @@ impl BnBwd {
         let g = self.g;
         let zero = T::zero();
         let relu = self.relu;
-        let grad = |i: usize| -> f64 {
-            if relu && y[i] <= zero {
-                0.0
-            } else {
-                dy[i].to_f64()
-            }
-        };
-        // Σ g and Σ g·x per channel.
+        // Σ g and Σ g·x per channel, g = dy masked by y > 0 under ReLU.
         let (sg, sgx): (Vec<f64>, Vec<f64>) = (0..g.c)
             .into_par_iter()
             .map(|c| {
                 let (mut a, mut b) = (0f64, 0f64);
                 for n in 0..g.n {
                     let base = (n * g.c + c) * g.l;
-                    for i in base..base + g.l {
-                        let gi = grad(i);
+                    let rows = x[base..base + g.l]
+                        .iter()
+                        .zip(&dy[base..base + g.l])
+                        .zip(&y[base..base + g.l]);
+                    for ((xi, di), yi) in rows {
+                        let gi = if relu && *yi <= zero {
+                            0.0
+                        } else {
+                            di.to_f64()
+                        };
                         a += gi;
-                        b += gi * x[i].to_f64();
+                        b += gi * xi.to_f64();
                     }
                 }
                 (a, b)
@@ -250,15 +251,14 @@ impl BnBwd {
                 &dy[base..base + g.l],
                 &y[base..base + g.l],
             );
-            if relu {
-                for i in 0..g.l {
-                    let gi = if yr[i] > zero { dyr[i].to_f64() } else { 0.0 };
-                    d[i] = T::from_f64(a * gi + b * (xr[i].to_f64() - mu) + k);
-                }
-            } else {
-                for i in 0..g.l {
-                    d[i] = T::from_f64(a * dyr[i].to_f64() + b * (xr[i].to_f64() - mu) + k);
-                }
+            let rows = d.iter_mut().zip(xr).zip(dyr.iter().zip(yr));
+            for ((di, xi), (dyi, yi)) in rows {
+                let gi = if relu && *yi <= zero {
+                    0.0
+                } else {
+                    dyi.to_f64()
+                };
+                *di = T::from_f64(a * gi + b * (xi.to_f64() - mu) + k);
             }
         });
         *lock(&self.sums) = Stats {

@@ -49,10 +49,10 @@ impl CustomOp3 for Momentum {
             .zip(buf.par_chunks(CHUNK))
             .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
             .for_each(|((o, b), (g, p))| {
-                for i in 0..o.len() {
+                for ((o, b), (g, p)) in o.iter_mut().zip(b).zip(g.iter().zip(p)) {
                     // Same order as the composed ops: g + p·wd, then buf·m + that.
-                    let gi = if wd != 0.0 { g[i] + p[i] * wd } else { g[i] };
-                    o[i] = b[i] * m + gi;
+                    let gi = if wd != 0.0 { *g + *p * wd } else { *g };
+                    *o = *b * m + gi;
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -82,8 +82,8 @@ impl CustomOp2 for Step {
         out.par_chunks_mut(CHUNK)
             .zip(p.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)))
             .for_each(|(o, (p, d))| {
-                for i in 0..o.len() {
-                    o[i] = p[i] - d[i] * lr;
+                for (o, (p, d)) in o.iter_mut().zip(p.iter().zip(d)) {
+                    *o = *p - *d * lr;
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
