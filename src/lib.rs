@@ -18,6 +18,7 @@
 //! array) and [`report`] compares them in tables and plots.
 
 pub mod backbone;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;

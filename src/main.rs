@@ -175,30 +175,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
-    /// Benchmarks.
+    /// Benchmarks: model and conv3d speed against PyTorch, the data pipeline against
+    /// the ffmpeg CLI.
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Data pipeline speed on the recipe's video files: vssl decode vs the ffmpeg CLI
-    /// (frames/s, one core each), loader clips/s on the fly and from the cache.
-    Data {
-        recipe: PathBuf,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Runs per figure; medians are printed.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        /// Loader steps per clips/s run.
-        #[arg(long, default_value_t = 20)]
-        steps: u64,
-        /// Train-split videos decoded per frames/s run.
-        #[arg(long, default_value_t = 64)]
-        videos: usize,
     },
 }
 
@@ -232,6 +213,78 @@ impl From<BackboneOpts> for BackboneArgs {
 enum Executor {
     Local,
     Slurm,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time a backbone's forward pass and training step (forward, backward, SGD) on
+    /// random clips, print per-layer GFLOP/s, and with --torch the same step in
+    /// PyTorch (tools/bench_torch.py) with the ratio vssl/torch.
+    Model {
+        /// r3d_18, mc3_18 or r2plus1d_18.
+        #[arg(long, default_value = "r3d_18")]
+        arch: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        frames: usize,
+        /// Height and width of the clips.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Timed repeats (medians reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Python with torch and torchvision: also run the PyTorch CPU step
+        /// (default: $VSSL_TORCH_PYTHON when set).
+        #[arg(long)]
+        torch: Option<PathBuf>,
+        /// The PyTorch side's script.
+        #[arg(long, default_value = "tools/bench_torch.py")]
+        torch_script: PathBuf,
+    },
+    /// Time one conv3d layer (forward, forward+backward) on random data, with
+    /// --torch against PyTorch's nn.Conv3d in the same run.
+    Conv3d {
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long = "in", default_value_t = 64)]
+        cin: usize,
+        #[arg(long = "out", default_value_t = 64)]
+        cout: usize,
+        #[arg(long, default_value_t = 16)]
+        frames: usize,
+        #[arg(long, default_value_t = 56)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        kernel: usize,
+        #[arg(long, default_value_t = 1)]
+        stride: usize,
+        #[arg(long, default_value_t = 1)]
+        pad: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Python with torch (default: $VSSL_TORCH_PYTHON when set).
+        #[arg(long)]
+        torch: Option<PathBuf>,
+        #[arg(long, default_value = "tools/bench_torch.py")]
+        torch_script: PathBuf,
+    },
+    /// Data pipeline speed on the recipe's video files: vssl decode vs the ffmpeg CLI
+    /// (frames/s, one core each), loader clips/s on the fly and from the cache.
+    Data {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Runs per figure; medians are printed.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Loader steps per clips/s run.
+        #[arg(long, default_value_t = 20)]
+        steps: u64,
+        /// Train-split videos decoded per frames/s run.
+        #[arg(long, default_value_t = 64)]
+        videos: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -284,6 +337,63 @@ fn device(spec: &str) -> anyhow::Result<Device> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Model {
+                    arch,
+                    batch,
+                    frames,
+                    size,
+                    reps,
+                    torch,
+                    torch_script,
+                },
+        } => {
+            let dev = device(&cli.device)?;
+            let opts = vssl::bench::BenchOptions {
+                arch,
+                batch,
+                frames,
+                size,
+                reps,
+                torch: torch.or_else(|| std::env::var_os("VSSL_TORCH_PYTHON").map(PathBuf::from)),
+                torch_script,
+            };
+            let rep = vssl::bench::run(&opts, &dev)?;
+            print!("{}", rep.render(&opts));
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Conv3d {
+                    batch,
+                    cin,
+                    cout,
+                    frames,
+                    size,
+                    kernel,
+                    stride,
+                    pad,
+                    reps,
+                    torch,
+                    torch_script,
+                },
+        } => {
+            let dev = device(&cli.device)?;
+            let opts = vssl::bench::ConvBenchOptions {
+                batch,
+                cin,
+                cout,
+                frames,
+                size,
+                kernel,
+                stride,
+                pad,
+                reps,
+                torch: torch.or_else(|| std::env::var_os("VSSL_TORCH_PYTHON").map(PathBuf::from)),
+                torch_script,
+            };
+            print!("{}", vssl::bench::run_conv(&opts, &dev)?);
+        }
         Cmd::Recipe {
             recipe,
             sets,

@@ -93,7 +93,7 @@ impl Backbone for C3d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for (conv, bn, pool) in &self.layers {
-            y = bn.forward_t(&conv.forward(&y)?, train)?.relu()?;
+            y = bn.forward_relu(&conv.forward(&y)?, train)?;
             if let Some(k) = pool {
                 y = max_pool3d(&y, *k, *k, [0; 3])?;
             }

@@ -76,6 +76,14 @@ impl Norm {
             Norm::Tgn(n) => n.forward_t(x, train),
         }
     }
+
+    /// `forward_t` then ReLU (one fused pass for batch norm on CPU).
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Norm::Bn(n) => n.forward_act(x, train, true),
+            Norm::Tgn(n) => Ok(n.forward_t(x, train)?.relu()?),
+        }
+    }
 }
 
 /// Output length of a convolution or pooling window along one axis (PyTorch's

@@ -234,7 +234,7 @@ impl BuiltConv {
                 norm,
                 temporal,
             } => {
-                let y = norm.forward_t(&spatial.forward(x)?, train)?.relu()?;
+                let y = norm.forward_relu(&spatial.forward(x)?, train)?;
                 temporal.forward(&y)
             }
         }
@@ -323,14 +323,14 @@ impl BasicBlock {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.conv1.0.forward_t(x, train)?;
-        let y = self.conv1.1.forward_t(&y, train)?.relu()?;
+        let y = self.conv1.1.forward_relu(&y, train)?;
         let y = self.conv2.0.forward_t(&y, train)?;
         let y = self.conv2.1.forward_t(&y, train)?;
         let skip = match &self.downsample {
             Some((c, n)) => n.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        Ok((y + skip)?.relu()?)
+        crate::ops::fused::add_relu(&y, &skip)
     }
 }
 
@@ -371,7 +371,7 @@ impl Stem {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for (c, n) in &self.layers {
-            y = n.forward_t(&c.forward(&y)?, train)?.relu()?;
+            y = n.forward_relu(&c.forward(&y)?, train)?;
         }
         Ok(y)
     }

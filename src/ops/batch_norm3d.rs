@@ -6,8 +6,11 @@
 //! buffers (so checkpoints match torchvision's names) and is composed from candle
 //! tensor ops only, so it runs on every device with autograd.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Tensor, Var};
 
+use super::bn_cpu::{BnTrain, Ncl, Stats};
 use super::{dims5, op_error};
 use crate::nn::{Init, VarStore};
 use crate::Result;
@@ -71,6 +74,11 @@ impl BatchNorm3d {
     /// the autograd graph) and count the batch. Otherwise normalise with the running
     /// statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+
+    /// [`Self::forward_t`] followed by ReLU when `relu` (fused into one pass on CPU).
+    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let d = dims5(OP, "input", x)?;
         let c = self.channels;
         if d[1] != c {
@@ -79,6 +87,44 @@ impl BatchNorm3d {
                 format!("input {d:?} has {} channels, layer expects {c}", d[1]),
             ));
         }
+        let dtype = x.dtype();
+        let count = d[0] * d[2] * d[3] * d[4];
+        if train && count >= 2 && x.device().is_cpu() && matches!(dtype, DType::F32 | DType::F64) {
+            return self.forward_cpu_train(x, d, relu);
+        }
+        let y = self.forward_generic(x, d, train)?;
+        Ok(if relu { y.relu()? } else { y })
+    }
+
+    /// The fused CPU kernel ([`super::bn_cpu`]) in training mode.
+    fn forward_cpu_train(&self, x: &Tensor, d: [usize; 5], relu: bool) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let c = self.channels;
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let op = BnTrain {
+            g: Ncl {
+                n: d[0],
+                c,
+                l: d[2] * d[3] * d[4],
+            },
+            eps: self.eps,
+            relu,
+            stats: stats.clone(),
+        };
+        let w = self.weight.to_dtype(dtype)?.contiguous()?;
+        let b = self.bias.to_dtype(dtype)?.contiguous()?;
+        let y = x.contiguous()?.apply_op3(&w, &b, op)?;
+        let st = stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let dev = x.device();
+        let mean = Tensor::from_vec(st.mean, c, dev)?;
+        let var = Tensor::from_vec(st.var, c, dev)?;
+        self.update_running(&mean, &var, d[0] * d[2] * d[3] * d[4])?;
+        Ok(y)
+    }
+
+    /// Batch norm composed from candle ops (any device).
+    fn forward_generic(&self, x: &Tensor, d: [usize; 5], train: bool) -> Result<Tensor> {
+        let c = self.channels;
         let dtype = x.dtype();
         let per_channel =
             |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.reshape((1, c, 1, 1, 1))?) };
@@ -112,12 +158,22 @@ impl BatchNorm3d {
             .broadcast_mul(&w)?
             .broadcast_add(&b)?;
 
-        // Running statistics, detached: PyTorch's x̂ = (1 - m)·x̂ + m·x with the
-        // unbiased variance.
+        self.update_running(
+            &mean.detach().flatten_all()?,
+            &var.detach().flatten_all()?,
+            count,
+        )?;
+        Ok(y)
+    }
+
+    /// Running statistics from the batch `mean` and biased `var` (`[C]`, over `count`
+    /// values), detached: PyTorch's x̂ = (1 - m)·x̂ + m·x with the unbiased variance;
+    /// counts the batch.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.momentum;
         let stat_dtype = self.running_mean.dtype();
-        let batch_mean = mean.detach().flatten_all()?.to_dtype(stat_dtype)?;
-        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?
+        let batch_mean = mean.to_dtype(stat_dtype)?;
+        let unbiased = (var.to_dtype(DType::F64)? * (count as f64 / (count - 1) as f64))?
             .to_dtype(stat_dtype)?;
         let update = |buf: &Var, batch: &Tensor| -> Result<()> {
             let new = (buf.as_tensor().detach().affine(1.0 - m, 0.0)? + batch.affine(m, 0.0)?)?;
@@ -128,6 +184,6 @@ impl BatchNorm3d {
         let nbt = self.num_batches_tracked.as_tensor().detach();
         let one = Tensor::ones(nbt.shape(), nbt.dtype(), nbt.device())?;
         self.num_batches_tracked.set(&(nbt + one)?)?;
-        Ok(y)
+        Ok(())
     }
 }

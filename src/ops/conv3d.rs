@@ -15,11 +15,9 @@
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
-use gemm::Parallelism;
-use rayon::prelude::*;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::{dims5, op_error};
+use super::{conv3d_cpu, dims5, op_error, profile};
 use crate::nn::{Init, VarStore};
 use crate::Result;
 
@@ -50,7 +48,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig)
     let y = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dFwd(g))?
     } else {
-        generic_no_bias(x, w, &g)?
+        generic_no_bias(x, w, &g, GENERIC_COLS_LIMIT)?
     };
     add_bias(y, bias, g.o)
 }
@@ -64,8 +62,20 @@ pub fn conv3d_generic(
     bias: Option<&Tensor>,
     cfg: &Conv3dConfig,
 ) -> Result<Tensor> {
+    conv3d_generic_chunked(x, w, bias, cfg, GENERIC_COLS_LIMIT)
+}
+
+/// [`conv3d_generic`] building at most `max_cols` elements of im2col matrix at once
+/// (whole samples at a time, at least one).
+pub fn conv3d_generic_chunked(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv3dConfig,
+    max_cols: usize,
+) -> Result<Tensor> {
     let g = Geom::new(x, w, cfg)?;
-    let y = generic_no_bias(x, w, &g)?;
+    let y = generic_no_bias(x, w, &g, max_cols)?;
     add_bias(y, bias, g.o)
 }
 
@@ -114,16 +124,16 @@ impl Conv3d {
 
 /// Fully resolved geometry of one convolution (validated once, shared by all kernels).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Geom {
-    n: usize,
-    c: usize,
-    o: usize,
-    inp: [usize; 3],
-    k: [usize; 3],
-    out: [usize; 3],
-    stride: [usize; 3],
-    pad: [usize; 3],
-    dil: [usize; 3],
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) o: usize,
+    pub(super) inp: [usize; 3],
+    pub(super) k: [usize; 3],
+    pub(super) out: [usize; 3],
+    pub(super) stride: [usize; 3],
+    pub(super) pad: [usize; 3],
+    pub(super) dil: [usize; 3],
 }
 
 impl Geom {
@@ -214,20 +224,38 @@ impl Geom {
         })
     }
 
-    fn kvol(&self) -> usize {
+    pub(super) fn kvol(&self) -> usize {
         self.k.iter().product()
     }
     /// Rows of the im2col matrix: C·kt·kh·kw.
-    fn ck(&self) -> usize {
+    pub(super) fn ck(&self) -> usize {
         self.c * self.kvol()
     }
     /// Output positions per sample (columns of the im2col matrix).
-    fn l(&self) -> usize {
+    pub(super) fn l(&self) -> usize {
         self.out.iter().product()
     }
     /// Input positions per channel.
-    fn lin(&self) -> usize {
+    pub(super) fn lin(&self) -> usize {
         self.inp.iter().product()
+    }
+    /// Multiply-adds ×2 of the forward pass (and of each backward product).
+    fn flops(&self) -> f64 {
+        2.0 * (self.n * self.o * self.l() * self.ck()) as f64
+    }
+    /// The geometry as `[N,C,T,H,W] -> O k[..] s[..]` for the profile table.
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "{:?}->{} k{:?} s{:?}",
+            self.x_dims(),
+            self.o,
+            self.k,
+            self.stride
+        );
+        if self.dil != [1; 3] {
+            s += &format!(" d{:?}", self.dil);
+        }
+        s.replace(' ', "").replacen("->", " -> ", 1)
     }
     fn x_dims(&self) -> [usize; 5] {
         [self.n, self.c, self.inp[0], self.inp[1], self.inp[2]]
@@ -237,37 +265,6 @@ impl Geom {
     }
     fn y_dims(&self) -> [usize; 5] {
         [self.n, self.o, self.out[0], self.out[1], self.out[2]]
-    }
-    /// 1×1×1 kernel, stride 1, no padding: the im2col matrix is the input itself.
-    fn pointwise(&self) -> bool {
-        self.kvol() == 1 && self.stride == [1; 3] && self.pad == [0; 3]
-    }
-
-    /// The `[C·K, L]` im2col matrix of one sample `xn` (`[C, T, H, W]`), built in
-    /// `scratch` unless it is `xn` itself.
-    fn cols<'a, T: WithDType>(
-        &self,
-        xn: &'a [T],
-        scratch: &'a mut Vec<T>,
-        parallel: bool,
-    ) -> &'a [T] {
-        if self.pointwise() {
-            return xn;
-        }
-        scratch.resize(self.ck() * self.l(), T::from_f64(0.0));
-        let rows = self.kvol() * self.l();
-        if parallel {
-            scratch
-                .par_chunks_mut(rows)
-                .zip(xn.par_chunks(self.lin()))
-                .for_each(|(c, x)| vol2col_channel(self, x, c));
-        } else {
-            scratch
-                .chunks_mut(rows)
-                .zip(xn.chunks(self.lin()))
-                .for_each(|(c, x)| vol2col_channel(self, x, c));
-        }
-        scratch
     }
 }
 
@@ -287,7 +284,31 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>, o: usize) -> Result<Tensor> {
 
 /// The tensor-op convolution: pad, gather every kernel tap along each axis with one
 /// index_select per axis, rearrange into `[N, C·K, L]` and multiply by `W` as `[O, C·K]`.
-fn generic_no_bias(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
+///
+/// The im2col matrix is `C·K` times larger than the output: batches whose matrix
+/// would exceed `max_cols` elements run in chunks of samples, so memory stays
+/// bounded on the GPU.
+fn generic_no_bias(x: &Tensor, w: &Tensor, g: &Geom, max_cols: usize) -> Result<Tensor> {
+    let per_sample = g.ck() * g.l();
+    let chunk = (max_cols / per_sample.max(1)).max(1);
+    if g.n > chunk {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < g.n {
+            let len = chunk.min(g.n - start);
+            let sub = Geom { n: len, ..*g };
+            parts.push(generic_chunk(&x.narrow(0, start, len)?, w, &sub)?);
+            start += len;
+        }
+        return Ok(Tensor::cat(&parts, 0)?);
+    }
+    generic_chunk(x, w, g)
+}
+
+/// Default im2col elements the generic path builds at once (1 GiB of f32).
+const GENERIC_COLS_LIMIT: usize = 1 << 28;
+
+fn generic_chunk(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
     // index_select needs contiguous storage.
     let mut cols = x.contiguous()?;
     for ax in 0..3 {
@@ -313,304 +334,6 @@ fn generic_no_bias(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
         .reshape((g.n, g.ck(), g.l()))?;
     let y = w.reshape((g.o, g.ck()))?.broadcast_matmul(&cols)?;
     Ok(y.reshape(g.y_dims().to_vec())?)
-}
-
-// ---------------------------------------------------------------------------------
-// CPU kernels
-// ---------------------------------------------------------------------------------
-
-/// Output positions `o` in `0..out` whose input index `o·s + off - p` lies in `0..len`,
-/// as a half-open range (empty ranges come back as `(lo, lo)`).
-fn valid_range(out: usize, s: usize, off: usize, p: usize, len: usize) -> (usize, usize) {
-    let lo = if p > off { (p - off).div_ceil(s) } else { 0 }.min(out);
-    let hi = if len + p > off {
-        ((len + p - off - 1) / s + 1).min(out)
-    } else {
-        0
-    };
-    (lo, hi.max(lo))
-}
-
-/// Visits every (row, T'-slab, H'-row) of one channel's im2col block: calls `f` with
-/// the destination row segment (length W'), the input row index (`t·H + h`) or `None`
-/// when that segment lies entirely in padding, the valid W' range and the input W
-/// offset of its first element. Shared by vol2col and col2vol so both walk the same
-/// geometry.
-#[inline(always)]
-fn for_each_segment(g: &Geom, mut f: impl FnMut(usize, Option<usize>, (usize, usize), usize)) {
-    let [it, ih, iw] = g.inp;
-    let [ot, oh, ow] = g.out;
-    let [s0, s1, s2] = g.stride;
-    let [p0, p1, p2] = g.pad;
-    let [d0, d1, d2] = g.dil;
-    let [k0, k1, k2] = g.k;
-    let l = ot * oh * ow;
-    for a in 0..k0 {
-        let (t_lo, t_hi) = valid_range(ot, s0, a * d0, p0, it);
-        for b in 0..k1 {
-            let (h_lo, h_hi) = valid_range(oh, s1, b * d1, p1, ih);
-            for e in 0..k2 {
-                let (w_lo, w_hi) = valid_range(ow, s2, e * d2, p2, iw);
-                let row = ((a * k1 + b) * k2 + e) * l;
-                // First input W index of the valid range (only meaningful if non-empty).
-                let w_start = if w_lo < w_hi {
-                    w_lo * s2 + e * d2 - p2
-                } else {
-                    0
-                };
-                for t in 0..ot {
-                    let t_ok = t >= t_lo && t < t_hi;
-                    for h in 0..oh {
-                        let seg = row + (t * oh + h) * ow;
-                        let src = if t_ok && h >= h_lo && h < h_hi {
-                            let ti = t * s0 + a * d0 - p0;
-                            let hi = h * s1 + b * d1 - p1;
-                            Some(ti * ih + hi)
-                        } else {
-                            None
-                        };
-                        f(seg, src, (w_lo, w_hi), w_start);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// im2col for one channel: `cols` is `[K, L]` (rows kt, kh, kw), `xc` is `[T, H, W]`.
-fn vol2col_channel<T: WithDType>(g: &Geom, xc: &[T], cols: &mut [T]) {
-    let zero = T::from_f64(0.0);
-    let (ow, iw, s) = (g.out[2], g.inp[2], g.stride[2]);
-    for_each_segment(g, |seg, src, (lo, hi), start| {
-        let dst = &mut cols[seg..seg + ow];
-        let Some(r) = src else {
-            dst.fill(zero);
-            return;
-        };
-        let src = &xc[r * iw..(r + 1) * iw];
-        dst[..lo].fill(zero);
-        dst[hi..].fill(zero);
-        if s == 1 {
-            dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-        } else {
-            for (d, v) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(s)) {
-                *d = *v;
-            }
-        }
-    });
-}
-
-/// col2im for one channel: accumulates `cols` (`[K, L]`) into `dxc` (`[T, H, W]`,
-/// zeroed by the caller) in a fixed order.
-fn col2vol_channel<T: WithDType>(g: &Geom, cols: &[T], dxc: &mut [T]) {
-    let (iw, s) = (g.inp[2], g.stride[2]);
-    for_each_segment(g, |seg, src, (lo, hi), start| {
-        let Some(r) = src else { return };
-        let col = &cols[seg + lo..seg + hi];
-        let dst = &mut dxc[r * iw..(r + 1) * iw];
-        if s == 1 {
-            for (d, v) in dst[start..start + hi - lo].iter_mut().zip(col) {
-                *d += *v;
-            }
-        } else {
-            for (d, v) in dst[start..].iter_mut().step_by(s).zip(col) {
-                *d += *v;
-            }
-        }
-    });
-}
-
-/// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]` with `dst` row-major and
-/// contiguous; `lhs`/`rhs` are given as (row stride, column stride).
-#[allow(clippy::too_many_arguments)]
-fn gemm_into<T: WithDType>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    lhs: &[T],
-    (lrs, lcs): (usize, usize),
-    rhs: &[T],
-    (rrs, rcs): (usize, usize),
-    accumulate: bool,
-    par: Parallelism,
-) {
-    // gemm reads raw pointers: make sure the furthest elements are inside the slices.
-    assert!(m > 0 && n > 0 && k > 0 && dst.len() >= m * n);
-    assert!((m - 1) * lrs + (k - 1) * lcs < lhs.len());
-    assert!((k - 1) * rrs + (n - 1) * rcs < rhs.len());
-    let alpha = T::from_f64(if accumulate { 1.0 } else { 0.0 });
-    // SAFETY: bounds checked above; dst does not alias lhs/rhs (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            alpha,
-            T::from_f64(1.0),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
-}
-
-/// Parallel over the batch (one sample per task, single-threaded gemm) when there are
-/// enough samples; otherwise samples run in turn with parallel vol2col and gemm.
-fn batch_parallel(n: usize) -> bool {
-    let t = threads();
-    t > 1 && n >= t
-}
-
-fn inner_par(parallel: bool) -> Parallelism {
-    if parallel {
-        Parallelism::Rayon(threads())
-    } else {
-        Parallelism::None
-    }
-}
-
-/// Runs `f(out_n, in_n, scratch, inner_parallel)` for every sample. In batch-parallel
-/// mode the batch is cut into one contiguous group per thread, each with a single
-/// scratch buffer (allocated once, not per sample).
-fn per_sample<T: WithDType>(
-    n: usize,
-    out: &mut [T],
-    out_chunk: usize,
-    inp: &[T],
-    in_chunk: usize,
-    f: impl Fn(&mut [T], &[T], &mut Vec<T>, bool) + Sync + Send,
-) {
-    let run = |out: &mut [T], inp: &[T], parallel: bool| {
-        let mut scratch = Vec::new();
-        for (o, i) in out.chunks_mut(out_chunk).zip(inp.chunks(in_chunk)) {
-            f(o, i, &mut scratch, parallel);
-        }
-    };
-    if batch_parallel(n) {
-        let group = n.div_ceil(threads());
-        out.par_chunks_mut(group * out_chunk)
-            .zip(inp.par_chunks(group * in_chunk))
-            .for_each(|(o, i)| run(o, i, false));
-    } else {
-        run(out, inp, true);
-    }
-}
-
-/// y[n] = W · cols(x[n]).
-fn fwd_cpu<T: WithDType>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
-    let (ck, l) = (g.ck(), g.l());
-    let mut y = vec![T::from_f64(0.0); g.n * g.o * l];
-    per_sample(
-        g.n,
-        &mut y,
-        g.o * l,
-        x,
-        g.c * g.lin(),
-        |yn, xn, scratch, par| {
-            let cols = g.cols(xn, scratch, par);
-            gemm_into(
-                (g.o, l, ck),
-                yn,
-                w,
-                (ck, 1),
-                cols,
-                (l, 1),
-                false,
-                inner_par(par),
-            );
-        },
-    );
-    y
-}
-
-/// dx[n] = col2vol(Wᵀ · dy[n]).
-fn bwd_input_cpu<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
-    let (ck, l, lin) = (g.ck(), g.l(), g.lin());
-    let zero = T::from_f64(0.0);
-    let mut dx = vec![zero; g.n * g.c * lin];
-    per_sample(
-        g.n,
-        &mut dx,
-        g.c * lin,
-        dy,
-        g.o * l,
-        |dxn, dyn_, scratch, par| {
-            // Wᵀ as lhs: element (ck, o) sits at w[o·CK + ck].
-            if g.pointwise() {
-                gemm_into(
-                    (ck, l, g.o),
-                    dxn,
-                    w,
-                    (1, ck),
-                    dyn_,
-                    (l, 1),
-                    false,
-                    inner_par(par),
-                );
-                return;
-            }
-            scratch.resize(ck * l, zero);
-            gemm_into(
-                (ck, l, g.o),
-                &mut scratch[..],
-                w,
-                (1, ck),
-                dyn_,
-                (l, 1),
-                false,
-                inner_par(par),
-            );
-            let rows = g.kvol() * l;
-            if par {
-                dxn.par_chunks_mut(lin)
-                    .zip(scratch.par_chunks(rows))
-                    .for_each(|(d, c)| col2vol_channel(g, c, d));
-            } else {
-                dxn.chunks_mut(lin)
-                    .zip(scratch.chunks(rows))
-                    .for_each(|(d, c)| col2vol_channel(g, c, d));
-            }
-        },
-    );
-    dx
-}
-
-/// dW = Σₙ dy[n] · cols(x[n])ᵀ, samples accumulated in order (deterministic); each
-/// gemm is parallel over output blocks, never over the summed dimension.
-fn bwd_weight_cpu<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
-    let (ck, l) = (g.ck(), g.l());
-    let mut dw = vec![T::from_f64(0.0); g.o * ck];
-    let mut scratch = Vec::new();
-    let parallel = threads() > 1;
-    for (i, (xn, dyn_)) in x.chunks(g.c * g.lin()).zip(dy.chunks(g.o * l)).enumerate() {
-        let cols = g.cols(xn, &mut scratch, parallel);
-        // colsᵀ as rhs: element (l, ck) sits at cols[ck·L + l].
-        gemm_into(
-            (g.o, ck, l),
-            &mut dw,
-            dyn_,
-            (l, 1),
-            cols,
-            (1, l),
-            i > 0,
-            inner_par(parallel),
-        );
-    }
-    dw
 }
 
 /// The storage of a layout as a dense row-major slice (copied only if strided).
@@ -689,7 +412,16 @@ impl CustomOp2 for Conv3dFwd {
         let g = &self.0;
         check_layout(self.name(), l1, g.x_dims())?;
         check_layout(self.name(), l2, g.w_dims())?;
-        let y = cpu_dispatch!(self.name(), s1, l1, s2, l2, |x, w| fwd_cpu(g, x, w));
+        let y = profile::timed(
+            "conv3d.fwd",
+            || g.describe(),
+            g.flops(),
+            || {
+                Ok::<_, candle_core::Error>(cpu_dispatch!(self.name(), s1, l1, s2, l2, |x, w| {
+                    conv3d_cpu::fwd(g, x, w)
+                }))
+            },
+        )?;
         Ok((y, Shape::from(g.y_dims().to_vec())))
     }
 
@@ -734,7 +466,16 @@ impl CustomOp2 for Conv3dBwdInput {
         let g = &self.0;
         check_layout(self.name(), l1, g.y_dims())?;
         check_layout(self.name(), l2, g.w_dims())?;
-        let dx = cpu_dispatch!(self.name(), s1, l1, s2, l2, |dy, w| bwd_input_cpu(g, dy, w));
+        let dx = profile::timed(
+            "conv3d.dx",
+            || g.describe(),
+            g.flops(),
+            || {
+                Ok::<_, candle_core::Error>(cpu_dispatch!(self.name(), s1, l1, s2, l2, |dy, w| {
+                    conv3d_cpu::bwd_input(g, dy, w)
+                }))
+            },
+        )?;
         Ok((dx, Shape::from(g.x_dims().to_vec())))
     }
 }
@@ -757,9 +498,16 @@ impl CustomOp2 for Conv3dBwdWeight {
         let g = &self.0;
         check_layout(self.name(), l1, g.x_dims())?;
         check_layout(self.name(), l2, g.y_dims())?;
-        let dw = cpu_dispatch!(self.name(), s1, l1, s2, l2, |x, dy| bwd_weight_cpu(
-            g, x, dy
-        ));
+        let dw = profile::timed(
+            "conv3d.dw",
+            || g.describe(),
+            g.flops(),
+            || {
+                Ok::<_, candle_core::Error>(cpu_dispatch!(self.name(), s1, l1, s2, l2, |x, dy| {
+                    conv3d_cpu::bwd_weight(g, x, dy)
+                }))
+            },
+        )?;
         Ok((dw, Shape::from(g.w_dims().to_vec())))
     }
 }

@@ -4,12 +4,16 @@
 //! runs on any device: CPU gets custom kernels where they pay off, other devices
 //! (CUDA) a path built only from candle tensor ops.
 pub mod batch_norm3d;
+mod bn_cpu;
 pub mod conv3d;
+mod conv3d_cpu;
+pub mod fused;
 pub mod pool3d;
+pub mod profile;
 pub mod tgn;
 
 pub use batch_norm3d::BatchNorm3d;
-pub use conv3d::{conv3d, conv3d_generic, Conv3d, Conv3dConfig};
+pub use conv3d::{conv3d, conv3d_generic, conv3d_generic_chunked, Conv3d, Conv3dConfig};
 pub use pool3d::{adaptive_avg_pool3d, avg_pool3d, global_avg_pool3d, max_pool3d};
 
 use candle_core::Tensor;

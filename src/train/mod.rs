@@ -4,4 +4,5 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
+mod sgd_cpu;
 pub mod trainer;

@@ -316,6 +316,21 @@ fn sgd_update(
     grad: Tensor,
     lr: f64,
 ) -> Result<Tensor> {
+    // Fast path: the same f32 arithmetic in two passes instead of six.
+    if cfg.momentum != 0.0
+        && !cfg.nesterov
+        && p.device().is_cpu()
+        && p.dtype() == DType::F32
+        && grad.dtype() == DType::F32
+    {
+        if let Some(buf) = st.momentum.take() {
+            let buf =
+                super::sgd_cpu::momentum_buffer(&buf, &grad, p, cfg.momentum, cfg.weight_decay)?;
+            let new_p = super::sgd_cpu::step(p, &buf, lr)?;
+            st.momentum = Some(buf);
+            return Ok(new_p);
+        }
+    }
     let mut g = grad;
     if cfg.weight_decay != 0.0 {
         g = (g + (p * cfg.weight_decay)?)?;

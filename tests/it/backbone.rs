@@ -777,10 +777,15 @@ fn tgn_single_group_model_loads_bn_weights() {
         report.missing.is_empty() && report.unused.is_empty(),
         "{report:?}"
     );
-    for train in [false, true] {
+    // Eval mode is the same arithmetic. In training the last layer normalises two
+    // values per channel: BN's fused CPU kernel centres in f64, TGN's candle ops in
+    // f32, and 1/σ amplifies that rounding (ops::batch_norm3d_ill_conditioned_*
+    // checks BN against an f64 reference there), so training allows f32 noise.
+    for (train, tol) in [(false, 1e-5), (true, 2e-3)] {
         let a = bn_net.forward_t(&x, train).unwrap();
         let b = tgn_net.forward_t(&x, train).unwrap();
-        assert!(max_diff(&a, &b) <= 1e-5, "train={train}");
+        let diff = max_diff(&a, &b);
+        assert!(diff <= tol, "train={train}: max diff {diff}");
     }
 }
 

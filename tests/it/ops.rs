@@ -248,6 +248,14 @@ fn conv_cases() -> Vec<ConvCase> {
             [2, 2, 1],
             false,
         ),
+        // large output (2640 positions per sample): several column blocks inside
+        // each sample, so the blocked kernels' in-sample path runs
+        conv_case([2, 3, 6, 20, 22], 4, [3; 3], [1; 3], [1; 3], [1; 3], false),
+        // stride 2, dilation 2, padding 0, odd sizes, more blocks than one
+        conv_case([2, 4, 7, 33, 35], 5, [3; 3], [2; 3], [0; 3], [2; 3], true),
+        // 16 channels: input-gradient channel groups hold several channels; blocks
+        // span samples
+        conv_case([3, 16, 3, 9, 11], 6, [3; 3], [1; 3], [1; 3], [1; 3], false),
     ]
 }
 
@@ -566,6 +574,34 @@ fn conv3d_custom_and_generic_gradients_agree() {
             );
         }
     }
+}
+
+#[test]
+fn conv3d_generic_in_batch_chunks_equals_whole_batch() {
+    use vssl::ops::conv3d_generic_chunked;
+    let c = conv_cases()[0];
+    let (x, w, b) = conv_data(&c, 77);
+    let r = rand_vec(numel(&c.out()), 78);
+    let run = |limit: usize| {
+        let xv = var(&x, &c.x);
+        let wv = var(&w, &c.w());
+        let bt = tensor(b.as_ref().unwrap(), &[c.o], DType::F32);
+        let y = conv3d_generic_chunked(xv.as_tensor(), wv.as_tensor(), Some(&bt), &c.cfg, limit)
+            .unwrap();
+        let grads = weighted_loss(&y, &r).backward().unwrap();
+        [
+            values(&y),
+            values(grads.get(xv.as_tensor()).unwrap()),
+            values(grads.get(wv.as_tensor()).unwrap()),
+        ]
+    };
+    // Limit 1: one sample per chunk (batch 2); usize::MAX: the whole batch at once.
+    let (chunked, whole) = (run(1), run(usize::MAX));
+    for (a, b) in chunked.iter().zip(&whole) {
+        assert!(max_abs_diff(a, b) <= 1e-6);
+    }
+    let want = conv_ref(&c, &x, &w, b.as_deref());
+    assert!(max_abs_diff(&chunked[0], &want) <= 1e-4);
 }
 
 #[test]
@@ -920,6 +956,77 @@ fn batch_norm3d_gradients_match_finite_differences() {
             f(&x, &w, bp)
         });
     }
+}
+
+#[test]
+fn batch_norm3d_relu_fused_matches_reference_and_finite_differences() {
+    let xd = [3, 4, 2, 5, 3];
+    let vs = VarStore::new(&Device::Cpu, 0);
+    let bn = BatchNorm3d::new(&vs, 4).unwrap();
+    let (w, b) = (rand_vec(4, 14), rand_vec(4, 15));
+    set_param(&vs, "weight", &w);
+    set_param(&vs, "bias", &b);
+    let x = rand_vec(numel(&xd), 16);
+    let r = rand_vec(numel(&xd), 17);
+    let relu_ref = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+        bn_train_ref(x, xd, w, b, 1e-5)
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect()
+    };
+    let xv = var(&x, &xd);
+    let y = bn.forward_act(xv.as_tensor(), true, true).unwrap();
+    let diff = max_abs_diff(&values(&y), &relu_ref(&x, &w, &b));
+    assert!(diff <= 1e-5, "bn+relu forward off by {diff}");
+    let grads = weighted_loss(&y, &r).backward().unwrap();
+    let g = |t: &Tensor| values(grads.get(t).expect("missing gradient"));
+    let (gx, gw, gb) = (g(xv.as_tensor()), g(&bn.weight), g(&bn.bias));
+    let f = |x: &[f64], w: &[f64], b: &[f64]| dot(&relu_ref(x, w, b), &r);
+    check_fd("bn+relu dx", &x, &gx, 1e-4, 120, |xp| f(xp, &w, &b));
+    check_fd("bn+relu dweight", &w, &gw, 1e-4, 4, |wp| f(&x, wp, &b));
+    check_fd("bn+relu dbias", &b, &gb, 1e-4, 4, |bp| f(&x, &w, bp));
+}
+
+#[test]
+fn batch_norm3d_ill_conditioned_batch_stays_accurate() {
+    // Two values per channel far from zero and close together (the last layer of a
+    // small network on a tiny clip): the centred value must not lose the mean's
+    // rounding, or 1/σ amplifies it.
+    let xd = [2, 3, 1, 1, 1];
+    let x: Vec<f64> = rand_vec(6, 3)
+        .iter()
+        .map(|v| (10.0 + 2e-3 * v) as f32 as f64)
+        .collect();
+    let vs = VarStore::new(&Device::Cpu, 0);
+    let bn = BatchNorm3d::new(&vs, 3).unwrap();
+    let y = bn.forward_t(&tensor(&x, &xd, DType::F32), true).unwrap();
+    let want = bn_train_ref(&x, xd, &[1.0; 3], &[0.0; 3], 1e-5);
+    let diff = max_abs_diff(&values(&y), &want);
+    assert!(diff <= 1e-5, "ill-conditioned batch norm off by {diff}");
+}
+
+#[test]
+fn add_relu_matches_candle_ops_and_gradients() {
+    use vssl::ops::fused::add_relu;
+    let d = [2, 3, 4, 5, 7];
+    let (a, b) = (rand_vec(numel(&d), 30), rand_vec(numel(&d), 31));
+    let r = rand_vec(numel(&d), 32);
+    let (av, bv) = (var(&a, &d), var(&b, &d));
+    let y = add_relu(av.as_tensor(), bv.as_tensor()).unwrap();
+    let want: Vec<f64> = a.iter().zip(&b).map(|(a, b)| (a + b).max(0.0)).collect();
+    assert!(max_abs_diff(&values(&y), &want) <= 1e-6);
+    let grads = weighted_loss(&y, &r).backward().unwrap();
+    // d/da = d/db = r where a + b > 0, else 0.
+    let mask: Vec<f64> = want
+        .iter()
+        .zip(&r)
+        .map(|(y, r)| if *y > 0.0 { *r } else { 0.0 })
+        .collect();
+    for v in [&av, &bv] {
+        let g = values(grads.get(v.as_tensor()).unwrap());
+        assert!(max_abs_diff(&g, &mask) <= 1e-6);
+    }
+    assert!(add_relu(av.as_tensor(), &bv.as_tensor().narrow(4, 0, 3).unwrap()).is_err());
 }
 
 // ---------------------------------------------------------------------------------

@@ -167,6 +167,21 @@ fn sgd_nesterov_with_weight_decay_matches_reference() -> R {
 }
 
 #[test]
+fn sgd_momentum_f32_cpu_fast_path_matches_reference() -> R {
+    // f32 parameters on CPU take the fused update from the second step on.
+    let cfg = sgd(0.9, false, 0.1);
+    let p = Var::from_tensor(&Tensor::new(&P0, &Device::Cpu)?.to_dtype(DType::F32)?)?;
+    let mut opt = Optimizer::new(cfg.clone(), vec![("w".to_string(), p.clone())])?;
+    let want = reference_sgd(&cfg, 0.1, 4);
+    for (s, w) in want.iter().enumerate() {
+        opt.step(&quad_grads(&p)?, 0.1)?;
+        assert_eq!(p.dtype(), DType::F32);
+        assert_close(&values(&p)?, w, 1e-6, &format!("f32 step {}", s + 1));
+    }
+    Ok(())
+}
+
+#[test]
 fn sgd_weight_decay_without_momentum_matches_reference() -> R {
     let cfg = sgd(0.0, false, 0.5);
     let got = run_ours(&cfg, &[0.1, 0.1])?;

@@ -1,0 +1,502 @@
+//! `vssl bench model`: times a backbone's forward pass and full training step
+//! (forward, backward, SGD update) on random clips, with a per-layer GFLOP/s table
+//! from [`crate::ops::profile`], optionally against PyTorch running the identical
+//! step (`tools/bench_torch.py`) in the same invocation, repeats interleaved.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::backbone::{self, import::parse_arch};
+use crate::loss::cross_entropy;
+use crate::nn::VarStore;
+use crate::ops::profile;
+use crate::recipe::BackboneCfg;
+use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::{Error, Result};
+
+/// Classes of the benchmark's classifier (as in `tools/bench_torch.py`).
+const CLASSES: usize = 10;
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub arch: String,
+    pub batch: usize,
+    pub frames: usize,
+    pub size: usize,
+    /// Timed repeats (medians are reported); one untimed warm-up step precedes them.
+    pub reps: usize,
+    /// Python with torch + torchvision to run `tools/bench_torch.py` alongside.
+    pub torch: Option<PathBuf>,
+    /// Where `bench_torch.py` lives.
+    pub torch_script: PathBuf,
+}
+
+/// Medians of the timed repeats, in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct Timing {
+    pub forward: f64,
+    pub step: f64,
+    pub forward_all: Vec<f64>,
+    pub step_all: Vec<f64>,
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// One row of the per-layer table: a kernel on one geometry, summed over its calls
+/// in one profiled training step.
+#[derive(Debug, Clone)]
+pub struct LayerRow {
+    pub op: &'static str,
+    pub shape: String,
+    pub calls: usize,
+    pub seconds: f64,
+    pub gflops: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub vssl: Timing,
+    pub torch: Option<Timing>,
+    /// Why PyTorch was not run, when it was not.
+    pub torch_skipped: Option<String>,
+    pub layers: Vec<LayerRow>,
+    /// Wall time of the profiled step (kernels recorded in `layers` plus the rest).
+    pub profiled_step: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+/// Peak resident set size of this process in KiB (Linux `ru_maxrss`).
+#[cfg(unix)]
+pub fn peak_rss_kib() -> Option<u64> {
+    // SAFETY: getrusage only writes into the struct we pass.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0).then_some(ru.ru_maxrss as u64)
+    }
+}
+#[cfg(not(unix))]
+pub fn peak_rss_kib() -> Option<u64> {
+    None
+}
+
+/// The PyTorch side: `bench_torch.py --serve` answering one command per line.
+struct TorchServer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl TorchServer {
+    fn start(python: &PathBuf, script: &PathBuf, args: &[String]) -> Result<Self> {
+        let err = |m: String| Error::BadInput(format!("bench: torch ({}): {m}", python.display()));
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(args)
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(format!("cannot start {}: {e}", script.display())))?;
+        let stdin = child.stdin.take().ok_or_else(|| err("no stdin".into()))?;
+        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| err("no stdout".into()))?);
+        let mut s = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        let first = s.line()?;
+        if first != "ready" {
+            return Err(err(format!("expected `ready`, got {first:?}")));
+        }
+        Ok(s)
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut l = String::new();
+        self.stdout
+            .read_line(&mut l)
+            .map_err(|e| Error::Internal(format!("bench: reading torch's answer: {e}")))?;
+        if l.is_empty() {
+            return Err(Error::BadInput(
+                "bench: the torch process exited early (see its stderr above)".into(),
+            ));
+        }
+        Ok(l.trim().to_string())
+    }
+
+    fn ask(&mut self, cmd: &str) -> Result<f64> {
+        writeln!(self.stdin, "{cmd}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| Error::Internal(format!("bench: writing to torch: {e}")))?;
+        let l = self.line()?;
+        l.parse()
+            .map_err(|_| Error::Internal(format!("bench: torch answered {l:?} to {cmd}")))
+    }
+}
+
+impl Drop for TorchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the benchmark on `dev`.
+pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
+    if o.batch == 0 || o.frames == 0 || o.size == 0 || o.reps == 0 {
+        return Err(Error::BadInput(format!(
+            "bench: batch, frames, size and reps must be positive, got {}, {}, {}, {}",
+            o.batch, o.frames, o.size, o.reps
+        )));
+    }
+    let cfg = BackboneCfg {
+        arch: parse_arch(&o.arch)?,
+        num_classes: Some(CLASSES),
+        ..BackboneCfg::default()
+    };
+    let vs = VarStore::new(dev, 0);
+    let net = backbone::build(&cfg, &vs, o.frames)?;
+    let mut opt = Optimizer::new(
+        OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+        },
+        vs.trainable(),
+    )?;
+    let x = Tensor::randn(0f32, 1f32, (o.batch, 3, o.frames, o.size, o.size), dev)?;
+    let labels = Tensor::from_vec(
+        (0..o.batch)
+            .map(|i| (i % CLASSES) as u32)
+            .collect::<Vec<_>>(),
+        o.batch,
+        dev,
+    )?;
+    let sync = |t: &Tensor| -> Result<()> {
+        // Reading one value waits for asynchronous devices.
+        t.flatten_all()?
+            .narrow(0, 0, 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        Ok(())
+    };
+    let fwd = |net: &dyn backbone::Backbone| -> Result<f64> {
+        let t = Instant::now();
+        let y = net.pooled(&x, true)?;
+        sync(&y)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut step = |net: &dyn backbone::Backbone| -> Result<f64> {
+        let t = Instant::now();
+        let pooled = net.pooled(&x, true)?;
+        let logits = net
+            .classify(&pooled)
+            .ok_or_else(|| Error::Internal("bench: backbone built without fc".into()))??;
+        let loss = cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 0.01)?;
+        sync(&loss)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+
+    let (mut torch, torch_skipped) = match &o.torch {
+        None => (
+            None,
+            Some("no --torch PYTHON given (or VSSL_TORCH_PYTHON set)".to_string()),
+        ),
+        Some(py) => match TorchServer::start(
+            py,
+            &o.torch_script,
+            &[
+                "--arch".into(),
+                o.arch.clone(),
+                "--batch".into(),
+                o.batch.to_string(),
+                "--frames".into(),
+                o.frames.to_string(),
+                "--size".into(),
+                o.size.to_string(),
+            ],
+        ) {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+    };
+
+    step(net.as_ref())?; // warm-up (torch warmed up before `ready`)
+    let (mut vf, mut vstep, mut tf, mut tstep) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..o.reps {
+        vf.push(fwd(net.as_ref())?);
+        if let Some(t) = torch.as_mut() {
+            tf.push(t.ask("fwd")?);
+        }
+        vstep.push(step(net.as_ref())?);
+        if let Some(t) = torch.as_mut() {
+            tstep.push(t.ask("step")?);
+        }
+    }
+    let vssl_rss = peak_rss_kib();
+
+    // One profiled step for the per-layer table.
+    profile::take();
+    profile::enable(true);
+    let profiled_step = step(net.as_ref());
+    profile::enable(false);
+    let profiled_step = profiled_step?;
+    let mut layers: Vec<LayerRow> = Vec::new();
+    for r in profile::take() {
+        match layers
+            .iter_mut()
+            .find(|l| l.op == r.op && l.shape == r.shape)
+        {
+            Some(l) => {
+                l.calls += 1;
+                l.seconds += r.seconds;
+                l.gflops += r.flops;
+            }
+            None => layers.push(LayerRow {
+                op: r.op,
+                shape: r.shape,
+                calls: 1,
+                seconds: r.seconds,
+                gflops: r.flops,
+            }),
+        }
+    }
+    for l in &mut layers {
+        l.gflops /= 1e9;
+    }
+
+    let torch = match torch.as_mut() {
+        Some(t) => {
+            let rss = t.ask("rss").ok().map(|k| k as u64);
+            Some(Timing {
+                forward: median(&tf),
+                step: median(&tstep),
+                forward_all: tf,
+                step_all: tstep,
+                peak_rss_kib: rss,
+            })
+        }
+        None => None,
+    };
+    Ok(BenchReport {
+        vssl: Timing {
+            forward: median(&vf),
+            step: median(&vstep),
+            forward_all: vf,
+            step_all: vstep,
+            peak_rss_kib: vssl_rss,
+        },
+        torch,
+        torch_skipped,
+        layers,
+        profiled_step,
+    })
+}
+
+impl BenchReport {
+    /// The human-readable report `vssl bench model` prints.
+    pub fn render(&self, o: &BenchOptions) -> String {
+        let mut s = String::new();
+        let ms = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.0}", x * 1e3))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let rss =
+            |r: Option<u64>| r.map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+        s += &format!(
+            "bench {} batch {} clip 3x{}x{}x{}, {} repeats (medians; all in ms)\n",
+            o.arch, o.batch, o.frames, o.size, o.size, o.reps
+        );
+        let t = &self.vssl;
+        s += &format!(
+            "vssl : forward {:.0} ms [{}]  step {:.0} ms [{}]  peak RSS {}\n",
+            t.forward * 1e3,
+            ms(&t.forward_all),
+            t.step * 1e3,
+            ms(&t.step_all),
+            rss(t.peak_rss_kib)
+        );
+        match (&self.torch, &self.torch_skipped) {
+            (Some(p), _) => {
+                s += &format!(
+                    "torch: forward {:.0} ms [{}]  step {:.0} ms [{}]  peak RSS {}\n",
+                    p.forward * 1e3,
+                    ms(&p.forward_all),
+                    p.step * 1e3,
+                    ms(&p.step_all),
+                    rss(p.peak_rss_kib)
+                );
+                s += &format!(
+                    "ratio vssl/torch: forward {:.2}  step {:.2}\n",
+                    t.forward / p.forward,
+                    t.step / p.step
+                );
+            }
+            (None, Some(why)) => s += &format!("torch: skipped: {why}\n"),
+            (None, None) => {}
+        }
+        let total: f64 = self.layers.iter().map(|l| l.seconds).sum();
+        s += &format!(
+            "per-layer kernels of one profiled step ({:.0} ms wall, {:.0} ms in these kernels):\n",
+            self.profiled_step * 1e3,
+            total * 1e3
+        );
+        s += &format!(
+            "  {:<10} {:>5} {:>9} {:>8}  shape\n",
+            "op", "calls", "ms", "GFLOP/s"
+        );
+        for l in &self.layers {
+            let rate = if l.gflops > 0.0 {
+                format!("{:.1}", l.gflops / l.seconds)
+            } else {
+                "-".into()
+            };
+            s += &format!(
+                "  {:<10} {:>5} {:>9.1} {:>8}  {}\n",
+                l.op,
+                l.calls,
+                l.seconds * 1e3,
+                rate,
+                l.shape
+            );
+        }
+        s
+    }
+}
+
+/// One convolution layer to benchmark (`vssl bench conv3d`).
+#[derive(Debug, Clone)]
+pub struct ConvBenchOptions {
+    pub batch: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub frames: usize,
+    pub size: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub reps: usize,
+    pub torch: Option<PathBuf>,
+    pub torch_script: PathBuf,
+}
+
+/// Times one conv3d layer: forward, and forward + backward (input and weight
+/// gradients), against PyTorch's `nn.Conv3d` when `torch` is given; returns the
+/// printable report.
+pub fn run_conv(o: &ConvBenchOptions, dev: &Device) -> Result<String> {
+    use crate::ops::conv3d::{conv3d, Conv3dConfig};
+    let cfg = Conv3dConfig {
+        stride: [o.stride; 3],
+        padding: [o.pad; 3],
+        dilation: [1; 3],
+    };
+    let x = candle_core::Var::from_tensor(&Tensor::randn(
+        0f32,
+        1f32,
+        (o.batch, o.cin, o.frames, o.size, o.size),
+        dev,
+    )?)?;
+    let w = candle_core::Var::from_tensor(&Tensor::randn(
+        0f32,
+        0.05f32,
+        (o.cout, o.cin, o.kernel, o.kernel, o.kernel),
+        dev,
+    )?)?;
+    let out = crate::backbone::norm::out_len(o.size, o.kernel, o.stride, o.pad, 1);
+    let out_t = crate::backbone::norm::out_len(o.frames, o.kernel, o.stride, o.pad, 1);
+    let flops = 2.0 * (o.batch * o.cout * out_t * out * out * o.cin * o.kernel.pow(3)) as f64;
+    let sync = |t: &Tensor| -> Result<()> {
+        t.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+        Ok(())
+    };
+    let fwd = || -> Result<f64> {
+        let t = Instant::now();
+        let y = conv3d(&x.as_tensor().detach(), &w.as_tensor().detach(), None, &cfg)?;
+        sync(&y)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let both = || -> Result<f64> {
+        let t = Instant::now();
+        let y = conv3d(x.as_tensor(), w.as_tensor(), None, &cfg)?;
+        let g = y.sum_all()?.backward()?;
+        if let Some(dx) = g.get(x.as_tensor()) {
+            sync(dx)?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut torch = match &o.torch {
+        Some(py) => Some(TorchServer::start(
+            py,
+            &o.torch_script,
+            &[
+                "--batch".into(),
+                o.batch.to_string(),
+                "--frames".into(),
+                o.frames.to_string(),
+                "--size".into(),
+                o.size.to_string(),
+                "--conv".into(),
+                format!("{},{},{},{},{}", o.cin, o.cout, o.kernel, o.stride, o.pad),
+            ],
+        )?),
+        None => None,
+    };
+    both()?;
+    let (mut vf, mut vb, mut tf, mut tb) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..o.reps {
+        vf.push(fwd()?);
+        if let Some(t) = torch.as_mut() {
+            tf.push(t.ask("fwd")?);
+        }
+        vb.push(both()?);
+        if let Some(t) = torch.as_mut() {
+            tb.push(t.ask("conv")?);
+        }
+    }
+    let gf = |s: f64, mult: f64| flops * mult / s / 1e9;
+    let mut s =
+        format!(
+        "conv3d [{},{},{},{},{}] -> {} k{} s{} p{}: {:.2} GFLOP forward, {} repeats (medians)\n",
+        o.batch, o.cin, o.frames, o.size, o.size, o.cout, o.kernel, o.stride, o.pad,
+        flops / 1e9, o.reps
+    );
+    let line = |who: &str, f: &[f64], b: &[f64]| {
+        let (f, b) = (median(f), median(b));
+        format!(
+            "{who}: forward {:.0} ms ({:.1} GFLOP/s)  forward+backward {:.0} ms ({:.1} GFLOP/s)\n",
+            f * 1e3,
+            gf(f, 1.0),
+            b * 1e3,
+            gf(b, 3.0)
+        )
+    };
+    s += &line("vssl ", &vf, &vb);
+    if torch.is_some() {
+        s += &line("torch", &tf, &tb);
+        s += &format!(
+            "vssl GFLOP/s as a share of torch's: forward {:.0}%  forward+backward {:.0}%\n",
+            100.0 * median(&tf) / median(&vf),
+            100.0 * median(&tb) / median(&vb)
+        );
+    }
+    Ok(s)
+}

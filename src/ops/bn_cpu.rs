@@ -1,0 +1,301 @@
+//! Fused CPU batch norm (training mode), optionally followed by ReLU.
+//!
+//! Built from candle ops, batch norm makes a dozen passes over the activation in
+//! forward and more in backward (each broadcast op and reduction is its own pass and
+//! allocation). This custom op computes the per-channel statistics in one pass (sum
+//! and sum of squares in f64), normalises (and applies ReLU) in a second, and in
+//! backward needs one pass for the two per-channel sums and one for `dx`. Parallel
+//! over channels (statistics) and over `(n, c)` rows (element-wise passes); every sum
+//! has a fixed order, so results are deterministic.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Per-channel batch statistics: mean and biased variance.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stats {
+    pub(super) mean: Vec<f64>,
+    pub(super) var: Vec<f64>,
+}
+
+/// `[N, C, L]` geometry of a contiguous NCTHW tensor.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ncl {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) l: usize,
+}
+
+fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(candle_core::Error::Msg(format!(
+            "vssl-batch-norm: {what} must be contiguous"
+        ))),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Σx and Σx² of every channel, in f64, in a fixed order.
+fn channel_stats<T: WithDType>(g: Ncl, x: &[T]) -> Stats {
+    let m = (g.n * g.l) as f64;
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..g.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mut s, mut q) = (0f64, 0f64);
+            for n in 0..g.n {
+                let row = &x[(n * g.c + c) * g.l..][..g.l];
+                // Eight independent partial sums per row: vectorisable, fixed order.
+                let (mut s8, mut q8) = ([0f64; 8], [0f64; 8]);
+                let mut it = row.chunks_exact(8);
+                for ch in &mut it {
+                    for i in 0..8 {
+                        let v = ch[i].to_f64();
+                        s8[i] += v;
+                        q8[i] += v * v;
+                    }
+                }
+                for v in it.remainder() {
+                    let v = v.to_f64();
+                    s8[0] += v;
+                    q8[0] += v * v;
+                }
+                s += s8.iter().sum::<f64>();
+                q += q8.iter().sum::<f64>();
+            }
+            let mean = s / m;
+            (mean, (q / m - mean * mean).max(0.0))
+        })
+        .unzip();
+    Stats { mean, var }
+}
+
+/// Training-mode batch norm `(x, weight, bias) -> y`, with optional ReLU. The batch
+/// statistics it computes are left in `stats` for the caller (running averages) and
+/// for the backward pass.
+pub(super) struct BnTrain {
+    pub(super) g: Ncl,
+    pub(super) eps: f64,
+    pub(super) relu: bool,
+    pub(super) stats: Arc<Mutex<Stats>>,
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "vssl-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: WithDType>(op: &BnTrain, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+            let st = channel_stats(op.g, x);
+            let scale: Vec<f64> = (0..op.g.c)
+                .map(|c| w[c].to_f64() / (st.var[c] + op.eps).sqrt())
+                .collect();
+            let shift: Vec<f64> = (0..op.g.c).map(|c| b[c].to_f64()).collect();
+            let mean = st.mean.clone();
+            *lock(&op.stats) = st;
+            affine_rows(op.g, x, &mean, &scale, &shift, op.relu)
+        }
+        let y = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(run(
+                self,
+                slice(x, l1, "x")?,
+                slice(w, l2, "w")?,
+                slice(b, l3, "b")?,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(run(
+                self,
+                slice(x, l1, "x")?,
+                slice(w, l2, "w")?,
+                slice(b, l3, "b")?,
+            )),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "vssl-batch-norm: f32/f64 with equal dtypes only".into(),
+                ))
+            }
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let sums = Arc::new(Mutex::new(Stats::default()));
+        let op = BnBwd {
+            g: self.g,
+            eps: self.eps,
+            relu: self.relu,
+            stats: lock(&self.stats).clone(),
+            weight: w.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+            sums: sums.clone(),
+        };
+        let dx = x.apply_op3_no_bwd(&dy.contiguous()?, res, &op)?;
+        let s = lock(&sums).clone();
+        // `sums` holds (Σ dy, Σ dy·x̂) per channel: the bias and weight gradients.
+        let db = Tensor::from_vec(s.mean, self.g.c, x.device())?.to_dtype(w.dtype())?;
+        let dw = Tensor::from_vec(s.var, self.g.c, x.device())?.to_dtype(w.dtype())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `y = (x - mean[c])·scale[c] + shift[c]` (then ReLU) over `[N, C, L]` rows.
+/// Centring first keeps f32 exact-ish when |mean| ≫ std.
+fn affine_rows<T: WithDType>(
+    g: Ncl,
+    x: &[T],
+    mean: &[f64],
+    scale: &[f64],
+    shift: &[f64],
+    relu: bool,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(g.l)
+        .zip(x.par_chunks(g.l))
+        .enumerate()
+        .for_each(|(i, (yr, xr))| {
+            let c = i % g.c;
+            // In f64: the centred value must not lose the mean's rounding error.
+            let (m, a, b) = (mean[c], scale[c], shift[c]);
+            if relu {
+                for (y, x) in yr.iter_mut().zip(xr) {
+                    *y = T::from_f64(((x.to_f64() - m) * a + b).max(0.0));
+                }
+            } else {
+                for (y, x) in yr.iter_mut().zip(xr) {
+                    *y = T::from_f64((x.to_f64() - m) * a + b);
+                }
+            }
+        });
+    y
+}
+
+/// Backward of [`BnTrain`]: `(x, dy, y) -> dx`; leaves `(Σ g, Σ g·x̂)` per channel in
+/// `sums` (as `mean`, `var`), where `g` is `dy` masked by `y > 0` under ReLU.
+struct BnBwd {
+    g: Ncl,
+    eps: f64,
+    relu: bool,
+    stats: Stats,
+    weight: Vec<f64>,
+    sums: Arc<Mutex<Stats>>,
+}
+
+impl BnBwd {
+    fn run<T: WithDType>(&self, x: &[T], dy: &[T], y: &[T]) -> Vec<T> {
+        let g = self.g;
+        let zero = T::zero();
+        let relu = self.relu;
+        // Σ g and Σ g·x per channel, g = dy masked by y > 0 under ReLU.
+        let (sg, sgx): (Vec<f64>, Vec<f64>) = (0..g.c)
+            .into_par_iter()
+            .map(|c| {
+                let (mut a, mut b) = (0f64, 0f64);
+                for n in 0..g.n {
+                    let base = (n * g.c + c) * g.l;
+                    let rows = x[base..base + g.l]
+                        .iter()
+                        .zip(&dy[base..base + g.l])
+                        .zip(&y[base..base + g.l]);
+                    for ((xi, di), yi) in rows {
+                        let gi = if relu && *yi <= zero {
+                            0.0
+                        } else {
+                            di.to_f64()
+                        };
+                        a += gi;
+                        b += gi * xi.to_f64();
+                    }
+                }
+                (a, b)
+            })
+            .unzip();
+        let m = (g.n * g.l) as f64;
+        let mut sgxhat = vec![0f64; g.c];
+        // dx = a·g + b·(x - μ) + k per channel.
+        let coef: Vec<(f64, f64, f64, f64)> = (0..g.c)
+            .map(|c| {
+                let inv = 1.0 / (self.stats.var[c] + self.eps).sqrt();
+                let mu = self.stats.mean[c];
+                sgxhat[c] = (sgx[c] - mu * sg[c]) * inv;
+                let a = self.weight[c] * inv;
+                let b = -a * inv * sgxhat[c] / m;
+                let k = -a * sg[c] / m;
+                (a, b, k, mu)
+            })
+            .collect();
+        let mut dx = vec![zero; x.len()];
+        dx.par_chunks_mut(g.l).enumerate().for_each(|(r, d)| {
+            let (a, b, k, mu) = coef[r % g.c];
+            let base = r * g.l;
+            let (xr, dyr, yr) = (
+                &x[base..base + g.l],
+                &dy[base..base + g.l],
+                &y[base..base + g.l],
+            );
+            let rows = d.iter_mut().zip(xr).zip(dyr.iter().zip(yr));
+            for ((di, xi), (dyi, yi)) in rows {
+                let gi = if relu && *yi <= zero {
+                    0.0
+                } else {
+                    dyi.to_f64()
+                };
+                *di = T::from_f64(a * gi + b * (xi.to_f64() - mu) + k);
+            }
+        });
+        *lock(&self.sums) = Stats {
+            mean: sg,
+            var: sgxhat,
+        };
+        dx
+    }
+}
+
+impl CustomOp3 for BnBwd {
+    fn name(&self) -> &'static str {
+        "vssl-batch-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dx = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(dy), CpuStorage::F32(y)) => CpuStorage::F32(
+                self.run(slice(x, l1, "x")?, slice(dy, l2, "dy")?, slice(y, l3, "y")?),
+            ),
+            (CpuStorage::F64(x), CpuStorage::F64(dy), CpuStorage::F64(y)) => CpuStorage::F64(
+                self.run(slice(x, l1, "x")?, slice(dy, l2, "dy")?, slice(y, l3, "y")?),
+            ),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "vssl-batch-norm-bwd: f32/f64 with equal dtypes only".into(),
+                ))
+            }
+        };
+        Ok((dx, l1.shape().clone()))
+    }
+}

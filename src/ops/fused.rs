@@ -1,0 +1,142 @@
+//! Fused element-wise tails: `relu(a + b)`, the end of every residual block.
+//!
+//! candle runs `(a + b).relu()` as two passes with two allocations and its backward
+//! as several more (a mask, a multiply, two gradient copies). On CPU this is one
+//! custom op whose backward is a single masked copy shared by both inputs; other
+//! devices use the candle ops.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::op_error;
+use crate::Result;
+
+/// `relu(a + b)` for tensors of equal shape.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() || a.dtype() != b.dtype() {
+        return Err(op_error(
+            "add_relu",
+            format!(
+                "operands differ: {:?} {:?} and {:?} {:?}",
+                a.dims(),
+                a.dtype(),
+                b.dims(),
+                b.dtype()
+            ),
+        ));
+    }
+    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
+        return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?);
+    }
+    Ok((a + b)?.relu()?)
+}
+
+/// Rows per parallel task (large enough to amortise scheduling).
+const CHUNK: usize = 1 << 14;
+
+fn contiguous<'a, T>(d: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    l.contiguous_offsets()
+        .map(|(a, b)| &d[a..b])
+        .ok_or_else(|| candle_core::Error::Msg("vssl-add-relu: operands must be contiguous".into()))
+}
+
+struct AddRelu;
+
+fn add_relu_kernel<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); a.len()];
+    let zero = T::zero();
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                let v = *a + *b;
+                *y = if v > zero { v } else { zero };
+            }
+        });
+    y
+}
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "vssl-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(add_relu_kernel(contiguous(a, l1)?, contiguous(b, l2)?))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(add_relu_kernel(contiguous(a, l1)?, contiguous(b, l2)?))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "vssl-add-relu: f32/f64 with equal dtypes only".into(),
+                ))
+            }
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = dy.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `(dy, y) -> dy · [y > 0]`.
+struct ReluMask;
+
+fn mask_kernel<T: WithDType>(dy: &[T], y: &[T]) -> Vec<T> {
+    let mut g = vec![T::zero(); dy.len()];
+    let zero = T::zero();
+    g.par_chunks_mut(CHUNK)
+        .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+        .for_each(|(g, (d, y))| {
+            for ((g, d), y) in g.iter_mut().zip(d).zip(y) {
+                *g = if *y > zero { *d } else { zero };
+            }
+        });
+    g
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "vssl-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = match (s1, s2) {
+            (CpuStorage::F32(d), CpuStorage::F32(y)) => {
+                CpuStorage::F32(mask_kernel(contiguous(d, l1)?, contiguous(y, l2)?))
+            }
+            (CpuStorage::F64(d), CpuStorage::F64(y)) => {
+                CpuStorage::F64(mask_kernel(contiguous(d, l1)?, contiguous(y, l2)?))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "vssl-relu-mask: f32/f64 with equal dtypes only".into(),
+                ))
+            }
+        };
+        Ok((g, l1.shape().clone()))
+    }
+}
