@@ -270,7 +270,7 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
         for _ in 0..order {
             (dx, dy) = (diff(&dx), diff(&dy));
         }
-        for i in 0..n {
+        for (i, li) in l.iter().enumerate() {
             let a = dx
                 .get(i)
                 .unwrap()
@@ -287,7 +287,7 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
                 .unwrap();
             for (a, b) in a.iter().zip(&b) {
                 assert!(
-                    ((1.0 - l[i]) as f32 * a - b).abs() < 1e-5,
+                    ((1.0 - li) as f32 * a - b).abs() < 1e-5,
                     "order {order}, clip {i}"
                 );
             }
