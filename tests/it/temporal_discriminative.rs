@@ -385,6 +385,14 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
         }
     }
     assert_eq!(q1[2..], q0[2..]);
+    // The family's triplet: positive = anchor, negative at least min_gap away.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for len in [4, 9, 32] {
+        let t = m.triplet(len, &mut rng).unwrap();
+        assert_eq!(t.anchor, t.positive);
+        assert!(circular_distance(t.anchor, t.negative, len) >= 2);
+    }
+    assert!(m.triplet(3, &mut rng).is_err());
     // With the augmentation off the anchor goes through unchanged.
     let off = tiny_vtdl(&TemporalDiscriminativeCfg {
         tca: false,
