@@ -270,7 +270,7 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
         for _ in 0..order {
             (dx, dy) = (diff(&dx), diff(&dy));
         }
-        for i in 0..n {
+        for (i, li) in l.iter().enumerate() {
             let a = dx
                 .get(i)
                 .unwrap()
@@ -287,7 +287,7 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
                 .unwrap();
             for (a, b) in a.iter().zip(&b) {
                 assert!(
-                    ((1.0 - l[i]) as f32 * a - b).abs() < 1e-5,
+                    ((1.0 - li) as f32 * a - b).abs() < 1e-5,
                     "order {order}, clip {i}"
                 );
             }
@@ -385,6 +385,14 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
         }
     }
     assert_eq!(q1[2..], q0[2..]);
+    // The family's triplet: positive = anchor, negative at least min_gap away.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for len in [4, 9, 32] {
+        let t = m.triplet(len, &mut rng).unwrap();
+        assert_eq!(t.anchor, t.positive);
+        assert!(circular_distance(t.anchor, t.negative, len) >= 2);
+    }
+    assert!(m.triplet(3, &mut rng).is_err());
     // With the augmentation off the anchor goes through unchanged.
     let off = tiny_vtdl(&TemporalDiscriminativeCfg {
         tca: false,
