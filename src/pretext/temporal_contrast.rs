@@ -104,7 +104,8 @@ pub struct Embeddings {
     /// Dense clips, `[B * views * dense, D]`, rows ordered (video, view, clip).
     pub dense: Tensor,
     /// GL pairs (only when GL is on): sparse time slices and the dense embeddings they
-    /// must match, both `[B * views, S, D]`, slice `i` <-> entry `i`.
+    /// must match, both `[B * views, S, D]` (rows ordered (video, view)), slice `i` <->
+    /// entry `i`. GL pairs every view of the slices with every view of the dense clips.
     pub gl: Option<(Tensor, Tensor)>,
 }
 
@@ -154,7 +155,27 @@ pub trait TemporalContrast {
                 .gl
                 .as_ref()
                 .ok_or_else(|| Error::Internal("GL is on but no slices were embedded".into()))?;
-            out.gl = Some(global_local(slices, locals, tau)?);
+            // Every view of the slices against every view of the dense clips, as the
+            // public code does (the crops differ, so no pixel shortcut), averaged.
+            let (_, s, d) = slices.dims3()?;
+            let slices = slices.reshape((videos, v, s, d))?;
+            let locals = locals.reshape((videos, v, s, d))?;
+            let mut gl: Option<Tensor> = None;
+            for a in 0..v {
+                for b in 0..v {
+                    let term = global_local(
+                        &slices.narrow(1, a, 1)?.squeeze(1)?,
+                        &locals.narrow(1, b, 1)?.squeeze(1)?,
+                        tau,
+                    )?;
+                    gl = Some(match gl {
+                        Some(g) => (g + term)?,
+                        None => term,
+                    });
+                }
+            }
+            let gl = gl.ok_or_else(|| Error::Internal("GL without views".into()))?;
+            out.gl = Some((gl / (v * v) as f64)?);
         }
         Ok(out)
     }

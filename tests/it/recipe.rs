@@ -165,6 +165,7 @@ fn shipped_experiments_resolve() {
         "experiments/geometric_r3d18_16x112_ucf101.toml",
         "experiments/speed_sort_r3d18_16x112_ucf101.toml",
         "experiments/speed_sort_quick.toml",
+        "experiments/tclr_r3d18_16x4_ucf101.toml",
     ] {
         let out = run(&mut vssl(&["recipe", f]));
         assert!(out.status.success(), "{f}: {}", stderr(&out));

@@ -372,6 +372,20 @@ fn method_switches_losses_by_weight_and_reduction() {
         scalar(all.gl.as_ref().unwrap()),
     );
     assert!((scalar(&m.total(&all).unwrap()) - (ic + ll + gl)).abs() < 1e-5);
+    // GL pairs every slice view with every dense view and averages the four.
+    let (s4, d4) = (
+        s.reshape((b, VIEWS, 2, 4)).unwrap(),
+        d.reshape((b, VIEWS, 2, 4)).unwrap(),
+    );
+    let mut want = 0.0;
+    for a in 0..VIEWS {
+        for c in 0..VIEWS {
+            let sa = s4.narrow(1, a, 1).unwrap().squeeze(1).unwrap();
+            let dc = d4.narrow(1, c, 1).unwrap().squeeze(1).unwrap();
+            want += scalar(&global_local(&sa, &dc, 0.1).unwrap()) / 4.0;
+        }
+    }
+    assert!((gl - want).abs() < 1e-5, "{gl} vs {want}");
     // IC only (the paper's ablation): nothing else computed.
     let only = tclr(TemporalContrastCfg {
         w_ll: 0.0,
