@@ -24,6 +24,26 @@ const FONT_PATHS: [&str; 6] = [
     "/System/Library/Fonts/Supplemental/Arial.ttf",
 ];
 
+/// Tableau 10: distinct on white, colour-blind aware.
+const COLORS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+/// The colour of row `i` (the same row has the same colour in every plot).
+fn color(i: usize) -> RGBColor {
+    let (r, g, b) = COLORS[i % COLORS.len()];
+    RGBColor(r, g, b)
+}
+
 static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
 
 /// Registers the plot font once per process (the `VSSL_FONT` file, else the first
@@ -89,12 +109,15 @@ where
 /// A group's loss curve: (step, mean, std) over its runs, at steps every run logged.
 fn curve(runs: &[RunData], g: &Group) -> Vec<(f64, f64, f64)> {
     let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    let with: Vec<&RunData> = g
+    // Runs still training would cut the curve short: use finished ones when there are.
+    let logged: Vec<&RunData> = g
         .runs
         .iter()
         .map(|&i| &runs[i])
         .filter(|r| !r.losses.is_empty())
         .collect();
+    let done: Vec<&RunData> = logged.iter().copied().filter(|r| r.trained).collect();
+    let with = if done.is_empty() { logged } else { done };
     for r in &with {
         for &(s, l) in &r.losses {
             by_step.entry(s).or_default().push(l);
@@ -181,12 +204,12 @@ fn draw_loss<DB: DrawingBackend>(
         .draw()
         .map_err(|e| e.to_string())?;
     for Curve {
-        color,
+        color: ci,
         name,
         points: c,
     } in curves
     {
-        let color = Palette99::pick(*color);
+        let color = color(*ci);
         if c.len() > 1 {
             let mut band: Vec<(f64, f64)> = c.iter().map(|&(s, m, sd)| (s, m + sd)).collect();
             band.extend(c.iter().rev().map(|&(s, m, sd)| (s, m - sd)));
@@ -293,7 +316,7 @@ fn draw_bars<DB: DrawingBackend>(
         for (i, s) in stats.iter().enumerate() {
             let Some(s) = s else { continue };
             let y = y_of(i);
-            let color = Palette99::pick(i);
+            let color = color(i);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(0.0, y - 0.32), (s.mean, y + 0.32)],

@@ -25,6 +25,8 @@ pub struct RunData {
     pub metrics: BTreeMap<String, f64>,
     /// (step, loss) from `metrics.jsonl`.
     pub losses: Vec<(u64, f64)>,
+    /// Pretraining finished (`model.safetensors` exists).
+    pub trained: bool,
 }
 
 /// Numeric leaves of a JSON object as dotted keys (arrays such as the confusion
@@ -65,8 +67,8 @@ impl RunData {
             .and_then(|t| toml::from_str(&t).ok());
         // A random-init point's results are its `-random` files; name them as the
         // pretrained ones so both land in the same column.
-        let untrained =
-            point.as_ref().is_some_and(|p| !p.pretrain) || !dir.join("model.safetensors").exists();
+        let trained = dir.join("model.safetensors").is_file();
+        let untrained = point.as_ref().is_some_and(|p| !p.pretrain) || !trained;
         let mut metrics = BTreeMap::new();
         let eval_dir = dir.join("eval");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&eval_dir)
@@ -122,6 +124,7 @@ impl RunData {
             recipe,
             metrics,
             losses,
+            trained,
         })
     }
 }

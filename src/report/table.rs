@@ -3,14 +3,23 @@
 
 use super::runs::{stat, Group, RunData};
 
-/// `0.418 ± 0.061`, with `(n=2)` when fewer runs than the group has report the metric.
-fn cell(runs: &[RunData], g: &Group, metric: &str) -> String {
+/// Runs of a group with at least one of the metrics (a sweep still running has
+/// directories without results yet).
+pub fn reporting(runs: &[RunData], g: &Group, metrics: &[String]) -> usize {
+    g.runs
+        .iter()
+        .filter(|&&i| metrics.iter().any(|m| runs[i].metrics.contains_key(m)))
+        .count()
+}
+
+/// `0.418 ± 0.061`, with `(n=2)` when fewer of the row's runs report this metric.
+fn cell(runs: &[RunData], g: &Group, metric: &str, n: usize) -> String {
     match stat(runs, g, metric) {
         None => "-".into(),
-        Some(s) if s.values.len() == 1 && g.runs.len() == 1 => format!("{:.3}", s.mean),
+        Some(s) if s.values.len() == 1 && n == 1 => format!("{:.3}", s.mean),
         Some(s) => {
             let mut c = format!("{:.3} ± {:.3}", s.mean, s.std);
-            if s.values.len() != g.runs.len() {
+            if s.values.len() != n {
                 c.push_str(&format!(" (n={})", s.values.len()));
             }
             c
@@ -18,8 +27,8 @@ fn cell(runs: &[RunData], g: &Group, metric: &str) -> String {
     }
 }
 
-/// A markdown table: one row per group, `runs` (how many runs, e.g. seeds) and one
-/// column per metric.
+/// A markdown table: one row per group, `runs` (how many of its runs have results,
+/// e.g. seeds) and one column per metric.
 pub fn markdown(runs: &[RunData], groups: &[Group], metrics: &[String]) -> String {
     let esc = |s: &str| s.replace('|', "\\|");
     let mut out = format!("| run | runs | {} |\n", metrics.join(" | "));
@@ -28,11 +37,12 @@ pub fn markdown(runs: &[RunData], groups: &[Group], metrics: &[String]) -> Strin
         " ---: |".repeat(metrics.len())
     ));
     for g in groups {
-        let cells: Vec<String> = metrics.iter().map(|m| cell(runs, g, m)).collect();
+        let n = reporting(runs, g, metrics);
+        let cells: Vec<String> = metrics.iter().map(|m| cell(runs, g, m, n)).collect();
         out.push_str(&format!(
             "| {} | {} | {} |\n",
             esc(&g.name),
-            g.runs.len(),
+            n,
             cells.join(" | ")
         ));
     }
@@ -62,7 +72,7 @@ pub fn csv(runs: &[RunData], groups: &[Group], metrics: &[String]) -> String {
         .join(",")
         + "\n";
     for g in groups {
-        let mut row = vec![csv_field(&g.name), g.runs.len().to_string()];
+        let mut row = vec![csv_field(&g.name), reporting(runs, g, metrics).to_string()];
         for m in metrics {
             match stat(runs, g, m) {
                 Some(s) => row.extend([

@@ -221,6 +221,7 @@ fn child(opts: &LocalOptions, args: &[String], log: &Path) -> std::result::Resul
         .arg("--device")
         .arg(&opts.device)
         .args(args)
+        .env("NO_COLOR", "1") // plain log files
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
