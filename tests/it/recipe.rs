@@ -166,6 +166,9 @@ fn shipped_experiments_resolve() {
         "experiments/speed_sort_r3d18_16x112_ucf101.toml",
         "experiments/speed_sort_quick.toml",
         "experiments/tclr_r3d18_16x4_ucf101.toml",
+        "experiments/temporal_contrast_quick.toml",
+        "experiments/vtdl_r3d18_16x4_ucf101.toml",
+        "experiments/temporal_discriminative_quick.toml",
     ] {
         let out = run(&mut vssl(&["recipe", f]));
         assert!(out.status.success(), "{f}: {}", stderr(&out));
