@@ -125,3 +125,35 @@ pub fn assert_bit_identical(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, T
         assert!(same, "tensor {k} differs between straight and resumed runs");
     }
 }
+
+/// Trains `recipe` straight into `DIR/straight`, and into `DIR/resumed` stopped after
+/// 3 steps (checking no final model is written) then `--resume`d; returns both run
+/// directories. `what` labels failures.
+pub fn straight_and_resumed(dir: &Path, recipe: &Path, what: &str) -> (PathBuf, PathBuf) {
+    let straight = dir.join("straight");
+    let o = train(recipe, &straight, &[]);
+    assert!(o.status.success(), "{what}: {}", stderr(&o));
+    let resumed = dir.join("resumed");
+    let o = train(recipe, &resumed, &["--stop-after", "3"]);
+    assert!(o.status.success(), "{what}: {}", stderr(&o));
+    assert!(
+        !resumed.join("model.safetensors").exists(),
+        "{what}: a stopped run has no final model"
+    );
+    let o = train(recipe, &resumed, &["--resume"]);
+    assert!(o.status.success(), "{what}: {}", stderr(&o));
+    (straight, resumed)
+}
+
+/// Column `key` of a run's `metrics.jsonl`, one value per logged step.
+pub fn metric_column(run: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{}: no {key} in {l}", run.display()))
+        })
+        .collect()
+}

@@ -24,7 +24,8 @@ use vssl::pretext::{
 use vssl::recipe::{BackboneCfg, NormKind, SpeedLabel, SpeedSortCfg};
 
 use super::common::{
-    assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe_for, train, vssl,
+    assert_bit_identical, metric_column, run, stderr, stdout, straight_and_resumed, tensors,
+    tiny_recipe_for, vssl,
 };
 
 fn m(speed: usize, reverse: bool) -> ClipMeta {
@@ -450,15 +451,7 @@ fn resume_is_bit_identical_bn_and_tgn() {
     for norm in ["bn", "tgn"] {
         let d = tempfile::tempdir().unwrap();
         let r = tiny_speed_recipe(d.path(), norm);
-        let straight = d.path().join("straight");
-        let o = train(&r, &straight, &[]);
-        assert!(o.status.success(), "{norm}: {}", stderr(&o));
-        let resumed = d.path().join("resumed");
-        let o = train(&r, &resumed, &["--stop-after", "3"]);
-        assert!(o.status.success(), "{norm}: {}", stderr(&o));
-        assert!(!resumed.join("model.safetensors").exists());
-        let o = train(&r, &resumed, &["--resume"]);
-        assert!(o.status.success(), "{norm}: {}", stderr(&o));
+        let (straight, resumed) = straight_and_resumed(d.path(), &r, norm);
 
         let a = tensors(&straight.join("model.safetensors"));
         let b = tensors(&resumed.join("model.safetensors"));
@@ -466,20 +459,10 @@ fn resume_is_bit_identical_bn_and_tgn() {
             assert!(a.contains_key(k), "{norm}: {k} saved");
         }
         assert_bit_identical(&a, &b);
-        let m1 = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
-        let m2 = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
-        let col = |m: &str, key: &str| -> Vec<f64> {
-            m.lines()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
-                        .as_f64()
-                        .unwrap_or_else(|| panic!("{norm}: no {key} in {l}"))
-                })
-                .collect()
-        };
-        assert_eq!(col(&m1, "loss").len(), 6);
-        assert_eq!(col(&m1, "loss"), col(&m2, "loss"), "{norm}");
-        assert_eq!(col(&m1, "acc"), col(&m2, "acc"), "{norm}");
+        let col = metric_column;
+        assert_eq!(col(&straight, "loss").len(), 6);
+        assert_eq!(col(&straight, "loss"), col(&resumed, "loss"), "{norm}");
+        assert_eq!(col(&straight, "acc"), col(&resumed, "acc"), "{norm}");
     }
 }
 

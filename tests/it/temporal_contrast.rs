@@ -12,7 +12,10 @@ use vssl::pretext::temporal_contrast::{gl_slices, time_groups, Embeddings, VIEWS
 use vssl::pretext::{Batch, ClipSpec, Pretext, Sampling, SparseDenseSpec, Tclr, TemporalContrast};
 use vssl::recipe::{BackboneCfg, LlReduction, TemporalContrastCfg};
 
-use super::common::{assert_bit_identical, run, stderr, tensors, tiny_recipe_for, train, vssl};
+use super::common::{
+    assert_bit_identical, metric_column, run, stderr, straight_and_resumed, tensors,
+    tiny_recipe_for, vssl,
+};
 
 const CPU: Device = Device::Cpu;
 
@@ -444,32 +447,14 @@ fn tiny_tclr_recipe(dir: &std::path::Path) -> std::path::PathBuf {
 fn resume_is_bit_identical() {
     let d = tempfile::tempdir().unwrap();
     let r = tiny_tclr_recipe(d.path());
-    let straight = d.path().join("straight");
-    let o = train(&r, &straight, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let resumed = d.path().join("resumed");
-    let o = train(&r, &resumed, &["--stop-after", "3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!resumed.join("model.safetensors").exists());
-    let o = train(&r, &resumed, &["--resume"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (straight, resumed) = straight_and_resumed(d.path(), &r, "tclr");
     let a = tensors(&straight.join("model.safetensors"));
     let b = tensors(&resumed.join("model.safetensors"));
     for k in ["pretext.proj.fc1.weight", "pretext.proj.bn2.running_var"] {
         assert!(a.contains_key(k), "{k} saved");
     }
     assert_bit_identical(&a, &b);
-    let col = |dir: &std::path::Path, key: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
+    let col = metric_column;
     for key in ["loss", "ic", "ll", "gl"] {
         assert_eq!(col(&straight, key).len(), 6, "{key}");
         assert_eq!(col(&straight, key), col(&resumed, key), "{key}");

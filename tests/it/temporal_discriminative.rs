@@ -18,7 +18,10 @@ use vssl::pretext::temporal_discriminative::{
 use vssl::pretext::{Batch, ClipMeta, ClipSpec, Pretext, Sampling, TemporalDiscriminative, Vtdl};
 use vssl::recipe::{BackboneCfg, TemporalDiscriminativeCfg};
 
-use super::common::{assert_bit_identical, run, stderr, tensors, tiny_recipe_for, train, vssl};
+use super::common::{
+    assert_bit_identical, metric_column, run, stderr, straight_and_resumed, tensors,
+    tiny_recipe_for, train, vssl,
+};
 
 fn t2(rows: &[&[f32]]) -> Tensor {
     let d = rows[0].len();
@@ -455,15 +458,7 @@ fn resume_is_exact_including_queue_and_key_encoder() {
         d.path(),
         "stride = 1\nmin_gap = 4\nqueue_size = 8\nmomentum = 0.9\ntemperature = 0.2\ntriplet_weight = 0.5",
     );
-    let straight = d.path().join("straight");
-    let o = train(&r, &straight, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let resumed = d.path().join("resumed");
-    let o = train(&r, &resumed, &["--stop-after", "3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!resumed.join("model.safetensors").exists());
-    let o = train(&r, &resumed, &["--resume"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (straight, resumed) = straight_and_resumed(d.path(), &r, "vtdl");
 
     let a = tensors(&straight.join("model.safetensors"));
     let b = tensors(&resumed.join("model.safetensors"));
@@ -498,20 +493,10 @@ fn resume_is_exact_including_queue_and_key_encoder() {
         .unwrap();
     assert_ne!(key, query);
 
-    let m1 = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
-    let m2 = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
-    let col = |m: &str, key: &str| -> Vec<f64> {
-        m.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
-                    .as_f64()
-                    .unwrap_or_else(|| panic!("no {key} in {l}"))
-            })
-            .collect()
-    };
-    assert_eq!(col(&m1, "loss").len(), 6);
+    let col = metric_column;
+    assert_eq!(col(&straight, "loss").len(), 6);
     for key in ["loss", "acc", "triplet", "sim_pos"] {
-        assert_eq!(col(&m1, key), col(&m2, key), "{key}");
+        assert_eq!(col(&straight, key), col(&resumed, key), "{key}");
     }
 }
 

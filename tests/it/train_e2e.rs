@@ -6,7 +6,10 @@ use std::time::Duration;
 use candle_core::Device;
 use vssl::train::checkpoint::read_safetensors;
 
-use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, train, vssl};
+use super::common::{
+    assert_bit_identical, metric_column, run, stderr, stdout, straight_and_resumed, tensors,
+    tiny_recipe, train, vssl,
+};
 
 #[test]
 fn run_dir_layout_and_metadata() {
@@ -44,37 +47,16 @@ fn run_dir_layout_and_metadata() {
 fn resume_is_bit_identical() {
     let d = tempfile::tempdir().unwrap();
     let r = tiny_recipe(d.path(), "");
-    let straight = d.path().join("straight");
-    let o = train(&r, &straight, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-
-    let resumed = d.path().join("resumed");
-    let o = train(&r, &resumed, &["--stop-after", "3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        !resumed.join("model.safetensors").exists(),
-        "a stopped run has no final model"
-    );
-    let o = train(&r, &resumed, &["--resume"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-
+    let (straight, resumed) = straight_and_resumed(d.path(), &r, "geometric");
     assert_bit_identical(
         &tensors(&straight.join("model.safetensors")),
         &tensors(&resumed.join("model.safetensors")),
     );
     // The logged losses match too.
-    let m1 = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
-    let m2 = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
-    let losses = |m: &str| -> Vec<f64> {
-        m.lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
-    assert_eq!(losses(&m1), losses(&m2));
+    assert_eq!(
+        metric_column(&straight, "loss"),
+        metric_column(&resumed, "loss")
+    );
 }
 
 #[test]
