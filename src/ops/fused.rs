@@ -56,6 +56,31 @@ fn add_relu_kernel<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
+/// Runs an element-wise binary kernel on two CPU storages of the same float dtype
+/// (f32 or f64), output shaped like the first.
+fn binary_cpu(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    k32: fn(&[f32], &[f32]) -> Vec<f32>,
+    k64: fn(&[f64], &[f64]) -> Vec<f64>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let out = match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(k32(contiguous(a, l1)?, contiguous(b, l2)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(k64(contiguous(a, l1)?, contiguous(b, l2)?))
+        }
+        _ => {
+            return Err(candle_core::Error::Msg(format!(
+                "{name}: f32/f64 with equal dtypes only"
+            )))
+        }
+    };
+    Ok((out, l1.shape().clone()))
+}
+
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "vssl-add-relu"
@@ -68,20 +93,13 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(add_relu_kernel(contiguous(a, l1)?, contiguous(b, l2)?))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(add_relu_kernel(contiguous(a, l1)?, contiguous(b, l2)?))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "vssl-add-relu: f32/f64 with equal dtypes only".into(),
-                ))
-            }
-        };
-        Ok((y, l1.shape().clone()))
+        binary_cpu(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            add_relu_kernel::<f32>,
+            add_relu_kernel::<f64>,
+        )
     }
 
     fn bwd(
@@ -124,19 +142,12 @@ impl CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = match (s1, s2) {
-            (CpuStorage::F32(d), CpuStorage::F32(y)) => {
-                CpuStorage::F32(mask_kernel(contiguous(d, l1)?, contiguous(y, l2)?))
-            }
-            (CpuStorage::F64(d), CpuStorage::F64(y)) => {
-                CpuStorage::F64(mask_kernel(contiguous(d, l1)?, contiguous(y, l2)?))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "vssl-relu-mask: f32/f64 with equal dtypes only".into(),
-                ))
-            }
-        };
-        Ok((g, l1.shape().clone()))
+        binary_cpu(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            mask_kernel::<f32>,
+            mask_kernel::<f64>,
+        )
     }
 }
