@@ -236,7 +236,7 @@ enum BenchCmd {
         reps: usize,
         /// Python with torch and torchvision: also run the PyTorch CPU step
         /// (default: $VSSL_TORCH_PYTHON when set).
-        #[arg(long)]
+        #[arg(long, env = "VSSL_TORCH_PYTHON")]
         torch: Option<PathBuf>,
         /// The PyTorch side's script.
         #[arg(long, default_value = "tools/bench_torch.py")]
@@ -264,7 +264,7 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
         /// Python with torch (default: $VSSL_TORCH_PYTHON when set).
-        #[arg(long)]
+        #[arg(long, env = "VSSL_TORCH_PYTHON")]
         torch: Option<PathBuf>,
         #[arg(long, default_value = "tools/bench_torch.py")]
         torch_script: PathBuf,
@@ -356,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 frames,
                 size,
                 reps,
-                torch: torch.or_else(|| std::env::var_os("VSSL_TORCH_PYTHON").map(PathBuf::from)),
+                torch,
                 torch_script,
             };
             let rep = vssl::bench::run(&opts, &dev)?;
@@ -389,7 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stride,
                 pad,
                 reps,
-                torch: torch.or_else(|| std::env::var_os("VSSL_TORCH_PYTHON").map(PathBuf::from)),
+                torch,
                 torch_script,
             };
             print!("{}", vssl::bench::run_conv(&opts, &dev)?);
