@@ -17,11 +17,12 @@
 //! Every output element is written by exactly one task, with a fixed summation
 //! order independent of the thread count, so results are deterministic.
 
-use candle_core::WithDType;
+use candle_core::{DType, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv3d::Geom;
+use super::conv3d_direct;
 
 /// A raw pointer tasks share to write disjoint parts of one output.
 #[derive(Clone, Copy)]
@@ -260,8 +261,29 @@ fn gather_rows<T: WithDType>(y: &[T], m: usize, l: usize, j0: usize, j1: usize, 
     }
 }
 
+/// [`conv3d_direct::fwd`] when it applies to `g` and `T` is f32, else `None`.
+fn direct<T: WithDType>(g: &Geom, x: &[T], w: &[T], flipped: bool) -> Option<Vec<T>> {
+    if T::DTYPE != DType::F32 || !conv3d_direct::applies(g) {
+        return None;
+    }
+    // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
+    unsafe {
+        let x = std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len());
+        let w = std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len());
+        let mut y = std::mem::ManuallyDrop::new(conv3d_direct::fwd(g, x, w, flipped));
+        Some(Vec::from_raw_parts(
+            y.as_mut_ptr() as *mut T,
+            y.len(),
+            y.capacity(),
+        ))
+    }
+}
+
 /// y = W · cols(x), `[N, O, L]`.
 pub(super) fn fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+    if let Some(y) = direct(g, x, w, false) {
+        return y;
+    }
     let (ck, l, o) = (g.ck(), g.l(), g.o);
     let total = g.n * l;
     let mut y = vec![T::zero(); g.n * o * l];
@@ -352,9 +374,23 @@ fn split(len: usize, unit: usize, parts: usize) -> Vec<(usize, usize)> {
 /// is a forward convolution of `dy` with the flipped, transposed kernel (a long-K
 /// gemm, no scatter); anything else takes [`bwd_input_col2vol`].
 pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
-    let direct = g.stride == [1; 3] && (0..3).all(|a| g.pad[a] <= g.dil[a] * (g.k[a] - 1));
-    if !direct {
+    let as_forward = g.stride == [1; 3] && (0..3).all(|a| g.pad[a] <= g.dil[a] * (g.k[a] - 1));
+    if !as_forward {
         return bwd_input_col2vol(g, dy, w);
+    }
+    let gt = Geom {
+        n: g.n,
+        c: g.o,
+        o: g.c,
+        inp: g.out,
+        k: g.k,
+        out: g.inp,
+        stride: [1; 3],
+        pad: [0, 1, 2].map(|a| g.dil[a] * (g.k[a] - 1) - g.pad[a]),
+        dil: g.dil,
+    };
+    if let Some(dx) = direct(&gt, dy, w, true) {
+        return dx;
     }
     let (kvol, [k0, k1, k2]) = (g.kvol(), g.k);
     // wt[c, o, a, b, e] = w[o, c, k0-1-a, k1-1-b, k2-1-e]
@@ -369,17 +405,6 @@ pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
             }
         }
     }
-    let gt = Geom {
-        n: g.n,
-        c: g.o,
-        o: g.c,
-        inp: g.out,
-        k: g.k,
-        out: g.inp,
-        stride: [1; 3],
-        pad: [0, 1, 2].map(|a| g.dil[a] * (g.k[a] - 1) - g.pad[a]),
-        dil: g.dil,
-    };
     fwd(&gt, dy, &wt)
 }
 

@@ -7,6 +7,7 @@ pub mod batch_norm3d;
 mod bn_cpu;
 pub mod conv3d;
 mod conv3d_cpu;
+mod conv3d_direct;
 pub mod fused;
 pub mod pool3d;
 pub mod profile;

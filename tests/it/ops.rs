@@ -256,6 +256,38 @@ fn conv_cases() -> Vec<ConvCase> {
         // 16 channels: input-gradient channel groups hold several channels; blocks
         // span samples
         conv_case([3, 16, 3, 9, 11], 6, [3; 3], [1; 3], [1; 3], [1; 3], false),
+        // "same" stride-1 shapes (the AVX-512 direct kernel where the CPU has it):
+        // output channels not a multiple of its 8-row tile, positions not a multiple
+        // of 16, and the (2+1)D factorised kernels
+        conv_case([2, 5, 3, 7, 9], 11, [3; 3], [1; 3], [1; 3], [1; 3], true),
+        conv_case(
+            [3, 4, 2, 5, 6],
+            9,
+            [1, 3, 3],
+            [1; 3],
+            [0, 1, 1],
+            [1; 3],
+            false,
+        ),
+        conv_case(
+            [1, 6, 7, 3, 4],
+            8,
+            [3, 1, 1],
+            [1; 3],
+            [1, 0, 0],
+            [1; 3],
+            false,
+        ),
+        // "same" with dilation 2 on T and H, and a tile group spanning samples
+        conv_case(
+            [4, 3, 6, 9, 2],
+            5,
+            [3, 3, 1],
+            [1; 3],
+            [2, 2, 0],
+            [2, 2, 1],
+            true,
+        ),
     ]
 }
 
@@ -608,8 +640,8 @@ fn conv3d_generic_in_batch_chunks_equals_whole_batch() {
 fn conv3d_is_deterministic_and_skips_untracked_input_grad() {
     // Batch 4 (batch-parallel path) and batch 1 (inner-parallel path): two runs must be
     // bit-identical, forward and backward.
-    for n in [4, 1] {
-        let c = conv_case([n, 3, 4, 6, 6], 4, [3; 3], [1, 2, 2], [1; 3], [1; 3], true);
+    for (n, stride) in [(4, [1, 2, 2]), (1, [1, 2, 2]), (3, [1; 3])] {
+        let c = conv_case([n, 3, 4, 6, 6], 4, [3; 3], stride, [1; 3], [1; 3], true);
         let (x, w, b) = conv_data(&c, 42);
         let r = rand_vec(numel(&c.out()), 43);
         let run = || {
