@@ -268,15 +268,30 @@ fn direct<T: WithDType>(g: &Geom, x: &[T], w: &[T], flipped: bool) -> Option<Vec
     }
     // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
     unsafe {
-        let x = std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len());
-        let w = std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len());
-        let mut y = std::mem::ManuallyDrop::new(conv3d_direct::fwd(g, x, w, flipped));
-        Some(Vec::from_raw_parts(
-            y.as_mut_ptr() as *mut T,
-            y.len(),
-            y.capacity(),
-        ))
+        Some(from_f32(conv3d_direct::fwd(
+            g,
+            as_f32(x),
+            as_f32(w),
+            flipped,
+        )))
     }
+}
+
+/// `s` as f32.
+///
+/// # Safety
+/// `T` must be f32.
+unsafe fn as_f32<T>(s: &[T]) -> &[f32] {
+    std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len())
+}
+
+/// `v` as a `Vec<T>`.
+///
+/// # Safety
+/// `T` must be f32.
+unsafe fn from_f32<T>(v: Vec<f32>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity())
 }
 
 /// y = W · cols(x), `[N, O, L]`.
@@ -468,6 +483,10 @@ fn bwd_input_col2vol<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
 /// dW = Σ_blocks dY[:, blk] · cols[:, blk]ᵀ, `[O, C·K]`; parallel over row groups of
 /// `C·K`, blocks summed in column order.
 pub(super) fn bwd_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
+    if T::DTYPE == DType::F32 && conv3d_direct::applies_weight(g) {
+        // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
+        return unsafe { from_f32(conv3d_direct::bwd_weight(g, as_f32(x), as_f32(dy))) };
+    }
     let (ck, l, o) = (g.ck(), g.l(), g.o);
     let total = g.n * l;
     let mut dw = vec![T::zero(); o * ck];

@@ -22,11 +22,18 @@ use super::conv3d::Geom;
 /// Output channels per register tile (broadcast operand).
 const MR: usize = 8;
 /// 16-lane vectors of output positions per register tile.
-const NV: usize = 3;
+const NV: usize = 2;
 
 /// Whether the direct kernel handles `g` on this machine (f32 callers only).
 pub(super) fn applies(g: &Geom) -> bool {
     g.stride == [1; 3] && g.out == g.inp && enabled()
+}
+
+/// Whether [`bwd_weight`] handles `g`: rows shorter than 16 positions leave its
+/// register tile too little work per row (measured slower than vol2col+gemm on the
+/// 8- and 4-wide maps of R3D-18's deeper layers at 64 px).
+pub(super) fn applies_weight(g: &Geom) -> bool {
+    applies(g) && g.inp[2] >= 16
 }
 
 /// AVX-512F present and not switched off with `VSSL_CONV_DIRECT=0` (for A/B runs).
@@ -110,31 +117,15 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], flipped: bool) -> Vec<f32> {
     let taps = Taps::new(g);
     let (c, o, kvol, l) = (g.c, g.o, taps.kvol, g.l());
     let obs = o.div_ceil(MR);
-    // wp[ob][c][k][r] = w[ob·MR + r][c][k] (or the flipped transpose), zero rows past O.
-    let mut wp = vec![0f32; obs * c * kvol * MR];
-    wp.par_chunks_mut(c * kvol * MR)
-        .enumerate()
-        .for_each(|(ob, dst)| {
-            let rows = MR.min(o - ob * MR);
-            // Loops ordered so both layouts read `w` in contiguous runs.
-            for ci in 0..c {
-                let d = &mut dst[ci * kvol * MR..][..kvol * MR];
-                for r in 0..rows {
-                    let oo = ob * MR + r;
-                    if flipped {
-                        let src = &w[(ci * o + oo) * kvol..][..kvol];
-                        for (k, v) in src.iter().rev().enumerate() {
-                            d[k * MR + r] = *v;
-                        }
-                    } else {
-                        let src = &w[(oo * c + ci) * kvol..][..kvol];
-                        for (k, v) in src.iter().enumerate() {
-                            d[k * MR + r] = *v;
-                        }
-                    }
-                }
-            }
-        });
+    // Weights are read in place (deep layers have more weights than activations, so
+    // packing them would cost more than the convolution): element (o, c, k) sits at
+    // `o·rstride + c·cstride + kidx(k)`.
+    let (rstride, cstride) = if flipped {
+        (kvol, o * kvol)
+    } else {
+        (c * kvol, kvol)
+    };
+    let kidx = |k: usize| if flipped { kvol - 1 - k } else { k };
     let cps = l.div_ceil(16);
     let chunks = g.n * cps;
     let groups = chunks.div_ceil(NV);
@@ -157,23 +148,231 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], flipped: bool) -> Vec<f32> {
             tile.mask_row[v] = ci * kvol;
             tile.store[v] = taps.store[ci];
         }
+        // Taps that read padding in every lane of the tile (a whole T or H border,
+        // common in deep layers with T = 1 or 2) are skipped.
+        tile.active.clear();
+        tile.active.extend(
+            (0..kvol)
+                .filter(|&k| (0..nv).any(|v| taps.mask[tile.mask_row[v] + k] != 0))
+                .map(|k| (k, kidx(k))),
+        );
         for ob in ob0..ob1 {
             let rows = MR.min(o - ob * MR);
-            let wob = &wp[ob * c * kvol * MR..][..c * kvol * MR];
+            // Rows past O reuse row 0 (results discarded).
+            let wrow: [usize; MR] =
+                std::array::from_fn(|r| if r < rows { (ob * MR + r) * rstride } else { 0 });
             // SAFETY: loads are masked to lanes inside `x` (see `Taps`), weight reads
-            // stay in `wob`, stores are masked to this task's disjoint output tile.
+            // are in bounds by the strides above, stores are masked to this task's
+            // disjoint output tile.
             unsafe {
                 #[cfg(target_arch = "x86_64")]
                 match nv {
-                    3 => avx512::tile::<3>(x, wob, &taps, &tile, c, l, rows, ob * MR, yp.get()),
-                    2 => avx512::tile::<2>(x, wob, &taps, &tile, c, l, rows, ob * MR, yp.get()),
-                    _ => avx512::tile::<1>(x, wob, &taps, &tile, c, l, rows, ob * MR, yp.get()),
+                    2 => avx512::tile::<2>(
+                        x,
+                        w,
+                        &wrow,
+                        cstride,
+                        &taps,
+                        &tile,
+                        c,
+                        l,
+                        rows,
+                        ob * MR,
+                        yp.get(),
+                    ),
+                    _ => avx512::tile::<1>(
+                        x,
+                        w,
+                        &wrow,
+                        cstride,
+                        &taps,
+                        &tile,
+                        c,
+                        l,
+                        rows,
+                        ob * MR,
+                        yp.get(),
+                    ),
                 }
             }
         }
     });
     y
 }
+
+/// Output channels per weight-gradient register tile (four 16-lane vectors).
+const WO: usize = 64;
+/// Weight taps `(c, k)` per weight-gradient register tile (broadcast operand).
+const WQ: usize = 6;
+/// Output positions per weight-gradient block: the block's slice of `dYᵀ`
+/// (`WB × 64` floats) stays in L1 while every tap tile of a task runs over it.
+const WB: usize = 96;
+
+/// `dW = Σ_positions dY · xᵀ(shifted)` for a geometry where [`applies`] holds;
+/// `[O, C, kvol]`.
+///
+/// The register tile holds 64 output channels (four vectors, so `dY` is transposed
+/// to `[N, L, O]` once) by 6 taps `(c, k)` whose input values are broadcast from a
+/// zero-padded copy of `x`, so no lane ever needs a mask and every accumulator is
+/// one weight: the reduction over positions runs in registers with no horizontal
+/// sums. Each task owns a range of tap tiles and walks all positions in fixed-size
+/// blocks, so the summation order of every weight is fixed.
+pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (n, c, o, l) = (g.n, g.c, g.o, g.l());
+    let [t, h, w] = g.inp;
+    let [k0, k1, k2] = g.k;
+    let kvol = k0 * k1 * k2;
+    let [pt, ph, pw] = g.pad;
+    let (tp, hp, wp) = (t + 2 * pt, h + 2 * ph, w + 2 * pw);
+    let plane = tp * hp * wp;
+    let (mut xp, mut dyt) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // Zero-padded input, [N, C, Tp, Hp, Wp]; every element written once.
+    set_len(&mut xp, n * c * plane);
+    xp.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
+        let src = &x[nc * l..][..l];
+        for (tpi, slab) in dst.chunks_mut(hp * wp).enumerate() {
+            let Some(ti) = tpi.checked_sub(pt).filter(|&ti| ti < t) else {
+                slab.fill(0.0);
+                continue;
+            };
+            for (hpi, row) in slab.chunks_mut(wp).enumerate() {
+                let Some(hi) = hpi.checked_sub(ph).filter(|&hi| hi < h) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                row[..pw].fill(0.0);
+                row[pw..pw + w].copy_from_slice(&src[(ti * h + hi) * w..][..w]);
+                row[pw + w..].fill(0.0);
+            }
+        }
+    });
+    // dYᵀ, [N, L, Op] with Op = O rounded up to whole vectors (zero columns).
+    let op = o.div_ceil(16) * 16;
+    set_len(&mut dyt, n * l * op);
+    dyt.par_chunks_mut(64 * op)
+        .enumerate()
+        .for_each(|(blk, dst)| {
+            let (j0, rows) = (blk * 64, dst.len() / op);
+            let mut r = 0;
+            while r < rows {
+                // Rows r.. of this block within one sample; dY rows read contiguously.
+                let (ni, li) = ((j0 + r) / l, (j0 + r) % l);
+                let len = (l - li).min(rows - r);
+                for oo in 0..o {
+                    let src = &dy[(ni * o + oo) * l + li..][..len];
+                    for (i, v) in src.iter().enumerate() {
+                        dst[(r + i) * op + oo] = *v;
+                    }
+                }
+                for i in r..r + len {
+                    dst[i * op + o..(i + 1) * op].fill(0.0);
+                }
+                r += len;
+            }
+        });
+    // Offset of tap q = (c, k) in `xp` relative to a position's padded base.
+    let q_total = c * kvol;
+    let q_off: Vec<usize> = (0..q_total)
+        .map(|q| {
+            let (ci, k) = (q / kvol, q % kvol);
+            let (a, b, e) = (k / (k1 * k2), (k / k2) % k1, k % k2);
+            ci * plane + ((a * g.dil[0]) * hp + b * g.dil[1]) * wp + e * g.dil[2]
+        })
+        .collect();
+    let obs = op.div_ceil(WO);
+    let q_tiles = q_total.div_ceil(WQ);
+    let threads = rayon::current_num_threads().max(1);
+    let qsplit = (4 * threads).div_ceil(obs).clamp(1, q_tiles);
+    // dWᵀ, [CK, Op]; each task owns whole rows × its o-block columns.
+    let mut dwt = vec![0f32; q_total * op];
+    let dwp = SyncPtr(dwt.as_mut_ptr());
+    (0..obs * qsplit).into_par_iter().for_each(|task| {
+        let (ob, part) = (task / qsplit, task % qsplit);
+        let (qt0, qt1) = (part * q_tiles / qsplit, (part + 1) * q_tiles / qsplit);
+        let ov = (op - ob * WO).min(WO) / 16;
+        let mut segs = Vec::new();
+        for ni in 0..n {
+            let mut l0 = 0;
+            while l0 < l {
+                let l1 = (l0 + WB).min(l);
+                // Row segments of positions l0..l1: (padded base, dYᵀ row, length).
+                segs.clear();
+                let mut j = l0;
+                while j < l1 {
+                    let (ti, hi, wi) = (j / (h * w), (j / w) % h, j % w);
+                    let len = (w - wi).min(l1 - j);
+                    let base = ni * c * plane + (ti * hp + hi) * wp + wi;
+                    segs.push((base, ni * l + j, len));
+                    j += len;
+                }
+                for qt in qt0..qt1 {
+                    let q0 = qt * WQ;
+                    let nq = WQ.min(q_total - q0);
+                    let mut offs = [0usize; WQ];
+                    offs[..nq].copy_from_slice(&q_off[q0..q0 + nq]);
+                    // SAFETY: every broadcast reads inside `xp` (padded bases plus tap
+                    // offsets of existing taps; missing taps reuse offset 0), dYᵀ
+                    // reads stay in `dyt`, and this task alone writes rows q0..q0+nq,
+                    // columns of block `ob`, of `dwt`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        let dst = dwp.get().add(q0 * op + ob * WO);
+                        let dy0 = dyt.as_ptr().add(ob * WO);
+                        let args = (&xp[..], &offs, &segs[..], dy0, op, dst, nq, ni + l0 > 0);
+                        match ov {
+                            4 => avx512::wtile::<4>(args),
+                            3 => avx512::wtile::<3>(args),
+                            2 => avx512::wtile::<2>(args),
+                            _ => avx512::wtile::<1>(args),
+                        }
+                    }
+                }
+                l0 = l1;
+            }
+        }
+    });
+    let mut dw = vec![0f32; o * q_total];
+    dw.par_chunks_mut(q_total)
+        .enumerate()
+        .for_each(|(oo, row)| {
+            for (q, v) in row.iter_mut().enumerate() {
+                *v = dwt[q * op + oo];
+            }
+        });
+    SCRATCH.with(|s| *s.borrow_mut() = (xp, dyt));
+    dw
+}
+
+thread_local! {
+    /// The weight gradient's padded input and `dYᵀ`, kept between calls: tens of MB
+    /// freshly allocated per call cost page faults comparable to a small layer's
+    /// whole kernel. Taken out during a call, so a nested call just allocates.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// Makes `v` exactly `len` long without writing elements it already has (callers
+/// overwrite all of them).
+fn set_len(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    } else {
+        v.truncate(len);
+    }
+}
+
+/// Arguments of one weight-gradient tile run: padded input, the tile's tap offsets,
+/// the block's row segments, `dYᵀ` at the tile's first channel, `dYᵀ` row stride,
+/// `dWᵀ` at the tile's first element, taps in the tile, accumulate into `dWᵀ`.
+type WTileArgs<'a> = (
+    &'a [f32],
+    &'a [usize; WQ],
+    &'a [(usize, usize, usize)],
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+);
 
 /// Where the vectors of one output tile read and write.
 #[derive(Default)]
@@ -186,6 +385,9 @@ struct Tile {
     mask_row: [usize; NV],
     /// Lanes of the vector that exist.
     store: [u16; NV],
+    /// Taps some lane of the tile reads inside the input, with their index in the
+    /// weight's kernel (reversed for the input gradient).
+    active: Vec<(usize, usize)>,
 }
 
 /// A raw output pointer tasks share to write disjoint tiles.
@@ -206,19 +408,22 @@ impl SyncPtr {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Taps, Tile, MR};
+    use super::{Taps, Tile, WTileArgs, MR, WQ};
 
-    /// One `rows x (V·16)` output tile: `Σ_c Σ_k w[o, c, k] · x[c, l + delta_k]`.
+    /// One `rows x (V·16)` output tile: `Σ_c Σ_k w[o, c, k] · x[c, l + delta_k]`,
+    /// weight (o0 + r, c, k) read at `wrow[r] + c·cstride + kidx(k)`.
     ///
     /// # Safety
-    /// AVX-512F must be available; `x`, `wob`, `taps` and `tile` must describe the
+    /// AVX-512F must be available; `x`, `w`, `wrow`, `taps` and `tile` must describe the
     /// same geometry; no other thread may write the tile's output elements.
     // Index loops over the register arrays keep the tile's shape visible.
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile<const V: usize>(
         x: &[f32],
-        wob: &[f32],
+        w: &[f32],
+        wrow: &[usize; MR],
+        cstride: usize,
         taps: &Taps,
         t: &Tile,
         c: usize,
@@ -230,10 +435,20 @@ mod avx512 {
         let kvol = taps.kvol;
         let xb = x.as_ptr();
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        let mut wq = wob.as_ptr();
+        let wr: [*const f32; MR] = std::array::from_fn(|r| w.as_ptr().add(wrow[r]));
         for ci in 0..c {
             let plane = (ci * l) as isize;
-            for k in 0..kvol {
+            let wc = ci * cstride;
+            // The input gradient's weight rows are `O·kvol` apart per channel, a stride
+            // the hardware prefetcher does not follow: fetch two channels ahead.
+            let ahead = wc + 2 * cstride;
+            for r in 0..MR {
+                let p = wr[r].wrapping_add(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(kvol - 1) as *const i8);
+            }
+            for &(k, ki) in &t.active {
+                let wk = wc + ki;
                 let d = *taps.delta.get_unchecked(k) + plane;
                 let mut xv = [_mm512_setzero_ps(); V];
                 for v in 0..V {
@@ -242,18 +457,63 @@ mod avx512 {
                     xv[v] = _mm512_maskz_loadu_ps(m, xb.wrapping_offset(t.x_off[v] + d));
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*wq.add(r));
+                    let wv = _mm512_set1_ps(*wr[r].add(wk));
                     for v in 0..V {
                         acc_r[v] = _mm512_fmadd_ps(wv, xv[v], acc_r[v]);
                     }
                 }
-                wq = wq.add(MR);
             }
         }
         for (r, acc_r) in acc.iter().enumerate().take(rows) {
             for v in 0..V {
                 let dst = y.add(t.y_off[v] + (o0 + r) * l);
                 _mm512_mask_storeu_ps(dst, t.store[v], acc_r[v]);
+            }
+        }
+    }
+    /// One weight-gradient tile: `dWᵀ[q, o] (+)= Σ_pos x_pad[base + off_q] · dYᵀ[pos, o]`
+    /// for `V` vectors of output channels and up to `WQ` taps over one position block.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; the arguments must satisfy [`super::bwd_weight`]'s
+    /// invariants (reads in bounds, the `dWᵀ` tile written by this caller only).
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn wtile<const V: usize>(
+        (xp, offs, segs, dy0, op, dst, nq, acc_in): WTileArgs,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; WQ];
+        if acc_in {
+            for q in 0..nq {
+                for v in 0..V {
+                    acc[q][v] = _mm512_loadu_ps(dst.add(q * op + v * 16));
+                }
+            }
+        }
+        let xb = xp.as_ptr();
+        for &(base, row, len) in segs {
+            let mut xq = [xb; WQ];
+            for q in 0..WQ {
+                xq[q] = xb.add(base + offs[q]);
+            }
+            let mut d = dy0.add(row * op);
+            for i in 0..len {
+                let mut dv = [_mm512_setzero_ps(); V];
+                for v in 0..V {
+                    dv[v] = _mm512_loadu_ps(d.add(v * 16));
+                }
+                for q in 0..WQ {
+                    let xv = _mm512_set1_ps(*xq[q].add(i));
+                    for v in 0..V {
+                        acc[q][v] = _mm512_fmadd_ps(xv, dv[v], acc[q][v]);
+                    }
+                }
+                d = d.add(op);
+            }
+        }
+        for q in 0..nq {
+            for v in 0..V {
+                _mm512_storeu_ps(dst.add(q * op + v * 16), acc[q][v]);
             }
         }
     }
