@@ -166,33 +166,13 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], flipped: bool) -> Vec<f32> {
             // disjoint output tile.
             unsafe {
                 #[cfg(target_arch = "x86_64")]
-                match nv {
-                    2 => avx512::tile::<2>(
-                        x,
-                        w,
-                        &wrow,
-                        cstride,
-                        &taps,
-                        &tile,
-                        c,
-                        l,
-                        rows,
-                        ob * MR,
-                        yp.get(),
-                    ),
-                    _ => avx512::tile::<1>(
-                        x,
-                        w,
-                        &wrow,
-                        cstride,
-                        &taps,
-                        &tile,
-                        c,
-                        l,
-                        rows,
-                        ob * MR,
-                        yp.get(),
-                    ),
+                {
+                    let args = (x, w, &wrow, cstride, &taps, &tile);
+                    let out = (c, l, rows, ob * MR, yp.get());
+                    match nv {
+                        2 => avx512::tile::<2>(args, out),
+                        _ => avx512::tile::<1>(args, out),
+                    }
                 }
             }
         }
@@ -360,6 +340,20 @@ fn set_len(v: &mut Vec<f32>, len: usize) {
     }
 }
 
+/// Inputs of one forward tile run: input, weight, the tile's weight row offsets,
+/// weight channel stride, tap tables, the tile.
+type TileIn<'a> = (
+    &'a [f32],
+    &'a [f32],
+    &'a [usize; MR],
+    usize,
+    &'a Taps,
+    &'a Tile,
+);
+/// Shape and destination of one forward tile run: input channels, positions per
+/// sample, output rows that exist, first output channel, output.
+type TileOut = (usize, usize, usize, usize, *mut f32);
+
 /// Arguments of one weight-gradient tile run: padded input, the tile's tap offsets,
 /// the block's row segments, `dYᵀ` at the tile's first channel, `dYᵀ` row stride,
 /// `dWᵀ` at the tile's first element, taps in the tile, accumulate into `dWᵀ`.
@@ -408,7 +402,7 @@ impl SyncPtr {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Taps, Tile, WTileArgs, MR, WQ};
+    use super::{TileIn, TileOut, WTileArgs, MR, WQ};
 
     /// One `rows x (V·16)` output tile: `Σ_c Σ_k w[o, c, k] · x[c, l + delta_k]`,
     /// weight (o0 + r, c, k) read at `wrow[r] + c·cstride + kidx(k)`.
@@ -417,20 +411,11 @@ mod avx512 {
     /// AVX-512F must be available; `x`, `w`, `wrow`, `taps` and `tile` must describe the
     /// same geometry; no other thread may write the tile's output elements.
     // Index loops over the register arrays keep the tile's shape visible.
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile<const V: usize>(
-        x: &[f32],
-        w: &[f32],
-        wrow: &[usize; MR],
-        cstride: usize,
-        taps: &Taps,
-        t: &Tile,
-        c: usize,
-        l: usize,
-        rows: usize,
-        o0: usize,
-        y: *mut f32,
+        (x, w, wrow, cstride, taps, t): TileIn,
+        (c, l, rows, o0, y): TileOut,
     ) {
         let kvol = taps.kvol;
         let xb = x.as_ptr();
