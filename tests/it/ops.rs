@@ -608,6 +608,32 @@ fn conv3d_custom_and_generic_gradients_agree() {
     }
 }
 
+/// The CPU kernels without the AVX-512 direct path (what a CPU without AVX-512 runs):
+/// the conv3d tests above again, in a child process with `VSSL_CONV_DIRECT=0`.
+#[test]
+fn conv3d_blocked_path_passes_the_same_tests() {
+    if std::env::var_os("VSSL_CONV_DIRECT").is_some() {
+        return; // already the child (or the caller chose a path)
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "ops::conv3d_forward_matches_naive_reference",
+            "ops::conv3d_gradients_match_finite_differences",
+            "ops::conv3d_custom_and_generic_gradients_agree",
+            "ops::conv3d_is_deterministic_and_skips_untracked_input_grad",
+        ])
+        .env("VSSL_CONV_DIRECT", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "blocked path failed:\n{text}");
+    assert!(
+        text.contains("4 passed"),
+        "expected 4 tests to run:\n{text}"
+    );
+}
+
 #[test]
 fn conv3d_generic_in_batch_chunks_equals_whole_batch() {
     use vssl::ops::conv3d_generic_chunked;
