@@ -29,11 +29,12 @@ pub(super) fn applies(g: &Geom) -> bool {
     g.stride == [1; 3] && g.out == g.inp && enabled()
 }
 
-/// Whether [`bwd_weight`] handles `g`: rows shorter than 16 positions leave its
-/// register tile too little work per row (measured slower than vol2col+gemm on the
-/// 8- and 4-wide maps of R3D-18's deeper layers at 64 px).
+/// Whether [`bwd_weight`] handles `g` (any strides, padding, dilation): output rows
+/// shorter than 16 positions leave its register tile too little work per row
+/// (measured slower than vol2col+gemm on the 8- and 4-wide maps of R3D-18's deeper
+/// layers at 64 px).
 pub(super) fn applies_weight(g: &Geom) -> bool {
-    applies(g) && g.inp[2] >= 16
+    g.out[2] >= 16 && enabled()
 }
 
 /// AVX-512F present and not switched off with `VSSL_CONV_DIRECT=0` (for A/B runs).
@@ -188,8 +189,8 @@ const WQ: usize = 6;
 /// (`WB × 64` floats) stays in L1 while every tap tile of a task runs over it.
 const WB: usize = 96;
 
-/// `dW = Σ_positions dY · xᵀ(shifted)` for a geometry where [`applies`] holds;
-/// `[O, C, kvol]`.
+/// `dW = Σ_positions dY · xᵀ(shifted)`, `[O, C, kvol]`, for any geometry (strides,
+/// padding and dilation included) where [`applies_weight`] holds.
 ///
 /// The register tile holds 64 output channels (four vectors, so `dY` is transposed
 /// to `[N, L, O]` once) by 6 taps `(c, k)` whose input values are broadcast from a
@@ -198,8 +199,10 @@ const WB: usize = 96;
 /// sums. Each task owns a range of tap tiles and walks all positions in fixed-size
 /// blocks, so the summation order of every weight is fixed.
 pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (n, c, o, l) = (g.n, g.c, g.o, g.l());
+    let (n, c, o, l, lin) = (g.n, g.c, g.o, g.l(), g.lin());
     let [t, h, w] = g.inp;
+    let [_, oh, ow] = g.out;
+    let [s0, s1, s2] = g.stride;
     let [k0, k1, k2] = g.k;
     let kvol = k0 * k1 * k2;
     let [pt, ph, pw] = g.pad;
@@ -209,7 +212,7 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // Zero-padded input, [N, C, Tp, Hp, Wp]; every element written once.
     set_len(&mut xp, n * c * plane);
     xp.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
-        let src = &x[nc * l..][..l];
+        let src = &x[nc * lin..][..lin];
         for (tpi, slab) in dst.chunks_mut(hp * wp).enumerate() {
             let Some(ti) = tpi.checked_sub(pt).filter(|&ti| ti < t) else {
                 slab.fill(0.0);
@@ -279,9 +282,9 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 segs.clear();
                 let mut j = l0;
                 while j < l1 {
-                    let (ti, hi, wi) = (j / (h * w), (j / w) % h, j % w);
-                    let len = (w - wi).min(l1 - j);
-                    let base = ni * c * plane + (ti * hp + hi) * wp + wi;
+                    let (ti, hi, wi) = (j / (oh * ow), (j / ow) % oh, j % ow);
+                    let len = (ow - wi).min(l1 - j);
+                    let base = ni * c * plane + (ti * s0 * hp + hi * s1) * wp + wi * s2;
                     segs.push((base, ni * l + j, len));
                     j += len;
                 }
@@ -298,7 +301,7 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     unsafe {
                         let dst = dwp.get().add(q0 * op + ob * WO);
                         let dy0 = dyt.as_ptr().add(ob * WO);
-                        let args = (&xp[..], &offs, &segs[..], dy0, op, dst, nq, ni + l0 > 0);
+                        let args = (&xp[..], &offs, &segs[..], s2, dy0, op, dst, nq, ni + l0 > 0);
                         match ov {
                             4 => avx512::wtile::<4>(args),
                             3 => avx512::wtile::<3>(args),
@@ -355,12 +358,13 @@ type TileIn<'a> = (
 type TileOut = (usize, usize, usize, usize, *mut f32);
 
 /// Arguments of one weight-gradient tile run: padded input, the tile's tap offsets,
-/// the block's row segments, `dYᵀ` at the tile's first channel, `dYᵀ` row stride,
+/// the block's row segments, the W stride, `dYᵀ` at the tile's first channel, `dYᵀ` row stride,
 /// `dWᵀ` at the tile's first element, taps in the tile, accumulate into `dWᵀ`.
 type WTileArgs<'a> = (
     &'a [f32],
     &'a [usize; WQ],
     &'a [(usize, usize, usize)],
+    usize,
     *const f32,
     usize,
     *mut f32,
@@ -465,7 +469,7 @@ mod avx512 {
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn wtile<const V: usize>(
-        (xp, offs, segs, dy0, op, dst, nq, acc_in): WTileArgs,
+        (xp, offs, segs, sw, dy0, op, dst, nq, acc_in): WTileArgs,
     ) {
         let mut acc = [[_mm512_setzero_ps(); V]; WQ];
         if acc_in {
@@ -488,7 +492,7 @@ mod avx512 {
                     dv[v] = _mm512_loadu_ps(d.add(v * 16));
                 }
                 for q in 0..WQ {
-                    let xv = _mm512_set1_ps(*xq[q].add(i));
+                    let xv = _mm512_set1_ps(*xq[q].add(i * sw));
                     for v in 0..V {
                         acc[q][v] = _mm512_fmadd_ps(xv, dv[v], acc[q][v]);
                     }

@@ -288,6 +288,17 @@ fn conv_cases() -> Vec<ConvCase> {
             [2, 2, 1],
             true,
         ),
+        // the R3D stem's geometry with an output row of 17 (the direct weight
+        // gradient's strided path)
+        conv_case(
+            [1, 3, 4, 9, 33],
+            5,
+            [3, 7, 7],
+            [1, 2, 2],
+            [1, 3, 3],
+            [1; 3],
+            false,
+        ),
     ]
 }
 
