@@ -361,7 +361,7 @@ impl BenchReport {
             total * 1e3
         );
         s += &format!(
-            "  {:<10} {:>5} {:>9} {:>8}  shape\n",
+            "  {:<14} {:>5} {:>9} {:>8}  shape\n",
             "op", "calls", "ms", "GFLOP/s"
         );
         for l in &self.layers {
@@ -371,7 +371,7 @@ impl BenchReport {
                 "-".into()
             };
             s += &format!(
-                "  {:<10} {:>5} {:>9.1} {:>8}  {}\n",
+                "  {:<14} {:>5} {:>9.1} {:>8}  {}\n",
                 l.op,
                 l.calls,
                 l.seconds * 1e3,

@@ -109,25 +109,36 @@ impl CustomOp3 for BnTrain {
             *lock(&op.stats) = st;
             affine_rows(op.g, x, &mean, &scale, &shift, op.relu)
         }
-        let y = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(run(
-                self,
-                slice(x, l1, "x")?,
-                slice(w, l2, "w")?,
-                slice(b, l3, "b")?,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(run(
-                self,
-                slice(x, l1, "x")?,
-                slice(w, l2, "w")?,
-                slice(b, l3, "b")?,
-            )),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "vssl-batch-norm: f32/f64 with equal dtypes only".into(),
-                ))
-            }
-        };
+        let y = super::profile::timed(
+            "bn.fwd",
+            || format!("{:?}", l1.dims()),
+            0.0,
+            || {
+                Ok(match (s1, s2, s3) {
+                    (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                        CpuStorage::F32(run(
+                            self,
+                            slice(x, l1, "x")?,
+                            slice(w, l2, "w")?,
+                            slice(b, l3, "b")?,
+                        ))
+                    }
+                    (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                        CpuStorage::F64(run(
+                            self,
+                            slice(x, l1, "x")?,
+                            slice(w, l2, "w")?,
+                            slice(b, l3, "b")?,
+                        ))
+                    }
+                    _ => {
+                        return Err(candle_core::Error::Msg(
+                            "vssl-batch-norm: f32/f64 with equal dtypes only".into(),
+                        ))
+                    }
+                })
+            },
+        )?;
         Ok((y, l1.shape().clone()))
     }
 
@@ -283,19 +294,34 @@ impl CustomOp3 for BnBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dx = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(dy), CpuStorage::F32(y)) => CpuStorage::F32(
-                self.run(slice(x, l1, "x")?, slice(dy, l2, "dy")?, slice(y, l3, "y")?),
-            ),
-            (CpuStorage::F64(x), CpuStorage::F64(dy), CpuStorage::F64(y)) => CpuStorage::F64(
-                self.run(slice(x, l1, "x")?, slice(dy, l2, "dy")?, slice(y, l3, "y")?),
-            ),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "vssl-batch-norm-bwd: f32/f64 with equal dtypes only".into(),
-                ))
-            }
-        };
+        let dx = super::profile::timed(
+            "bn.bwd",
+            || format!("{:?}", l1.dims()),
+            0.0,
+            || {
+                Ok(match (s1, s2, s3) {
+                    (CpuStorage::F32(x), CpuStorage::F32(dy), CpuStorage::F32(y)) => {
+                        CpuStorage::F32(self.run(
+                            slice(x, l1, "x")?,
+                            slice(dy, l2, "dy")?,
+                            slice(y, l3, "y")?,
+                        ))
+                    }
+                    (CpuStorage::F64(x), CpuStorage::F64(dy), CpuStorage::F64(y)) => {
+                        CpuStorage::F64(self.run(
+                            slice(x, l1, "x")?,
+                            slice(dy, l2, "dy")?,
+                            slice(y, l3, "y")?,
+                        ))
+                    }
+                    _ => {
+                        return Err(candle_core::Error::Msg(
+                            "vssl-batch-norm-bwd: f32/f64 with equal dtypes only".into(),
+                        ))
+                    }
+                })
+            },
+        )?;
         Ok((dx, l1.shape().clone()))
     }
 }

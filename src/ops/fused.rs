@@ -59,25 +59,32 @@ fn add_relu_kernel<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
 /// Runs an element-wise binary kernel on two CPU storages of the same float dtype
 /// (f32 or f64), output shaped like the first.
 fn binary_cpu(
-    name: &str,
+    name: &'static str,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
     k32: fn(&[f32], &[f32]) -> Vec<f32>,
     k64: fn(&[f64], &[f64]) -> Vec<f64>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let out = match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            CpuStorage::F32(k32(contiguous(a, l1)?, contiguous(b, l2)?))
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            CpuStorage::F64(k64(contiguous(a, l1)?, contiguous(b, l2)?))
-        }
-        _ => {
-            return Err(candle_core::Error::Msg(format!(
-                "{name}: f32/f64 with equal dtypes only"
-            )))
-        }
-    };
+    let out = super::profile::timed(
+        name,
+        || format!("{:?}", l1.dims()),
+        0.0,
+        || {
+            Ok(match (s1, s2) {
+                (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                    CpuStorage::F32(k32(contiguous(a, l1)?, contiguous(b, l2)?))
+                }
+                (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                    CpuStorage::F64(k64(contiguous(a, l1)?, contiguous(b, l2)?))
+                }
+                _ => {
+                    return Err(candle_core::Error::Msg(format!(
+                        "{name}: f32/f64 with equal dtypes only"
+                    )))
+                }
+            })
+        },
+    )?;
     Ok((out, l1.shape().clone()))
 }
 

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ops::profile;
 use crate::Result;
 
 const CHUNK: usize = 1 << 15;
@@ -44,17 +45,26 @@ impl CustomOp3 for Momentum {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (buf, g, p) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
         let (m, wd) = (self.momentum, self.wd);
-        let mut out = vec![0f32; buf.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(buf.par_chunks(CHUNK))
-            .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
-            .for_each(|((o, b), (g, p))| {
-                for ((o, b), (g, p)) in o.iter_mut().zip(b).zip(g.iter().zip(p)) {
-                    // Same order as the composed ops: g + p·wd, then buf·m + that.
-                    let gi = if wd != 0.0 { *g + *p * wd } else { *g };
-                    *o = *b * m + gi;
-                }
-            });
+        // One profile row for all parameters.
+        let out = profile::timed(
+            "sgd.momentum",
+            || "all parameters".into(),
+            0.0,
+            || {
+                let mut out = vec![0f32; buf.len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(buf.par_chunks(CHUNK))
+                    .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
+                    .for_each(|((o, b), (g, p))| {
+                        for ((o, b), (g, p)) in o.iter_mut().zip(b).zip(g.iter().zip(p)) {
+                            // Same order as the composed ops: g + p·wd, then buf·m + that.
+                            let gi = if wd != 0.0 { *g + *p * wd } else { *g };
+                            *o = *b * m + gi;
+                        }
+                    });
+                out
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -78,14 +88,22 @@ impl CustomOp2 for Step {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (p, d) = (f32s(s1, l1)?, f32s(s2, l2)?);
         let lr = self.lr;
-        let mut out = vec![0f32; p.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(p.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)))
-            .for_each(|(o, (p, d))| {
-                for (o, (p, d)) in o.iter_mut().zip(p.iter().zip(d)) {
-                    *o = *p - *d * lr;
-                }
-            });
+        let out = profile::timed(
+            "sgd.step",
+            || "all parameters".into(),
+            0.0,
+            || {
+                let mut out = vec![0f32; p.len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(p.par_chunks(CHUNK).zip(d.par_chunks(CHUNK)))
+                    .for_each(|(o, (p, d))| {
+                        for (o, (p, d)) in o.iter_mut().zip(p.iter().zip(d)) {
+                            *o = *p - *d * lr;
+                        }
+                    });
+                out
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
