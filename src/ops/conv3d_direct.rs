@@ -1,4 +1,5 @@
-//! AVX-512 direct kernel for "same" stride-1 conv3d (output grid == input grid).
+//! AVX-512 direct conv3d kernels: "same" stride-1 forward and input gradient, and the
+//! weight gradient of any geometry with output rows at least 16 wide.
 //!
 //! Why it exists: R3D-18, R(2+1)D and C3D spend most of a training step in stride-1
 //! convolutions with "same" padding (3x3x3, 1x3x3, 3x1x1), forward and input gradient
@@ -6,14 +7,18 @@
 //! kernel). On that geometry output position `l` of a sample reads input position
 //! `l + delta(tap)` of every channel, so a 16-position vector of one tap is a single
 //! masked unaligned load straight from the input: no im2col/vol2col buffer, no
-//! packing of the input, and the whole `C·taps` reduction of an 8-channel x 48-position
-//! output tile stays in 24 zmm registers. The blocked vol2col+gemm path reached
-//! 110-160 GFLOP/s on these layers; this kernel is measured in `experiments/perf-cpu.md`.
+//! packing, and the whole `C·taps` reduction of an 8-channel x 32-position output tile
+//! stays in 16 zmm registers. The weight gradient ([`bwd_weight`]) broadcasts from a
+//! zero-padded input instead. The blocked vol2col+gemm path reached 110-160 GFLOP/s on
+//! these layers; these kernels reach 175-210 of the machine's ~230
+//! (`experiments/perf-cpu.md`).
 //!
 //! Lanes whose tap falls into padding (or past the sample's end) are masked off;
 //! AVX-512 masked loads do not touch masked-off lanes, so their addresses may lie
-//! outside the input. Each output element is summed in the same order (channel, then
-//! tap) whatever the thread count, so results are deterministic.
+//! outside the input. Each output element is summed in the same order whatever the
+//! thread count, so results are deterministic.
+// Elsewhere than x86-64 `applies` is false and the kernels are never called.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
 
 use rayon::prelude::*;
 
