@@ -1,5 +1,9 @@
 //! CPU kernels of [`super::conv3d`]: blocked vol2col feeding `gemm`.
 //!
+//! Each entry point first hands f32 work to [`super::conv3d_direct`] where that
+//! applies (AVX-512 present, geometry supported, `VSSL_CONV_DIRECT` not `0`); what
+//! follows is the path for everything else (f64, other CPUs, other geometries).
+//!
 //! The im2col matrix of the whole batch is `[C·K, N·L]` (rows: channel and kernel
 //! tap, columns: sample and output position). It is never built whole: every kernel
 //! walks it in column blocks of a few hundred columns (a block may span samples, so
@@ -261,19 +265,25 @@ fn gather_rows<T: WithDType>(y: &[T], m: usize, l: usize, j0: usize, j1: usize, 
     }
 }
 
-/// [`conv3d_direct::fwd`] when it applies to `g` and `T` is f32, else `None`.
-fn direct<T: WithDType>(g: &Geom, x: &[T], w: &[T], flipped: bool) -> Option<Vec<T>> {
-    if T::DTYPE != DType::F32 || !conv3d_direct::applies(g) {
+/// [`conv3d_direct::fwd`] (or, with `input_grad`, [`conv3d_direct::bwd_input`]) when
+/// it applies to `g` and `T` is f32, else `None`.
+fn direct<T: WithDType>(g: &Geom, a: &[T], w: &[T], input_grad: bool) -> Option<Vec<T>> {
+    let applies = if input_grad {
+        conv3d_direct::applies_input_grad(g)
+    } else {
+        conv3d_direct::applies(g)
+    };
+    if T::DTYPE != DType::F32 || !applies {
         return None;
     }
     // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
     unsafe {
-        Some(from_f32(conv3d_direct::fwd(
-            g,
-            as_f32(x),
-            as_f32(w),
-            flipped,
-        )))
+        let (a, w) = (as_f32(a), as_f32(w));
+        Some(from_f32(if input_grad {
+            conv3d_direct::bwd_input(g, a, w)
+        } else {
+            conv3d_direct::fwd(g, a, w)
+        }))
     }
 }
 
@@ -389,6 +399,9 @@ fn split(len: usize, unit: usize, parts: usize) -> Vec<(usize, usize)> {
 /// is a forward convolution of `dy` with the flipped, transposed kernel (a long-K
 /// gemm, no scatter); anything else takes [`bwd_input_col2vol`].
 pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
+    if let Some(dx) = direct(g, dy, w, true) {
+        return dx;
+    }
     let as_forward = g.stride == [1; 3] && (0..3).all(|a| g.pad[a] <= g.dil[a] * (g.k[a] - 1));
     if !as_forward {
         return bwd_input_col2vol(g, dy, w);
@@ -404,9 +417,6 @@ pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
         pad: [0, 1, 2].map(|a| g.dil[a] * (g.k[a] - 1) - g.pad[a]),
         dil: g.dil,
     };
-    if let Some(dx) = direct(&gt, dy, w, true) {
-        return dx;
-    }
     let (kvol, [k0, k1, k2]) = (g.kvol(), g.k);
     // wt[c, o, a, b, e] = w[o, c, k0-1-a, k1-1-b, k2-1-e]
     let mut wt = vec![T::zero(); w.len()];

@@ -1,17 +1,19 @@
-//! AVX-512 direct conv3d kernels: "same" stride-1 forward and input gradient, and the
-//! weight gradient of any geometry with output rows at least 16 wide.
+//! AVX-512 direct conv3d kernels: forward of nearly every geometry, input gradient of
+//! "same" stride-1 convolutions, weight gradient of any geometry with output rows at
+//! least 16 wide.
 //!
 //! Why it exists: R3D-18, R(2+1)D and C3D spend most of a training step in stride-1
-//! convolutions with "same" padding (3x3x3, 1x3x3, 3x1x1), forward and input gradient
-//! (which [`super::conv3d_cpu::bwd_input`] runs as such a convolution with the flipped
-//! kernel). On that geometry output position `l` of a sample reads input position
+//! convolutions with "same" padding (3x3x3, 1x3x3, 3x1x1), forward and input gradient.
+//! On that geometry output position `l` of a sample reads input position
 //! `l + delta(tap)` of every channel, so a 16-position vector of one tap is a single
 //! masked unaligned load straight from the input: no im2col/vol2col buffer, no
 //! packing, and the whole `C·taps` reduction of an 8-channel x 32-position output tile
-//! stays in 16 zmm registers. The weight gradient ([`bwd_weight`]) broadcasts from a
-//! zero-padded input instead. The blocked vol2col+gemm path reached 110-160 GFLOP/s on
-//! these layers; these kernels reach 175-210 of the machine's ~230
-//! (`experiments/perf-cpu.md`).
+//! stays in 16 zmm registers. A strided input is first split into its stride phases
+//! laid out on the output grid, which turns its taps into such offsets too. The
+//! input gradient is the same kernel on dY with negated offsets and the transposed
+//! weight. The weight gradient ([`bwd_weight`]) broadcasts from a zero-padded input
+//! instead. The blocked vol2col+gemm path reached 110-160 GFLOP/s on these layers;
+//! these kernels reach 175-210 of the machine's ~230 (`experiments/perf-cpu.md`).
 //!
 //! Lanes whose tap falls into padding (or past the sample's end) are masked off;
 //! AVX-512 masked loads do not touch masked-off lanes, so their addresses may lie
@@ -28,11 +30,6 @@ use super::conv3d::Geom;
 const MR: usize = 8;
 /// 16-lane vectors of output positions per register tile.
 const NV: usize = 2;
-
-/// Whether the direct kernel handles `g` on this machine (f32 callers only).
-pub(super) fn applies(g: &Geom) -> bool {
-    g.stride == [1; 3] && g.out == g.inp && enabled()
-}
 
 /// Whether [`bwd_weight`] handles `g` (any strides, padding, dilation): output rows
 /// shorter than 16 positions leave its register tile too little work per row
@@ -56,52 +53,62 @@ fn enabled() -> bool {
     })
 }
 
-/// The per-call tables of the geometry: input offset of each tap and, per 16-lane
-/// chunk of a sample, the lanes each tap may read.
+/// One tap of a convolution evaluated on a fixed output grid: where it reads relative
+/// to an output position, where that read is valid, and which weight it multiplies.
+#[derive(Clone, Copy)]
+struct Tap {
+    /// Offset of the tap's input plane within a channel (a phase of a strided input).
+    plane: usize,
+    /// Offset on each axis of the grid.
+    off: [isize; 3],
+    /// Valid input extent on each axis (reads at `pos + off` outside `0..ext` are padding).
+    ext: [usize; 3],
+    /// Index of the tap in the weight's flattened kernel.
+    kidx: usize,
+}
+
+/// The per-call tables of a tap list on a grid: input offset of each tap and, per
+/// 16-lane chunk of a sample, the lanes each tap may read.
 struct Taps {
-    /// Offset (in elements, within one channel plane) of tap `k` relative to `l`.
+    /// Offset (in elements, within one input channel) of tap `k` relative to `l`.
     delta: Vec<isize>,
     /// `mask[chunk * kvol + k]`: lanes of `chunk` whose tap `k` lies inside the input.
     mask: Vec<u16>,
     /// Lanes of `chunk` that exist (`l < L`).
     store: Vec<u16>,
+    /// Kernel index of each tap.
+    kidx: Vec<usize>,
+    /// Taps in the list.
     kvol: usize,
+    /// Taps of the whole weight kernel (the weight's per-channel extent).
+    wkvol: usize,
 }
 
 impl Taps {
-    fn new(g: &Geom) -> Self {
-        let [t, h, w] = g.inp;
-        let [k0, k1, k2] = g.k;
-        let kvol = k0 * k1 * k2;
+    fn new(grid: [usize; 3], taps: &[Tap], wkvol: usize) -> Self {
+        let [t, h, w] = grid;
+        let kvol = taps.len();
         let l = t * h * w;
         let chunks = l.div_ceil(16);
-        let off = |ax: usize, k: usize| (k * g.dil[ax]) as isize - g.pad[ax] as isize;
-        let mut delta = Vec::with_capacity(kvol);
-        for a in 0..k0 {
-            for b in 0..k1 {
-                for e in 0..k2 {
-                    delta.push((off(0, a) * h as isize + off(1, b)) * w as isize + off(2, e));
-                }
-            }
-        }
-        let inside = |v: isize, len: usize| v >= 0 && (v as usize) < len;
+        let delta = taps
+            .iter()
+            .map(|tp| {
+                tp.plane as isize + (tp.off[0] * h as isize + tp.off[1]) * w as isize + tp.off[2]
+            })
+            .collect();
+        let inside = |p: usize, off: isize, ext: usize| {
+            let v = p as isize + off;
+            v >= 0 && (v as usize) < ext
+        };
         let mut mask = vec![0u16; chunks * kvol];
         let mut store = vec![0u16; chunks];
         for pos in 0..l {
             let (ci, lane) = (pos / 16, pos % 16);
             store[ci] |= 1 << lane;
-            let (pt, ph, pw) = (pos / (h * w), (pos / w) % h, pos % w);
-            let mut k = 0;
-            for a in 0..k0 {
-                let ok_t = inside(pt as isize + off(0, a), t);
-                for b in 0..k1 {
-                    let ok_h = ok_t && inside(ph as isize + off(1, b), h);
-                    for e in 0..k2 {
-                        if ok_h && inside(pw as isize + off(2, e), w) {
-                            mask[ci * kvol + k] |= 1 << lane;
-                        }
-                        k += 1;
-                    }
+            let p = [pos / (h * w), (pos / w) % h, pos % w];
+            for (k, tp) in taps.iter().enumerate() {
+                if (0..3).all(|ax| inside(p[ax], tp.off[ax], tp.ext[ax])) {
+                    mask[ci * kvol + k] |= 1 << lane;
                 }
             }
         }
@@ -109,37 +116,213 @@ impl Taps {
             delta,
             mask,
             store,
+            kidx: taps.iter().map(|tp| tp.kidx).collect(),
             kvol,
+            wkvol,
         }
     }
 }
 
-/// `y = conv(x, w)` for a geometry where [`applies`] holds; `[N, O, T, H, W]`.
+/// Whether [`fwd`] handles `g`: every axis must satisfy `ceil(inp / stride) <= out`,
+/// so each stride phase of the input fits the output grid (all R3D-18 / R(2+1)D / C3D
+/// convolutions do, the strided ones and the stem included). Strided 1x1x1 shortcuts
+/// stay on the blocked path: splitting their input costs more than their one tap.
+pub(super) fn applies(g: &Geom) -> bool {
+    let phases_fit = (0..3).all(|ax| g.inp[ax].div_ceil(g.stride[ax]) <= g.out[ax]);
+    phases_fit && (same_grid(g) || g.kvol() > 1) && enabled()
+}
+
+/// Whether [`bwd_input`] handles `g`: "same" stride-1 convolutions. (Strided input
+/// gradients, one direct run per input phase, measured slower than col2vol.)
+pub(super) fn applies_input_grad(g: &Geom) -> bool {
+    same_grid(g) && enabled()
+}
+
+/// Stride 1 with the output grid equal to the input grid.
+fn same_grid(g: &Geom) -> bool {
+    g.stride == [1; 3] && g.out == g.inp
+}
+
+/// Kernel tap `(a, b, e)` of `g`: its stride phase on each axis and its offset on the
+/// output grid (input index `o·s + k·d - p = (o + off)·s + phase`).
+fn tap_geometry(g: &Geom, k: [usize; 3]) -> ([usize; 3], [isize; 3]) {
+    let mut phase = [0; 3];
+    let mut off = [0; 3];
+    for ax in 0..3 {
+        let v = (k[ax] * g.dil[ax]) as isize - g.pad[ax] as isize;
+        let s = g.stride[ax] as isize;
+        off[ax] = v.div_euclid(s);
+        phase[ax] = v.rem_euclid(s) as usize;
+    }
+    (phase, off)
+}
+
+/// The kernel taps of `g` in weight order, as `(a, b, e)`.
+fn kernel_taps(g: &Geom) -> Vec<[usize; 3]> {
+    let [k0, k1, k2] = g.k;
+    (0..k0 * k1 * k2)
+        .map(|k| [k / (k1 * k2), (k / k2) % k1, k % k2])
+        .collect()
+}
+
+/// Phases of a strided input (one for stride 1).
+fn phases(g: &Geom) -> usize {
+    g.stride.iter().product()
+}
+
+/// Flattened phase index.
+fn phase_index(g: &Geom, p: [usize; 3]) -> usize {
+    (p[0] * g.stride[1] + p[1]) * g.stride[2] + p[2]
+}
+
+/// Valid extent of phase `p` on each axis: the input positions `i ≡ p (mod s)`.
+fn phase_ext(g: &Geom, p: [usize; 3]) -> [usize; 3] {
+    std::array::from_fn(|ax| (g.inp[ax] - p[ax].min(g.inp[ax])).div_ceil(g.stride[ax]))
+}
+
+/// `y = conv(x, w)` for a geometry where [`applies`] holds; `[N, O, T', H', W']`.
 ///
-/// With `flipped`, `w` is the weight of the convolution whose input gradient this is
-/// (`[C, O, kvol]` in `g`'s terms) and is used transposed with all three kernel axes
-/// reversed; that reversal is the reversal of the flattened tap index.
-pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], flipped: bool) -> Vec<f32> {
-    let taps = Taps::new(g);
-    let (c, o, kvol, l) = (g.c, g.o, taps.kvol, g.l());
-    let obs = o.div_ceil(MR);
-    // Weights are read in place (deep layers have more weights than activations, so
-    // packing them would cost more than the convolution): element (o, c, k) sits at
-    // `o·rstride + c·cstride + kidx(k)`.
-    let (rstride, cstride) = if flipped {
-        (kvol, o * kvol)
+/// A strided input is first split into its stride phases, each laid out on the output
+/// grid (`[N, C, phases, T', H', W']`), which turns every tap into a fixed offset on
+/// that grid; "same" stride-1 convolutions read `x` as it is.
+pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let l = g.l();
+    let direct_grid = same_grid(g);
+    let np = if direct_grid { 1 } else { phases(g) };
+    let kvol = g.kvol();
+    let mut used = vec![false; np];
+    for k in kernel_taps(g) {
+        used[phase_index(g, tap_geometry(g, k).0)] = true;
+    }
+    let split;
+    let xin = if direct_grid {
+        x
     } else {
-        (c * kvol, kvol)
+        split = phase_split(g, x, &used);
+        &split[..]
     };
-    let kidx = |k: usize| if flipped { kvol - 1 - k } else { k };
+    let taps: Vec<Tap> = kernel_taps(g)
+        .into_iter()
+        .enumerate()
+        .map(|(kidx, k)| {
+            let (phase, off) = tap_geometry(g, k);
+            let (plane, ext) = if direct_grid {
+                (0, g.inp)
+            } else {
+                (phase_index(g, phase) * l, phase_ext(g, phase))
+            };
+            Tap {
+                plane,
+                off,
+                ext,
+                kidx,
+            }
+        })
+        .collect();
+    let taps = Taps::new(g.out, &taps, kvol);
+    let xs = Strides {
+        channel: np * l,
+        sample: g.c * np * l,
+    };
+    // Weight (o, c, k) at o·C·kvol + c·kvol + k.
+    let ws = Strides {
+        channel: kvol,
+        sample: g.c * kvol,
+    };
+    run(g.n, l, &taps, xin, xs, g.c, w, ws, g.o)
+}
+
+/// `dx` (`[N, C, T, H, W]`) for a geometry where [`applies_input_grad`] holds: a
+/// convolution of `dY` with every tap's offset negated and the weight transposed.
+pub(super) fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (l, kvol) = (g.l(), g.kvol());
+    let list: Vec<Tap> = kernel_taps(g)
+        .into_iter()
+        .enumerate()
+        .map(|(kidx, k)| Tap {
+            plane: 0,
+            off: tap_geometry(g, k).1.map(|v| -v),
+            ext: g.out,
+            kidx,
+        })
+        .collect();
+    let taps = Taps::new(g.inp, &list, kvol);
+    // Weight (o, c, k) as (row c, channel o): rows kvol apart, channels C·kvol apart.
+    let ws = Strides {
+        channel: g.c * kvol,
+        sample: kvol,
+    };
+    let ys = Strides {
+        channel: l,
+        sample: g.o * l,
+    };
+    run(g.n, l, &taps, dy, ys, g.o, w, ws, g.c)
+}
+
+/// Element strides of a tensor read by [`run`]: between channels, between samples (for
+/// weights: between reduction channels, between output rows).
+#[derive(Clone, Copy)]
+struct Strides {
+    channel: usize,
+    sample: usize,
+}
+
+/// `x` split into the stride phases `used` on the output grid, `[N, C, phases, T', H',
+/// W']` (other phases and slots past a phase's extent are zero and never read).
+fn phase_split(g: &Geom, x: &[f32], used: &[bool]) -> Vec<f32> {
+    let (l, lin, np) = (g.l(), g.lin(), phases(g));
+    let [t, h, w] = g.inp;
+    let [_, oh, ow] = g.out;
+    let [s0, s1, s2] = g.stride;
+    let mut out = vec![0f32; g.n * g.c * np * l];
+    out.par_chunks_mut(np * l)
+        .enumerate()
+        .for_each(|(nc, dst)| {
+            let src = &x[nc * lin..][..lin];
+            for ti in 0..t {
+                for hi in 0..h {
+                    let row = &src[(ti * h + hi) * w..][..w];
+                    let base = ((ti / s0) * oh + hi / s1) * ow;
+                    for p2 in 0..s2 {
+                        let p = ((ti % s0) * s1 + hi % s1) * s2 + p2;
+                        if !used[p] {
+                            continue;
+                        }
+                        let d = &mut dst[p * l + base..][..ow];
+                        for (d, v) in d.iter_mut().zip(row[p2..].iter().step_by(s2)) {
+                            *d = *v;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `y[n, o, l] = Σ_c Σ_taps w(o, c, kidx) · x[n, c, l + delta]` on a grid of `l`
+/// positions per sample, `o` output rows; `[N, rows, L]`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    n: usize,
+    l: usize,
+    taps: &Taps,
+    x: &[f32],
+    xs: Strides,
+    c: usize,
+    w: &[f32],
+    ws: Strides,
+    o: usize,
+) -> Vec<f32> {
+    let kvol = taps.kvol;
+    let obs = o.div_ceil(MR);
     let cps = l.div_ceil(16);
-    let chunks = g.n * cps;
+    let chunks = n * cps;
     let groups = chunks.div_ceil(NV);
     // Enough tasks for both cores even when the maps are tiny (deep layers): split
     // the output channels too.
     let threads = rayon::current_num_threads().max(1);
     let osplit = (16 * threads).div_ceil(groups).clamp(1, obs);
-    let mut y = vec![0f32; g.n * o * l];
+    let mut y = vec![0f32; n * o * l];
     let yp = SyncPtr(y.as_mut_ptr());
     (0..groups * osplit).into_par_iter().for_each(|task| {
         let (grp, part) = (task / osplit, task % osplit);
@@ -148,9 +331,9 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], flipped: bool) -> Vec<f32> {
         let nv = NV.min(chunks - first);
         let mut tile = Tile::default();
         for v in 0..nv {
-            let (n, ci) = ((first + v) / cps, (first + v) % cps);
-            tile.x_off[v] = (n * c * l + ci * 16) as isize;
-            tile.y_off[v] = n * o * l + ci * 16;
+            let (ni, ci) = ((first + v) / cps, (first + v) % cps);
+            tile.x_off[v] = (ni * xs.sample + ci * 16) as isize;
+            tile.y_off[v] = ni * o * l + ci * 16;
             tile.mask_row[v] = ci * kvol;
             tile.store[v] = taps.store[ci];
         }
@@ -160,21 +343,26 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], flipped: bool) -> Vec<f32> {
         tile.active.extend(
             (0..kvol)
                 .filter(|&k| (0..nv).any(|v| taps.mask[tile.mask_row[v] + k] != 0))
-                .map(|k| (k, kidx(k))),
+                .map(|k| (k, taps.kidx[k])),
         );
         for ob in ob0..ob1 {
             let rows = MR.min(o - ob * MR);
             // Rows past O reuse row 0 (results discarded).
-            let wrow: [usize; MR] =
-                std::array::from_fn(|r| if r < rows { (ob * MR + r) * rstride } else { 0 });
+            let wrow: [usize; MR] = std::array::from_fn(|r| {
+                if r < rows {
+                    (ob * MR + r) * ws.sample
+                } else {
+                    0
+                }
+            });
             // SAFETY: loads are masked to lanes inside `x` (see `Taps`), weight reads
             // are in bounds by the strides above, stores are masked to this task's
             // disjoint output tile.
             unsafe {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let args = (x, w, &wrow, cstride, &taps, &tile);
-                    let out = (c, l, rows, ob * MR, yp.get());
+                    let args = (x, w, &wrow, ws.channel, taps, &tile);
+                    let out = (c, xs.channel, l, rows, ob * MR, yp.get());
                     match nv {
                         2 => avx512::tile::<2>(args, out),
                         _ => avx512::tile::<1>(args, out),
@@ -358,9 +546,9 @@ type TileIn<'a> = (
     &'a Taps,
     &'a Tile,
 );
-/// Shape and destination of one forward tile run: input channels, positions per
-/// sample, output rows that exist, first output channel, output.
-type TileOut = (usize, usize, usize, usize, *mut f32);
+/// Shape and destination of one forward tile run: input channels, input channel
+/// stride, positions per sample, output rows that exist, first output row, output.
+type TileOut = (usize, usize, usize, usize, usize, *mut f32);
 
 /// Arguments of one weight-gradient tile run: padded input, the tile's tap offsets,
 /// the block's row segments, the W stride, `dYᵀ` at the tile's first channel, `dYᵀ` row stride,
@@ -389,7 +577,7 @@ struct Tile {
     /// Lanes of the vector that exist.
     store: [u16; NV],
     /// Taps some lane of the tile reads inside the input, with their index in the
-    /// weight's kernel (reversed for the input gradient).
+    /// weight's kernel.
     active: Vec<(usize, usize)>,
 }
 
@@ -424,14 +612,14 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile<const V: usize>(
         (x, w, wrow, cstride, taps, t): TileIn,
-        (c, l, rows, o0, y): TileOut,
+        (c, xcs, l, rows, o0, y): TileOut,
     ) {
-        let kvol = taps.kvol;
+        let wkvol = taps.wkvol;
         let xb = x.as_ptr();
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         let wr: [*const f32; MR] = std::array::from_fn(|r| w.as_ptr().add(wrow[r]));
         for ci in 0..c {
-            let plane = (ci * l) as isize;
+            let plane = (ci * xcs) as isize;
             let wc = ci * cstride;
             // The input gradient's weight rows are `O·kvol` apart per channel, a stride
             // the hardware prefetcher does not follow: fetch two channels ahead.
@@ -439,7 +627,7 @@ mod avx512 {
             for r in 0..MR {
                 let p = wr[r].wrapping_add(ahead);
                 _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(kvol - 1) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(wkvol - 1) as *const i8);
             }
             for &(k, ki) in &t.active {
                 let wk = wc + ki;
