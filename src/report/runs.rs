@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::eval::metrics::mean_std;
+use crate::eval::numeric_leaves;
 use crate::sweep::PointInfo;
 use crate::{Error, Result};
 
@@ -27,24 +28,6 @@ pub struct RunData {
     pub losses: Vec<(u64, f64)>,
     /// Pretraining finished (`model.safetensors` exists).
     pub trained: bool,
-}
-
-/// Numeric leaves of a JSON object as dotted keys (arrays such as the confusion
-/// matrix and fine-tuning history are skipped).
-fn leaves(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, f64>) {
-    match v {
-        serde_json::Value::Number(n) => {
-            if let Some(x) = n.as_f64() {
-                out.insert(prefix.to_string(), x);
-            }
-        }
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                leaves(v, &format!("{prefix}.{k}"), out);
-            }
-        }
-        _ => {}
-    }
 }
 
 fn is_run_dir(p: &Path) -> bool {
@@ -96,7 +79,7 @@ impl RunData {
                 .map_err(|e| Error::BadInput(format!("{}: {e}", f.display())))?;
             let body = json.get("metrics").or_else(|| json.get("mean"));
             if let Some(b) = body {
-                leaves(b, &stem, &mut metrics);
+                numeric_leaves(b, &stem, &mut metrics);
             }
         }
         let mut losses = Vec::new();

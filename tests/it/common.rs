@@ -88,11 +88,11 @@ pub fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
         .0
 }
 
-/// `vssl train RECIPE --out OUT --device cpu EXTRA...`.
-pub fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+/// `vssl SUB FILE --out OUT --device cpu EXTRA...`.
+pub fn vssl_file_out(sub: &str, file: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
-        "train",
-        recipe.to_str().unwrap(),
+        sub,
+        file.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--device",
@@ -100,6 +100,11 @@ pub fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output 
     ];
     args.extend_from_slice(extra);
     run(&mut vssl(&args))
+}
+
+/// `vssl train RECIPE --out OUT --device cpu EXTRA...`.
+pub fn train(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    vssl_file_out("train", recipe, out, extra)
 }
 
 /// Same names, and every tensor equal bit for bit.

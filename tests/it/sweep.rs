@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, vssl};
+use super::common::{self, assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, vssl};
 
 /// A sweep file `sweep.toml` beside a tiny recipe `tiny.toml` in `dir`.
 fn sweep_file(dir: &Path, body: &str) -> PathBuf {
@@ -17,16 +17,7 @@ fn sweep_file(dir: &Path, body: &str) -> PathBuf {
 }
 
 fn sweep_cmd(file: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "sweep",
-        file.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    args.extend_from_slice(extra);
-    run(&mut vssl(&args))
+    common::vssl_file_out("sweep", file, out, extra)
 }
 
 fn value(p: &vssl::sweep::Point, key: &str) -> Option<String> {
