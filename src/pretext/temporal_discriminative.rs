@@ -25,14 +25,14 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
 
 use super::heads::Linear;
 use super::{Batch, ClipSpec, Pretext, Sampling, StepOutput};
 use crate::backbone::{self, Backbone};
 use crate::data::sampler::triplet_starts;
-use crate::loss::{info_nce_queue, triplet_margin};
+use crate::loss::{info_nce_queue, l2_normalize, triplet_margin};
 use crate::nn::{mix, VarStore};
 use crate::recipe::{BackboneCfg, TemporalDiscriminativeCfg};
 use crate::{Error, Result};
@@ -120,16 +120,6 @@ fn copy_store(target: &VarStore, source: &VarStore) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Rows scaled to unit L2 norm (norm floored at 1e-12, as `F.normalize`).
-fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
-    Ok(x.broadcast_div(&norm)?)
 }
 
 /// `n` seeded random unit vectors of width `d` (the memory bank's initial keys).
