@@ -32,9 +32,8 @@ use candle_core::{DType, Device, Tensor};
 use super::import::{
     arch_name, classifier_prefix, resolve_backbone, spec_from_metadata, BackboneArgs, BackboneSpec,
 };
-use super::Backbone;
+use super::{Arch, Backbone};
 use crate::data::Video;
-use crate::recipe::Arch;
 use crate::train::checkpoint::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
 

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::backbone::{self, Backbone};
+use crate::backbone::{self, Arch, Backbone, BackboneCfg};
 use crate::nn::{LoadReport, VarStore};
-use crate::recipe::{self, Arch, BackboneCfg, RecipeSource};
+use crate::recipe::{self, RecipeSource};
 use crate::train::checkpoint::write_safetensors_atomic;
 use crate::{Error, Result};
 

@@ -12,6 +12,7 @@
 //! [`Backbone::classify`] the optional classifier (`backbone.num_classes`).
 
 pub mod c3d;
+pub mod config;
 pub mod extract;
 pub mod import;
 pub mod norm;
@@ -20,10 +21,10 @@ pub mod video_resnet;
 use candle_core::Tensor;
 
 use crate::nn::VarStore;
-use crate::recipe::{Arch, BackboneCfg, NormKind};
 use crate::Result;
 
 pub use c3d::C3d;
+pub use config::{Arch, BackboneCfg, NormKind};
 pub use norm::NormSpec;
 pub use video_resnet::{ConvBuilder, StemKind, VideoResNet, VideoResNetConfig};
 

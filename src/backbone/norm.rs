@@ -13,10 +13,10 @@
 
 use candle_core::Tensor;
 
+use super::NormKind;
 use crate::nn::VarStore;
 use crate::ops::batch_norm3d::BatchNorm3d;
 use crate::ops::tgn::TemporalGroupNorm;
-use crate::recipe::NormKind;
 use crate::Result;
 
 /// Which normalisation to build, and TGN's group counts per slot.

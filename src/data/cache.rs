@@ -27,9 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use build::{build, refresh, BuildSummary, Refresh};
 
 use crate::data::datasets::VideoDataset;
-use crate::data::{Split, Video};
+use crate::data::{DataCfg, Split, Video};
 use crate::nn::hash_str;
-use crate::recipe::DataCfg;
 use crate::{Error, Result};
 
 /// Name of the index inside a cache directory.

@@ -5,8 +5,7 @@
 
 use crate::data::files::FileDataset;
 use crate::data::synthetic::Synthetic;
-use crate::data::{Split, Video};
-use crate::recipe::{DataCfg, DataKind};
+use crate::data::{DataCfg, DataKind, Split, Video};
 use crate::Result;
 
 /// A labelled (or unlabelled) collection of videos with train/test splits.

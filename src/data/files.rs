@@ -9,8 +9,7 @@ use std::path::PathBuf;
 
 use crate::data::datasets::VideoDataset;
 use crate::data::splits::{self, Listing};
-use crate::data::{Split, Video};
-use crate::recipe::{DataCfg, DataKind};
+use crate::data::{DataCfg, DataKind, Split, Video};
 use crate::{Error, Result};
 
 /// A dataset of video files on disk.

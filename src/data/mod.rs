@@ -6,6 +6,7 @@ pub mod bad_videos;
 #[cfg(feature = "video")]
 pub mod bench;
 pub mod cache;
+pub mod config;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;
@@ -16,6 +17,8 @@ pub mod loader;
 pub mod sampler;
 pub mod splits;
 pub mod synthetic;
+
+pub use config::{DataCfg, DataKind};
 
 /// A decoded (or generated) video held in memory: RGB bytes laid out `[T, H, W, 3]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,12 +5,13 @@
 
 use candle_core::{Device, Tensor};
 
+use super::Pooling;
 use crate::backbone::Backbone;
 use crate::data::augment::Normalize;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::eval_clips;
 use crate::data::Split;
-use crate::recipe::{Pooling, Recipe};
+use crate::recipe::Recipe;
 use crate::{Error, Result};
 
 /// Clip features of one split.

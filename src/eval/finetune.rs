@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::features::{map_split, pool};
 use super::metrics::{top_k, video_probs};
+use super::Pooling;
 use crate::backbone::Backbone;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::{BatchPlan, Loader};
@@ -22,7 +23,7 @@ use crate::loss::cross_entropy;
 use crate::nn::{hash_str, mix, VarStore};
 use crate::pretext::heads::{dropout, Linear};
 use crate::pretext::ClipSpec;
-use crate::recipe::{Pooling, Recipe};
+use crate::recipe::Recipe;
 use crate::train::checkpoint::{read_safetensors, write_safetensors_atomic};
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use crate::train::schedule::Schedule;

@@ -8,10 +8,9 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::metrics::{top_k, video_probs};
-use super::Features;
+use super::{EvalCfg, Features};
 use crate::loss::cross_entropy;
 use crate::nn::{Init, VarStore};
-use crate::recipe::EvalCfg;
 use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::Result;
 

@@ -4,6 +4,7 @@
 //! and retrieval share one feature extraction; `--splits 1,2,3` repeats a protocol
 //! on each official split and reports mean and standard deviation.
 
+pub mod config;
 pub mod features;
 pub mod finetune;
 pub mod linear;
@@ -21,6 +22,7 @@ use crate::recipe::{self, Recipe, RecipeSource};
 use crate::train::checkpoint::read_safetensors;
 use crate::{registry, Error, Result};
 
+pub use config::{EvalCfg, Pooling};
 pub use features::{extract, Features};
 
 /// Downstream protocols.

@@ -2,7 +2,10 @@
 //! learning-rate schedules and atomic safetensors checkpoints.
 
 pub mod checkpoint;
+pub mod config;
 pub mod optim;
 pub mod schedule;
 mod sgd_cpu;
 pub mod trainer;
+
+pub use config::TrainCfg;

@@ -9,8 +9,7 @@ use rayon::prelude::*;
 
 use super::{check, config_hash, Entry, Index, SourceKey, Status, CHUNK, FORMAT, FRAMES, INDEX};
 use crate::data::datasets::VideoDataset;
-use crate::data::{Split, Video};
-use crate::recipe::DataCfg;
+use crate::data::{DataCfg, Split, Video};
 use crate::{Error, Result};
 
 /// What a build wrote.

@@ -1,0 +1,124 @@
+//! The `[train]` recipe section: optimiser, schedule, length, checkpoints, seed. It
+//! lives beside the trainer it configures (with the optimiser and schedule kinds it
+//! names) so `train` needs nothing from the recipe layer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{check, Invalid};
+use crate::train::optim::OptimizerKind;
+use crate::train::schedule::ScheduleKind;
+
+/// `[train]`: optimiser, schedule, length, checkpoints, seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainCfg {
+    pub seed: u64,
+    /// Videos per batch (methods may turn one video into several clips).
+    pub batch_size: usize,
+    /// Optimiser steps; if `epochs` is set, steps = epochs * ceil(videos / batch_size).
+    pub steps: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u64>,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Step schedule: decay points as fractions of the run (e.g. [0.5, 0.75]).
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    pub min_lr: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub grad_clip: f64,
+    /// Save a resumable checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept on disk (oldest deleted first).
+    pub keep_checkpoints: usize,
+    /// Write a metrics.jsonl line every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainCfg {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            batch_size: 16,
+            steps: 200,
+            epochs: None,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            milestones: vec![0.5, 0.75],
+            gamma: 0.1,
+            min_lr: 0.0,
+            grad_clip: 40.0,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            log_every: 10,
+        }
+    }
+}
+
+impl TrainCfg {
+    /// Range checks of `[train]`; on failure returns `(key, message)` with the key
+    /// relative to the table (`lr`); messages name other keys by their `train.` path.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        let t = self;
+        check(t.batch_size >= 1, "batch_size", || {
+            "must be at least 1, got 0".into()
+        })?;
+        check(t.lr.is_finite() && t.lr > 0.0, "lr", || {
+            format!("must be > 0, got {}", t.lr)
+        })?;
+        check(t.steps >= 1 || t.epochs.is_some(), "steps", || {
+            "must be at least 1".into()
+        })?;
+        if let Some(e) = t.epochs {
+            check(e >= 1, "epochs", || "must be at least 1".into())?;
+        }
+        check((0.0..1.0).contains(&t.momentum), "momentum", || {
+            format!("must be in [0, 1), got {}", t.momentum)
+        })?;
+        check(!t.nesterov || t.momentum > 0.0, "nesterov", || {
+            "needs train.momentum > 0".into()
+        })?;
+        check(t.weight_decay >= 0.0, "weight_decay", || {
+            format!("must be >= 0, got {}", t.weight_decay)
+        })?;
+        for (i, b) in t.betas.iter().enumerate() {
+            check((0.0..1.0).contains(b), "betas", || {
+                format!("entry {i} must be in [0, 1), got {b}")
+            })?;
+        }
+        check(t.eps > 0.0, "eps", || "must be > 0".into())?;
+        check(t.gamma > 0.0, "gamma", || "must be > 0".into())?;
+        check(t.min_lr >= 0.0 && t.min_lr <= t.lr, "min_lr", || {
+            "must be in [0, train.lr]".into()
+        })?;
+        for m in &t.milestones {
+            check((0.0..=1.0).contains(m), "milestones", || {
+                format!("fractions in [0, 1], got {m}")
+            })?;
+        }
+        check(t.grad_clip >= 0.0, "grad_clip", || {
+            "must be >= 0 (0 disables)".into()
+        })?;
+        check(t.log_every >= 1, "log_every", || {
+            "must be at least 1".into()
+        })?;
+        check(t.keep_checkpoints >= 1, "keep_checkpoints", || {
+            "must be at least 1".into()
+        })?;
+        Ok(())
+    }
+}
