@@ -8,14 +8,14 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
+use vssl::app::eval::EvalOptions;
+use vssl::app::train::{self as trainer, TrainOptions};
 use vssl::backbone::extract::{self, ExtractOptions};
 use vssl::backbone::import::{self, BackboneArgs, ImportOptions};
-use vssl::app::eval::EvalOptions;
 use vssl::eval::{EvalTarget, Protocol};
 use vssl::recipe::{self, RecipeSource};
 use vssl::report::{CompareOptions, GroupBy};
 use vssl::sweep::local::{self, LocalOptions, Status};
-use vssl::app::train::{self as trainer, TrainOptions};
 
 #[derive(Parser)]
 #[command(

@@ -204,11 +204,20 @@ mod tests {
             r.checkpoint(12),
             Path::new("/w/run/checkpoints/step-00000012.safetensors")
         );
-        assert_eq!(r.eval_file("knn-random"), Path::new("/w/run/eval/knn-random.json"));
+        assert_eq!(
+            r.eval_file("knn-random"),
+            Path::new("/w/run/eval/knn-random.json")
+        );
         let ft = r.finetune("finetune");
         assert_eq!(ft.path(), Path::new("/w/run/eval/finetune"));
-        assert_eq!(ft.best(), Path::new("/w/run/eval/finetune/best.safetensors"));
-        assert_eq!(ft.last(), Path::new("/w/run/eval/finetune/last.safetensors"));
+        assert_eq!(
+            ft.best(),
+            Path::new("/w/run/eval/finetune/best.safetensors")
+        );
+        assert_eq!(
+            ft.last(),
+            Path::new("/w/run/eval/finetune/last.safetensors")
+        );
         assert_eq!(
             temp_sibling(&r.metrics()),
             Path::new("/w/run/metrics.jsonl.tmp")

@@ -5,12 +5,12 @@
 
 use candle_core::{Device, Tensor};
 
+use super::EvalSetup;
 use crate::backbone::Backbone;
 use crate::data::augment::Normalize;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::eval_clips;
 use crate::data::Split;
-use super::EvalSetup;
 use crate::recipe::Pooling;
 use crate::{Error, Result};
 

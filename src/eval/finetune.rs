@@ -173,7 +173,10 @@ impl Objective for Finetuner<'_> {
             &self.device,
             epoch,
         )?;
-        tracing::info!("epoch {epoch}: loss {loss:.4}, video top-1 {:.4}", scores.top1);
+        tracing::info!(
+            "epoch {epoch}: loss {loss:.4}, video top-1 {:.4}",
+            scores.top1
+        );
         let best = self
             .history
             .iter()

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::run_dir::{self, RunDir};
 use crate::eval::metrics::mean_std;
 use crate::eval::numeric_leaves;
+use crate::run_dir::{self, RunDir};
 use crate::sweep::PointInfo;
 use crate::{Error, Result};
 

@@ -103,7 +103,11 @@ impl ParamGroup {
 /// The single backward + optimiser step: gradients of `loss`, their global norm
 /// clipped to `clip` over every group's parameters (0 disables; returns the
 /// pre-clip norm when clipping), then each `(optimizer, lr)` steps.
-pub fn update(loss: &Tensor, groups: &mut [(&mut Optimizer, f64)], clip: f64) -> Result<Option<f64>> {
+pub fn update(
+    loss: &Tensor,
+    groups: &mut [(&mut Optimizer, f64)],
+    clip: f64,
+) -> Result<Option<f64>> {
     let mut grads = loss.backward()?;
     let norm = if clip > 0.0 {
         let norm = match groups {
@@ -309,7 +313,10 @@ fn save_checkpoint(
     meta.extend(obj.metadata()?);
     write_safetensors_atomic(&run.checkpoint(step), &tensors, &meta)?;
     let all = run.checkpoints();
-    for (_, old) in all.iter().take(all.len().saturating_sub(cfg.keep_checkpoints)) {
+    for (_, old) in all
+        .iter()
+        .take(all.len().saturating_sub(cfg.keep_checkpoints))
+    {
         let _ = std::fs::remove_file(old);
     }
     Ok(())
