@@ -158,11 +158,11 @@ impl Objective for Finetuner<'_> {
     /// At the end of every `test_every`-th epoch (and of the run): test, and keep
     /// the best weights.
     fn after_update(&mut self, done: u64, loss: f64) -> Result<()> {
-        if !(done % self.steps_per_epoch == 0 || done == self.total) {
+        if !(done.is_multiple_of(self.steps_per_epoch) || done == self.total) {
             return Ok(());
         }
         let epoch = done.div_ceil(self.steps_per_epoch);
-        if !(epoch % self.setup.eval.test_every == 0 || done == self.total) {
+        if !(epoch.is_multiple_of(self.setup.eval.test_every) || done == self.total) {
             return Ok(());
         }
         let scores = test(

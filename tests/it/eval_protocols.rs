@@ -7,7 +7,10 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use vssl::eval::metrics::{mean_std, top_k, video_probs};
 
-use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, train, vssl};
+use super::common::{
+    assert_bit_identical, require_crash_hook, run, stderr, stdout, tensors, tiny_recipe, train,
+    vssl,
+};
 
 #[test]
 fn video_level_scores_average_clip_softmax() {
@@ -160,10 +163,7 @@ fn random_init_is_the_pretraining_initialisation() {
 
 #[test]
 fn finetune_resumes_bit_identically_after_a_crash() {
-    assert!(
-        cfg!(feature = "crash-hook"),
-        "this test needs the crash-injection hook: run it with `cargo test --release --features crash-hook` (tools/test.sh does)"
-    );
+    require_crash_hook();
     let d = tempfile::tempdir().unwrap();
     let out = trained_run(d.path());
     let args = [

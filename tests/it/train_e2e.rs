@@ -7,8 +7,8 @@ use candle_core::Device;
 use vssl::train::checkpoint::read_safetensors;
 
 use super::common::{
-    assert_bit_identical, metric_column, run, stderr, stdout, straight_and_resumed, tensors,
-    tiny_recipe, train, vssl,
+    assert_bit_identical, metric_column, require_crash_hook, run, stderr, stdout,
+    straight_and_resumed, tensors, tiny_recipe, train, vssl,
 };
 
 #[test]
@@ -69,10 +69,7 @@ fn resume_without_checkpoint_is_bad_input() {
 
 #[test]
 fn sigkill_during_checkpoint_write_keeps_previous_checkpoint() {
-    assert!(
-        cfg!(feature = "crash-hook"),
-        "this test needs the crash-injection hook: run it with `cargo test --release --features crash-hook` (tools/test.sh does)"
-    );
+    require_crash_hook();
     // The process SIGKILLs itself halfway through its 3rd atomic write (the checkpoint
     // of step 3, after those of steps 1 and 2), as a crash at that moment would.
     let d = tempfile::tempdir().unwrap();
