@@ -266,6 +266,12 @@ pub fn finetune(
     });
 
     let n = ds.len(Split::Train);
+    if n == 0 || e.finetune_batch_size == 0 {
+        return Err(Error::BadInput(format!(
+            "fine-tuning needs training videos ({n}) and eval.finetune_batch_size >= 1 ({})",
+            e.finetune_batch_size
+        )));
+    }
     let steps_per_epoch = (n as u64).div_ceil(e.finetune_batch_size as u64);
     let total = e.finetune_epochs * steps_per_epoch;
     // Base rate 1: each group's rate is its own lr times this factor.

@@ -199,6 +199,12 @@ pub fn run(
     run: &RunDir,
     device: &Device,
 ) -> Result<LoopSummary> {
+    if cfg.batch_size == 0 || cfg.log_every == 0 {
+        return Err(Error::BadInput(format!(
+            "training loop: batch_size ({}) and log_every ({}) must be >= 1",
+            cfg.batch_size, cfg.log_every
+        )));
+    }
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
     run.remove_stale_temp_files();
     let mut start = 0u64;

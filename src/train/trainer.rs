@@ -165,6 +165,9 @@ pub fn fit(
     run: &RunDir,
     device: &Device,
 ) -> Result<TrainSummary> {
+    if t.batch_size == 0 {
+        return Err(Error::BadInput("train.batch_size must be >= 1".into()));
+    }
     let existing = run.checkpoints();
     if !opts.resume && (run.model().exists() || !existing.is_empty()) {
         return Err(Error::BadInput(format!(
