@@ -32,11 +32,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         device,
     )?;
     let fit_opts = FitOptions {
-        loader: LoaderConfig {
-            size: recipe.data.size,
-            augment: recipe.data.augment.clone(),
-            workers: recipe.data.workers,
-        },
+        loader: LoaderConfig::from(&recipe.data),
         resume: opts.resume,
         stop_after: opts.stop_after,
         recipe: Some(recipe.to_toml()),

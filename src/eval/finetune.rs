@@ -298,11 +298,7 @@ pub fn finetune(
         e.lr
     );
     let cfg = LoopConfig {
-        loader: LoaderConfig {
-            size: setup.data.size,
-            augment: setup.data.augment.clone(),
-            workers: setup.data.workers,
-        },
+        loader: LoaderConfig::from(setup.data),
         batch_size: e.finetune_batch_size,
         seed,
         total,

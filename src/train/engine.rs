@@ -24,6 +24,7 @@ use crate::data::bad_videos::BadVideos;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::{BatchPlan, HostBatch, Loader};
 use crate::pretext::{ClipSpec, StepOutput};
+use crate::recipe::DataCfg;
 use crate::run_dir::{temp_sibling, RunDir};
 use crate::{Error, Result};
 
@@ -138,6 +139,17 @@ pub struct LoaderConfig {
     pub augment: AugmentCfg,
     /// Decoding threads.
     pub workers: usize,
+}
+
+impl From<&DataCfg> for LoaderConfig {
+    /// The geometry a `[data]` table gives its batches.
+    fn from(d: &DataCfg) -> Self {
+        Self {
+            size: d.size,
+            augment: d.augment.clone(),
+            workers: d.workers,
+        }
+    }
 }
 
 /// How the loop runs.

@@ -250,11 +250,7 @@ fn fit_runs_a_caller_built_method_and_resumes_exactly() {
         )
         .unwrap();
         let opts = FitOptions {
-            loader: LoaderConfig {
-                size: r.data.size,
-                augment: r.data.augment.clone(),
-                workers: r.data.workers,
-            },
+            loader: LoaderConfig::from(&r.data),
             resume,
             stop_after,
             recipe: None,
