@@ -3,6 +3,11 @@
 //! retrieval recall@k, and full fine-tuning with video-level testing. Linear probe
 //! and retrieval share one feature extraction; `--splits 1,2,3` repeats a protocol
 //! on each official split and reports mean and standard deviation.
+//!
+//! The protocols take an [`EvalSetup`] (the `[eval]` and `[data]` tables and the run
+//! seed), a built backbone and a dataset; reading a run directory's recipe and
+//! building those through the registry is the application layer's job
+//! (`app::eval`).
 
 pub mod features;
 pub mod finetune;
