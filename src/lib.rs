@@ -5,7 +5,7 @@
 //! method and writes safetensors into a run directory; the [`eval`] protocols
 //! measure the learned backbone downstream.
 //!
-//! Run directory layout (`weights/<run>/`):
+//! Run directory layout (`weights/<run>/`, spelled once in [`run_dir`]):
 //! - `recipe.resolved.toml`: the fully resolved recipe;
 //! - `model.safetensors`: backbone (torchvision names) + method heads (`pretext.*`),
 //!   metadata `format = "pt"`, `recipe` (resolved TOML), `step`, `vssl_version`;
@@ -17,6 +17,7 @@
 //! [`sweep`] expands one sweep file into many such runs (locally or as a Slurm job
 //! array) and [`report`] compares them in tables and plots.
 
+pub mod app;
 pub mod backbone;
 pub mod bench;
 pub mod data;
@@ -29,6 +30,7 @@ pub mod pretext;
 pub mod recipe;
 pub mod registry;
 pub mod report;
+pub mod run_dir;
 pub mod sweep;
 pub mod train;
 

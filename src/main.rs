@@ -8,13 +8,14 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
+use vssl::app::eval::EvalOptions;
+use vssl::app::train::{self as trainer, TrainOptions};
 use vssl::backbone::extract::{self, ExtractOptions};
 use vssl::backbone::import::{self, BackboneArgs, ImportOptions};
-use vssl::eval::{EvalOptions, EvalTarget, Protocol};
+use vssl::eval::{EvalTarget, Protocol};
 use vssl::recipe::{self, RecipeSource};
 use vssl::report::{CompareOptions, GroupBy};
 use vssl::sweep::local::{self, LocalOptions, Status};
-use vssl::train::trainer::{self, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -529,7 +530,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 splits,
                 resume,
             };
-            for json in vssl::eval::evaluate(&target, &opts, &dev)? {
+            for json in vssl::app::eval::evaluate(&target, &opts, &dev)? {
                 println!("{json}");
             }
         }

@@ -11,7 +11,7 @@ use crate::data::cache::CachedDataset;
 use crate::data::datasets::{self, VideoDataset};
 use crate::nn::{hash_str, mix, VarStore};
 use crate::pretext::{Pretext, RotationPrediction, SpeedSort, Tclr, Vtdl};
-use crate::recipe::{DataCfg, MethodCfg, Recipe};
+use crate::recipe::{BackboneCfg, DataCfg, MethodCfg};
 use crate::Result;
 
 /// Seed of the backbone's parameter initialisation for a run seed.
@@ -19,18 +19,9 @@ pub fn backbone_seed(seed: u64) -> u64 {
     mix(seed ^ hash_str("backbone"))
 }
 
-/// The dataset a recipe names.
-pub fn dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
-    open_data(&recipe.data)
-}
-
-/// The dataset the downstream protocols use (`[eval.data]`, else `[data]`).
-pub fn eval_dataset(recipe: &Recipe) -> Result<Arc<dyn VideoDataset>> {
-    open_data(recipe.eval_data())
-}
-
-/// A `[data]` table's dataset, reading frames from its `cache` when one is set.
-fn open_data(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
+/// A `[data]` table's dataset, reading frames from its `cache` when one is set
+/// (evaluation: `registry::dataset(recipe.eval_data())`).
+pub fn dataset(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
     let ds: Arc<dyn VideoDataset> = Arc::from(datasets::build(cfg)?);
     Ok(match &cfg.cache {
         None => ds,
@@ -38,34 +29,38 @@ fn open_data(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
     })
 }
 
-/// A freshly initialised backbone for a recipe (also the random-init baseline).
-pub fn backbone(recipe: &Recipe, device: &Device) -> Result<Box<dyn Backbone>> {
-    let vs = VarStore::new(device, backbone_seed(recipe.train.seed));
-    backbone::build(&recipe.backbone, &vs, recipe.data.frames)
+/// A freshly initialised backbone for a run seed (also the random-init baseline).
+pub fn backbone(
+    cfg: &BackboneCfg,
+    frames: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Box<dyn Backbone>> {
+    let vs = VarStore::new(device, backbone_seed(seed));
+    backbone::build(cfg, &vs, frames)
 }
 
-/// The pretext method a recipe names, around a fresh backbone.
-pub fn pretext(recipe: &Recipe, device: &Device) -> Result<Box<dyn Pretext>> {
-    let net = backbone(recipe, device)?;
-    let heads = VarStore::new(device, mix(recipe.train.seed ^ hash_str("heads")));
-    Ok(match &recipe.method {
-        MethodCfg::Geometric(cfg) => Box::new(RotationPrediction::new(
-            cfg,
-            recipe.data.frames,
-            net,
-            heads,
-        )?),
-        MethodCfg::SpeedSort(cfg) => Box::new(SpeedSort::new(cfg, recipe.data.frames, net, heads)?),
-        MethodCfg::TemporalContrast(cfg) => {
-            Box::new(Tclr::new(cfg, recipe.data.frames, net, heads)?)
-        }
+/// A pretext method around a fresh backbone, for a run seed.
+pub fn pretext(
+    method: &MethodCfg,
+    backbone: &BackboneCfg,
+    frames: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Box<dyn Pretext>> {
+    let net = self::backbone(backbone, frames, seed, device)?;
+    let heads = VarStore::new(device, mix(seed ^ hash_str("heads")));
+    Ok(match method {
+        MethodCfg::Geometric(cfg) => Box::new(RotationPrediction::new(cfg, frames, net, heads)?),
+        MethodCfg::SpeedSort(cfg) => Box::new(SpeedSort::new(cfg, frames, net, heads)?),
+        MethodCfg::TemporalContrast(cfg) => Box::new(Tclr::new(cfg, frames, net, heads)?),
         MethodCfg::TemporalDiscriminative(cfg) => Box::new(Vtdl::new(
             cfg,
-            &recipe.backbone,
-            recipe.data.frames,
+            backbone,
+            frames,
             net,
             heads,
-            mix(recipe.train.seed ^ hash_str("queue")),
+            mix(seed ^ hash_str("queue")),
         )?),
     })
 }

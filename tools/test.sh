@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 cargo fmt --all -- --check
-cargo clippy --release --all-targets --quiet -- -D warnings
-cargo test --release
+# The SIGKILL tests need the crash-injection hook (and fail without it).
+cargo clippy --release --all-targets --features crash-hook --quiet -- -D warnings
+cargo test --release --features crash-hook

@@ -4,8 +4,9 @@
 //! as soon as it is found, so a crash keeps the list.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 /// `<run>/bad_videos.txt`: one line per distinct video the loader had to skip, with
@@ -17,8 +18,8 @@ pub struct BadVideos {
 
 impl BadVideos {
     /// Reads the lines of an earlier (resumed) run so they are not repeated.
-    pub fn open(run: &Path) -> Self {
-        let path = run.join("bad_videos.txt");
+    pub fn open(run: &RunDir) -> Self {
+        let path = run.bad_videos();
         let seen = std::fs::read_to_string(&path)
             .map(|t| t.lines().map(str::to_string).collect())
             .unwrap_or_default();

@@ -5,13 +5,12 @@
 
 use candle_core::{Device, Tensor};
 
-use super::Pooling;
+use super::{EvalSetup, Pooling};
 use crate::backbone::Backbone;
 use crate::data::augment::Normalize;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::eval_clips;
 use crate::data::Split;
-use crate::recipe::Recipe;
 use crate::{Error, Result};
 
 /// Clip features of one split.
@@ -47,15 +46,15 @@ pub fn pool(map: &Tensor, pooling: Pooling) -> Result<Tensor> {
 }
 
 /// Centre-cropped test clips of one video as a host buffer `[K, 3, T, S, S]`.
-pub fn video_clips(v: &crate::data::Video, recipe: &Recipe) -> Vec<f32> {
-    let e = &recipe.eval;
+pub fn video_clips(v: &crate::data::Video, setup: &EvalSetup) -> Vec<f32> {
+    let e = setup.eval;
     eval_clips(
         v,
-        recipe.eval_frames(),
+        setup.frames(),
         e.stride,
         e.test_clips,
-        recipe.eval_data().size,
-        &Normalize::from_cfg(&recipe.eval_data().augment),
+        setup.data.size,
+        &Normalize::from_cfg(&setup.data.augment),
     )
 }
 
@@ -64,13 +63,13 @@ pub fn video_clips(v: &crate::data::Video, recipe: &Recipe) -> Vec<f32> {
 pub fn map_split(
     ds: &dyn VideoDataset,
     split: Split,
-    recipe: &Recipe,
+    setup: &EvalSetup,
     device: &Device,
     skipped: &mut Vec<String>,
     mut f: impl FnMut(&Tensor) -> Result<Tensor>,
 ) -> Result<(Tensor, Vec<u32>)> {
-    let e = &recipe.eval;
-    let (frames, size, k) = (recipe.eval_frames(), recipe.eval_data().size, e.test_clips);
+    let e = setup.eval;
+    let (frames, size, k) = (setup.frames(), setup.data.size, e.test_clips);
     let per_batch = (e.batch_size / k).max(1);
     let (mut outs, mut labels, mut pending, mut pending_videos) =
         (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -79,7 +78,7 @@ pub fn map_split(
         if let Some(label) = ds.label(split, i) {
             match ds.video(split, i) {
                 Ok(v) => {
-                    pending.extend(video_clips(&v, recipe));
+                    pending.extend(video_clips(&v, setup));
                     labels.push(label);
                     pending_videos += 1;
                 }
@@ -112,16 +111,16 @@ fn split_features(
     net: &dyn Backbone,
     ds: &dyn VideoDataset,
     split: Split,
-    recipe: &Recipe,
+    setup: &EvalSetup,
     device: &Device,
     skipped: &mut Vec<String>,
 ) -> Result<SplitFeatures> {
-    let pooling = recipe.eval.pooling;
-    let (flat, labels) = map_split(ds, split, recipe, device, skipped, |x| {
+    let pooling = setup.eval.pooling;
+    let (flat, labels) = map_split(ds, split, setup, device, skipped, |x| {
         pool(&net.forward_t(x, false)?, pooling)
     })?;
     let d = flat.dim(1)?;
-    let clips = flat.reshape((labels.len(), recipe.eval.test_clips, d))?;
+    let clips = flat.reshape((labels.len(), setup.eval.test_clips, d))?;
     Ok(SplitFeatures { clips, labels })
 }
 
@@ -129,12 +128,12 @@ fn split_features(
 pub fn extract(
     net: &dyn Backbone,
     ds: &dyn VideoDataset,
-    recipe: &Recipe,
+    setup: &EvalSetup,
     device: &Device,
 ) -> Result<Features> {
     let mut skipped = Vec::new();
-    let train = split_features(net, ds, Split::Train, recipe, device, &mut skipped)?;
-    let test = split_features(net, ds, Split::Test, recipe, device, &mut skipped)?;
+    let train = split_features(net, ds, Split::Train, setup, device, &mut skipped)?;
+    let test = split_features(net, ds, Split::Test, setup, device, &mut skipped)?;
     Ok(Features {
         train,
         test,

@@ -3,7 +3,9 @@
 //! learning rates for the backbone and the head (two parameter groups sharing one
 //! schedule). Every `test_every` epochs the test split is scored at video level
 //! (softmax averaged over `test_clips` clips); the best and the last weights are kept.
-//! Checkpoints at each epoch make a fine-tuning run resumable bit for bit.
+//! Fine-tuning is an [`Objective`] of the one training loop
+//! ([`engine::run`]): the loop checkpoints at each epoch (a fine-tuning run resumes
+//! bit for bit); this module keeps only the loss and its test-every-N-epochs hook.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,20 +16,20 @@ use serde::{Deserialize, Serialize};
 
 use super::features::{map_split, pool};
 use super::metrics::{top_k, video_probs};
-use super::Pooling;
+use super::{EvalSetup, Pooling};
 use crate::backbone::Backbone;
 use crate::data::datasets::VideoDataset;
-use crate::data::loader::{BatchPlan, Loader};
+use crate::data::loader::HostBatch;
 use crate::data::Split;
 use crate::loss::cross_entropy;
 use crate::nn::{hash_str, mix, VarStore};
 use crate::pretext::heads::{dropout, Linear};
-use crate::pretext::ClipSpec;
-use crate::recipe::Recipe;
-use crate::train::checkpoint::{read_safetensors, write_safetensors_atomic};
+use crate::pretext::{ClipSpec, StepOutput};
+use crate::run_dir::RunDir;
+use crate::train::checkpoint::write_safetensors_atomic;
+use crate::train::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
 use crate::train::optim::{Optimizer, OptimizerConfig};
 use crate::train::schedule::Schedule;
-use crate::train::trainer::{checkpoint_name, list_checkpoints};
 use crate::{Error, Result};
 
 /// Video- and clip-level test accuracies at one point of fine-tuning.
@@ -59,20 +61,20 @@ pub fn test(
     net: &dyn Backbone,
     head: &Linear,
     ds: &dyn VideoDataset,
-    recipe: &Recipe,
+    setup: &EvalSetup,
     device: &Device,
     epoch: u64,
 ) -> Result<TestScores> {
     let mut skipped = Vec::new();
-    let (logits, labels) = map_split(ds, Split::Test, recipe, device, &mut skipped, |x| {
+    let (logits, labels) = map_split(ds, Split::Test, setup, device, &mut skipped, |x| {
         head.forward(&pool(&net.forward_t(x, false)?, Pooling::Pooled)?)
     })?;
-    if epoch <= recipe.eval.test_every {
+    if epoch <= setup.eval.test_every {
         for s in &skipped {
             tracing::warn!("skipping video in testing: {s}");
         }
     }
-    let k = recipe.eval.test_clips;
+    let k = setup.eval.test_clips;
     let classes = logits.dim(1)?;
     let clip_labels: Vec<u32> = labels
         .iter()
@@ -89,8 +91,8 @@ pub fn test(
     })
 }
 
-fn optimizer(recipe: &Recipe, params: Vec<(String, candle_core::Var)>) -> Result<Optimizer> {
-    let e = &recipe.eval;
+fn optimizer(setup: &EvalSetup, params: Vec<(String, candle_core::Var)>) -> Result<Optimizer> {
+    let e = setup.eval;
     Optimizer::new(
         OptimizerConfig {
             kind: e.optimizer,
@@ -104,58 +106,174 @@ fn optimizer(recipe: &Recipe, params: Vec<(String, candle_core::Var)>) -> Result
     )
 }
 
-/// Renames `optim.*` state to `<prefix>.*` (two optimisers share a checkpoint).
-fn prefixed(state: Vec<(String, Tensor)>, prefix: &str) -> Vec<(String, Tensor)> {
-    state
-        .into_iter()
-        .map(|(k, v)| (k.replacen("optim.", &format!("{prefix}."), 1), v))
-        .collect()
+/// The backbone plus its new classifier, as the loop's objective.
+struct Finetuner<'a> {
+    net: &'a dyn Backbone,
+    head: Linear,
+    head_vs: VarStore,
+    freeze: bool,
+    ds: Arc<dyn VideoDataset>,
+    setup: &'a EvalSetup<'a>,
+    device: Device,
+    steps_per_epoch: u64,
+    total: u64,
+    run: &'a RunDir,
+    history: Vec<TestScores>,
 }
 
-fn unprefixed(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
-    let p = format!("{prefix}.");
-    tensors
-        .iter()
-        .filter_map(|(k, v)| Some((format!("optim.{}", k.strip_prefix(&p)?), v.clone())))
-        .collect()
+impl Finetuner<'_> {
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.net.vars().named_tensors("");
+        out.extend(self.head_vs.named_tensors(""));
+        out
+    }
 }
 
-fn model_tensors(net: &dyn Backbone, head_vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut out = net.vars().named_tensors("");
-    out.extend(head_vs.named_tensors(""));
-    out
+impl Objective for Finetuner<'_> {
+    fn clip_spec(&self) -> ClipSpec {
+        let s = self.setup.eval.train_stride;
+        ClipSpec::strided(1, self.setup.frames(), (s, s))
+    }
+
+    fn loss(&mut self, hb: HostBatch, device: &Device) -> Result<StepOutput> {
+        let labels: Vec<u32> = hb
+            .labels
+            .iter()
+            .map(|l| l.ok_or_else(|| Error::BadInput("fine-tuning needs labelled videos".into())))
+            .collect::<Result<_>>()?;
+        let x = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
+        let y = Tensor::from_vec(labels, hb.videos, device)?;
+        let f = pool(&self.net.forward_t(&x, !self.freeze)?, Pooling::Pooled)?;
+        // A frozen backbone gets no gradient: cut the graph there.
+        let f = if self.freeze { f.detach() } else { f };
+        let f = dropout(&f, self.setup.eval.dropout, true, hb.seed)?;
+        let loss = cross_entropy(&self.head.forward(&f)?, &y)?;
+        Ok(StepOutput {
+            loss,
+            scalars: Vec::new(),
+        })
+    }
+
+    /// At the end of every `test_every`-th epoch (and of the run): test, and keep
+    /// the best weights.
+    fn after_update(&mut self, done: u64, loss: f64) -> Result<()> {
+        if !(done.is_multiple_of(self.steps_per_epoch) || done == self.total) {
+            return Ok(());
+        }
+        let epoch = done.div_ceil(self.steps_per_epoch);
+        if !(epoch.is_multiple_of(self.setup.eval.test_every) || done == self.total) {
+            return Ok(());
+        }
+        let scores = test(
+            self.net,
+            &self.head,
+            self.ds.as_ref(),
+            self.setup,
+            &self.device,
+            epoch,
+        )?;
+        tracing::info!(
+            "epoch {epoch}: loss {loss:.4}, video top-1 {:.4}",
+            scores.top1
+        );
+        let best = self
+            .history
+            .iter()
+            .map(|h| h.top1)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if scores.top1 > best {
+            let meta = HashMap::from([
+                ("format".to_string(), "pt".to_string()),
+                ("epoch".to_string(), epoch.to_string()),
+            ]);
+            write_safetensors_atomic(&self.run.best(), &self.tensors(), &meta)?;
+        }
+        self.history.push(scores);
+        Ok(())
+    }
+
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.tensors()
+    }
+
+    fn load_model(&mut self, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+        let (nb, nh): (BTreeMap<_, _>, BTreeMap<_, _>) = tensors
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| !k.starts_with("fc."));
+        self.net
+            .vars()
+            .load(&nb)
+            .map_err(|err| Error::checkpoint(path, err.to_string()))?;
+        self.head_vs
+            .load(&nh)
+            .map_err(|err| Error::checkpoint(path, err.to_string()))?;
+        Ok(())
+    }
+
+    fn metadata(&self) -> Result<Vec<(String, String)>> {
+        Ok(vec![(
+            "history".to_string(),
+            serde_json::to_string(&self.history).map_err(|err| Error::Internal(err.to_string()))?,
+        )])
+    }
+
+    fn load_metadata(&mut self, meta: &HashMap<String, String>, path: &Path) -> Result<()> {
+        self.history = meta
+            .get("history")
+            .map(|h| serde_json::from_str(h))
+            .transpose()
+            .map_err(|err| Error::checkpoint(path, format!("bad history metadata: {err}")))?
+            .unwrap_or_default();
+        Ok(())
+    }
 }
 
-/// Fine-tunes `net` on the eval dataset's train split; writes into `dir`.
+/// Fine-tunes `net` on the train split of `ds` (the eval dataset); writes into the
+/// sub-run `run` (`<run>/eval/<stem>`).
 pub fn finetune(
-    recipe: &Recipe,
+    setup: &EvalSetup,
     net: &dyn Backbone,
     ds: Arc<dyn VideoDataset>,
-    dir: &Path,
+    run: &RunDir,
     resume: bool,
     device: &Device,
 ) -> Result<FinetuneResult> {
-    let e = &recipe.eval;
+    let e = setup.eval;
     let classes = ds.num_classes();
     if classes == 0 {
         return Err(Error::BadInput(
             "fine-tuning needs a labelled dataset".into(),
         ));
     }
-    let seed = mix(recipe.train.seed ^ hash_str("finetune"));
+    let seed = mix(setup.seed ^ hash_str("finetune"));
     let head_vs = VarStore::new(device, seed);
     let head = Linear::new(&head_vs.pp("fc"), net.out_channels(), classes)?;
     let freeze = e.backbone_lr == 0.0;
-    let mut opt_backbone = if freeze {
-        None
-    } else {
-        Some(optimizer(recipe, net.vars().trainable())?)
-    };
-    let mut opt_head = optimizer(recipe, head_vs.trainable())?;
+    let mut groups = Vec::new();
+    if !freeze {
+        groups.push(ParamGroup {
+            prefix: "optim_backbone".into(),
+            optimizer: optimizer(setup, net.vars().trainable())?,
+            lr_factor: e.backbone_lr,
+        });
+    }
+    groups.push(ParamGroup {
+        prefix: "optim_head".into(),
+        optimizer: optimizer(setup, head_vs.trainable())?,
+        lr_factor: e.lr,
+    });
 
     let n = ds.len(Split::Train);
+    if n == 0 || e.finetune_batch_size == 0 {
+        return Err(Error::BadInput(format!(
+            "fine-tuning needs training videos ({n}) and eval.finetune_batch_size >= 1 ({})",
+            e.finetune_batch_size
+        )));
+    }
     let steps_per_epoch = (n as u64).div_ceil(e.finetune_batch_size as u64);
     let total = e.finetune_epochs * steps_per_epoch;
+    // Base rate 1: each group's rate is its own lr times this factor.
     let sched = Schedule {
         kind: e.schedule,
         base_lr: 1.0,
@@ -165,57 +283,12 @@ pub fn finetune(
         gamma: 0.1,
         min_lr: 0.0,
     };
-
-    std::fs::create_dir_all(dir.join("checkpoints")).map_err(|err| Error::io(dir, err))?;
-    let existing = list_checkpoints(dir);
-    if !resume && !existing.is_empty() {
+    if !resume && !run.checkpoints().is_empty() {
         return Err(Error::BadInput(format!(
             "{} already holds a fine-tuning run; pass --resume to continue it",
-            dir.display()
+            run.path().display()
         )));
     }
-    let mut start = 0;
-    let mut history: Vec<TestScores> = Vec::new();
-    if resume {
-        if let Some((step, path)) = existing.last() {
-            let (t, meta) = read_safetensors(path, device)?;
-            let model: BTreeMap<String, Tensor> = t
-                .iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone())))
-                .collect();
-            let (nb, nh): (BTreeMap<_, _>, BTreeMap<_, _>) =
-                model.into_iter().partition(|(k, _)| !k.starts_with("fc."));
-            net.vars()
-                .load(&nb)
-                .map_err(|err| Error::checkpoint(path, err.to_string()))?;
-            head_vs
-                .load(&nh)
-                .map_err(|err| Error::checkpoint(path, err.to_string()))?;
-            if let Some(o) = opt_backbone.as_mut() {
-                o.load_state(&unprefixed(&t, "optim_backbone"))
-                    .map_err(|err| Error::checkpoint(path, err.to_string()))?;
-            }
-            opt_head
-                .load_state(&unprefixed(&t, "optim_head"))
-                .map_err(|err| Error::checkpoint(path, err.to_string()))?;
-            history = meta
-                .get("history")
-                .map(|h| serde_json::from_str(h))
-                .transpose()
-                .map_err(|err| Error::checkpoint(path, format!("bad history metadata: {err}")))?
-                .unwrap_or_default();
-            start = *step;
-            tracing::info!("fine-tuning resumed from {} (step {step})", path.display());
-        }
-    }
-
-    let plan = BatchPlan {
-        spec: ClipSpec::strided(1, recipe.eval_frames(), (e.train_stride, e.train_stride)),
-        size: recipe.eval_data().size,
-        batch_size: e.finetune_batch_size,
-        seed,
-        augment: recipe.eval_data().augment.clone(),
-    };
     tracing::info!(
         "fine-tuning {} steps ({} epochs), backbone lr {} head lr {}",
         total,
@@ -223,91 +296,39 @@ pub fn finetune(
         e.backbone_lr,
         e.lr
     );
-    let loader = Loader::spawn(ds.clone(), plan, start, total, recipe.eval_data().workers);
-    for hb in loader {
-        let hb = hb?;
-        let step = hb.step;
-        let labels: Vec<u32> = hb
-            .labels
-            .iter()
-            .map(|l| l.ok_or_else(|| Error::BadInput("fine-tuning needs labelled videos".into())))
-            .collect::<Result<_>>()?;
-        let x = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
-        let y = Tensor::from_vec(labels, hb.videos, device)?;
-        let f = pool(&net.forward_t(&x, !freeze)?, Pooling::Pooled)?;
-        // A frozen backbone gets no gradient: cut the graph there.
-        let f = if freeze { f.detach() } else { f };
-        let f = dropout(&f, e.dropout, true, hb.seed)?;
-        let loss = cross_entropy(&head.forward(&f)?, &y)?;
-        let grads = loss.backward()?;
-        let scale = sched.lr_at(step);
-        if let Some(o) = opt_backbone.as_mut() {
-            o.step(&grads, e.backbone_lr * scale)?;
-        }
-        opt_head.step(&grads, e.lr * scale)?;
-        let done = step + 1;
-        if done % steps_per_epoch == 0 || done == total {
-            let epoch = done.div_ceil(steps_per_epoch);
-            if epoch % e.test_every == 0 || done == total {
-                let scores = test(net, &head, ds.as_ref(), recipe, device, epoch)?;
-                tracing::info!(
-                    "epoch {epoch}: loss {:.4}, video top-1 {:.4}",
-                    loss.to_scalar::<f32>()?,
-                    scores.top1
-                );
-                let best = history
-                    .iter()
-                    .map(|h| h.top1)
-                    .fold(f64::NEG_INFINITY, f64::max);
-                if scores.top1 > best {
-                    let meta = HashMap::from([
-                        ("format".to_string(), "pt".to_string()),
-                        ("epoch".to_string(), epoch.to_string()),
-                    ]);
-                    write_safetensors_atomic(
-                        &dir.join("best.safetensors"),
-                        &model_tensors(net, &head_vs),
-                        &meta,
-                    )?;
-                }
-                history.push(scores);
-            }
-            let mut tensors: Vec<(String, Tensor)> = model_tensors(net, &head_vs)
-                .into_iter()
-                .map(|(k, v)| (format!("model.{k}"), v))
-                .collect();
-            if let Some(o) = opt_backbone.as_ref() {
-                tensors.extend(prefixed(o.state()?, "optim_backbone"));
-            }
-            tensors.extend(prefixed(opt_head.state()?, "optim_head"));
-            let meta = HashMap::from([
-                ("step".to_string(), done.to_string()),
-                (
-                    "history".to_string(),
-                    serde_json::to_string(&history)
-                        .map_err(|err| Error::Internal(err.to_string()))?,
-                ),
-            ]);
-            write_safetensors_atomic(
-                &dir.join("checkpoints").join(checkpoint_name(done)),
-                &tensors,
-                &meta,
-            )?;
-            let all = list_checkpoints(dir);
-            for (_, old) in all.iter().take(all.len().saturating_sub(1)) {
-                let _ = std::fs::remove_file(old);
-            }
-        }
-    }
+    let cfg = LoopConfig {
+        loader: LoaderConfig::from(setup.data),
+        batch_size: e.finetune_batch_size,
+        seed,
+        total,
+        end: total,
+        grad_clip: 0.0,
+        log_every: steps_per_epoch,
+        checkpoint_every: steps_per_epoch,
+        keep_checkpoints: 1,
+        resume,
+        metadata: HashMap::new(),
+    };
+    let mut obj = Finetuner {
+        net,
+        head,
+        head_vs,
+        freeze,
+        ds: ds.clone(),
+        setup,
+        device: device.clone(),
+        steps_per_epoch,
+        total,
+        run,
+        history: Vec::new(),
+    };
+    engine::run(&mut obj, &mut groups, &sched, ds, &cfg, run, device)?;
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("recipe".to_string(), recipe.to_toml()),
+        ("recipe".to_string(), setup.recipe.to_string()),
     ]);
-    write_safetensors_atomic(
-        &dir.join("last.safetensors"),
-        &model_tensors(net, &head_vs),
-        &meta,
-    )?;
+    write_safetensors_atomic(&run.last(), &obj.tensors(), &meta)?;
+    let history = obj.history;
     let last = history
         .last()
         .cloned()
@@ -323,6 +344,6 @@ pub fn finetune(
         best,
         history,
         steps: total,
-        dir: dir.to_path_buf(),
+        dir: run.path().to_path_buf(),
     })
 }

@@ -12,6 +12,7 @@ use super::{EvalCfg, Features};
 use crate::loss::cross_entropy;
 use crate::nn::{Init, VarStore};
 use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::train::update;
 use crate::Result;
 
 /// Linear-probe accuracies.
@@ -71,8 +72,7 @@ pub fn probe(f: &Features, classes: usize, cfg: &EvalCfg, seed: u64) -> Result<L
     let forward = |x: &Tensor| -> Result<Tensor> { Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?) };
     for _ in 0..cfg.linear_epochs {
         let loss = cross_entropy(&forward(&xtr)?, &ytr)?;
-        let grads = loss.backward()?;
-        opt.step(&grads, cfg.linear_lr)?;
+        update(&loss, &mut [(&mut opt, cfg.linear_lr)], 0.0)?;
     }
     let test_logits = forward(&xte)?.detach();
     let train_logits = forward(&xtr)?.detach();

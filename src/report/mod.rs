@@ -62,9 +62,10 @@ pub fn compare(opts: &CompareOptions) -> Result<CompareOutput> {
         None => runs::default_metrics(&runs),
     };
     if metrics.is_empty() {
-        return Err(Error::BadInput(
-            "no metrics to compare: none of the runs has eval results or a metrics.jsonl".into(),
-        ));
+        return Err(Error::BadInput(format!(
+            "no metrics to compare: none of the runs has eval results or a {}",
+            crate::run_dir::METRICS_FILE
+        )));
     }
     let groups = runs::group(&runs, &opts.group_by)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
@@ -99,7 +100,10 @@ pub fn compare(opts: &CompareOptions) -> Result<CompareOutput> {
             name_in(&opts.out, &l[0]),
             name_in(&opts.out, &l[1])
         )),
-        None => index.push_str("## Pretraining loss\n\nNo run has a metrics.jsonl.\n\n"),
+        None => index.push_str(&format!(
+            "## Pretraining loss\n\nNo run has a {}.\n\n",
+            crate::run_dir::METRICS_FILE
+        )),
     }
     index.push_str("## Runs\n\n| run | row | directory |\n| --- | --- | --- |\n");
     for g in &groups {

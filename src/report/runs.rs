@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::eval::metrics::mean_std;
 use crate::eval::numeric_leaves;
+use crate::run_dir::{self, RunDir};
 use crate::sweep::PointInfo;
 use crate::{Error, Result};
 
@@ -31,13 +32,14 @@ pub struct RunData {
 }
 
 fn is_run_dir(p: &Path) -> bool {
-    p.join("recipe.resolved.toml").is_file()
+    RunDir::is_run(p)
 }
 
 impl RunData {
     /// Reads a run directory (it must hold `recipe.resolved.toml`).
     pub fn load(dir: &Path) -> Result<Self> {
-        let recipe_path = dir.join("recipe.resolved.toml");
+        let run = RunDir::new(dir);
+        let recipe_path = run.recipe();
         let text = std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
         let recipe: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::BadInput(format!("{}: {}", recipe_path.display(), e.message())))?;
@@ -45,24 +47,15 @@ impl RunData {
             .file_name()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| dir.display().to_string());
-        let point: Option<PointInfo> = std::fs::read_to_string(dir.join("point.toml"))
+        let point: Option<PointInfo> = std::fs::read_to_string(run.point())
             .ok()
             .and_then(|t| toml::from_str(&t).ok());
         // A random-init point's results are its `-random` files; name them as the
         // pretrained ones so both land in the same column.
-        let trained = dir.join("model.safetensors").is_file();
+        let trained = run.model().is_file();
         let untrained = point.as_ref().is_some_and(|p| !p.pretrain) || !trained;
         let mut metrics = BTreeMap::new();
-        let eval_dir = dir.join("eval");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&eval_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        for f in files {
+        for f in run.eval_files() {
             let stem = f
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
@@ -83,7 +76,7 @@ impl RunData {
             }
         }
         let mut losses = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) {
+        if let Ok(text) = std::fs::read_to_string(run.metrics()) {
             for line in text.lines() {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
@@ -135,8 +128,9 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<RunData>> {
         }
         if inside.is_empty() {
             return Err(Error::BadInput(format!(
-                "{}: neither a run directory (recipe.resolved.toml) nor a folder of runs",
-                p.display()
+                "{}: neither a run directory ({}) nor a folder of runs",
+                p.display(),
+                run_dir::RECIPE_FILE
             )));
         }
         inside.sort_by(|a, b| (a.index, &a.label).cmp(&(b.index, &b.label)));
@@ -196,7 +190,7 @@ pub fn group(runs: &[RunData], by: &GroupBy) -> Result<Vec<Group>> {
                     let v = lookup(&r.recipe, k).ok_or_else(|| {
                         Error::BadInput(format!(
                             "--group-by {k}: no such key in {}",
-                            r.dir.join("recipe.resolved.toml").display()
+                            RunDir::new(&r.dir).recipe().display()
                         ))
                     })?;
                     let v = match v {

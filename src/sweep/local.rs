@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Point, RunState, Sweep};
 use crate::eval::Protocol;
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 /// How to run a sweep locally.
@@ -164,7 +165,7 @@ fn run_point(sweep: &Sweep, p: &Point, opts: &LocalOptions) -> Status {
         RunState::Resume | RunState::Fresh => sweep.spec.eval.clone(),
     };
     if matches!(state, RunState::Resume | RunState::Fresh) {
-        let recipe = p.dir.join("recipe.resolved.toml");
+        let recipe = RunDir::new(&p.dir).recipe();
         let mut args = vec![
             "train".to_string(),
             recipe.display().to_string(),
@@ -174,7 +175,7 @@ fn run_point(sweep: &Sweep, p: &Point, opts: &LocalOptions) -> Status {
         if state == RunState::Resume {
             args.push("--resume".into());
         }
-        if let Err(message) = child(opts, &args, &p.dir.join("train.log")) {
+        if let Err(message) = child(opts, &args, &RunDir::new(&p.dir).train_log()) {
             return Status::Failed {
                 stage: "train",
                 message,
@@ -192,7 +193,7 @@ fn run_point(sweep: &Sweep, p: &Point, opts: &LocalOptions) -> Status {
         if !p.pretrain {
             args.push("--random-init".into());
         }
-        if let Err(message) = child(opts, &args, &p.dir.join("eval.log")) {
+        if let Err(message) = child(opts, &args, &RunDir::new(&p.dir).eval_log()) {
             return Status::Failed {
                 stage: "eval",
                 message,

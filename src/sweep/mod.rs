@@ -37,6 +37,7 @@ pub use expand::{Point, PointInfo};
 pub use spec::{SlurmCfg, SweepSpec};
 
 use crate::eval::Protocol;
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 /// A sweep file expanded into resolved points.
@@ -86,8 +87,7 @@ impl RunState {
 
 /// `<run>/eval/<protocol>[-random].json`, as `vssl eval` writes it.
 pub fn eval_file(dir: &Path, p: Protocol, pretrain: bool) -> PathBuf {
-    let suffix = if pretrain { "" } else { "-random" };
-    dir.join("eval").join(format!("{}{suffix}.json", p.name()))
+    RunDir::new(dir).eval_file(&crate::eval::file_stem(p, !pretrain, None))
 }
 
 impl Sweep {
@@ -101,8 +101,9 @@ impl Sweep {
                 .filter(|&e| !eval_file(&p.dir, e, p.pretrain).is_file())
                 .collect()
         };
-        if p.pretrain && !p.dir.join("model.safetensors").is_file() {
-            let ckpt = !crate::train::trainer::list_checkpoints(&p.dir).is_empty();
+        let run = RunDir::new(&p.dir);
+        if p.pretrain && !run.model().is_file() {
+            let ckpt = !run.checkpoints().is_empty();
             return if ckpt {
                 RunState::Resume
             } else {
@@ -123,11 +124,12 @@ impl Sweep {
         std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, e))?;
         let info = toml::to_string(&p.info(&self.spec.name, &self.spec.eval))
             .map_err(|e| Error::Internal(e.to_string()))?;
-        write_if_changed(&p.dir.join("point.toml"), &info)?;
-        write_if_changed(&p.dir.join("recipe.resolved.toml"), &p.recipe.to_toml())?;
+        let run = RunDir::new(&p.dir);
+        write_if_changed(&run.point(), &info)?;
+        write_if_changed(&run.recipe(), &p.recipe.to_toml())?;
         if self.state(p) == RunState::Fresh {
             // A run killed before its first checkpoint: start over cleanly.
-            let m = p.dir.join("metrics.jsonl");
+            let m = run.metrics();
             if m.exists() {
                 std::fs::remove_file(&m).map_err(|e| Error::io(&m, e))?;
             }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{overrides_text, Sweep};
+use crate::run_dir;
 use crate::{Error, Result};
 
 /// Where the script went and what `sbatch` said.
@@ -77,19 +78,19 @@ pub fn script(sweep: &Sweep, exe: &Path, workdir: &Path, device: &str) -> String
 # then the evaluations whose results are missing.
 run_point() {{
   local dir=$1 pretrain=$2 suffix="" random=""
-  if [ "$pretrain" = 1 ] && [ ! -f "$dir/model.safetensors" ]; then
+  if [ "$pretrain" = 1 ] && [ ! -f "$dir/{model}" ]; then
     local resume=""
-    if compgen -G "$dir/checkpoints/step-*.safetensors" >/dev/null; then
+    if compgen -G "$dir/{checkpoints}/{ckpt_glob}" >/dev/null; then
       resume=--resume
     else
-      rm -f "$dir/metrics.jsonl"
+      rm -f "$dir/{metrics}"
     fi
-    "$VSSL" --device {device} train "$dir/recipe.resolved.toml" --out "$dir" $resume
+    "$VSSL" --device {device} train "$dir/{recipe}" --out "$dir" $resume
   fi
   [ "$pretrain" = 1 ] || {{ suffix=-random; random=--random-init; }}
   local todo=()
   for p in {protocols}; do
-    [ -f "$dir/eval/$p$suffix.json" ] || todo+=("$p")
+    [ -f "$dir/{eval}/$p$suffix.json" ] || todo+=("$p")
   done
   if [ ${{#todo[@]}} -gt 0 ]; then
     "$VSSL" --device {device} eval "$dir" --protocol "$(IFS=,; echo "${{todo[*]}}")" $random
@@ -100,6 +101,12 @@ case "${{SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TA
 "#,
         device = sh(device),
         protocols = protocols.join(" "),
+        model = run_dir::MODEL_FILE,
+        checkpoints = run_dir::CHECKPOINTS_DIR,
+        ckpt_glob = run_dir::checkpoint_name(0).replace("00000000", "*"),
+        metrics = run_dir::METRICS_FILE,
+        recipe = run_dir::RECIPE_FILE,
+        eval = run_dir::EVAL_DIR,
     ));
     for p in &sweep.points {
         s.push_str(&format!(

@@ -127,6 +127,7 @@ pub fn write_safetensors_atomic(
     let tmp = temp_path(path);
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
+        #[cfg(feature = "crash-hook")]
         if crash_test::kill_now() {
             // Crash test: half the bytes reach the disk, then the process dies.
             f.write_all(&bytes[..bytes.len() / 2])?;
@@ -214,9 +215,11 @@ pub fn read_safetensors(
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// Fault injection for crash-safety tests: with `VSSL_CRASH_AT_WRITE=N` in the
-/// environment, the process kills itself with SIGKILL halfway through its N-th atomic
-/// write (1-based). Unset, this costs one relaxed atomic increment per write.
+/// Fault injection for crash-safety tests (cargo feature `crash-hook` only): with
+/// `VSSL_CRASH_AT_WRITE=N` in the environment, the process kills itself with SIGKILL
+/// halfway through its N-th atomic write (1-based). Unset, this costs one relaxed
+/// atomic increment per write.
+#[cfg(feature = "crash-hook")]
 mod crash_test {
     use std::sync::atomic::{AtomicU64, Ordering};
 

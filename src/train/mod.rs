@@ -1,11 +1,16 @@
-//! Training: one trainer for every method, with checkpointable optimisers,
-//! learning-rate schedules and atomic safetensors checkpoints.
+//! Training: one loop for every objective (pretraining and fine-tuning), with
+//! checkpointable optimisers, learning-rate schedules and atomic safetensors
+//! checkpoints. [`fit`] pretrains any [`Pretext`](crate::pretext::Pretext) the
+//! caller built; [`update`] is the crate's single backward + optimiser step.
 
 pub mod checkpoint;
 pub mod config;
+pub mod engine;
 pub mod optim;
 pub mod schedule;
 mod sgd_cpu;
 pub mod trainer;
 
 pub use config::TrainCfg;
+pub use engine::{update, LoaderConfig, LoopConfig, Objective, ParamGroup};
+pub use trainer::{fit, FitOptions, TrainSummary};

@@ -1,35 +1,39 @@
-//! The one trainer: runs any [`Pretext`] on any device, logs, checkpoints and
-//! resumes. All randomness is counter-based on (seed, step), so a checkpoint needs
-//! only the step to continue exactly: resuming reproduces the uninterrupted run
-//! bit for bit on CPU.
+//! Pretraining: any [`Pretext`] the caller built, run by the one loop
+//! ([`engine::run`](super::engine::run)) as its objective, into a [`RunDir`].
+//! Resuming reproduces the uninterrupted run bit for bit on CPU.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 
-use super::checkpoint::{read_safetensors, write_safetensors_atomic};
-use super::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
+use super::checkpoint::write_safetensors_atomic;
+use super::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
+use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
-use crate::data::bad_videos::BadVideos;
-use crate::data::loader::{BatchPlan, Loader};
+use crate::data::datasets::VideoDataset;
+use crate::data::loader::HostBatch;
 use crate::data::Split;
-use crate::pretext::{Batch, Pretext};
-use crate::recipe::Recipe;
-use crate::{registry, Error, Result};
+use crate::pretext::{Batch, ClipSpec, Pretext, StepOutput};
+use super::config::TrainCfg;
+use crate::run_dir::RunDir;
+use crate::{Error, Result};
 
-/// How to run the trainer.
+/// How to run [`fit`], beyond the `[train]` table.
 #[derive(Debug, Clone)]
-pub struct TrainOptions {
-    /// Run directory (`weights/<run>` by default).
-    pub out: PathBuf,
-    /// Continue from the latest checkpoint in `out`.
+pub struct FitOptions {
+    /// The data geometry of training batches.
+    pub loader: LoaderConfig,
+    /// Continue from the latest checkpoint in the run directory.
     pub resume: bool,
     /// Stop after this many steps (as if interrupted): used to test resume.
     pub stop_after: Option<u64>,
+    /// The resolved recipe text: written to `recipe.resolved.toml` and into the
+    /// metadata of checkpoints and the model (when given).
+    pub recipe: Option<String>,
+    /// What to call the run in logs.
+    pub name: String,
 }
 
 /// What a finished (or stopped) run did.
@@ -44,17 +48,16 @@ pub struct TrainSummary {
     pub bad_videos: usize,
 }
 
-/// Total optimiser steps a recipe asks for.
-pub fn total_steps(recipe: &Recipe, train_videos: usize) -> u64 {
-    match recipe.train.epochs {
-        Some(e) => e * (train_videos as u64).div_ceil(recipe.train.batch_size as u64),
-        None => recipe.train.steps,
+/// Total optimiser steps a `[train]` table asks for.
+pub fn total_steps(t: &TrainCfg, train_videos: usize) -> u64 {
+    match t.epochs {
+        Some(e) => e * (train_videos as u64).div_ceil(t.batch_size as u64),
+        None => t.steps,
     }
 }
 
-/// The learning-rate schedule of a recipe.
-pub fn schedule(recipe: &Recipe, total: u64) -> Schedule {
-    let t = &recipe.train;
+/// The learning-rate schedule of a `[train]` table.
+pub fn schedule(t: &TrainCfg, total: u64) -> Schedule {
     Schedule {
         kind: t.schedule,
         base_lr: t.lr,
@@ -113,114 +116,97 @@ fn load_model(p: &dyn Pretext, tensors: &BTreeMap<String, Tensor>, path: &Path) 
     Ok(())
 }
 
-/// Checkpoint file name of a step.
-pub fn checkpoint_name(step: u64) -> String {
-    format!("step-{step:08}.safetensors")
-}
+/// A pretext method as the loop's objective.
+struct PretextObjective<'a>(&'a mut dyn Pretext);
 
-/// Checkpoints in a run directory, oldest first.
-pub fn list_checkpoints(run: &Path) -> Vec<(u64, PathBuf)> {
-    let dir = run.join("checkpoints");
-    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name
-                .strip_prefix("step-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    out.sort();
-    out
-}
+impl Objective for PretextObjective<'_> {
+    fn clip_spec(&self) -> ClipSpec {
+        self.0.clip_spec()
+    }
 
-/// A process killed inside an atomic write leaves its temporary file behind; the
-/// checkpoint it was writing never got its final name, so the file is garbage.
-fn remove_stale_temp_files(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().contains(".tmp") {
-            tracing::info!("removing interrupted write {}", e.path().display());
-            let _ = std::fs::remove_file(e.path());
-        }
+    fn loss(&mut self, hb: HostBatch, device: &Device) -> Result<StepOutput> {
+        let clips = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
+        let batch = Batch {
+            clips,
+            videos: hb.videos,
+            clip_meta: hb.clip_meta,
+            seed: hb.seed,
+        };
+        self.0.step(&batch, true)
+    }
+
+    fn after_step(&mut self) -> Result<()> {
+        self.0.after_step()
+    }
+
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        model_tensors(&*self.0)
+    }
+
+    fn load_model(&mut self, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+        load_model(&*self.0, tensors, path)
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.0.state()
+    }
+
+    fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        self.0.load_state(state)
     }
 }
 
-fn metadata(recipe: &Recipe, step: u64) -> HashMap<String, String> {
-    HashMap::from([
+/// Pretrains `pretext` on the train split of `dataset` into `run`, as `[train]` says.
+pub fn fit(
+    pretext: &mut dyn Pretext,
+    dataset: Arc<dyn VideoDataset>,
+    t: &TrainCfg,
+    opts: &FitOptions,
+    run: &RunDir,
+    device: &Device,
+) -> Result<TrainSummary> {
+    if t.batch_size == 0 {
+        return Err(Error::BadInput("train.batch_size must be >= 1".into()));
+    }
+    let existing = run.checkpoints();
+    if !opts.resume && (run.model().exists() || !existing.is_empty()) {
+        return Err(Error::BadInput(format!(
+            "{} already holds a run; pass --resume to continue it or --out to start another",
+            run.path().display()
+        )));
+    }
+    if opts.resume && existing.is_empty() {
+        return Err(Error::BadInput(format!(
+            "--resume: no checkpoint in {}",
+            run.checkpoints_dir().display()
+        )));
+    }
+    std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
+    let mut metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("recipe".to_string(), recipe.to_toml()),
-        ("step".to_string(), step.to_string()),
-        ("seed".to_string(), recipe.train.seed.to_string()),
-        (
-            "rng".to_string(),
-            format!(
-                "counter-based: seed={}, next_step={step}",
-                recipe.train.seed
-            ),
-        ),
         (
             "vssl_version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-    ])
-}
-
-/// Keeps metrics lines of steps `<= step` (a resumed run rewrites the rest).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// Trains the recipe's method into `opts.out`.
-pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<TrainSummary> {
-    let run = &opts.out;
-    let existing = list_checkpoints(run);
-    if !opts.resume && (run.join("model.safetensors").exists() || !existing.is_empty()) {
-        return Err(Error::BadInput(format!(
-            "{} already holds a run; pass --resume to continue it or --out to start another",
-            run.display()
-        )));
-    }
-    std::fs::create_dir_all(run.join("checkpoints")).map_err(|e| Error::io(run, e))?;
-    remove_stale_temp_files(&run.join("checkpoints"));
-    let recipe_path = run.join("recipe.resolved.toml");
-    let recipe_text = recipe.to_toml();
-    if opts.resume {
-        if let Ok(old) = std::fs::read_to_string(&recipe_path) {
-            if old != recipe_text {
-                tracing::warn!(
-                    "resuming with a recipe that differs from {}",
-                    recipe_path.display()
-                );
+    ]);
+    if let Some(text) = &opts.recipe {
+        let recipe_path = run.recipe();
+        if opts.resume {
+            if let Ok(old) = std::fs::read_to_string(&recipe_path) {
+                if &old != text {
+                    tracing::warn!(
+                        "resuming with a recipe that differs from {}",
+                        recipe_path.display()
+                    );
+                }
             }
         }
+        std::fs::write(&recipe_path, text).map_err(|e| Error::io(&recipe_path, e))?;
+        metadata.insert("recipe".to_string(), text.clone());
     }
-    std::fs::write(&recipe_path, &recipe_text).map_err(|e| Error::io(&recipe_path, e))?;
 
-    let dataset = registry::dataset(recipe)?;
-    let mut pretext = registry::pretext(recipe, device)?;
-    let params = trainable(pretext.as_ref());
-    let t = &recipe.train;
-    let mut optimizer = Optimizer::new(
+    let params = trainable(pretext);
+    let optimizer = Optimizer::new(
         OptimizerConfig {
             kind: t.optimizer,
             momentum: t.momentum,
@@ -231,200 +217,45 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         },
         params.clone(),
     )?;
-    let total = total_steps(recipe, dataset.len(Split::Train));
-    let sched = schedule(recipe, total);
-
-    let mut start = 0u64;
-    if opts.resume {
-        start = resume_from(run, pretext.as_mut(), &mut optimizer)?;
-        truncate_metrics(&run.join("metrics.jsonl"), start)?;
-    }
+    let total = total_steps(t, dataset.len(Split::Train));
+    let sched = schedule(t, total);
     tracing::info!(
-        "training {} ({:?}) on {}: steps {start}..{total}, {} parameters",
-        recipe.name,
-        recipe.method.kind(),
+        "training {} on {}: {total} steps, {} parameters",
+        opts.name,
         dataset.describe(),
         params.iter().map(|(_, v)| v.elem_count()).sum::<usize>()
     );
-    let end = opts.stop_after.map_or(total, |s| s.min(total));
-    let plan = BatchPlan {
-        spec: pretext.clip_spec(),
-        size: recipe.data.size,
+    let cfg = LoopConfig {
+        loader: opts.loader.clone(),
         batch_size: t.batch_size,
-        seed: recipe.train.seed,
-        augment: recipe.data.augment.clone(),
+        seed: t.seed,
+        total,
+        end: opts.stop_after.map_or(total, |s| s.min(total)),
+        grad_clip: t.grad_clip,
+        log_every: t.log_every,
+        checkpoint_every: t.checkpoint_every,
+        keep_checkpoints: t.keep_checkpoints,
+        resume: opts.resume,
+        metadata,
     };
-    let metrics_path = run.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(start);
-
-    let began = Instant::now();
-    let mut last_loss = f64::NAN;
-    let mut window = (Instant::now(), 0usize);
-    let loader = Loader::spawn(dataset.clone(), plan, start, end, recipe.data.workers);
-    let mut bad = BadVideos::open(run);
-    for hb in loader {
-        let hb = hb?;
-        bad.record(&hb.skipped)?;
-        let step = hb.step;
-        let clips = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
-        let batch = Batch {
-            clips,
-            videos: hb.videos,
-            clip_meta: hb.clip_meta,
-            seed: hb.seed,
-        };
-        let out = pretext.step(&batch, true)?;
-        let loss = out.loss.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            return Err(Error::Internal(format!(
-                "loss became {loss} at step {step}; lower train.lr?"
-            )));
-        }
-        let mut grads = out.loss.backward()?;
-        let grad_norm = if t.grad_clip > 0.0 {
-            Some(clip_grad_norm(&mut grads, &params, t.grad_clip)?)
-        } else {
-            None
-        };
-        let lr = sched.lr_at(step);
-        optimizer.step(&grads, lr)?;
-        pretext.after_step()?;
-        last_loss = loss;
-        window.1 += hb.shape[0];
-        let done = step + 1;
-        if done % t.log_every == 0 || done == total {
-            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-            let mut line = serde_json::json!({
-                "step": done, "loss": loss, "lr": lr, "clips_per_s": window.1 as f64 / secs,
-            });
-            if let Some(g) = grad_norm {
-                line["grad_norm"] = g.into();
-            }
-            for (k, v) in &out.scalars {
-                line[*k] = (*v).into();
-            }
-            if !hb.skipped.is_empty() {
-                line["skipped_videos"] = hb.skipped.len().into();
-            }
-            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-            bar.set_message(format!(
-                "loss {loss:.4} lr {lr:.2e} {:.0} clips/s",
-                window.1 as f64 / secs
-            ));
-            window = (Instant::now(), 0);
-        }
-        bar.set_position(done);
-        let ckpt_due = t.checkpoint_every > 0 && done % t.checkpoint_every == 0;
-        if ckpt_due || done == end {
-            save_checkpoint(
-                run,
-                recipe,
-                pretext.as_ref(),
-                &optimizer,
-                done,
-                t.keep_checkpoints,
-            )?;
-        }
-    }
-    bar.finish_and_clear();
-    let steps_done = end;
-    if steps_done == total {
-        let path = run.join("model.safetensors");
+    let mut groups = [ParamGroup::single(optimizer)];
+    let mut obj = PretextObjective(pretext);
+    let s = engine::run(&mut obj, &mut groups, &sched, dataset, &cfg, run, device)?;
+    if s.steps_done == total {
+        let path = run.model();
         write_safetensors_atomic(
             &path,
-            &model_tensors(pretext.as_ref()),
-            &metadata(recipe, total),
+            &obj.model_tensors(),
+            &engine::step_metadata(&cfg, total),
         )?;
         tracing::info!("wrote {}", path.display());
     }
     Ok(TrainSummary {
-        run_dir: run.clone(),
-        steps_done,
+        run_dir: run.path().to_path_buf(),
+        steps_done: s.steps_done,
         total_steps: total,
-        last_loss,
-        seconds: began.elapsed().as_secs_f64(),
-        bad_videos: bad.count(),
+        last_loss: s.last_loss,
+        seconds: s.seconds,
+        bad_videos: s.bad_videos,
     })
-}
-
-fn save_checkpoint(
-    run: &Path,
-    recipe: &Recipe,
-    p: &dyn Pretext,
-    opt: &Optimizer,
-    step: u64,
-    keep: usize,
-) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = model_tensors(p)
-        .into_iter()
-        .map(|(k, v)| (format!("model.{k}"), v))
-        .collect();
-    tensors.extend(opt.state()?);
-    tensors.extend(
-        p.state()?
-            .into_iter()
-            .map(|(k, v)| (format!("method.{k}"), v)),
-    );
-    let path = run.join("checkpoints").join(checkpoint_name(step));
-    write_safetensors_atomic(&path, &tensors, &metadata(recipe, step))?;
-    let all = list_checkpoints(run);
-    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-        let _ = std::fs::remove_file(old);
-    }
-    Ok(())
-}
-
-/// Restores the newest readable checkpoint; returns its step. A checkpoint that
-/// cannot be read is reported and the previous one is tried.
-fn resume_from(run: &Path, p: &mut dyn Pretext, opt: &mut Optimizer) -> Result<u64> {
-    let all = list_checkpoints(run);
-    if all.is_empty() {
-        return Err(Error::BadInput(format!(
-            "--resume: no checkpoint in {}",
-            run.join("checkpoints").display()
-        )));
-    }
-    let device = p.backbone().vars().device().clone();
-    let mut last_err = None;
-    for (step, path) in all.iter().rev() {
-        match read_safetensors(path, &device) {
-            Ok((tensors, meta)) => {
-                let model: BTreeMap<String, Tensor> = tensors
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.strip_prefix("model.")?.to_string(), v.clone())))
-                    .collect();
-                let method: BTreeMap<String, Tensor> = tensors
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.strip_prefix("method.")?.to_string(), v.clone())))
-                    .collect();
-                load_model(p, &model, path)?;
-                opt.load_state(&tensors)?;
-                p.load_state(&method)?;
-                let meta_step: Option<u64> = meta.get("step").and_then(|s| s.parse().ok());
-                if meta_step != Some(*step) {
-                    return Err(Error::checkpoint(
-                        path,
-                        "step in metadata does not match the file name",
-                    ));
-                }
-                tracing::info!("resumed from {} (step {step})", path.display());
-                return Ok(*step);
-            }
-            Err(e) => {
-                tracing::warn!("cannot read checkpoint, trying an older one: {e}");
-                last_err = Some(e);
-            }
-        }
-    }
-    Err(last_err.unwrap_or_else(|| Error::Internal("no checkpoint".into())))
 }

@@ -162,3 +162,14 @@ pub fn metric_column(run: &Path, key: &str) -> Vec<f64> {
         })
         .collect()
 }
+
+/// The SIGKILL tests need the binary's crash-injection hook (`VSSL_CRASH_AT_WRITE`),
+/// which only builds with the `crash-hook` feature: fail loudly without it.
+pub fn require_crash_hook() {
+    if !cfg!(feature = "crash-hook") {
+        panic!(
+            "this test needs the crash-injection hook: run it with \
+             `cargo test --release --features crash-hook` (tools/test.sh does)"
+        );
+    }
+}

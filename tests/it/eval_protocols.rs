@@ -7,7 +7,10 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use vssl::eval::metrics::{mean_std, top_k, video_probs};
 
-use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, train, vssl};
+use super::common::{
+    assert_bit_identical, require_crash_hook, run, stderr, stdout, tensors, tiny_recipe, train,
+    vssl,
+};
 
 #[test]
 fn video_level_scores_average_clip_softmax() {
@@ -99,8 +102,21 @@ fn random_init_is_the_pretraining_initialisation() {
     let d = tempfile::tempdir().unwrap();
     let r = tiny_recipe(d.path(), "");
     let recipe = vssl::recipe::load(&vssl::recipe::RecipeSource::file(&r)).unwrap();
-    let a = vssl::registry::backbone(&recipe, &Device::Cpu).unwrap();
-    let p = vssl::registry::pretext(&recipe, &Device::Cpu).unwrap();
+    let a = vssl::registry::backbone(
+        &recipe.backbone,
+        recipe.data.frames,
+        recipe.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let p = vssl::registry::pretext(
+        &recipe.method,
+        &recipe.backbone,
+        recipe.data.frames,
+        recipe.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap();
     let (ta, tb) = (a.vars().all(), p.backbone().vars().all());
     assert_eq!(ta.len(), tb.len());
     for ((ka, va), (kb, vb)) in ta.iter().zip(&tb) {
@@ -126,7 +142,13 @@ fn random_init_is_the_pretraining_initialisation() {
     // A different seed gives a different initialisation.
     let mut other = recipe.clone();
     other.train.seed += 1;
-    let c = vssl::registry::backbone(&other, &Device::Cpu).unwrap();
+    let c = vssl::registry::backbone(
+        &other.backbone,
+        other.data.frames,
+        other.train.seed,
+        &Device::Cpu,
+    )
+    .unwrap();
     let w = |b: &dyn vssl::backbone::Backbone| {
         b.vars().all()[0]
             .1
@@ -141,6 +163,7 @@ fn random_init_is_the_pretraining_initialisation() {
 
 #[test]
 fn finetune_resumes_bit_identically_after_a_crash() {
+    require_crash_hook();
     let d = tempfile::tempdir().unwrap();
     let out = trained_run(d.path());
     let args = [

@@ -7,8 +7,8 @@ use candle_core::Device;
 use vssl::train::checkpoint::read_safetensors;
 
 use super::common::{
-    assert_bit_identical, metric_column, run, stderr, stdout, straight_and_resumed, tensors,
-    tiny_recipe, train, vssl,
+    assert_bit_identical, metric_column, require_crash_hook, run, stderr, stdout,
+    straight_and_resumed, tensors, tiny_recipe, train, vssl,
 };
 
 #[test]
@@ -69,6 +69,7 @@ fn resume_without_checkpoint_is_bad_input() {
 
 #[test]
 fn sigkill_during_checkpoint_write_keeps_previous_checkpoint() {
+    require_crash_hook();
     // The process SIGKILLs itself halfway through its 3rd atomic write (the checkpoint
     // of step 3, after those of steps 1 and 2), as a crash at that moment would.
     let d = tempfile::tempdir().unwrap();
@@ -104,7 +105,7 @@ fn sigkill_during_checkpoint_write_keeps_previous_checkpoint() {
         names.iter().any(|n| n.contains(".tmp")),
         "the torn write should be a temp file: {names:?}"
     );
-    let list = vssl::train::trainer::list_checkpoints(&out);
+    let list = vssl::run_dir::RunDir::new(&out).checkpoints();
     assert_eq!(
         list.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![1, 2],
@@ -157,7 +158,7 @@ fn sigkill_at_random_moments_never_leaves_a_torn_checkpoint() {
         }
         let mut child = vssl(&args).spawn().unwrap();
         let start = std::time::Instant::now();
-        while vssl::train::trainer::list_checkpoints(&out).is_empty()
+        while vssl::run_dir::RunDir::new(&out).checkpoints().is_empty()
             && start.elapsed() < Duration::from_secs(60)
         {
             assert!(child.try_wait().unwrap().is_none(), "training exited early");
@@ -166,7 +167,7 @@ fn sigkill_at_random_moments_never_leaves_a_torn_checkpoint() {
         std::thread::sleep(Duration::from_millis(100 + 137 * attempt));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let list = vssl::train::trainer::list_checkpoints(&out);
+        let list = vssl::run_dir::RunDir::new(&out).checkpoints();
         assert!(!list.is_empty());
         for (_, p) in &list {
             assert!(
@@ -224,4 +225,63 @@ fn eval_of_missing_run_is_bad_input() {
     assert_eq!(o.status.code(), Some(2));
     let o = run(&mut vssl(&["eval", ".", "--protocol", "bogus"]));
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `train::fit` runs a method the caller built (no recipe on the way in): 2 steps
+/// then `resume` to 4 equals 4 straight, and the CLI's run of the same recipe.
+#[test]
+fn fit_runs_a_caller_built_method_and_resumes_exactly() {
+    use vssl::run_dir::RunDir;
+    use vssl::train::{fit, FitOptions, LoaderConfig};
+    let d = tempfile::tempdir().unwrap();
+    let path = tiny_recipe(d.path(), "");
+    let r = vssl::recipe::load(&vssl::recipe::RecipeSource::with_sets(
+        path.clone(),
+        vec!["train.steps=4".into()],
+    ))
+    .unwrap();
+    let fit_into = |out: &std::path::Path, stop_after: Option<u64>, resume: bool| {
+        let mut p = vssl::registry::pretext(
+            &r.method,
+            &r.backbone,
+            r.data.frames,
+            r.train.seed,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let opts = FitOptions {
+            loader: LoaderConfig::from(&r.data),
+            resume,
+            stop_after,
+            recipe: None,
+            name: "in-process".into(),
+        };
+        let ds = vssl::registry::dataset(&r.data).unwrap();
+        fit(
+            p.as_mut(),
+            ds,
+            &r.train,
+            &opts,
+            &RunDir::new(out),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let straight = d.path().join("straight");
+    let s = fit_into(&straight, None, false);
+    assert_eq!((s.steps_done, s.total_steps), (4, 4));
+    let resumed = d.path().join("resumed");
+    assert_eq!(fit_into(&resumed, Some(2), false).steps_done, 2);
+    assert!(!RunDir::new(&resumed).model().exists());
+    fit_into(&resumed, None, true);
+    let (a, b) = (
+        RunDir::new(&straight).model(),
+        RunDir::new(&resumed).model(),
+    );
+    assert_bit_identical(&tensors(&a), &tensors(&b));
+    // The recipe path (`vssl train`) is a thin wrapper over the same fit.
+    let cli = d.path().join("cli");
+    let o = train(&path, &cli, &["--set", "train.steps=4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_bit_identical(&tensors(&a), &tensors(&RunDir::new(&cli).model()));
 }

@@ -641,3 +641,40 @@ fn truncated_corrupt_or_missing_files_are_errors_naming_the_path() -> R {
     );
     Ok(())
 }
+
+/// `train::update`: one backward, the clip over every group's parameters, then each
+/// group steps at its own rate (plain SGD: `p -= lr * clipped_grad`).
+#[test]
+fn update_clips_over_all_groups_and_steps_each_at_its_rate() -> R {
+    let p1 = Var::new(&[3.0f32, 0.0], &Device::Cpu)?;
+    let p2 = Var::new(&[4.0f32], &Device::Cpu)?;
+    let mut o1 = Optimizer::new(sgd(0.0, false, 0.0), vec![("a".into(), p1.clone())])?;
+    let mut o2 = Optimizer::new(sgd(0.0, false, 0.0), vec![("b".into(), p2.clone())])?;
+    // 0.5 * sum(p^2) has gradient p: global norm 5, clipped to 1.
+    let loss = ((p1.as_tensor().sqr()?.sum_all()? + p2.as_tensor().sqr()?.sum_all()?)? * 0.5)?;
+    let norm = vssl::train::update(&loss, &mut [(&mut o1, 0.5), (&mut o2, 2.0)], 1.0)?;
+    assert!((norm.unwrap() - 5.0).abs() < 1e-6, "pre-clip norm {norm:?}");
+    let coef = 1.0 / (5.0 + 1e-6);
+    let (a, b) = (
+        p1.as_tensor().to_vec1::<f32>()?,
+        p2.as_tensor().to_vec1::<f32>()?,
+    );
+    assert_close(
+        &[a[0] as f64, a[1] as f64, b[0] as f64],
+        &[3.0 - 0.5 * 3.0 * coef, 0.0, 4.0 - 2.0 * 4.0 * coef],
+        1e-6,
+        "stepped",
+    );
+    // No clip: no norm, raw gradients.
+    let loss = (p2.as_tensor().sqr()?.sum_all()? * 0.5)?;
+    assert_eq!(
+        vssl::train::update(&loss, &mut [(&mut o2, 1.0)], 0.0)?,
+        None
+    );
+    let after = p2.as_tensor().to_vec1::<f32>()?[0];
+    assert!(
+        after.abs() < 1e-6,
+        "lr 1 on 0.5 p^2 lands on 0, got {after}"
+    );
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `vssl eval`: a run directory's resolved recipe (with `--set` overrides) resolved
+//! through the registry, then the [`eval`](crate::eval) protocols on each split.
+
+use std::collections::BTreeMap;
+
+use candle_core::Device;
+
+use crate::backbone::Backbone;
+use crate::data::bad_videos::BadVideos;
+use crate::eval::{
+    extract, file_stem, finetune, linear, load_weights, mean_std_of, retrieval, write_json,
+    EvalSetup, EvalTarget, Protocol,
+};
+use crate::recipe::{self, Recipe, RecipeSource};
+use crate::{registry, Error, Result};
+
+/// What to evaluate and how.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub protocols: Vec<Protocol>,
+    /// Evaluate the same architecture untrained (same seed-controlled initialisation
+    /// as pretraining starts from).
+    pub random_init: bool,
+    /// `--set` overrides on top of the run's resolved recipe.
+    pub sets: Vec<String>,
+    /// Official splits to run on (empty: the recipe's split).
+    pub splits: Vec<u8>,
+    /// Continue an interrupted fine-tuning run.
+    pub resume: bool,
+}
+
+/// The backbone to evaluate: pretrained weights, or the untrained initialisation.
+fn load_backbone(
+    recipe: &Recipe,
+    target: &EvalTarget,
+    random_init: bool,
+    device: &Device,
+) -> Result<Box<dyn Backbone>> {
+    let net = registry::backbone(
+        &recipe.backbone,
+        recipe.data.frames,
+        recipe.train.seed,
+        device,
+    )?;
+    if !random_init {
+        load_weights(net.as_ref(), &target.weights, device)?;
+    }
+    Ok(net)
+}
+
+/// Evaluates a run; writes `<run>/eval/<protocol>[-random][-splitN].json` (and, with
+/// several splits, `<protocol>[-random].json` holding mean and std); returns the JSON
+/// objects in the order written (the summary last).
+pub fn evaluate(
+    target: &EvalTarget,
+    opts: &EvalOptions,
+    device: &Device,
+) -> Result<Vec<serde_json::Value>> {
+    let run = &target.run_dir;
+    let recipe_file = run.recipe();
+    if !recipe_file.is_file() {
+        return Err(Error::BadInput(format!(
+            "{}: missing; is {} a vssl run directory?",
+            recipe_file.display(),
+            run.path().display()
+        )));
+    }
+    let base: Recipe = recipe::load(&RecipeSource::with_sets(recipe_file, opts.sets.clone()))?;
+    let eval_dir = run.eval_dir();
+    std::fs::create_dir_all(&eval_dir).map_err(|e| Error::io(&eval_dir, e))?;
+    let many = opts.splits.len() > 1;
+    let splits: Vec<Option<u8>> = if opts.splits.is_empty() {
+        vec![None]
+    } else {
+        opts.splits.iter().map(|&s| Some(s)).collect()
+    };
+    let weights_label = if opts.random_init {
+        "random-init".to_string()
+    } else {
+        target.weights.display().to_string()
+    };
+    let mut out = Vec::new();
+    let mut per_protocol: BTreeMap<&'static str, Vec<serde_json::Value>> = BTreeMap::new();
+    for split in splits {
+        let mut recipe = base.clone();
+        if let Some(s) = split {
+            if !(1..=3).contains(&s) {
+                return Err(Error::BadInput(format!(
+                    "--splits: split {s} is not 1, 2 or 3"
+                )));
+            }
+            let mut d = recipe.eval_data().clone();
+            d.split = s;
+            recipe.eval.data = Some(d);
+        }
+        let dataset = registry::dataset(recipe.eval_data())?;
+        let recipe_text = recipe.to_toml();
+        let setup = EvalSetup {
+            eval: &recipe.eval,
+            data: recipe.eval_data(),
+            seed: recipe.train.seed,
+            recipe: &recipe_text,
+        };
+        let needs_features = opts
+            .protocols
+            .iter()
+            .any(|p| matches!(p, Protocol::Linear | Protocol::Knn));
+        let feats = if needs_features {
+            let net = load_backbone(&recipe, target, opts.random_init, device)?;
+            let f = extract(net.as_ref(), dataset.as_ref(), &setup, device)?;
+            BadVideos::open(run).record(&f.skipped)?;
+            Some(f)
+        } else {
+            None
+        };
+        for &p in &opts.protocols {
+            let stem = file_stem(p, opts.random_init, if many { split } else { None });
+            let (metrics, counts) = match (p, &feats) {
+                (Protocol::Linear, Some(f)) => (
+                    serde_json::to_value(linear::probe(
+                        f,
+                        dataset.num_classes(),
+                        &recipe.eval,
+                        recipe.train.seed,
+                    )?),
+                    (f.train.labels.len(), f.test.labels.len(), f.skipped.len()),
+                ),
+                (Protocol::Knn, Some(f)) => (
+                    serde_json::to_value(retrieval::recall_at_k(f, &recipe.eval.k)?),
+                    (f.train.labels.len(), f.test.labels.len(), f.skipped.len()),
+                ),
+                _ => {
+                    // Fine-tuning changes the weights: it gets its own fresh copy.
+                    let net = load_backbone(&recipe, target, opts.random_init, device)?;
+                    let r = finetune::finetune(
+                        &setup,
+                        net.as_ref(),
+                        dataset.clone(),
+                        &run.finetune(&stem),
+                        opts.resume,
+                        device,
+                    )?;
+                    let n = (
+                        dataset.len(crate::data::Split::Train),
+                        dataset.len(crate::data::Split::Test),
+                        0,
+                    );
+                    (serde_json::to_value(r), n)
+                }
+            };
+            let metrics = metrics.map_err(|e| Error::Internal(e.to_string()))?;
+            let json = serde_json::json!({
+                "protocol": p.name(),
+                "weights": weights_label,
+                "random_init": opts.random_init,
+                "run": run.path().display().to_string(),
+                "dataset": dataset.describe(),
+                "split": recipe.eval_data().split,
+                "train_videos": counts.0,
+                "test_videos": counts.1,
+                "skipped": counts.2,
+                "metrics": metrics,
+                "eval_recipe": recipe.eval,
+            });
+            write_json(&run.eval_file(&stem), &json)?;
+            per_protocol.entry(p.name()).or_default().push(json.clone());
+            out.push(json);
+        }
+    }
+    if many {
+        for &p in &opts.protocols {
+            let (mean, std) = mean_std_of(&per_protocol[p.name()]);
+            let json = serde_json::json!({
+                "protocol": p.name(),
+                "weights": weights_label,
+                "random_init": opts.random_init,
+                "run": run.path().display().to_string(),
+                "splits": opts.splits,
+                "mean": mean,
+                "std": std,
+            });
+            write_json(&run.eval_file(&file_stem(p, opts.random_init, None)), &json)?;
+            out.push(json);
+        }
+    }
+    Ok(out)
+}
