@@ -22,6 +22,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod io;
 pub mod loss;
 pub mod nn;
 pub mod ops;
@@ -29,6 +30,7 @@ pub mod pretext;
 pub mod recipe;
 pub mod registry;
 pub mod report;
+pub mod seed;
 pub mod sweep;
 pub mod train;
 

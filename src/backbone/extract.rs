@@ -35,7 +35,7 @@ use super::import::{
 use super::Backbone;
 use crate::data::Video;
 use crate::recipe::Arch;
-use crate::train::checkpoint::{read_safetensors, write_safetensors_atomic};
+use crate::io::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
 
 /// What `vssl extract` does.

@@ -28,7 +28,7 @@ pub use build::{build, refresh, BuildSummary, Refresh};
 
 use crate::data::datasets::VideoDataset;
 use crate::data::{Split, Video};
-use crate::nn::hash_str;
+use crate::seed::hash_str;
 use crate::recipe::DataCfg;
 use crate::{Error, Result};
 

@@ -62,7 +62,7 @@ pub fn build(cfg: &DataCfg) -> Result<Box<dyn VideoDataset>> {
             // is `data.synthetic.seed` itself), so `--splits 1,2,3` works as for UCF101.
             let mut c = cfg.synthetic.clone();
             if cfg.split > 1 {
-                c.seed = crate::nn::mix(c.seed ^ (cfg.split as u64).wrapping_mul(0x9e37_79b9));
+                c.seed = crate::seed::mix(c.seed ^ (cfg.split as u64).wrapping_mul(0x9e37_79b9));
             }
             Ok(Box::new(Synthetic::new(c)?))
         }

@@ -64,7 +64,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Split, Video};
-use crate::nn::mix;
+use crate::seed::mix;
 use crate::{Error, Result};
 
 /// Number of classes.

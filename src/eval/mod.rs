@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::backbone::Backbone;
 use crate::recipe::{self, Recipe, RecipeSource};
-use crate::train::checkpoint::read_safetensors;
+use crate::io::read_safetensors;
 use crate::{registry, Error, Result};
 
 pub use features::{extract, Features};

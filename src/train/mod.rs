@@ -1,7 +1,6 @@
 //! Training: one trainer for every method, with checkpointable optimisers,
 //! learning-rate schedules and atomic safetensors checkpoints.
 
-pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
 mod sgd_cpu;
