@@ -1,11 +1,12 @@
 //! Counter-based seeding and stable hashing shared by every layer.
 //!
-//! Reproducibility rests on three small functions that must never change their
-//! output: [`mix`] derives independent seeds from counters, [`fnv1a`] / [`hash_str`]
-//! turn names into seeds (std's hasher is not stable across builds), and [`normal`]
-//! draws a standard normal with Box-Muller (no `rand_distr` dependency). They live in
-//! one leaf module so that parameter initialisation, clip sampling, synthetic data
-//! and sweep hashing all draw the same numbers from the same code.
+//! Reproducibility rests on a few small functions that must never change their
+//! output: [`mix`] derives independent seeds from counters, [`hash_str`] turns names
+//! into seeds and [`fnv1a`] sweep points into ids (std's hasher is not stable across
+//! builds), and [`normal`] draws a standard normal with Box-Muller (no `rand_distr`
+//! dependency). They live in one leaf module so that parameter initialisation, clip
+//! sampling, synthetic data and sweep hashing all draw the same numbers from the
+//! same code.
 
 use rand::Rng;
 
@@ -24,9 +25,14 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Stable hash of a string ([`fnv1a`] of its UTF-8 bytes), for per-name seeds.
+/// Stable hash of a string, for per-name seeds (parameter initialisation, cache keys,
+/// fine-tuning heads). FNV-1a's offset basis but multiplier `0x1000_0000_01b3`, not
+/// FNV's prime `0x100_0000_01b3`: NOT [`fnv1a`]. Every saved model's initial weights
+/// depend on it, so it stays as it is.
 pub fn hash_str(s: &str) -> u64 {
-    fnv1a(s.as_bytes())
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x1000_0000_01b3)
+    })
 }
 
 /// One standard-normal draw by Box-Muller (two uniform draws, the cosine branch).
