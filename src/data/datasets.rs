@@ -36,13 +36,13 @@ impl VideoDataset for Synthetic {
         Synthetic::len(self, split)
     }
     fn label(&self, split: Split, index: usize) -> Option<u32> {
-        Some(Synthetic::label(self, split, index))
+        Synthetic::label(self, split, index).ok()
     }
     fn num_classes(&self) -> usize {
         Synthetic::num_classes(self)
     }
     fn video(&self, split: Split, index: usize) -> Result<Video> {
-        Ok(Synthetic::video(self, split, index))
+        Synthetic::video(self, split, index)
     }
     fn describe(&self) -> String {
         format!(

@@ -225,10 +225,11 @@ impl Synthetic {
     }
 
     /// Label of video `index`: `index % classes`, so every class has `len / classes` videos
-    /// (plus one for the first `len % classes` classes).
-    pub fn label(&self, split: Split, index: usize) -> u32 {
-        self.check_index(split, index);
-        (index % NUM_CLASSES) as u32
+    /// (plus one for the first `len % classes` classes). An index past the split's end
+    /// is an error.
+    pub fn label(&self, split: Split, index: usize) -> Result<u32> {
+        self.check_index(split, index)?;
+        Ok((index % NUM_CLASSES) as u32)
     }
 
     /// The seed of video `index`. `mix` is a bijection and the split is the low bit of its
@@ -241,9 +242,10 @@ impl Synthetic {
         mix(mix(self.cfg.seed) ^ (((index as u64) << 1) | bit))
     }
 
-    /// Video `index` of `split`; deterministic in `(config, split, index)`.
-    pub fn video(&self, split: Split, index: usize) -> Video {
-        let label = self.label(split, index);
+    /// Video `index` of `split`; deterministic in `(config, split, index)`. An index
+    /// past the split's end is an error.
+    pub fn video(&self, split: Split, index: usize) -> Result<Video> {
+        let label = self.label(split, index)?;
         self.render(self.video_seed(split, index), label)
     }
 
@@ -251,9 +253,14 @@ impl Synthetic {
     /// background, drift, distractors, lighting, noise) depends on `seed` only; the odd class
     /// of each pair is the even class's rendering played backwards, except that the
     /// world keeps flowing down: without distractors and drift, `render(s, 2k + 1)` is exactly
-    /// `render(s, 2k)` with frames in reverse order.
-    pub fn render(&self, seed: u64, class: u32) -> Video {
-        assert!((class as usize) < NUM_CLASSES, "class {class} out of range");
+    /// `render(s, 2k)` with frames in reverse order. A class outside `0..NUM_CLASSES`
+    /// is an error.
+    pub fn render(&self, seed: u64, class: u32) -> Result<Video> {
+        if class as usize >= NUM_CLASSES {
+            return Err(Error::BadInput(format!(
+                "synthetic dataset: class {class} out of range (0..{NUM_CLASSES})"
+            )));
+        }
         let scene = Scene::draw(&self.cfg, seed, class / 2);
         let (s, t_n) = (self.cfg.size, self.cfg.video_frames);
         let n = s * s * 3;
@@ -266,20 +273,22 @@ impl Synthetic {
             scene.render_frame(t, slot, &mut buf, &mut cols);
             scene.quantize(t, &buf, &mut data[slot * n..(slot + 1) * n]);
         }
-        Video {
+        Ok(Video {
             frames: t_n,
             height: s,
             width: s,
             data,
-        }
+        })
     }
 
-    fn check_index(&self, split: Split, index: usize) {
+    fn check_index(&self, split: Split, index: usize) -> Result<()> {
         let len = self.len(split);
-        assert!(
-            index < len,
-            "synthetic {split:?} index {index} out of range (len {len})"
-        );
+        if index >= len {
+            return Err(Error::BadInput(format!(
+                "synthetic dataset: {split:?} index {index} out of range (len {len})"
+            )));
+        }
+        Ok(())
     }
 }
 
