@@ -9,7 +9,13 @@
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Layout, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
+
+/// Whether `t` can take a CPU custom kernel: on the CPU and f32 or f64 (every other
+/// device or dtype runs the op's candle-tensor-op path).
+pub(crate) fn cpu_float(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
 
 /// An element type a CPU kernel can run on: f32 or f64.
 pub(crate) trait Float: WithDType {
@@ -87,8 +93,8 @@ pub(crate) fn dispatch<const N: usize>(
         Ok(T::storage(kernel.run(std::array::from_fn(|i| &*owned[i]))))
     }
     match args.first().map(|(s, _)| s.dtype()) {
-        Some(candle_core::DType::F32) => run::<f32, N>(op, args, kernel),
-        Some(candle_core::DType::F64) => run::<f64, N>(op, args, kernel),
+        Some(DType::F32) => run::<f32, N>(op, args, kernel),
+        Some(DType::F64) => run::<f64, N>(op, args, kernel),
         other => Err(candle_core::Error::Msg(format!(
             "{op}: unsupported dtype {other:?} (f32/f64 only)"
         ))),

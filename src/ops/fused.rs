@@ -5,10 +5,10 @@
 //! custom op whose backward is a single masked copy shared by both inputs; other
 //! devices use the candle ops.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::dispatch::{dispatch, FloatKernel};
+use super::dispatch::{cpu_float, dispatch, FloatKernel};
 use super::op_error;
 use crate::Result;
 
@@ -26,7 +26,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
+    if cpu_float(a) {
         return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?);
     }
     Ok((a + b)?.relu()?)

@@ -12,7 +12,7 @@
 //! task with a fixed summation order (no racing accumulations), so training resumes
 //! bit for bit.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
 mod cpu;
 mod direct;
@@ -20,7 +20,7 @@ mod geometry;
 
 use geometry::Geom;
 
-use super::dispatch::{dispatch, FloatKernel};
+use super::dispatch::{cpu_float, dispatch, FloatKernel};
 use super::{op_error, profile};
 use crate::nn::{Init, VarStore};
 use crate::Result;
@@ -49,7 +49,7 @@ impl Default for Conv3dConfig {
 /// any other device (or dtype) [`conv3d_generic`].
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
     let g = Geom::new(x, w, cfg)?;
-    let y = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    let y = if cpu_float(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dFwd(g))?
     } else {
         generic_no_bias(x, w, &g, GENERIC_COLS_LIMIT)?
