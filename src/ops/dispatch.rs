@@ -126,3 +126,38 @@ fn dense<'a, T: Copy>(data: &'a [T], l: &Layout) -> Cow<'a, [T]> {
     }
     Cow::Owned(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sum;
+    impl FloatKernel<2> for Sum {
+        fn run<T: WithDType>(&self, [a, b]: [&[T]; 2]) -> Vec<T> {
+            a.iter().zip(b).map(|(x, y)| *x + *y).collect()
+        }
+    }
+
+    #[test]
+    fn dispatch_runs_f32_and_f64_reads_strided_operands_and_rejects_mixed_dtypes() {
+        let l = Layout::contiguous((2, 2));
+        // The transpose of [[0, 1], [2, 3]]: reads 0, 2, 1, 3.
+        let t = l.transpose(0, 1).unwrap();
+        let a = CpuStorage::F32(vec![0.0, 1.0, 2.0, 3.0]);
+        let b = CpuStorage::F32(vec![10.0; 4]);
+        match dispatch("sum", [(&a, &t), (&b, &l)], &Sum).unwrap() {
+            CpuStorage::F32(v) => assert_eq!(v, [10.0, 12.0, 11.0, 13.0]),
+            other => panic!("{:?}", other.dtype()),
+        }
+        let c = CpuStorage::F64(vec![1.0; 4]);
+        match dispatch("sum", [(&c, &l), (&c, &l)], &Sum).unwrap() {
+            CpuStorage::F64(v) => assert_eq!(v, [2.0; 4]),
+            other => panic!("{:?}", other.dtype()),
+        }
+        let e = dispatch("sum", [(&a, &l), (&c, &l)], &Sum).unwrap_err();
+        assert!(e.to_string().contains("sum: operand of dtype F64"), "{e}");
+        let u = CpuStorage::U8(vec![0; 4]);
+        let e = dispatch("sum", [(&u, &l), (&u, &l)], &Sum).unwrap_err();
+        assert!(e.to_string().contains("f32/f64 only"), "{e}");
+    }
+}

@@ -793,6 +793,30 @@ fn conv3d_rejects_bad_shapes_with_errors() {
     );
 }
 
+#[test]
+fn op_shape_failures_are_internal_errors_not_bad_input() {
+    // Shapes reaching an op come from vssl's own layers: a mismatch is a bug (exit 1).
+    let x = Tensor::zeros((1, 3, 4, 5, 5), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((2, 4, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let errs = [
+        conv3d(&x, &w, None, &Conv3dConfig::default()).unwrap_err(),
+        conv3d_generic(&x, &w, None, &Conv3dConfig::default()).unwrap_err(),
+        max_pool3d(&x, [3, 3, 3], [1; 3], [2, 1, 1]).unwrap_err(),
+        global_avg_pool3d(&x.squeeze(0).unwrap()).unwrap_err(),
+        vssl::ops::fused::add_relu(&x, &x.squeeze(0).unwrap()).unwrap_err(),
+        BatchNorm3d::new(&VarStore::new(&Device::Cpu, 0), 4)
+            .unwrap()
+            .forward_t(&x, true)
+            .unwrap_err(),
+    ];
+    for e in errs {
+        assert!(
+            matches!(e, vssl::Error::Internal(_)) && !e.is_bad_input(),
+            "{e:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // pooling
 // ---------------------------------------------------------------------------------
