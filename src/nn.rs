@@ -3,6 +3,11 @@
 //! names. candle's `VarBuilder` hands out tensors, not `Var`s, so running statistics
 //! could not be updated in place and trainable parameters could not be told apart
 //! from buffers; this thin wrapper keeps both lists explicit.
+//!
+//! Also the two parameterised building blocks every layer above shares: [`Linear`]
+//! (backbone classifiers, method heads, the fine-tuning head) and seeded [`dropout`].
+//! `nn` sits below `ops` (whose layers own their parameters through [`VarStore`]) and
+//! imports nothing from it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

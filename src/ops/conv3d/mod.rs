@@ -11,6 +11,11 @@
 //! The CPU kernels are deterministic: every output element is produced by exactly one
 //! task with a fixed summation order (no racing accumulations), so training resumes
 //! bit for bit.
+//!
+//! Files: this one holds the public API, the layer, the tensor-op path and the custom
+//! ops; `geometry.rs` the validated output sizes; `cpu.rs` the blocked vol2col+gemm
+//! kernels; `direct.rs` the AVX-512 direct kernels (`VSSL_CONV_DIRECT=0` turns them
+//! off).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
