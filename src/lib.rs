@@ -23,6 +23,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod io;
 pub mod loss;
 pub mod nn;
 pub mod ops;
@@ -31,6 +32,7 @@ pub mod recipe;
 pub mod registry;
 pub mod report;
 pub mod run_dir;
+pub mod seed;
 pub mod sweep;
 pub mod train;
 

@@ -3,12 +3,18 @@
 //! names. candle's `VarBuilder` hands out tensors, not `Var`s, so running statistics
 //! could not be updated in place and trainable parameters could not be told apart
 //! from buffers; this thin wrapper keeps both lists explicit.
+//!
+//! Also the two parameterised building blocks every layer above shares: [`Linear`]
+//! (backbone classifiers, method heads, the fine-tuning head) and seeded [`dropout`].
+//! `nn` sits below `ops` (whose layers own their parameters through [`VarStore`]) and
+//! imports nothing from it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
+use crate::seed::{hash_str, mix, normal};
 use crate::{Error, Result};
 
 /// How a new parameter is initialised.
@@ -18,7 +24,8 @@ pub enum Init {
     Const(f64),
     /// Kaiming-normal for ReLU networks (fan-out mode, as torchvision's video ResNets).
     KaimingNormalFanOut,
-    /// Uniform in `[-b, b]` with `b = 1/sqrt(fan_in)` (PyTorch's default for `nn.Linear`).
+    /// Uniform in `[-b, b)` with `b = 1/sqrt(fan_in)`: PyTorch's default for the
+    /// `nn.Linear` weight (`kaiming_uniform_(a = sqrt(5))` reduces to this bound).
     LinearDefault,
     /// Normal with this standard deviation.
     Normal(f64),
@@ -197,24 +204,8 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// 64-bit mix (splitmix64 finaliser) used to derive independent seeds.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Stable hash of a string, for per-parameter seeds.
-pub fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x1000_0000_01b3)
-    })
-}
-
 fn make_init(shape: &Shape, init: Init, seed: u64, name: &str, device: &Device) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
-    use rand_distr_free::normal;
     let dims = shape.dims();
     let n = shape.elem_count();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(seed ^ hash_str(name)));
@@ -237,12 +228,68 @@ fn make_init(shape: &Shape, init: Init, seed: u64, name: &str, device: &Device) 
     Ok(Tensor::from_vec(data, shape.clone(), device)?)
 }
 
-/// Box-Muller normal sampling without an extra dependency.
-mod rand_distr_free {
-    use rand::Rng;
-    pub fn normal<R: Rng>(rng: &mut R) -> f64 {
-        let u1: f64 = rng.random::<f64>().max(1e-300);
-        let u2: f64 = rng.random::<f64>();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+/// `y = x Wᵀ + b` with `weight` `[out, in]` and `bias` `[out]` (PyTorch's names and
+/// layout). The parameters are cast to the input's dtype in [`Linear::forward`].
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    /// The heads' linear layer: weight [`Init::LinearDefault`] (PyTorch's default
+    /// weight initialisation), bias `N(0, (1/(3·sqrt(in)))²)`. The bias is NOT
+    /// PyTorch's default (that is `U(-1/sqrt(in), 1/sqrt(in))`); it is kept because
+    /// the shipped recipes' numbers depend on it.
+    pub fn new(vs: &VarStore, input: usize, output: usize) -> Result<Self> {
+        let bound = 1.0 / (input as f64).sqrt();
+        Self::with_init(
+            vs,
+            input,
+            output,
+            Init::LinearDefault,
+            Init::Normal(bound / 3.0),
+        )
     }
+
+    /// A linear layer with explicit weight and bias initialisations.
+    pub fn with_init(
+        vs: &VarStore,
+        input: usize,
+        output: usize,
+        weight: Init,
+        bias: Init,
+    ) -> Result<Self> {
+        let weight = vs.var("weight", (output, input), weight)?;
+        let bias = vs.var("bias", output, bias)?;
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.to_dtype(x.dtype())?;
+        let b = self.bias.to_dtype(x.dtype())?;
+        Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?)
+    }
+}
+
+/// Inverted dropout with a mask drawn from `seed` (identity when `p == 0` or not
+/// training). candle's CPU RNG cannot be seeded, and a resumed run must draw the same
+/// masks, so masks come from the caller's (step-derived) seed.
+pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    if !train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < p {
+                0.0
+            } else {
+                scale as f32
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?;
+    Ok(x.mul(&mask)?)
 }

@@ -26,9 +26,8 @@
 use candle_core::Tensor;
 
 use super::norm::{out_len, Norm, NormSpec};
-use super::video_resnet::Linear;
 use super::Backbone;
-use crate::nn::{Init, VarStore};
+use crate::nn::{Init, Linear, VarStore};
 use crate::ops::conv3d::{Conv3d, Conv3dConfig};
 use crate::ops::pool3d::max_pool3d;
 use crate::Result;
@@ -78,7 +77,13 @@ impl C3d {
             layers.push((conv, bn, pool));
         }
         let linear = match num_classes {
-            Some(n) => Some(Linear::new(&vs.pp("linear"), 512, n, Init::LinearDefault)?),
+            Some(n) => Some(Linear::with_init(
+                &vs.pp("linear"),
+                512,
+                n,
+                Init::LinearDefault,
+                Init::Const(0.0),
+            )?),
             None => None,
         };
         Ok(Self {

@@ -34,7 +34,7 @@ use super::import::{
 };
 use super::{Arch, Backbone};
 use crate::data::Video;
-use crate::train::checkpoint::{read_safetensors, write_safetensors_atomic};
+use crate::io::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};
 
 /// What `vssl extract` does.

@@ -30,7 +30,7 @@ use candle_core::{Device, Tensor};
 use crate::backbone::{self, Arch, Backbone, BackboneCfg};
 use crate::nn::{LoadReport, VarStore};
 use crate::recipe::{self, RecipeSource};
-use crate::train::checkpoint::write_safetensors_atomic;
+use crate::io::write_safetensors_atomic;
 use crate::{Error, Result};
 
 /// How the user describes the backbone on the command line (lowest to highest

@@ -38,7 +38,7 @@ use candle_core::Tensor;
 
 use super::norm::{out_len, Norm, NormSpec};
 use super::Backbone;
-use crate::nn::{Init, VarStore};
+use crate::nn::{Init, Linear, VarStore};
 use crate::ops::conv3d::{Conv3d, Conv3dConfig};
 use crate::Result;
 
@@ -377,27 +377,6 @@ impl Stem {
     }
 }
 
-/// A linear classifier `y = x Wᵀ + b` with `weight` `[classes, in]` and `bias` `[classes]`.
-pub(crate) struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Linear {
-    pub(crate) fn new(vs: &VarStore, cin: usize, classes: usize, w_init: Init) -> Result<Self> {
-        Ok(Self {
-            weight: vs.var("weight", (classes, cin), w_init)?,
-            bias: vs.var("bias", classes, Init::Const(0.0))?,
-        })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(x.dtype())?;
-        let b = self.bias.to_dtype(x.dtype())?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?)
-    }
-}
-
 /// torchvision's `VideoResNet` (see the module docs).
 pub struct VideoResNet {
     stem: Stem,
@@ -438,7 +417,13 @@ impl VideoResNet {
             stages.push(blocks);
         }
         let fc = match c.num_classes {
-            Some(n) => Some(Linear::new(&vs.pp("fc"), cin, n, Init::Normal(0.01))?),
+            Some(n) => Some(Linear::with_init(
+                &vs.pp("fc"),
+                cin,
+                n,
+                Init::Normal(0.01),
+                Init::Const(0.0),
+            )?),
             None => None,
         };
         Ok(Self {

@@ -28,7 +28,7 @@ pub use build::{build, refresh, BuildSummary, Refresh};
 
 use crate::data::datasets::VideoDataset;
 use crate::data::{DataCfg, Split, Video};
-use crate::nn::hash_str;
+use crate::seed::hash_str;
 use crate::{Error, Result};
 
 /// Name of the index inside a cache directory.

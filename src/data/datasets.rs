@@ -35,13 +35,13 @@ impl VideoDataset for Synthetic {
         Synthetic::len(self, split)
     }
     fn label(&self, split: Split, index: usize) -> Option<u32> {
-        Some(Synthetic::label(self, split, index))
+        Synthetic::label(self, split, index).ok()
     }
     fn num_classes(&self) -> usize {
         Synthetic::num_classes(self)
     }
     fn video(&self, split: Split, index: usize) -> Result<Video> {
-        Ok(Synthetic::video(self, split, index))
+        Synthetic::video(self, split, index)
     }
     fn describe(&self) -> String {
         format!(
@@ -61,7 +61,7 @@ pub fn build(cfg: &DataCfg) -> Result<Box<dyn VideoDataset>> {
             // is `data.synthetic.seed` itself), so `--splits 1,2,3` works as for UCF101.
             let mut c = cfg.synthetic.clone();
             if cfg.split > 1 {
-                c.seed = crate::nn::mix(c.seed ^ (cfg.split as u64).wrapping_mul(0x9e37_79b9));
+                c.seed = crate::seed::mix(c.seed ^ (cfg.split as u64).wrapping_mul(0x9e37_79b9));
             }
             Ok(Box::new(Synthetic::new(c)?))
         }

@@ -217,7 +217,7 @@ pub fn write_ucf101_layout(synth: &Synthetic, out: &Path, fps: u32) -> Result<Su
     let mut lists = [String::new(), String::new()];
     for (split, first_group, list) in [(Split::Train, 1, 0), (Split::Test, train_groups + 1, 1)] {
         for index in 0..synth.len(split) {
-            let label = synth.label(split, index) as usize;
+            let label = synth.label(split, index)? as usize;
             let class = CLASS_NAMES[label];
             // Rank of this video within its class in this split (labels are `index % classes`).
             let rank = index / classes;
@@ -225,7 +225,7 @@ pub fn write_ucf101_layout(synth: &Synthetic, out: &Path, fps: u32) -> Result<Su
             let clip = rank % CLIPS_PER_GROUP + 1;
             let name = format!("v_{class}_g{group:02}_c{clip:02}.avi");
             let path = videos_dir.join(class).join(&name);
-            write_video(&path, &synth.video(split, index), fps)?;
+            write_video(&path, &synth.video(split, index)?, fps)?;
             written += 1;
             match split {
                 Split::Train => lists[list].push_str(&format!("{class}/{name} {}\n", label + 1)),

@@ -16,7 +16,7 @@ use crate::data::augment::{write_clip, AugmentCfg, ClipAug, CropMode, Normalize}
 use crate::data::datasets::VideoDataset;
 use crate::data::sampler::{clip_indices, plan_clips, uniform_starts};
 use crate::data::{Split, Video};
-use crate::nn::mix;
+use crate::seed::mix;
 use crate::pretext::{ClipMeta, ClipSpec};
 use crate::{Error, Result};
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::backbone::Backbone;
 use crate::data::DataCfg;
 use crate::run_dir::RunDir;
-use crate::train::checkpoint::read_safetensors;
+use crate::io::read_safetensors;
 use crate::{Error, Result};
 
 pub use config::{EvalCfg, Pooling};

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use super::Features;
+use crate::loss::l2_normalize;
 use crate::Result;
 
 /// recall@k for each k, as `{"recall@1": ..}`.
@@ -16,16 +17,6 @@ use crate::Result;
 pub struct Retrieval {
     #[serde(flatten)]
     pub recall: BTreeMap<String, f64>,
-}
-
-/// L2-normalises rows.
-pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::INFINITY)?;
-    Ok(x.broadcast_div(&norm)?)
 }
 
 /// recall@k of `test` queries against `train` (features `[N, C]`).

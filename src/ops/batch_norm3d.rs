@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Tensor, Var};
 
 use super::bn_cpu::{BnTrain, Ncl, Stats};
+use super::dispatch::cpu_float;
 use super::{dims5, op_error};
 use crate::nn::{Init, VarStore};
 use crate::Result;
@@ -87,9 +88,8 @@ impl BatchNorm3d {
                 format!("input {d:?} has {} channels, layer expects {c}", d[1]),
             ));
         }
-        let dtype = x.dtype();
         let count = d[0] * d[2] * d[3] * d[4];
-        if train && count >= 2 && x.device().is_cpu() && matches!(dtype, DType::F32 | DType::F64) {
+        if train && count >= 2 && cpu_float(x) {
             return self.forward_cpu_train(x, d, relu);
         }
         let y = self.forward_generic(x, d, train)?;

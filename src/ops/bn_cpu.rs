@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::dispatch::{dispatch, FloatKernel};
+
 /// Per-channel batch statistics: mean and biased variance.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Stats {
@@ -26,15 +28,6 @@ pub(super) struct Ncl {
     pub(super) n: usize,
     pub(super) c: usize,
     pub(super) l: usize,
-}
-
-fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => Err(candle_core::Error::Msg(format!(
-            "vssl-batch-norm: {what} must be contiguous"
-        ))),
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +78,20 @@ pub(super) struct BnTrain {
     pub(super) stats: Arc<Mutex<Stats>>,
 }
 
+/// `(x, weight, bias) -> y`; the batch statistics are left in `stats`.
+impl FloatKernel<3> for BnTrain {
+    fn run<T: WithDType>(&self, [x, w, b]: [&[T]; 3]) -> Vec<T> {
+        let st = channel_stats(self.g, x);
+        let scale: Vec<f64> = (0..self.g.c)
+            .map(|c| w[c].to_f64() / (st.var[c] + self.eps).sqrt())
+            .collect();
+        let shift: Vec<f64> = (0..self.g.c).map(|c| b[c].to_f64()).collect();
+        let mean = st.mean.clone();
+        *lock(&self.stats) = st;
+        affine_rows(self.g, x, &mean, &scale, &shift, self.relu)
+    }
+}
+
 impl CustomOp3 for BnTrain {
     fn name(&self) -> &'static str {
         "vssl-batch-norm"
@@ -99,45 +106,11 @@ impl CustomOp3 for BnTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn run<T: WithDType>(op: &BnTrain, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-            let st = channel_stats(op.g, x);
-            let scale: Vec<f64> = (0..op.g.c)
-                .map(|c| w[c].to_f64() / (st.var[c] + op.eps).sqrt())
-                .collect();
-            let shift: Vec<f64> = (0..op.g.c).map(|c| b[c].to_f64()).collect();
-            let mean = st.mean.clone();
-            *lock(&op.stats) = st;
-            affine_rows(op.g, x, &mean, &scale, &shift, op.relu)
-        }
         let y = super::profile::timed(
             "bn.fwd",
             || format!("{:?}", l1.dims()),
             0.0,
-            || {
-                Ok(match (s1, s2, s3) {
-                    (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                        CpuStorage::F32(run(
-                            self,
-                            slice(x, l1, "x")?,
-                            slice(w, l2, "w")?,
-                            slice(b, l3, "b")?,
-                        ))
-                    }
-                    (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                        CpuStorage::F64(run(
-                            self,
-                            slice(x, l1, "x")?,
-                            slice(w, l2, "w")?,
-                            slice(b, l3, "b")?,
-                        ))
-                    }
-                    _ => {
-                        return Err(candle_core::Error::Msg(
-                            "vssl-batch-norm: f32/f64 with equal dtypes only".into(),
-                        ))
-                    }
-                })
-            },
+            || dispatch(self.name(), [(s1, l1), (s2, l2), (s3, l3)], self),
         )?;
         Ok((y, l1.shape().clone()))
     }
@@ -210,8 +183,8 @@ struct BnBwd {
     sums: Arc<Mutex<Stats>>,
 }
 
-impl BnBwd {
-    fn run<T: WithDType>(&self, x: &[T], dy: &[T], y: &[T]) -> Vec<T> {
+impl FloatKernel<3> for BnBwd {
+    fn run<T: WithDType>(&self, [x, dy, y]: [&[T]; 3]) -> Vec<T> {
         let g = self.g;
         let zero = T::zero();
         let relu = self.relu;
@@ -298,29 +271,7 @@ impl CustomOp3 for BnBwd {
             "bn.bwd",
             || format!("{:?}", l1.dims()),
             0.0,
-            || {
-                Ok(match (s1, s2, s3) {
-                    (CpuStorage::F32(x), CpuStorage::F32(dy), CpuStorage::F32(y)) => {
-                        CpuStorage::F32(self.run(
-                            slice(x, l1, "x")?,
-                            slice(dy, l2, "dy")?,
-                            slice(y, l3, "y")?,
-                        ))
-                    }
-                    (CpuStorage::F64(x), CpuStorage::F64(dy), CpuStorage::F64(y)) => {
-                        CpuStorage::F64(self.run(
-                            slice(x, l1, "x")?,
-                            slice(dy, l2, "dy")?,
-                            slice(y, l3, "y")?,
-                        ))
-                    }
-                    _ => {
-                        return Err(candle_core::Error::Msg(
-                            "vssl-batch-norm-bwd: f32/f64 with equal dtypes only".into(),
-                        ))
-                    }
-                })
-            },
+            || dispatch(self.name(), [(s1, l1), (s2, l2), (s3, l3)], self),
         )?;
         Ok((dx, l1.shape().clone()))
     }

@@ -5,9 +5,10 @@
 //! custom op whose backward is a single masked copy shared by both inputs; other
 //! devices use the candle ops.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::dispatch::{cpu_float, dispatch, FloatKernel};
 use super::op_error;
 use crate::Result;
 
@@ -25,7 +26,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) {
+    if cpu_float(a) {
         return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?);
     }
     Ok((a + b)?.relu()?)
@@ -33,12 +34,6 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Rows per parallel task (large enough to amortise scheduling).
 const CHUNK: usize = 1 << 14;
-
-fn contiguous<'a, T>(d: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    l.contiguous_offsets()
-        .map(|(a, b)| &d[a..b])
-        .ok_or_else(|| candle_core::Error::Msg("vssl-add-relu: operands must be contiguous".into()))
-}
 
 struct AddRelu;
 
@@ -62,30 +57,27 @@ fn binary_cpu(
     name: &'static str,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
-    k32: fn(&[f32], &[f32]) -> Vec<f32>,
-    k64: fn(&[f64], &[f64]) -> Vec<f64>,
+    kernel: &impl FloatKernel<2>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
     let out = super::profile::timed(
         name,
         || format!("{:?}", l1.dims()),
         0.0,
-        || {
-            Ok(match (s1, s2) {
-                (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                    CpuStorage::F32(k32(contiguous(a, l1)?, contiguous(b, l2)?))
-                }
-                (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                    CpuStorage::F64(k64(contiguous(a, l1)?, contiguous(b, l2)?))
-                }
-                _ => {
-                    return Err(candle_core::Error::Msg(format!(
-                        "{name}: f32/f64 with equal dtypes only"
-                    )))
-                }
-            })
-        },
+        || dispatch(name, [(s1, l1), (s2, l2)], kernel),
     )?;
     Ok((out, l1.shape().clone()))
+}
+
+impl FloatKernel<2> for AddRelu {
+    fn run<T: WithDType>(&self, [a, b]: [&[T]; 2]) -> Vec<T> {
+        add_relu_kernel(a, b)
+    }
+}
+
+impl FloatKernel<2> for ReluMask {
+    fn run<T: WithDType>(&self, [dy, y]: [&[T]; 2]) -> Vec<T> {
+        mask_kernel(dy, y)
+    }
 }
 
 impl CustomOp2 for AddRelu {
@@ -100,13 +92,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        binary_cpu(
-            self.name(),
-            (s1, l1),
-            (s2, l2),
-            add_relu_kernel::<f32>,
-            add_relu_kernel::<f64>,
-        )
+        binary_cpu(self.name(), (s1, l1), (s2, l2), self)
     }
 
     fn bwd(
@@ -149,12 +135,6 @@ impl CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        binary_cpu(
-            self.name(),
-            (s1, l1),
-            (s2, l2),
-            mask_kernel::<f32>,
-            mask_kernel::<f64>,
-        )
+        binary_cpu(self.name(), (s1, l1), (s2, l2), self)
     }
 }

@@ -6,8 +6,7 @@
 pub mod batch_norm3d;
 mod bn_cpu;
 pub mod conv3d;
-mod conv3d_cpu;
-mod conv3d_direct;
+pub(crate) mod dispatch;
 pub mod fused;
 pub mod pool3d;
 pub mod profile;
@@ -21,9 +20,11 @@ use candle_core::Tensor;
 
 use crate::{Error, Result};
 
-/// A shape/argument error raised by an op, prefixed with the op's name.
+/// A shape/argument error raised by an op, prefixed with the op's name. Shapes reaching
+/// an op come from the library's own layers (recipes are validated before a model is
+/// built), so a mismatch is a bug: an internal error (exit code 1), not bad input.
 pub(crate) fn op_error(op: &str, msg: impl std::fmt::Display) -> Error {
-    Error::BadInput(format!("{op}: {msg}"))
+    Error::Internal(format!("{op}: {msg}"))
 }
 
 /// The dims of a rank-5 NCTHW tensor, or an error naming `op` and the actual shape.

@@ -7,10 +7,10 @@
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
-use super::heads::{dropout, Linear};
 use super::{Batch, ClipSpec, Pretext, StepOutput};
 use crate::backbone::Backbone;
-use crate::nn::{mix, VarStore};
+use crate::nn::{dropout, Linear, VarStore};
+use crate::seed::mix;
 use crate::recipe::{GeometricCfg, RotationsPerClip};
 use crate::{Error, Result};
 

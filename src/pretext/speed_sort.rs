@@ -9,10 +9,10 @@
 
 use candle_core::Tensor;
 
-use super::heads::{dropout, Linear};
 use super::{Batch, ClipMeta, ClipSpec, Pretext, Sampling, SpeedSpec, StepOutput};
 use crate::backbone::Backbone;
-use crate::nn::{mix, VarStore};
+use crate::nn::{dropout, Linear, VarStore};
+use crate::seed::mix;
 use crate::recipe::{SpeedLabel, SpeedSortCfg};
 use crate::{Error, Result};
 

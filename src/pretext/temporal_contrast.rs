@@ -11,11 +11,10 @@
 
 use candle_core::{Tensor, D};
 
-use super::heads::Linear;
 use super::{Batch, ClipSpec, Pretext, Sampling, SparseDenseSpec, StepOutput};
 use crate::backbone::Backbone;
 use crate::loss::{global_local, l2_normalize, nt_xent_masked, PairMasks};
-use crate::nn::VarStore;
+use crate::nn::{Linear, VarStore};
 use crate::ops::batch_norm3d::BatchNorm3d;
 use crate::recipe::{LlReduction, TemporalContrastCfg};
 use crate::{Error, Result};

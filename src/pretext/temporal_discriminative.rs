@@ -28,12 +28,12 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
 
-use super::heads::Linear;
 use super::{Batch, ClipSpec, Pretext, Sampling, StepOutput};
 use crate::backbone::{self, Backbone};
 use crate::data::sampler::triplet_starts;
 use crate::loss::{info_nce_queue, l2_normalize, triplet_margin};
-use crate::nn::{mix, VarStore};
+use crate::nn::{Linear, VarStore};
+use crate::seed::{mix, normal};
 use crate::recipe::{BackboneCfg, TemporalDiscriminativeCfg};
 use crate::{Error, Result};
 
@@ -126,12 +126,8 @@ fn copy_store(target: &VarStore, source: &VarStore) -> Result<()> {
 pub fn random_unit_rows(n: usize, d: usize, seed: u64, device: &Device) -> Result<Tensor> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let v: Vec<f32> = (0..n * d)
-        .map(|_| {
-            // Box-Muller: Gaussian rows are uniformly distributed directions.
-            let u1: f64 = rng.random::<f64>().max(1e-300);
-            let u2: f64 = rng.random::<f64>();
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
+        // Gaussian rows are uniformly distributed directions.
+        .map(|_| normal(&mut rng) as f32)
         .collect();
     l2_normalize(&Tensor::from_vec(v, (n, d), device)?)
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::spec::SweepSpec;
 use crate::eval::Protocol;
 use crate::recipe::{self, Recipe, RecipeSource};
+use crate::seed::fnv1a;
 use crate::{Error, Result};
 
 /// One run of a sweep.
@@ -192,15 +193,6 @@ fn short_keys(keys: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// 64-bit FNV-1a: stable across builds and platforms (std's hasher is not).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 /// Expands and resolves every point; `sets` are `--set` overrides applied to all
 /// points (layer 5), `out` the sweep's directory.

@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::checkpoint::{read_safetensors, write_safetensors_atomic};
+use crate::io::{read_safetensors, write_safetensors_atomic};
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::Schedule;
 use crate::data::augment::AugmentCfg;

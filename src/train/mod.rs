@@ -3,7 +3,6 @@
 //! checkpoints. [`fit`] pretrains any [`Pretext`](crate::pretext::Pretext) the
 //! caller built; [`update`] is the crate's single backward + optimiser step.
 
-pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod optim;

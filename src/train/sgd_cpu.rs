@@ -9,19 +9,11 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::ops::dispatch::slices;
 use crate::ops::profile;
 use crate::Result;
 
 const CHUNK: usize = 1 << 15;
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(candle_core::Error::Msg(
-            "vssl-sgd: contiguous f32 tensors only".into(),
-        )),
-    }
-}
 
 /// `(buf, g, p) -> momentum·buf + (g + wd·p)`.
 struct Momentum {
@@ -43,7 +35,8 @@ impl CustomOp3 for Momentum {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (buf, g, p) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
+        let [buf, g, p] = slices::<f32, 3>(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let (buf, g, p) = (&buf[..], &g[..], &p[..]);
         let (m, wd) = (self.momentum, self.wd);
         // One profile row for all parameters.
         let out = profile::timed(
@@ -86,7 +79,8 @@ impl CustomOp2 for Step {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (p, d) = (f32s(s1, l1)?, f32s(s2, l2)?);
+        let [p, d] = slices::<f32, 2>(self.name(), [(s1, l1), (s2, l2)])?;
+        let (p, d) = (&p[..], &d[..]);
         let lr = self.lr;
         let out = profile::timed(
             "sgd.step",

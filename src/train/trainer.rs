@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::write_safetensors_atomic;
+use crate::io::write_safetensors_atomic;
 use super::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;

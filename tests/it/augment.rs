@@ -14,7 +14,7 @@ use vssl::data::loader::{make_batch, video_for, BatchPlan, Loader};
 use vssl::data::sampler::plan_clips;
 use vssl::data::synthetic::{Synthetic, SyntheticConfig};
 use vssl::data::{Split, Video};
-use vssl::nn::mix;
+use vssl::seed::mix;
 use vssl::pretext::ClipSpec;
 
 const ID: Normalize = Normalize {

@@ -459,9 +459,9 @@ fn bench_cache_vs_decoding() {
     for split in [Split::Train, Split::Test] {
         for i in 0..synth.len(split) {
             let p = d.path().join(format!("{split:?}_{i}.avi"));
-            vssl::data::encode::write_video(&p, &synth.video(split, i), 25).unwrap();
+            vssl::data::encode::write_video(&p, &synth.video(split, i).unwrap(), 25).unwrap();
             ds.paths[split as usize].push(p);
-            ds.labels[split as usize].push(synth.label(split, i));
+            ds.labels[split as usize].push(synth.label(split, i).unwrap());
         }
     }
     let ds: Arc<dyn VideoDataset> = Arc::new(ds);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-use vssl::train::checkpoint::read_safetensors;
+use vssl::io::read_safetensors;
 
 /// The repository root (where `registry/` and `experiments/` live).
 pub fn repo() -> PathBuf {

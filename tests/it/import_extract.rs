@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use vssl::backbone::extract::{self, ExtractOptions};
 use vssl::backbone::import::BackboneArgs;
 use vssl::data::Video;
-use vssl::train::checkpoint::{read_safetensors, write_safetensors_atomic};
+use vssl::io::{read_safetensors, write_safetensors_atomic};
 
 use super::common::{repo, run, stderr, tiny_recipe, vssl};
 

@@ -29,7 +29,7 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     (0..n)
         .map(|_| {
-            s = vssl::nn::mix(s);
+            s = vssl::seed::mix(s);
             (((s >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0) as f32 as f64
         })
         .collect()
@@ -38,7 +38,7 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
 /// Distinct values (a shuffled ramp), so max pooling has no ties.
 fn distinct_vec(n: usize, seed: u64) -> Vec<f64> {
     let mut v: Vec<(u64, usize)> = (0..n)
-        .map(|i| (vssl::nn::mix(seed ^ (i as u64 * 0x1234_5678)), i))
+        .map(|i| (vssl::seed::mix(seed ^ (i as u64 * 0x1234_5678)), i))
         .collect();
     v.sort();
     let mut out = vec![0.0; n];
@@ -114,7 +114,7 @@ fn sample_indices(n: usize, count: usize, seed: u64) -> Vec<usize> {
         return (0..n).collect();
     }
     let mut idx: Vec<usize> = (0..count)
-        .map(|i| (vssl::nn::mix(seed + i as u64) % n as u64) as usize)
+        .map(|i| (vssl::seed::mix(seed + i as u64) % n as u64) as usize)
         .collect();
     idx.sort();
     idx.dedup();
@@ -791,6 +791,30 @@ fn conv3d_rejects_bad_shapes_with_errors() {
         err.contains("3 channels") && err.contains("expects 4"),
         "{err}"
     );
+}
+
+#[test]
+fn op_shape_failures_are_internal_errors_not_bad_input() {
+    // Shapes reaching an op come from vssl's own layers: a mismatch is a bug (exit 1).
+    let x = Tensor::zeros((1, 3, 4, 5, 5), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((2, 4, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let errs = [
+        conv3d(&x, &w, None, &Conv3dConfig::default()).unwrap_err(),
+        conv3d_generic(&x, &w, None, &Conv3dConfig::default()).unwrap_err(),
+        max_pool3d(&x, [3, 3, 3], [1; 3], [2, 1, 1]).unwrap_err(),
+        global_avg_pool3d(&x.squeeze(0).unwrap()).unwrap_err(),
+        vssl::ops::fused::add_relu(&x, &x.squeeze(0).unwrap()).unwrap_err(),
+        BatchNorm3d::new(&VarStore::new(&Device::Cpu, 0), 4)
+            .unwrap()
+            .forward_t(&x, true)
+            .unwrap_err(),
+    ];
+    for e in errs {
+        assert!(
+            matches!(e, vssl::Error::Internal(_)) && !e.is_bad_input(),
+            "{e:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -60,11 +60,11 @@ fn cross_entropy_matches_hand_computation() {
 #[test]
 fn dropout_is_seeded_and_scaled() {
     let x = Tensor::ones((1000,), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let a = vssl::pretext::heads::dropout(&x, 0.5, true, 7)
+    let a = vssl::nn::dropout(&x, 0.5, true, 7)
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
-    let b = vssl::pretext::heads::dropout(&x, 0.5, true, 7)
+    let b = vssl::nn::dropout(&x, 0.5, true, 7)
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
@@ -72,7 +72,7 @@ fn dropout_is_seeded_and_scaled() {
     assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
     let kept = a.iter().filter(|&&v| v > 0.0).count();
     assert!((400..600).contains(&kept), "{kept}");
-    let off = vssl::pretext::heads::dropout(&x, 0.5, false, 7)
+    let off = vssl::nn::dropout(&x, 0.5, false, 7)
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();

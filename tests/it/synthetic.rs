@@ -133,9 +133,22 @@ fn classes_come_in_reverse_pairs() {
 }
 
 #[test]
+fn out_of_range_index_or_class_is_an_error_not_a_panic() {
+    let s = synth(clean_cfg());
+    for (split, len) in [(Split::Train, 64), (Split::Test, 16)] {
+        let e = s.video(split, len).unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("out of range"), "{e}");
+        assert!(s.label(split, len).unwrap_err().is_bad_input());
+        assert!(s.video(split, len - 1).is_ok());
+    }
+    let e = s.render(0, CLASS_NAMES.len() as u32).unwrap_err();
+    assert!(e.is_bad_input() && e.to_string().contains("class 8"), "{e}");
+}
+
+#[test]
 fn video_shape_and_content() {
     let s = synth(SyntheticConfig::default());
-    let v = s.video(Split::Train, 3);
+    let v = s.video(Split::Train, 3).unwrap();
     assert_eq!((v.frames, v.height, v.width), (32, 32, 32));
     assert_eq!(v.data.len(), 32 * 32 * 32 * 3);
     // Not degenerate: the pixel values spread and consecutive frames differ.
@@ -154,7 +167,7 @@ fn video_shape_and_content() {
         video_frames: 9,
         ..SyntheticConfig::default()
     });
-    let v = s.video(Split::Test, 0);
+    let v = s.video(Split::Test, 0).unwrap();
     assert_eq!(
         (v.frames, v.height, v.width, v.data.len()),
         (9, 48, 48, 9 * 48 * 48 * 3)
@@ -170,14 +183,14 @@ fn deterministic_and_seed_dependent() {
     };
     let (a, b) = (synth(cfg.clone()), synth(cfg.clone()));
     for i in [0, 5, 15] {
-        assert_eq!(a.video(Split::Train, i), b.video(Split::Train, i));
-        assert_eq!(a.video(Split::Test, i), b.video(Split::Test, i));
+        assert_eq!(a.video(Split::Train, i).unwrap(), b.video(Split::Train, i).unwrap());
+        assert_eq!(a.video(Split::Test, i).unwrap(), b.video(Split::Test, i).unwrap());
         // Repeated calls on one instance agree too (no hidden state).
-        assert_eq!(a.video(Split::Train, i), a.video(Split::Train, i));
+        assert_eq!(a.video(Split::Train, i).unwrap(), a.video(Split::Train, i).unwrap());
     }
     let other = synth(SyntheticConfig { seed: 1, ..cfg });
     for i in [0, 5, 15] {
-        assert_ne!(a.video(Split::Train, i), other.video(Split::Train, i));
+        assert_ne!(a.video(Split::Train, i).unwrap(), other.video(Split::Train, i).unwrap());
     }
 }
 
@@ -197,11 +210,11 @@ fn train_and_test_differ() {
             );
         }
     }
-    let train: HashSet<Vec<u8>> = (0..32).map(|i| s.video(Split::Train, i).data).collect();
+    let train: HashSet<Vec<u8>> = (0..32).map(|i| s.video(Split::Train, i).unwrap().data).collect();
     assert_eq!(train.len(), 32);
     for i in 0..32 {
         assert!(
-            !train.contains(&s.video(Split::Test, i).data),
+            !train.contains(&s.video(Split::Test, i).unwrap().data),
             "test video {i} also in train"
         );
     }
@@ -214,7 +227,7 @@ fn labels_are_balanced() {
     for (split, per_class) in [(Split::Train, 60), (Split::Test, 30)] {
         let mut counts = [0usize; 8];
         for i in 0..s.len(split) {
-            counts[s.label(split, i) as usize] += 1;
+            counts[s.label(split, i).unwrap() as usize] += 1;
         }
         assert_eq!(counts, [per_class; 8], "{split:?}");
     }
@@ -225,7 +238,7 @@ fn labels_are_balanced() {
     });
     let mut counts = [0usize; 8];
     for i in 0..21 {
-        counts[s.label(Split::Train, i) as usize] += 1;
+        counts[s.label(Split::Train, i).unwrap() as usize] += 1;
     }
     assert!(counts.iter().all(|&c| c == 2 || c == 3), "{counts:?}");
 }
@@ -244,8 +257,8 @@ fn odd_class_is_even_class_reversed() {
     });
     for seed in [0u64, 17, 123_456_789] {
         for (fwd, back) in reverse_pairs() {
-            let f = s.render(seed, fwd);
-            let b = s.render(seed, back);
+            let f = s.render(seed, fwd).unwrap();
+            let b = s.render(seed, back).unwrap();
             assert_ne!(f, b);
             assert_eq!(reversed(&f), b, "seed {seed}, classes {fwd}/{back}");
         }
@@ -371,8 +384,8 @@ fn labels_match_measured_motion_and_reverse() {
     let mut failures = vec![];
     for split in [Split::Train, Split::Test] {
         for i in 0..s.len(split) {
-            let label = s.label(split, i);
-            let v = s.video(split, i);
+            let label = s.label(split, i).unwrap();
+            let v = s.video(split, i).unwrap();
             if let Err(e) = check(label, &measure(&v)) {
                 failures.push(format!("{split:?} {i}: {e}"));
             }
@@ -451,13 +464,13 @@ mod export {
             let (class, group) = parse_entry(entry);
             let label: usize = label.parse().expect(line);
             assert_eq!(CLASS_NAMES[label - 1], class, "{line}");
-            assert_eq!(label - 1, s.label(Split::Train, i) as usize, "{line}");
+            assert_eq!(label - 1, s.label(Split::Train, i).unwrap() as usize, "{line}");
             train_groups.insert(group);
         }
         for (i, entry) in test.iter().enumerate() {
             assert!(!entry.contains(' '), "test list has no labels: {entry}");
             let (class, group) = parse_entry(entry);
-            assert_eq!(class, CLASS_NAMES[s.label(Split::Test, i) as usize]);
+            assert_eq!(class, CLASS_NAMES[s.label(Split::Test, i).unwrap() as usize]);
             test_groups.insert(group);
         }
         assert_eq!(train_groups.first(), Some(&1));

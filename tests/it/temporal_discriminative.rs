@@ -10,8 +10,7 @@ use rand::SeedableRng;
 use vssl::backbone;
 use vssl::data::sampler::{circular_distance, plan_clips, triplet_starts};
 use vssl::loss::{info_nce_queue, info_nce_queue_logits, triplet_margin};
-use vssl::nn::VarStore;
-use vssl::pretext::heads::Linear;
+use vssl::nn::{Linear, VarStore};
 use vssl::pretext::temporal_discriminative::{
     ema_update, enqueue, random_unit_rows, tca, tca_draw, FEATURE_DIM,
 };

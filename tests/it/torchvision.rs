@@ -54,7 +54,7 @@ fn clip(dims: &[usize]) -> Tensor {
 fn fixture() -> BTreeMap<String, Tensor> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/torchvision_features.safetensors");
-    vssl::train::checkpoint::read_safetensors(&p, &Device::Cpu)
+    vssl::io::read_safetensors(&p, &Device::Cpu)
         .expect("fixture")
         .0
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use candle_core::Device;
-use vssl::train::checkpoint::read_safetensors;
+use vssl::io::read_safetensors;
 
 use super::common::{
     assert_bit_identical, metric_column, require_crash_hook, run, stderr, stdout,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, Var};
-use vssl::train::checkpoint::{read_safetensors, write_safetensors_atomic};
+use vssl::io::{read_safetensors, write_safetensors_atomic};
 use vssl::train::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
 use vssl::train::schedule::{Schedule, ScheduleKind};
 

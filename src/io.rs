@@ -3,7 +3,8 @@
 //! candle's own `safetensors::save` writes no `__metadata__` (where vssl keeps the
 //! recipe, step and format tags), truncates the destination in place (a crash
 //! mid-write leaves a torn checkpoint), and its loader reports failures without
-//! the file name. This module writes through a temporary sibling file that is
+//! the file name. This leaf module (below every layer that saves or loads
+//! weights: training, evaluation, import, extraction) writes through a temporary sibling file that is
 //! fsynced and renamed over the destination, and reads with errors that name the
 //! path and never panic on truncated or corrupt input.
 
@@ -40,31 +41,20 @@ impl View for &HostTensor {
     }
 }
 
-fn le_bytes<T: candle_core::WithDType, const N: usize>(
-    t: &Tensor,
-    f: impl Fn(T) -> [u8; N],
-) -> Result<Vec<u8>> {
-    Ok(t.flatten_all()?
-        .to_vec1::<T>()?
-        .into_iter()
-        .flat_map(f)
-        .collect())
-}
-
 fn to_host(path: &Path, name: &str, t: &Tensor) -> Result<HostTensor> {
     let t = t.detach().to_device(&Device::Cpu)?;
-    let bytes = match t.dtype() {
-        DType::U8 => le_bytes::<u8, 1>(&t, |x| [x])?,
-        DType::U32 => le_bytes::<u32, 4>(&t, u32::to_le_bytes)?,
-        DType::I16 => le_bytes::<i16, 2>(&t, i16::to_le_bytes)?,
-        DType::I32 => le_bytes::<i32, 4>(&t, i32::to_le_bytes)?,
-        DType::I64 => le_bytes::<i64, 8>(&t, i64::to_le_bytes)?,
-        DType::F16 => le_bytes::<half::f16, 2>(&t, half::f16::to_le_bytes)?,
-        DType::BF16 => le_bytes::<half::bf16, 2>(&t, half::bf16::to_le_bytes)?,
-        DType::F32 => le_bytes::<f32, 4>(&t, f32::to_le_bytes)?,
-        DType::F64 => le_bytes::<f64, 8>(&t, f64::to_le_bytes)?,
-        // One byte per element: candle's own safetensors view copies it out on the CPU.
-        DType::F8E4M3 => View::data(&&t).into_owned(),
+    let mut bytes = match t.dtype() {
+        // candle's own safetensors view copies the elements out in native byte order.
+        DType::U8
+        | DType::U32
+        | DType::I16
+        | DType::I32
+        | DType::I64
+        | DType::F16
+        | DType::BF16
+        | DType::F32
+        | DType::F64
+        | DType::F8E4M3 => View::data(&&t).into_owned(),
         other => {
             return Err(Error::checkpoint(
                 path,
@@ -72,6 +62,11 @@ fn to_host(path: &Path, name: &str, t: &Tensor) -> Result<HostTensor> {
             ));
         }
     };
+    // safetensors is little-endian: swap each element's bytes on big-endian hosts.
+    if cfg!(target_endian = "big") {
+        let size = t.dtype().size_in_bytes();
+        bytes.chunks_exact_mut(size).for_each(|e| e.reverse());
+    }
     Ok(HostTensor {
         dtype: t.dtype().into(),
         shape: t.dims().to_vec(),

@@ -1,6 +1,6 @@
-//! CPU kernels of [`super::conv3d`]: blocked vol2col feeding `gemm`.
+//! CPU kernels of [`super::conv3d`](fn@super::conv3d): blocked vol2col feeding `gemm`.
 //!
-//! Each entry point first hands f32 work to [`super::conv3d_direct`] where that
+//! Each entry point first hands f32 work to [`super::direct`] where that
 //! applies (AVX-512 present, geometry supported, `VSSL_CONV_DIRECT` not `0`); what
 //! follows is the path for everything else (f64, other CPUs, other geometries).
 //!
@@ -25,23 +25,9 @@ use candle_core::{DType, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv3d::Geom;
-use super::conv3d_direct;
-
-/// A raw pointer tasks share to write disjoint parts of one output.
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-// SAFETY: only used for writes to element sets that are disjoint between tasks (see
-// each use).
-unsafe impl<T> Send for SyncPtr<T> {}
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
+use super::direct;
+use super::geometry::Geom;
+use super::SyncPtr;
 
 fn threads() -> usize {
     rayon::current_num_threads().max(1)
@@ -265,13 +251,13 @@ fn gather_rows<T: WithDType>(y: &[T], m: usize, l: usize, j0: usize, j1: usize, 
     }
 }
 
-/// [`conv3d_direct::fwd`] (or, with `input_grad`, [`conv3d_direct::bwd_input`]) when
+/// [`direct::fwd`] (or, with `input_grad`, [`direct::bwd_input`]) when
 /// it applies to `g` and `T` is f32, else `None`.
 fn direct<T: WithDType>(g: &Geom, a: &[T], w: &[T], input_grad: bool) -> Option<Vec<T>> {
     let applies = if input_grad {
-        conv3d_direct::applies_input_grad(g)
+        direct::applies_input_grad(g)
     } else {
-        conv3d_direct::applies(g)
+        direct::applies(g)
     };
     if T::DTYPE != DType::F32 || !applies {
         return None;
@@ -280,9 +266,9 @@ fn direct<T: WithDType>(g: &Geom, a: &[T], w: &[T], input_grad: bool) -> Option<
     unsafe {
         let (a, w) = (as_f32(a), as_f32(w));
         Some(from_f32(if input_grad {
-            conv3d_direct::bwd_input(g, a, w)
+            direct::bwd_input(g, a, w)
         } else {
-            conv3d_direct::fwd(g, a, w)
+            direct::fwd(g, a, w)
         }))
     }
 }
@@ -493,9 +479,9 @@ fn bwd_input_col2vol<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
 /// dW = Σ_blocks dY[:, blk] · cols[:, blk]ᵀ, `[O, C·K]`; parallel over row groups of
 /// `C·K`, blocks summed in column order.
 pub(super) fn bwd_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
-    if T::DTYPE == DType::F32 && conv3d_direct::applies_weight(g) {
+    if T::DTYPE == DType::F32 && direct::applies_weight(g) {
         // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
-        return unsafe { from_f32(conv3d_direct::bwd_weight(g, as_f32(x), as_f32(dy))) };
+        return unsafe { from_f32(direct::bwd_weight(g, as_f32(x), as_f32(dy))) };
     }
     let (ck, l, o) = (g.ck(), g.l(), g.o);
     let total = g.n * l;

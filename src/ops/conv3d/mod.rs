@@ -11,13 +11,22 @@
 //! The CPU kernels are deterministic: every output element is produced by exactly one
 //! task with a fixed summation order (no racing accumulations), so training resumes
 //! bit for bit.
+//!
+//! Files: this one holds the public API, the layer, the tensor-op path and the custom
+//! ops; `geometry.rs` the validated output sizes; `cpu.rs` the blocked vol2col+gemm
+//! kernels; `direct.rs` the AVX-512 direct kernels (`VSSL_CONV_DIRECT=0` turns them
+//! off).
 
-use std::borrow::Cow;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+mod cpu;
+mod direct;
+mod geometry;
 
-use super::{conv3d_cpu, dims5, op_error, profile};
+use geometry::Geom;
+
+use super::dispatch::{cpu_float, dispatch, FloatKernel};
+use super::{op_error, profile};
 use crate::nn::{Init, VarStore};
 use crate::Result;
 
@@ -45,7 +54,7 @@ impl Default for Conv3dConfig {
 /// any other device (or dtype) [`conv3d_generic`].
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
     let g = Geom::new(x, w, cfg)?;
-    let y = if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    let y = if cpu_float(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dFwd(g))?
     } else {
         generic_no_bias(x, w, &g, GENERIC_COLS_LIMIT)?
@@ -122,152 +131,6 @@ impl Conv3d {
     }
 }
 
-/// Fully resolved geometry of one convolution (validated once, shared by all kernels).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Geom {
-    pub(super) n: usize,
-    pub(super) c: usize,
-    pub(super) o: usize,
-    pub(super) inp: [usize; 3],
-    pub(super) k: [usize; 3],
-    pub(super) out: [usize; 3],
-    pub(super) stride: [usize; 3],
-    pub(super) pad: [usize; 3],
-    pub(super) dil: [usize; 3],
-}
-
-impl Geom {
-    fn new(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Self> {
-        const OP: &str = "conv3d";
-        let [n, c, t, h, wd] = dims5(OP, "input", x)?;
-        let [o, wc, kt, kh, kw] = match *w.dims() {
-            [a, b, c, d, e] => [a, b, c, d, e],
-            _ => {
-                return Err(op_error(
-                    OP,
-                    format!(
-                        "weight must be [O, C, kt, kh, kw], got shape {:?}",
-                        w.dims()
-                    ),
-                ))
-            }
-        };
-        if c != wc {
-            return Err(op_error(
-                OP,
-                format!(
-                    "channel mismatch: input {:?} has {c} channels, weight {:?} expects {wc}",
-                    x.dims(),
-                    w.dims()
-                ),
-            ));
-        }
-        if x.dtype() != w.dtype() {
-            return Err(op_error(
-                OP,
-                format!(
-                    "dtype mismatch: input {:?}, weight {:?}",
-                    x.dtype(),
-                    w.dtype()
-                ),
-            ));
-        }
-        if !x.device().same_device(w.device()) {
-            return Err(op_error(OP, "input and weight are on different devices"));
-        }
-        if o == 0 || c == 0 || [kt, kh, kw].contains(&0) {
-            return Err(op_error(
-                OP,
-                format!("weight {:?} has a zero-sized dimension", w.dims()),
-            ));
-        }
-        if cfg.stride.contains(&0) || cfg.dilation.contains(&0) {
-            return Err(op_error(
-                OP,
-                format!(
-                    "stride {:?} and dilation {:?} must be positive",
-                    cfg.stride, cfg.dilation
-                ),
-            ));
-        }
-        let inp = [t, h, wd];
-        let k = [kt, kh, kw];
-        let mut out = [0; 3];
-        for ax in 0..3 {
-            let padded = inp[ax] + 2 * cfg.padding[ax];
-            let span = cfg.dilation[ax] * (k[ax] - 1) + 1;
-            if padded < span {
-                return Err(op_error(
-                    OP,
-                    format!(
-                        "input {:?}: axis {} has size {} ({} padded), smaller than the dilated kernel extent {}",
-                        x.dims(),
-                        ["T", "H", "W"][ax],
-                        inp[ax],
-                        padded,
-                        span
-                    ),
-                ));
-            }
-            out[ax] = (padded - span) / cfg.stride[ax] + 1;
-        }
-        Ok(Self {
-            n,
-            c,
-            o,
-            inp,
-            k,
-            out,
-            stride: cfg.stride,
-            pad: cfg.padding,
-            dil: cfg.dilation,
-        })
-    }
-
-    pub(super) fn kvol(&self) -> usize {
-        self.k.iter().product()
-    }
-    /// Rows of the im2col matrix: C·kt·kh·kw.
-    pub(super) fn ck(&self) -> usize {
-        self.c * self.kvol()
-    }
-    /// Output positions per sample (columns of the im2col matrix).
-    pub(super) fn l(&self) -> usize {
-        self.out.iter().product()
-    }
-    /// Input positions per channel.
-    pub(super) fn lin(&self) -> usize {
-        self.inp.iter().product()
-    }
-    /// Multiply-adds ×2 of the forward pass (and of each backward product).
-    fn flops(&self) -> f64 {
-        2.0 * (self.n * self.o * self.l() * self.ck()) as f64
-    }
-    /// The geometry as `[N,C,T,H,W] -> O k[..] s[..]` for the profile table.
-    fn describe(&self) -> String {
-        let mut s = format!(
-            "{:?}->{} k{:?} s{:?}",
-            self.x_dims(),
-            self.o,
-            self.k,
-            self.stride
-        );
-        if self.dil != [1; 3] {
-            s += &format!(" d{:?}", self.dil);
-        }
-        s.replace(' ', "").replacen("->", " -> ", 1)
-    }
-    fn x_dims(&self) -> [usize; 5] {
-        [self.n, self.c, self.inp[0], self.inp[1], self.inp[2]]
-    }
-    fn w_dims(&self) -> [usize; 5] {
-        [self.o, self.c, self.k[0], self.k[1], self.k[2]]
-    }
-    fn y_dims(&self) -> [usize; 5] {
-        [self.n, self.o, self.out[0], self.out[1], self.out[2]]
-    }
-}
-
 fn add_bias(y: Tensor, bias: Option<&Tensor>, o: usize) -> Result<Tensor> {
     let Some(b) = bias else { return Ok(y) };
     if b.dims() != [o] {
@@ -336,32 +199,6 @@ fn generic_chunk(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
     Ok(y.reshape(g.y_dims().to_vec())?)
 }
 
-/// The storage of a layout as a dense row-major slice (copied only if strided).
-fn dense<'a, T: Copy>(data: &'a [T], l: &Layout) -> Cow<'a, [T]> {
-    if let Some((a, b)) = l.contiguous_offsets() {
-        return Cow::Borrowed(&data[a..b]);
-    }
-    let dims = l.dims();
-    let strides = l.stride();
-    let count = l.shape().elem_count();
-    let mut out = Vec::with_capacity(count);
-    let mut idx = vec![0usize; dims.len()];
-    let mut off = l.start_offset();
-    for _ in 0..count {
-        out.push(data[off]);
-        for d in (0..dims.len()).rev() {
-            idx[d] += 1;
-            off += strides[d];
-            if idx[d] < dims[d] {
-                break;
-            }
-            off -= strides[d] * dims[d];
-            idx[d] = 0;
-        }
-    }
-    Cow::Owned(out)
-}
-
 fn check_layout(op: &str, l: &Layout, want: [usize; 5]) -> candle_core::Result<()> {
     if l.dims() != want {
         return Err(candle_core::Error::Msg(format!(
@@ -372,26 +209,41 @@ fn check_layout(op: &str, l: &Layout, want: [usize; 5]) -> candle_core::Result<(
     Ok(())
 }
 
-/// Dispatches a two-argument f32/f64 CPU kernel over the storages.
-macro_rules! cpu_dispatch {
-    ($op:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, $kernel:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32($kernel(&dense(a, $l1)[..], &dense(b, $l2)[..]))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64($kernel(&dense(a, $l1)[..], &dense(b, $l2)[..]))
-            }
-            (a, b) => {
-                return Err(candle_core::Error::Msg(format!(
-                    "{}: unsupported dtypes {:?} and {:?} (f32/f64 only)",
-                    $op,
-                    a.dtype(),
-                    b.dtype()
-                )))
-            }
+/// A raw pointer tasks share to write disjoint parts of one output (the blocked and
+/// the direct kernels both hand one to their parallel tasks).
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: only used for writes to element sets that are disjoint between tasks (see
+// each use).
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// The three CPU kernels as [`FloatKernel`]s over their two operands.
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    /// `(x, w) -> y`.
+    Fwd(&'a Geom),
+    /// `(dy, w) -> dx`.
+    BwdInput(&'a Geom),
+    /// `(x, dy) -> dw`.
+    BwdWeight(&'a Geom),
+}
+
+impl FloatKernel<2> for Kernel<'_> {
+    fn run<T: WithDType>(&self, [a, b]: [&[T]; 2]) -> Vec<T> {
+        match *self {
+            Kernel::Fwd(g) => cpu::fwd(g, a, b),
+            Kernel::BwdInput(g) => cpu::bwd_input(g, a, b),
+            Kernel::BwdWeight(g) => cpu::bwd_weight(g, a, b),
         }
-    };
+    }
 }
 
 /// Forward op: (x, w) -> y.
@@ -416,11 +268,7 @@ impl CustomOp2 for Conv3dFwd {
             "conv3d.fwd",
             || g.describe(),
             g.flops(),
-            || {
-                Ok::<_, candle_core::Error>(cpu_dispatch!(self.name(), s1, l1, s2, l2, |x, w| {
-                    conv3d_cpu::fwd(g, x, w)
-                }))
-            },
+            || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::Fwd(g)),
         )?;
         Ok((y, Shape::from(g.y_dims().to_vec())))
     }
@@ -470,11 +318,7 @@ impl CustomOp2 for Conv3dBwdInput {
             "conv3d.dx",
             || g.describe(),
             g.flops(),
-            || {
-                Ok::<_, candle_core::Error>(cpu_dispatch!(self.name(), s1, l1, s2, l2, |dy, w| {
-                    conv3d_cpu::bwd_input(g, dy, w)
-                }))
-            },
+            || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::BwdInput(g)),
         )?;
         Ok((dx, Shape::from(g.x_dims().to_vec())))
     }
@@ -502,11 +346,7 @@ impl CustomOp2 for Conv3dBwdWeight {
             "conv3d.dw",
             || g.describe(),
             g.flops(),
-            || {
-                Ok::<_, candle_core::Error>(cpu_dispatch!(self.name(), s1, l1, s2, l2, |x, dy| {
-                    conv3d_cpu::bwd_weight(g, x, dy)
-                }))
-            },
+            || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::BwdWeight(g)),
         )?;
         Ok((dw, Shape::from(g.w_dims().to_vec())))
     }

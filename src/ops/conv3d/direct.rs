@@ -24,7 +24,8 @@
 
 use rayon::prelude::*;
 
-use super::conv3d::Geom;
+use super::geometry::Geom;
+use super::SyncPtr;
 
 /// Output channels per register tile (broadcast operand).
 const MR: usize = 8;
@@ -579,20 +580,6 @@ struct Tile {
     /// Taps some lane of the tile reads inside the input, with their index in the
     /// weight's kernel.
     active: Vec<(usize, usize)>,
-}
-
-/// A raw output pointer tasks share to write disjoint tiles.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: tasks write disjoint output tiles only.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
