@@ -17,8 +17,8 @@
 //! [`sweep`] expands one sweep file into many such runs (locally or as a Slurm job
 //! array) and [`report`] compares them in tables and plots.
 
+pub mod app;
 pub mod backbone;
-pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
