@@ -19,7 +19,6 @@
 
 pub mod app;
 pub mod backbone;
-pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -11,10 +11,9 @@
 //! the classifier; [`Backbone::pooled`] adds the global average pool and
 //! [`Backbone::classify`] the optional classifier (`backbone.num_classes`).
 
+pub mod arch;
 pub mod c3d;
 pub mod config;
-pub mod extract;
-pub mod import;
 pub mod norm;
 pub mod video_resnet;
 

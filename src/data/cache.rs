@@ -24,7 +24,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-pub use build::{build, refresh, BuildSummary, Refresh};
+pub use build::{BuildSummary, Writer};
 
 use crate::data::datasets::VideoDataset;
 use crate::data::{DataCfg, Split, Video};
@@ -37,8 +37,6 @@ pub const INDEX: &str = "index.json";
 pub const FRAMES: &str = "frames.bin";
 /// Bumped when the on-disk layout changes (older caches are then rebuilt).
 const FORMAT: u32 = 1;
-/// Videos decoded in parallel before being appended in order.
-const CHUNK: usize = 16;
 
 /// What a video was read from: its file's size and modification time (`size =
 /// u64::MAX` marks a file that could not be found, so a still-missing file is not

@@ -3,8 +3,6 @@
 
 pub mod augment;
 pub mod bad_videos;
-#[cfg(feature = "video")]
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod datasets;

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use vssl::app::cache::{build, refresh, Refresh};
 use vssl::data::augment::{AugmentCfg, CropMode};
-use vssl::data::cache::{self, CachedDataset, Refresh, Status};
+use vssl::data::cache::{self, CachedDataset, Status};
 use vssl::data::datasets::{self, VideoDataset};
 use vssl::data::loader::{make_batch, BatchPlan};
 use vssl::data::synthetic::SyntheticConfig;
@@ -124,7 +125,7 @@ fn round_trip_equals_the_source() {
     let src: Arc<dyn VideoDataset> = Arc::from(datasets::build(&cfg).unwrap());
     let dir = d.path().join("c");
     assert_eq!(cache::check(&dir, src.as_ref(), &cfg), Status::Missing);
-    let s = cache::build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
+    let s = build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
     assert_eq!((s.videos, s.unreadable), (24, 0));
     assert_eq!(s.bytes, 24 * 16 * 16 * 16 * 3);
     assert_eq!(cache::check(&dir, src.as_ref(), &cfg), Status::Fresh);
@@ -139,11 +140,11 @@ fn round_trip_equals_the_source() {
     assert_eq!(c.num_classes(), src.num_classes());
     // Up to date: refresh does nothing unless forced.
     assert_eq!(
-        cache::refresh(&dir, src.as_ref(), &cfg, false, &quiet).unwrap(),
+        refresh(&dir, src.as_ref(), &cfg, false, &quiet).unwrap(),
         Refresh::UpToDate
     );
     assert!(matches!(
-        cache::refresh(&dir, src.as_ref(), &cfg, true, &quiet).unwrap(),
+        refresh(&dir, src.as_ref(), &cfg, true, &quiet).unwrap(),
         Refresh::Built { .. }
     ));
     // Leaves nothing but the cache behind.
@@ -159,7 +160,7 @@ fn batches_through_the_cache_equal_batches_without_it() {
     let d = tempfile::tempdir().unwrap();
     let cfg = synthetic_cfg(1);
     let src: Arc<dyn VideoDataset> = Arc::from(datasets::build(&cfg).unwrap());
-    cache::build(&d.path().join("c"), src.as_ref(), &cfg, &quiet).unwrap();
+    build(&d.path().join("c"), src.as_ref(), &cfg, &quiet).unwrap();
     let c = CachedDataset::open(&d.path().join("c"), src.clone(), &cfg).unwrap();
     let plan = BatchPlan {
         spec: ClipSpec::strided(2, 4, (1, 3)),
@@ -236,7 +237,7 @@ fn changed_source_files_are_detected_and_rebuilt() {
     let src = Arc::new(RawFiles::create(&d.path().join("videos"), 5));
     let cfg = src.cfg();
     let dir = d.path().join("c");
-    cache::build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
+    build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
     assert!(CachedDataset::open(&dir, src.clone(), &cfg).is_ok());
 
     // Same size, new modification time.
@@ -261,7 +262,7 @@ fn changed_source_files_are_detected_and_rebuilt() {
     // New content and size: refresh rebuilds and the cache serves the new frames.
     src.write(Split::Train, 1, 200);
     std::fs::write(src.path(Split::Train, 2), b"short").unwrap();
-    match cache::refresh(&dir, src.as_ref(), &cfg, false, &quiet).unwrap() {
+    match refresh(&dir, src.as_ref(), &cfg, false, &quiet).unwrap() {
         Refresh::Built { reason, summary } => {
             // Train videos are checked first.
             assert!(reason.contains("Train_1.raw changed"), "{reason}");
@@ -309,7 +310,7 @@ fn an_interrupted_build_never_reads_as_valid() {
                 n,
                 panic_at: Some(30),
             };
-            let _ = cache::build(&dir, &src, &src.cfg(), &quiet);
+            let _ = build(&dir, &src, &src.cfg(), &quiet);
         }
     })
     .join();
@@ -336,7 +337,7 @@ fn an_interrupted_build_never_reads_as_valid() {
     assert_eq!(partial.len(), 1);
     assert!(CachedDataset::open(&partial[0], src.clone(), &cfg).is_err());
     // The next build succeeds and clears the leftover.
-    cache::build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
+    build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
     assert!(!partial[0].exists());
     assert!(CachedDataset::open(&dir, src.clone(), &cfg).is_ok());
     // A frame file cut short (e.g. a copy that stopped) is refused.
@@ -471,7 +472,7 @@ fn bench_cache_vs_decoding() {
     };
     let dir = d.path().join("cache");
     let t = std::time::Instant::now();
-    cache::build(&dir, ds.as_ref(), &cfg, &quiet).unwrap();
+    build(&dir, ds.as_ref(), &cfg, &quiet).unwrap();
     println!(
         "cache build: {:.2}s for 144 videos",
         t.elapsed().as_secs_f64()

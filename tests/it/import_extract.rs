@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use vssl::backbone::extract::{self, ExtractOptions};
-use vssl::backbone::import::BackboneArgs;
+use vssl::app::extract::{self, ExtractOptions};
+use vssl::app::import::BackboneArgs;
 use vssl::data::Video;
 use vssl::io::{read_safetensors, write_safetensors_atomic};
 

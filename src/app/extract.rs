@@ -29,10 +29,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::import::{
-    arch_name, classifier_prefix, resolve_backbone, spec_from_metadata, BackboneArgs, BackboneSpec,
-};
-use super::{Arch, Backbone};
+use super::import::{resolve_backbone, spec_from_metadata, BackboneArgs, BackboneSpec};
+use crate::backbone::arch::{arch_name, classifier_prefix};
+use crate::backbone::{Arch, Backbone};
 use crate::data::Video;
 use crate::io::{read_safetensors, write_safetensors_atomic};
 use crate::{Error, Result};

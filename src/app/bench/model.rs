@@ -3,19 +3,19 @@
 //! from [`crate::ops::profile`], optionally against PyTorch running the identical
 //! step (`tools/bench_torch.py`) in the same invocation, repeats interleaved.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::backbone::{self, import::parse_arch};
+use super::{median, peak_rss_kib, TorchServer};
+use crate::backbone::{self, arch::parse_arch};
 use crate::loss::cross_entropy;
 use crate::nn::VarStore;
 use crate::ops::profile;
-use crate::recipe::BackboneCfg;
+use crate::backbone::BackboneCfg;
 use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::train::update;
 use crate::{Error, Result};
 
 /// Classes of the benchmark's classifier (as in `tools/bench_torch.py`).
@@ -68,89 +68,11 @@ pub struct BenchReport {
     pub profiled_step: f64,
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[s.len() / 2]
-}
-
-/// Peak resident set size of this process in KiB (Linux `ru_maxrss`).
-#[cfg(unix)]
-pub fn peak_rss_kib() -> Option<u64> {
-    // SAFETY: getrusage only writes into the struct we pass.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        (libc::getrusage(libc::RUSAGE_SELF, &mut ru) == 0).then_some(ru.ru_maxrss as u64)
-    }
-}
-#[cfg(not(unix))]
-pub fn peak_rss_kib() -> Option<u64> {
-    None
-}
-
-/// The PyTorch side: `bench_torch.py --serve` answering one command per line.
-struct TorchServer {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl TorchServer {
-    fn start(python: &PathBuf, script: &PathBuf, args: &[String]) -> Result<Self> {
-        let err = |m: String| Error::BadInput(format!("bench: torch ({}): {m}", python.display()));
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(args)
-            .arg("--serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| err(format!("cannot start {}: {e}", script.display())))?;
-        let stdin = child.stdin.take().ok_or_else(|| err("no stdin".into()))?;
-        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| err("no stdout".into()))?);
-        let mut s = Self {
-            child,
-            stdin,
-            stdout,
-        };
-        let first = s.line()?;
-        if first != "ready" {
-            return Err(err(format!("expected `ready`, got {first:?}")));
-        }
-        Ok(s)
-    }
-
-    fn line(&mut self) -> Result<String> {
-        let mut l = String::new();
-        self.stdout
-            .read_line(&mut l)
-            .map_err(|e| Error::Internal(format!("bench: reading torch's answer: {e}")))?;
-        if l.is_empty() {
-            return Err(Error::BadInput(
-                "bench: the torch process exited early (see its stderr above)".into(),
-            ));
-        }
-        Ok(l.trim().to_string())
-    }
-
-    fn ask(&mut self, cmd: &str) -> Result<f64> {
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|_| self.stdin.flush())
-            .map_err(|e| Error::Internal(format!("bench: writing to torch: {e}")))?;
-        let l = self.line()?;
-        l.parse()
-            .map_err(|_| Error::Internal(format!("bench: torch answered {l:?} to {cmd}")))
-    }
-}
-
-impl Drop for TorchServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The timed step's backward pass and SGD update (learning rate 0.01): the trainer's
+/// own [`update`], so the benchmark times what training runs.
+fn backward_and_step(opt: &mut Optimizer, loss: &Tensor) -> Result<()> {
+    update(loss, &mut [(opt, 0.01)], 0.0)?;
+    Ok(())
 }
 
 /// Runs the benchmark on `dev`.
@@ -208,8 +130,7 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
             .classify(&pooled)
             .ok_or_else(|| Error::Internal("bench: backbone built without fc".into()))??;
         let loss = cross_entropy(&logits, &labels)?;
-        let grads = loss.backward()?;
-        opt.step(&grads, 0.01)?;
+        backward_and_step(&mut opt, &loss)?;
         sync(&loss)?;
         Ok(t.elapsed().as_secs_f64())
     };
@@ -381,122 +302,4 @@ impl BenchReport {
         }
         s
     }
-}
-
-/// One convolution layer to benchmark (`vssl bench conv3d`).
-#[derive(Debug, Clone)]
-pub struct ConvBenchOptions {
-    pub batch: usize,
-    pub cin: usize,
-    pub cout: usize,
-    pub frames: usize,
-    pub size: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub reps: usize,
-    pub torch: Option<PathBuf>,
-    pub torch_script: PathBuf,
-}
-
-/// Times one conv3d layer: forward, and forward + backward (input and weight
-/// gradients), against PyTorch's `nn.Conv3d` when `torch` is given; returns the
-/// printable report.
-pub fn run_conv(o: &ConvBenchOptions, dev: &Device) -> Result<String> {
-    use crate::ops::conv3d::{conv3d, Conv3dConfig};
-    let cfg = Conv3dConfig {
-        stride: [o.stride; 3],
-        padding: [o.pad; 3],
-        dilation: [1; 3],
-    };
-    let x = candle_core::Var::from_tensor(&Tensor::randn(
-        0f32,
-        1f32,
-        (o.batch, o.cin, o.frames, o.size, o.size),
-        dev,
-    )?)?;
-    let w = candle_core::Var::from_tensor(&Tensor::randn(
-        0f32,
-        0.05f32,
-        (o.cout, o.cin, o.kernel, o.kernel, o.kernel),
-        dev,
-    )?)?;
-    let out = crate::backbone::norm::out_len(o.size, o.kernel, o.stride, o.pad, 1);
-    let out_t = crate::backbone::norm::out_len(o.frames, o.kernel, o.stride, o.pad, 1);
-    let flops = 2.0 * (o.batch * o.cout * out_t * out * out * o.cin * o.kernel.pow(3)) as f64;
-    let sync = |t: &Tensor| -> Result<()> {
-        t.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
-        Ok(())
-    };
-    let fwd = || -> Result<f64> {
-        let t = Instant::now();
-        let y = conv3d(&x.as_tensor().detach(), &w.as_tensor().detach(), None, &cfg)?;
-        sync(&y)?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let both = || -> Result<f64> {
-        let t = Instant::now();
-        let y = conv3d(x.as_tensor(), w.as_tensor(), None, &cfg)?;
-        let g = y.sum_all()?.backward()?;
-        if let Some(dx) = g.get(x.as_tensor()) {
-            sync(dx)?;
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let mut torch = match &o.torch {
-        Some(py) => Some(TorchServer::start(
-            py,
-            &o.torch_script,
-            &[
-                "--batch".into(),
-                o.batch.to_string(),
-                "--frames".into(),
-                o.frames.to_string(),
-                "--size".into(),
-                o.size.to_string(),
-                "--conv".into(),
-                format!("{},{},{},{},{}", o.cin, o.cout, o.kernel, o.stride, o.pad),
-            ],
-        )?),
-        None => None,
-    };
-    both()?;
-    let (mut vf, mut vb, mut tf, mut tb) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..o.reps {
-        vf.push(fwd()?);
-        if let Some(t) = torch.as_mut() {
-            tf.push(t.ask("fwd")?);
-        }
-        vb.push(both()?);
-        if let Some(t) = torch.as_mut() {
-            tb.push(t.ask("conv")?);
-        }
-    }
-    let gf = |s: f64, mult: f64| flops * mult / s / 1e9;
-    let mut s =
-        format!(
-        "conv3d [{},{},{},{},{}] -> {} k{} s{} p{}: {:.2} GFLOP forward, {} repeats (medians)\n",
-        o.batch, o.cin, o.frames, o.size, o.size, o.cout, o.kernel, o.stride, o.pad,
-        flops / 1e9, o.reps
-    );
-    let line = |who: &str, f: &[f64], b: &[f64]| {
-        let (f, b) = (median(f), median(b));
-        format!(
-            "{who}: forward {:.0} ms ({:.1} GFLOP/s)  forward+backward {:.0} ms ({:.1} GFLOP/s)\n",
-            f * 1e3,
-            gf(f, 1.0),
-            b * 1e3,
-            gf(b, 3.0)
-        )
-    };
-    s += &line("vssl ", &vf, &vb);
-    if torch.is_some() {
-        s += &line("torch", &tf, &tb);
-        s += &format!(
-            "vssl GFLOP/s as a share of torch's: forward {:.0}%  forward+backward {:.0}%\n",
-            100.0 * median(&tf) / median(&vf),
-            100.0 * median(&tb) / median(&vb)
-        );
-    }
-    Ok(s)
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::median;
 use crate::data::cache::CachedDataset;
 use crate::data::datasets::VideoDataset;
 use crate::data::decode::decode_video;
@@ -50,16 +51,6 @@ pub struct BenchReport {
     pub on_the_fly_clips_per_s: f64,
     pub cache_clips_per_s: Option<f64>,
     pub cache_ratio: Option<f64>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Runs `ffmpeg` with `args`, returns the wall time; a failure is an error naming it.
@@ -222,15 +213,15 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         otf.push(loader_clips_per_s(ds.clone(), &plan, opts.steps, workers)?);
     }
     let _ = std::fs::remove_file(&list);
-    let (vssl_frames_per_s, ffmpeg_frames_per_s) = (median(vssl_fps), median(ff_fps));
-    let on_the_fly = median(otf);
+    let (vssl_frames_per_s, ffmpeg_frames_per_s) = (median(&vssl_fps), median(&ff_fps));
+    let on_the_fly = median(&otf);
     let cache = match cached_dataset(recipe, &ds)? {
         Some(c) => {
             let mut v = Vec::new();
             for _ in 0..repeat {
                 v.push(loader_clips_per_s(c.clone(), &plan, opts.steps, workers)?);
             }
-            Some(median(v))
+            Some(median(&v))
         }
         None => None,
     };
@@ -241,10 +232,41 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         vssl_frames_per_s,
         ffmpeg_frames_per_s,
         ffmpeg_mode: mode.into(),
-        decode_ratio: median(ratios),
+        decode_ratio: median(&ratios),
         workers,
         on_the_fly_clips_per_s: on_the_fly,
         cache_clips_per_s: cache,
         cache_ratio: cache.map(|c| c / on_the_fly),
     })
+}
+
+impl BenchReport {
+    /// The human-readable report `vssl bench data` prints (before its JSON line);
+    /// `short_side` is the decode resize the recipe asked for.
+    pub fn render(&self, short_side: usize) -> String {
+        let mut s = format!(
+            "decode: {} videos, {} frames, medians of {} runs\n",
+            self.videos, self.frames, self.repeat
+        );
+        s += &format!(
+            "  vssl   {:10.1} frames/s (1 thread, shorter side {short_side})\n",
+            self.vssl_frames_per_s
+        );
+        s += &format!(
+            "  ffmpeg {:10.1} frames/s (-threads 1, -pix_fmt rgb24 -f null, {})\n",
+            self.ffmpeg_frames_per_s, self.ffmpeg_mode
+        );
+        s += &format!("  ratio vssl/ffmpeg {:.2}x\n", self.decode_ratio);
+        s += &format!(
+            "loader on the fly: {:.1} clips/s ({} workers)\n",
+            self.on_the_fly_clips_per_s, self.workers
+        );
+        match (self.cache_clips_per_s, self.cache_ratio) {
+            (Some(c), Some(x)) => {
+                s += &format!("loader from cache: {c:.1} clips/s, ratio {x:.1}x on-the-fly\n")
+            }
+            _ => s += "loader from cache: not measured (data.cache unset or not built)\n",
+        }
+        s
+    }
 }

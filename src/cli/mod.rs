@@ -1,0 +1,76 @@
+//! The `vssl` subcommands, one module each: its clap `Args` (flags and their help) and
+//! a `run` that calls the library and prints the result. Results go to stdout, logs to
+//! stderr; errors travel up to `main`, which maps them to exit codes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+
+pub mod bench;
+pub mod compare;
+pub mod data;
+pub mod eval;
+pub mod extract;
+pub mod import;
+pub mod recipe;
+pub mod sweep;
+pub mod train;
+
+/// The global `--device` flag. Commands that compute turn it into a candle device
+/// with [`DeviceSpec::device`] when they need one, so commands that do not (`recipe`,
+/// `compare`, ...) neither fail on it nor initialise CUDA; `sweep` hands the spec on
+/// to its child processes as written.
+pub struct DeviceSpec(pub String);
+
+impl DeviceSpec {
+    /// `auto` (CUDA if built with it and present, else CPU), `cpu`, or `cuda[:N]`.
+    pub fn device(&self) -> anyhow::Result<Device> {
+        Ok(match self.0.as_str() {
+            "cpu" => Device::Cpu,
+            "auto" => Device::cuda_if_available(0)?,
+            s if s.starts_with("cuda") => {
+                let n = s
+                    .strip_prefix("cuda:")
+                    .map(str::parse)
+                    .transpose()
+                    .context("--device cuda:N")?
+                    .unwrap_or(0);
+                Device::new_cuda(n)
+                    .map_err(|e| vssl::Error::BadInput(format!("--device {s}: {e}")))?
+            }
+            other => {
+                return Err(vssl::Error::BadInput(format!(
+                    "--device {other}: expected auto, cpu or cuda[:N]"
+                ))
+                .into())
+            }
+        })
+    }
+}
+
+/// Which backbone `import` and `extract` build (shared by both commands).
+#[derive(clap::Args)]
+pub struct BackboneOpts {
+    /// Architecture: r3d_18, mc3_18, r2plus1d_18, r3d_small or c3d (extract: default
+    /// from the weights' metadata).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Take the backbone section (and data.frames) from this recipe.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Override a backbone key: --set backbone.widths=[2,2,2,2] (repeatable;
+    /// `data.frames=N` sets the clip length TGN layers are built for).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+impl From<BackboneOpts> for vssl::app::import::BackboneArgs {
+    fn from(o: BackboneOpts) -> Self {
+        Self {
+            arch: o.arch,
+            recipe: o.recipe,
+            sets: o.sets,
+        }
+    }
+}
