@@ -80,3 +80,21 @@ impl Error {
         }
     }
 }
+
+/// One out-of-range config value: (key, message). Each config section's `validate`
+/// returns keys relative to its own table; the recipe prefixes the section's dotted
+/// path and turns it into [`Error::Recipe`] with the layer that supplied the value.
+pub type Invalid = (String, String);
+
+/// `Ok(())` when `ok`, otherwise the [`Invalid`] pair for `key` (message built lazily).
+pub fn check(
+    ok: bool,
+    key: &str,
+    msg: impl FnOnce() -> String,
+) -> std::result::Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err((key.to_string(), msg()))
+    }
+}

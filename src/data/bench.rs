@@ -180,7 +180,14 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
     let list = scratch.join("vssl-bench-concat.txt");
     let device = candle_core::Device::Cpu;
     let plan = BatchPlan {
-        spec: registry::pretext(recipe, &device)?.clip_spec(),
+        planner: registry::pretext(
+            &recipe.method,
+            &recipe.backbone,
+            recipe.data.frames,
+            recipe.train.seed,
+            &device,
+        )?
+        .planner(),
         size: recipe.data.size,
         batch_size: recipe.train.batch_size,
         seed: recipe.train.seed,

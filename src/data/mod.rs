@@ -1,11 +1,12 @@
 //! Video data: decoded/generated videos, datasets, clip sampling and batching.
-//! Everything upstream of the model lives here, so methods only see [`crate::pretext::Batch`].
+//! Everything upstream of the model lives here, so methods only see [`clip::Batch`].
 
 pub mod augment;
 pub mod bad_videos;
 #[cfg(feature = "video")]
 pub mod bench;
 pub mod cache;
+pub mod clip;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;

@@ -21,7 +21,7 @@ use crate::data::Split;
 use crate::loss::cross_entropy;
 use crate::nn::{hash_str, mix, VarStore};
 use crate::pretext::heads::{dropout, Linear};
-use crate::pretext::ClipSpec;
+use crate::data::sampler::StridedPlanner;
 use crate::recipe::{Pooling, Recipe};
 use crate::train::checkpoint::{read_safetensors, write_safetensors_atomic};
 use crate::train::optim::{Optimizer, OptimizerConfig};
@@ -209,7 +209,11 @@ pub fn finetune(
     }
 
     let plan = BatchPlan {
-        spec: ClipSpec::strided(1, recipe.eval_frames(), (e.train_stride, e.train_stride)),
+        planner: Arc::new(StridedPlanner::new(
+            1,
+            recipe.eval_frames(),
+            (e.train_stride, e.train_stride),
+        )),
         size: recipe.eval_data().size,
         batch_size: e.finetune_batch_size,
         seed,

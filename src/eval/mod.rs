@@ -110,7 +110,12 @@ fn load_backbone(
     random_init: bool,
     device: &Device,
 ) -> Result<Box<dyn Backbone>> {
-    let net = registry::backbone(recipe, device)?;
+    let net = registry::backbone(
+        &recipe.backbone,
+        recipe.data.frames,
+        recipe.train.seed,
+        device,
+    )?;
     if !random_init {
         let (tensors, _meta) = read_safetensors(&target.weights, device)?;
         let own: BTreeMap<_, _> = tensors
@@ -219,7 +224,7 @@ pub fn evaluate(
             d.split = s;
             recipe.eval.data = Some(d);
         }
-        let dataset = registry::eval_dataset(&recipe)?;
+        let dataset = registry::dataset(recipe.eval_data())?;
         let needs_features = opts
             .protocols
             .iter()

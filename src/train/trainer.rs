@@ -17,7 +17,8 @@ use super::schedule::Schedule;
 use crate::data::bad_videos::BadVideos;
 use crate::data::loader::{BatchPlan, Loader};
 use crate::data::Split;
-use crate::pretext::{Batch, Pretext};
+use crate::data::clip::Batch;
+use crate::pretext::Pretext;
 use crate::recipe::Recipe;
 use crate::{registry, Error, Result};
 
@@ -216,8 +217,9 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
     }
     std::fs::write(&recipe_path, &recipe_text).map_err(|e| Error::io(&recipe_path, e))?;
 
-    let dataset = registry::dataset(recipe)?;
-    let mut pretext = registry::pretext(recipe, device)?;
+    let dataset = registry::dataset(&recipe.data)?;
+    let (r, frames) = (recipe, recipe.data.frames);
+    let mut pretext = registry::pretext(&r.method, &r.backbone, frames, r.train.seed, device)?;
     let params = trainable(pretext.as_ref());
     let t = &recipe.train;
     let mut optimizer = Optimizer::new(
@@ -248,7 +250,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
     );
     let end = opts.stop_after.map_or(total, |s| s.min(total));
     let plan = BatchPlan {
-        spec: pretext.clip_spec(),
+        planner: pretext.planner(),
         size: recipe.data.size,
         batch_size: t.batch_size,
         seed: recipe.train.seed,
