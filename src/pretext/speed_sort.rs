@@ -355,6 +355,16 @@ pub struct SpeedSortPlanner<T: SpeedSortPretext> {
     frames: usize,
 }
 
+impl<T: SpeedSortPretext> SpeedSortPlanner<T> {
+    /// `method`'s clips of `frames` frames.
+    pub fn new(method: T, frames: usize) -> Self {
+        Self {
+            method: Arc::new(method),
+            frames,
+        }
+    }
+}
+
 impl<T: SpeedSortPretext> ClipPlanner for SpeedSortPlanner<T> {
     fn clips_per_video(&self) -> usize {
         self.method.n_clips()

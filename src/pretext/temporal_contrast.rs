@@ -372,7 +372,7 @@ impl Tclr {
     }
 
     /// IC, LL and GL of the embeddings of `videos` videos.
-    fn losses(&self, e: &Embeddings, videos: usize) -> Result<TclrLosses> {
+    pub fn losses(&self, e: &Embeddings, videos: usize) -> Result<TclrLosses> {
         let cfg = &self.cfg;
         let (n, v, tau) = (cfg.dense_clips, VIEWS, cfg.temperature);
         let dev = e.sparse.device();

@@ -344,6 +344,16 @@ pub struct TripletPlanner<T: TemporalDiscriminativePretext> {
     frames: usize,
 }
 
+impl<T: TemporalDiscriminativePretext> TripletPlanner<T> {
+    /// `method`'s triplets of clips of `frames` frames.
+    pub fn new(method: T, frames: usize) -> Self {
+        Self {
+            method: Arc::new(method),
+            frames,
+        }
+    }
+}
+
 impl<T: TemporalDiscriminativePretext> ClipPlanner for TripletPlanner<T> {
     fn clips_per_video(&self) -> usize {
         3

@@ -260,7 +260,8 @@ fn extract_from_clips_matches_in_process_pooled_features() {
 
     // In process: the recipe's backbone with the trained weights.
     let r = vssl::recipe::load(&vssl::recipe::RecipeSource::file(&recipe)).unwrap();
-    let net = vssl::registry::backbone(&r, &Device::Cpu).unwrap();
+    let net = vssl::registry::backbone(&r.backbone, r.data.frames, r.train.seed, &Device::Cpu)
+        .unwrap();
     let (tensors, _) = read(&weights);
     let own: BTreeMap<_, _> = tensors
         .into_iter()
@@ -511,7 +512,7 @@ fn recipe_summary_prints_the_parameter_count() {
     toml::from_str::<toml::Table>(&out).expect("still valid TOML");
     let line = out.lines().last().unwrap();
     let r = vssl::recipe::load(&vssl::recipe::RecipeSource::file(&recipe)).unwrap();
-    let n = vssl::registry::backbone(&r, &Device::Cpu)
+    let n = vssl::registry::backbone(&r.backbone, r.data.frames, r.train.seed, &Device::Cpu)
         .unwrap()
         .param_count();
     let with_fc = n + 8 * 400 + 400;
