@@ -11,10 +11,10 @@ use vssl::data::augment::{
 };
 use vssl::data::datasets::VideoDataset;
 use vssl::data::loader::{make_batch, video_for, BatchPlan, Loader};
+use vssl::data::sampler::StridedPlanner;
 use vssl::data::synthetic::{Synthetic, SyntheticConfig};
 use vssl::data::{Split, Video};
 use vssl::nn::mix;
-use vssl::data::sampler::StridedPlanner;
 
 const ID: Normalize = Normalize {
     mean: [0.0; 3],

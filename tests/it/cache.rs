@@ -9,9 +9,9 @@ use vssl::data::augment::{AugmentCfg, CropMode};
 use vssl::data::cache::{self, CachedDataset, Refresh, Status};
 use vssl::data::datasets::{self, VideoDataset};
 use vssl::data::loader::{make_batch, BatchPlan};
+use vssl::data::sampler::StridedPlanner;
 use vssl::data::synthetic::SyntheticConfig;
 use vssl::data::{Split, Video};
-use vssl::data::sampler::StridedPlanner;
 use vssl::recipe::DataCfg;
 use vssl::{Error, Result};
 

@@ -63,7 +63,11 @@ fn clip_index_modes() {
     }
     assert!(saw_reverse);
     // Same seed, same plan.
-    let a = sp.plan(40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
-    let b = sp.plan(40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let a = sp
+        .plan(40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
+    let b = sp
+        .plan(40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
     assert_eq!(a, b);
 }

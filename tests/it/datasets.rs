@@ -10,8 +10,8 @@ use std::sync::Arc;
 use vssl::data::datasets::{self, VideoDataset};
 use vssl::data::decode::{decode_video, decode_video_limited};
 use vssl::data::loader::{BatchPlan, HostBatch, Loader};
-use vssl::data::Split;
 use vssl::data::sampler::StridedPlanner;
+use vssl::data::Split;
 use vssl::recipe::{DataCfg, DataKind};
 
 use crate::common::{run, stderr, stdout, tiny_recipe, train, vssl};

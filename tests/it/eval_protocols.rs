@@ -128,8 +128,8 @@ fn random_init_is_the_pretraining_initialisation() {
     // A different seed gives a different initialisation.
     let mut other = recipe.clone();
     other.train.seed += 1;
-    let c = vssl::registry::backbone(&other.backbone, frames, other.train.seed, &Device::Cpu)
-        .unwrap();
+    let c =
+        vssl::registry::backbone(&other.backbone, frames, other.train.seed, &Device::Cpu).unwrap();
     let w = |b: &dyn vssl::backbone::Backbone| {
         b.vars().all()[0]
             .1

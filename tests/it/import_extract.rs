@@ -260,8 +260,8 @@ fn extract_from_clips_matches_in_process_pooled_features() {
 
     // In process: the recipe's backbone with the trained weights.
     let r = vssl::recipe::load(&vssl::recipe::RecipeSource::file(&recipe)).unwrap();
-    let net = vssl::registry::backbone(&r.backbone, r.data.frames, r.train.seed, &Device::Cpu)
-        .unwrap();
+    let net =
+        vssl::registry::backbone(&r.backbone, r.data.frames, r.train.seed, &Device::Cpu).unwrap();
     let (tensors, _) = read(&weights);
     let own: BTreeMap<_, _> = tensors
         .into_iter()

@@ -410,7 +410,15 @@ fn method_switches_losses_by_weight_and_reduction() {
     let ids: Vec<usize> = (0..b * VIEWS).map(|r| r / VIEWS).collect();
     let want =
         scalar(&nt_xent_masked(&e.sparse, &PairMasks::instance(&ids, &CPU).unwrap(), 0.1).unwrap());
-    let got = scalar(sparse_only.method().losses(&e, b).unwrap().ic.as_ref().unwrap());
+    let got = scalar(
+        sparse_only
+            .method()
+            .losses(&e, b)
+            .unwrap()
+            .ic
+            .as_ref()
+            .unwrap(),
+    );
     assert!((got - want).abs() < 1e-6 && got < ic);
     // "sum" weights LL by the number of videos.
     let sum = tclr(TemporalContrastCfg {

@@ -18,8 +18,7 @@ use vssl::pretext::temporal_discriminative::{
     FEATURE_DIM,
 };
 use vssl::pretext::{
-    Pretext, TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext,
-    Vtdl,
+    Pretext, TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext, Vtdl,
 };
 use vssl::recipe::BackboneCfg;
 
@@ -410,12 +409,24 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
         ..cfg.clone()
     });
     assert_eq!(
-        rows(&off.method().augment_anchor(&x, 1).unwrap().flatten_from(1).unwrap()),
+        rows(
+            &off.method()
+                .augment_anchor(&x, 1)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+        ),
         rows(&x.flatten_from(1).unwrap())
     );
     let on = tiny_vtdl(&cfg);
     assert_ne!(
-        rows(&on.method().augment_anchor(&x, 1).unwrap().flatten_from(1).unwrap()),
+        rows(
+            &on.method()
+                .augment_anchor(&x, 1)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+        ),
         rows(&x.flatten_from(1).unwrap())
     );
 }
