@@ -32,6 +32,7 @@
 
 pub mod geometric;
 pub mod heads;
+pub mod momentum;
 pub mod speed_sort;
 pub mod temporal_contrast;
 pub mod temporal_discriminative;
