@@ -2,7 +2,7 @@
 //! matches (no global string maps). It sits below `recipe`: every function takes the
 //! component configs it needs, never a whole recipe.
 //!
-//! The method table ([`methods!`] below) is the one place a `[method] kind` is
+//! The method table (the `methods!` invocation below) is the one place a `[method] kind` is
 //! declared: one line names the kind and its config type, and one
 //! [`MethodSection`] impl says how the config is checked and built. A new method
 //! family is its file under `pretext/` plus one such arm here.
