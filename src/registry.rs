@@ -117,9 +117,9 @@ macro_rules! methods {
             pub fn extract(
                 kind: MethodKind,
                 section: &figment::Figment,
-            ) -> std::result::Result<Self, figment::Error> {
+            ) -> std::result::Result<Self, Box<figment::Error>> {
                 Ok(match kind {
-                    $(MethodKind::$variant => MethodCfg::$variant(section.extract()?),)*
+                    $(MethodKind::$variant => MethodCfg::$variant(section.extract().map_err(Box::new)?),)*
                 })
             }
 

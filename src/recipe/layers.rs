@@ -303,7 +303,7 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
         }
     };
     let method = MethodCfg::extract(kind, &fig.focus("method"))
-        .map_err(|e| recipe_error(fig, "method", e))?;
+        .map_err(|e| recipe_error(fig, "method", *e))?;
     let recipe = Recipe {
         name,
         data: section(fig, "data")?,
