@@ -1,18 +1,28 @@
-//! The registry: a recipe's enums resolve to concrete objects here, with
-//! exhaustive matches (no global string maps). A new method, backbone or dataset
-//! kind is one enum variant in `recipe` plus one arm below.
+//! The registry: component configs resolve to concrete objects here, with exhaustive
+//! matches (no global string maps). It sits below `recipe`: every function takes the
+//! component configs it needs, never a whole recipe.
+//!
+//! The method table (the `methods!` invocation below) is the one place a `[method] kind` is
+//! declared: one line names the kind and its config type, and one
+//! [`MethodSection`] impl says how the config is checked and built. A new method
+//! family is its file under `pretext/` plus one such arm here.
 
 use std::sync::Arc;
 
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 
 use crate::backbone::{self, Backbone};
 use crate::data::cache::CachedDataset;
 use crate::data::datasets::{self, VideoDataset};
+use crate::error::Invalid;
 use crate::nn::VarStore;
 use crate::seed::{hash_str, mix};
-use crate::pretext::{Pretext, RotationPrediction, SpeedSort, Tclr, Vtdl};
-use crate::recipe::{BackboneCfg, DataCfg, MethodCfg};
+use crate::pretext::{
+    GeometricCfg, Pretext, SpeedSortCfg, TemporalContrastCfg, TemporalDiscriminativeCfg,
+};
+use crate::backbone::BackboneCfg;
+use crate::data::DataCfg;
 use crate::Result;
 
 /// Seed of the backbone's parameter initialisation for a run seed.
@@ -20,8 +30,7 @@ pub fn backbone_seed(seed: u64) -> u64 {
     mix(seed ^ hash_str("backbone"))
 }
 
-/// A `[data]` table's dataset, reading frames from its `cache` when one is set
-/// (evaluation: `registry::dataset(recipe.eval_data())`).
+/// A `[data]` table's dataset, reading frames from its `cache` when one is set.
 pub fn dataset(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
     let ds: Arc<dyn VideoDataset> = Arc::from(datasets::build(cfg)?);
     Ok(match &cfg.cache {
@@ -30,7 +39,8 @@ pub fn dataset(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
     })
 }
 
-/// A freshly initialised backbone for a run seed (also the random-init baseline).
+/// A freshly initialised backbone for clips of `frames` frames, its parameters drawn
+/// from the run seed `seed` (through [`backbone_seed`]); also the random-init baseline.
 pub fn backbone(
     cfg: &BackboneCfg,
     frames: usize,
@@ -41,7 +51,8 @@ pub fn backbone(
     backbone::build(cfg, &vs, frames)
 }
 
-/// A pretext method around a fresh backbone, for a run seed.
+/// The pretext method `method` names, around a fresh backbone (`backbone`, clips of
+/// `frames` frames), everything seeded from the run seed `seed`.
 pub fn pretext(
     method: &MethodCfg,
     backbone: &BackboneCfg,
@@ -50,18 +61,141 @@ pub fn pretext(
     device: &Device,
 ) -> Result<Box<dyn Pretext>> {
     let net = self::backbone(backbone, frames, seed, device)?;
-    let heads = VarStore::new(device, mix(seed ^ hash_str("heads")));
-    Ok(match method {
-        MethodCfg::Geometric(cfg) => Box::new(RotationPrediction::new(cfg, frames, net, heads)?),
-        MethodCfg::SpeedSort(cfg) => Box::new(SpeedSort::new(cfg, frames, net, heads)?),
-        MethodCfg::TemporalContrast(cfg) => Box::new(Tclr::new(cfg, frames, net, heads)?),
-        MethodCfg::TemporalDiscriminative(cfg) => Box::new(Vtdl::new(
-            cfg,
-            backbone,
-            frames,
-            net,
-            heads,
-            mix(seed ^ hash_str("queue")),
-        )?),
-    })
+    let ctx = BuildContext {
+        backbone,
+        frames,
+        seed,
+        heads: VarStore::new(device, mix(seed ^ hash_str("heads"))),
+    };
+    method.build(net, ctx)
+}
+
+/// What a method's construction may use besides its own config.
+pub struct BuildContext<'a> {
+    /// The backbone's config (for methods that build a second encoder).
+    pub backbone: &'a BackboneCfg,
+    /// Frames per clip (`data.frames`).
+    pub frames: usize,
+    /// The run seed.
+    pub seed: u64,
+    /// The store for the method's own parameters (saved under `pretext.`).
+    pub heads: VarStore,
+}
+
+/// How the registry checks and builds one `[method]` config.
+pub trait MethodSection {
+    /// Range checks for clips of `frames` frames; keys relative to `[method]`.
+    fn validate(&self, frames: usize) -> std::result::Result<(), Invalid>;
+    /// The method around the fresh backbone `net`.
+    fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>>;
+}
+
+/// Declares the method kinds: `Variant("kind") => ConfigType`. Generates
+/// [`MethodKind`], [`MethodCfg`] (serialised with the `kind` tag) and their dispatch.
+macro_rules! methods {
+    ($($(#[$doc:meta])* $variant:ident => $cfg:ty,)*) => {
+        /// Pretext method kinds (`[method] kind = ...`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum MethodKind {
+            $($(#[$doc])* $variant,)*
+        }
+
+        /// `[method]`: one variant per method kind, each with its own keys.
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        pub enum MethodCfg {
+            $($(#[$doc])* $variant($cfg),)*
+        }
+
+        impl MethodCfg {
+            pub fn kind(&self) -> MethodKind {
+                match self {
+                    $(MethodCfg::$variant(_) => MethodKind::$variant,)*
+                }
+            }
+
+            /// Reads the `[method]` table (`section`, focused on it) as `kind`'s config.
+            pub fn extract(
+                kind: MethodKind,
+                section: &figment::Figment,
+            ) -> std::result::Result<Self, Box<figment::Error>> {
+                Ok(match kind {
+                    $(MethodKind::$variant => MethodCfg::$variant(section.extract().map_err(Box::new)?),)*
+                })
+            }
+
+            fn section(&self) -> &dyn MethodSection {
+                match self {
+                    $(MethodCfg::$variant(c) => c,)*
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    /// Rotation prediction (3DRotNet): `Geometric<Rotation3d>`.
+    Geometric => GeometricCfg,
+    /// Speed sorting: `SpeedSort<VariableSpeed>`.
+    SpeedSort => SpeedSortCfg,
+    /// TCLR: `TemporalContrast<Tclr>`.
+    TemporalContrast => TemporalContrastCfg,
+    /// VTDL: `TemporalDiscriminative<Vtdl>`.
+    TemporalDiscriminative => TemporalDiscriminativeCfg,
+}
+
+impl MethodCfg {
+    /// Range checks of the method's config for clips of `frames` frames (`data.frames`);
+    /// keys relative to the `[method]` table.
+    pub fn validate(&self, frames: usize) -> std::result::Result<(), Invalid> {
+        self.section().validate(frames)
+    }
+
+    /// The method around the fresh backbone `net`.
+    pub fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
+        self.section().build(net, ctx)
+    }
+}
+
+impl MethodSection for GeometricCfg {
+    fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
+        GeometricCfg::validate(self)
+    }
+    fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
+        Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
+    }
+}
+
+impl MethodSection for SpeedSortCfg {
+    fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
+        SpeedSortCfg::validate(self)
+    }
+    fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
+        Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
+    }
+}
+
+impl MethodSection for TemporalContrastCfg {
+    fn validate(&self, frames: usize) -> std::result::Result<(), Invalid> {
+        TemporalContrastCfg::validate(self, frames)
+    }
+    fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
+        Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
+    }
+}
+
+impl MethodSection for TemporalDiscriminativeCfg {
+    fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
+        TemporalDiscriminativeCfg::validate(self)
+    }
+    fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
+        // The key encoder: same architecture; its values are copied from `net`.
+        let dev = net.vars().device().clone();
+        let key = backbone::build(ctx.backbone, &VarStore::new(&dev, 0), ctx.frames)?;
+        let queue_seed = mix(ctx.seed ^ hash_str("queue"));
+        Ok(Box::new(
+            self.init(ctx.frames, net, key, ctx.heads, queue_seed)?,
+        ))
+    }
 }

@@ -14,10 +14,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::{write_clip, AugmentCfg, ClipAug, CropMode, Normalize};
 use crate::data::datasets::VideoDataset;
-use crate::data::sampler::{clip_indices, plan_clips, uniform_starts};
+use crate::data::clip::{ClipMeta, ClipPlanner};
+use crate::data::sampler::{clip_indices, uniform_starts};
 use crate::data::{Split, Video};
 use crate::seed::mix;
-use crate::pretext::{ClipMeta, ClipSpec};
 use crate::{Error, Result};
 
 /// One batch on the host, ready to become a tensor `[B * clips, 3, T, S, S]`.
@@ -38,9 +38,10 @@ pub struct HostBatch {
 }
 
 /// Geometry of training batches.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BatchPlan {
-    pub spec: ClipSpec,
+    /// The method's clips of one video.
+    pub planner: Arc<dyn ClipPlanner>,
     pub size: usize,
     pub batch_size: usize,
     pub seed: u64,
@@ -66,10 +67,10 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
     if n == 0 {
         return Err(Error::BadInput("the training split has no videos".into()));
     }
-    let spec = &plan.spec;
-    let (s, t) = (plan.size, spec.frames);
+    let planner = plan.planner.as_ref();
+    let (s, t, per_video) = (plan.size, planner.frames(), planner.clips_per_video());
     let clip_len = 3 * t * s * s;
-    let clips = plan.batch_size * spec.clips_per_video;
+    let clips = plan.batch_size * per_video;
     let mut data = vec![0f32; clips * clip_len];
     let mut skipped = Vec::new();
     let mut labels = Vec::with_capacity(plan.batch_size);
@@ -88,11 +89,15 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         }
         let mut rng =
             ChaCha8Rng::seed_from_u64(mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
-        let base = j * spec.clips_per_video;
-        for (c, pc) in plan_clips(spec, video.frames, &mut rng)?
-            .into_iter()
-            .enumerate()
-        {
+        let base = j * per_video;
+        let planned = planner.plan(video.frames, &mut rng)?;
+        if planned.len() != per_video || planned.iter().any(|pc| pc.indices.len() != t) {
+            return Err(Error::Internal(format!(
+                "the clip planner promised {per_video} clips of {t} frames, planned {:?}",
+                planned.iter().map(|pc| pc.indices.len()).collect::<Vec<_>>()
+            )));
+        }
+        for (c, pc) in planned.into_iter().enumerate() {
             let aug = ClipAug::draw(&plan.augment, video.height, video.width, s, &mut rng);
             let k = base + c;
             write_clip(

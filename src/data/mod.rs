@@ -1,10 +1,11 @@
 //! Video data: decoded/generated videos, datasets, clip sampling and batching.
-//! Everything upstream of the model lives here, so methods only see [`crate::pretext::Batch`].
+//! Everything upstream of the model lives here, so methods only see [`clip::Batch`].
 
 pub mod augment;
 pub mod bad_videos;
 pub mod cache;
 pub mod config;
+pub mod clip;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;

@@ -24,7 +24,9 @@ use crate::data::Split;
 use crate::loss::cross_entropy;
 use crate::nn::{dropout, Linear, VarStore};
 use crate::seed::{hash_str, mix};
-use crate::pretext::{ClipSpec, StepOutput};
+use crate::data::clip::ClipPlanner;
+use crate::data::sampler::StridedPlanner;
+use crate::pretext::StepOutput;
 use crate::run_dir::RunDir;
 use crate::io::write_safetensors_atomic;
 use crate::train::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
@@ -130,9 +132,9 @@ impl Finetuner<'_> {
 }
 
 impl Objective for Finetuner<'_> {
-    fn clip_spec(&self) -> ClipSpec {
+    fn planner(&self) -> Arc<dyn ClipPlanner> {
         let s = self.setup.eval.train_stride;
-        ClipSpec::strided(1, self.setup.frames(), (s, s))
+        Arc::new(StridedPlanner::new(1, self.setup.frames(), (s, s)))
     }
 
     fn loss(&mut self, hb: HostBatch, device: &Device) -> Result<StepOutput> {

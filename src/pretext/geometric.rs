@@ -1,32 +1,91 @@
-//! GeometricPretext: rotation prediction (3DRotNet). Every frame of a clip is
-//! rotated by k*90 degrees and the network predicts k. Rotations are exact pixel
-//! permutations (transpose + flip), so square crops are required.
-//! `rotations_per_clip = "all"` puts the four rotated copies of each clip in the
-//! batch (image RotNet); `"one"` draws one k per clip (the public re-implementation).
+//! The geometric family: every clip is transformed by one of a fixed set of
+//! transforms and the network names which. The family trait
+//! [`GeometricPretext`] holds only the transform set (its size is the class count,
+//! transform `k` is label `k`); the adapter [`Geometric`] does the rest once for
+//! every variant: strided clips, `rotations_per_clip = "all"` (every transformed copy
+//! of each clip in the batch, image RotNet) or `"one"` (one transform drawn per clip),
+//! a pooled-feature classifier with dropout. The shipped variant is
+//! [`Rotation3d`] (3DRotNet): every frame rotated by `k * 90` degrees. Rotations are
+//! exact pixel permutations (transpose + flip), so square crops are required.
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
-use super::{Batch, ClipSpec, Pretext, StepOutput};
+use super::{Pretext, StepOutput};
 use crate::backbone::Backbone;
+use crate::data::clip::{Batch, ClipPlanner};
+use crate::data::sampler::StridedPlanner;
+use crate::error::{check, Invalid};
 use crate::nn::{dropout, Linear, VarStore};
 use crate::seed::mix;
-use crate::recipe::{GeometricCfg, RotationsPerClip};
 use crate::{Error, Result};
 
-/// A geometric transformation whose index is the pretext label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GeometricTransform {
-    /// Rotate every frame by `quarter_turns * 90` degrees counter-clockwise (as `torch.rot90`).
-    Rotate { quarter_turns: u8 },
+/// How rotations are drawn for rotation prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationsPerClip {
+    /// One random rotation per clip (the public 3DRotNet re-implementation).
+    One,
+    /// All four rotated copies of every clip in the batch (image RotNet). Default.
+    All,
 }
 
-impl GeometricTransform {
-    /// Applies the transform to clips `[..., H, W]` (the last two dims are rotated).
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match *self {
-            GeometricTransform::Rotate { quarter_turns } => rot90(x, quarter_turns as usize),
+/// `[method] kind = "geometric"`: the geometric adapter's settings (3DRotNet rotation
+/// prediction with the shipped transforms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeometricCfg {
+    /// Present so the section can be read as one table; always "geometric".
+    #[serde(skip_serializing)]
+    pub kind: Option<String>,
+    /// Every transform of each clip (`all`) or one drawn per clip (`one`).
+    pub rotations_per_clip: RotationsPerClip,
+    /// Clip stride is drawn uniformly from `stride_min..=stride_max`.
+    pub stride_min: usize,
+    pub stride_max: usize,
+    /// Dropout before the rotation classifier.
+    pub dropout: f64,
+}
+
+impl Default for GeometricCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            rotations_per_clip: RotationsPerClip::All,
+            stride_min: 1,
+            stride_max: 5,
+            dropout: 0.5,
         }
+    }
+}
+
+impl GeometricCfg {
+    /// Range checks; keys relative to the `[method]` table.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        check(self.stride_min >= 1, "stride_min", || {
+            "must be at least 1".into()
+        })?;
+        check(self.stride_max >= self.stride_min, "stride_max", || {
+            format!("must be >= method.stride_min ({})", self.stride_min)
+        })?;
+        check((0.0..1.0).contains(&self.dropout), "dropout", || {
+            format!("must be in [0, 1), got {}", self.dropout)
+        })?;
+        Ok(())
+    }
+
+    /// Rotation prediction (the shipped geometric variant) on `backbone`, heads on
+    /// `head_vars`, clips of `frames` frames.
+    pub fn init(
+        &self,
+        frames: usize,
+        backbone: Box<dyn Backbone>,
+        head_vars: VarStore,
+    ) -> Result<Geometric<Rotation3d>> {
+        Geometric::new(Rotation3d, self, frames, backbone, head_vars)
     }
 }
 
@@ -53,70 +112,102 @@ pub fn rot90(x: &Tensor, k: usize) -> Result<Tensor> {
     })
 }
 
-/// The geometric family: a fixed set of transforms to recognise.
-pub trait GeometricPretext {
-    fn transforms(&self) -> &[GeometricTransform];
-    /// Transform index for each of `n` clips when one transform is drawn per clip.
-    fn draw(&self, n: usize, seed: u64) -> Vec<u32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n)
-            .map(|_| rng.random_range(0..self.transforms().len() as u32))
-            .collect()
+/// The geometric family: a fixed set of transforms to recognise. Transform `k`
+/// (`0..classes()`) is class `k`.
+pub trait GeometricPretext: Send {
+    /// Number of transforms (= classes of the head).
+    fn classes(&self) -> usize;
+    /// Transform `k` applied to clips `[N, C, T, H, W]`.
+    fn apply(&self, k: usize, clips: &Tensor) -> Result<Tensor>;
+}
+
+/// 3DRotNet's transform set: every frame rotated by `k * 90` degrees
+/// counter-clockwise (as `torch.rot90`), `k = 0..4`. Needs square clips.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotation3d;
+
+impl GeometricPretext for Rotation3d {
+    fn classes(&self) -> usize {
+        4
+    }
+
+    fn apply(&self, k: usize, clips: &Tensor) -> Result<Tensor> {
+        let (h, w) = clips.dims5().map(|(_, _, _, h, w)| (h, w))?;
+        if h != w {
+            return Err(Error::BadInput(format!(
+                "rotation prediction needs square clips, got {h}x{w}"
+            )));
+        }
+        rot90(clips, k)
     }
 }
 
-/// Rotation prediction with a pooled-feature classifier head.
-pub struct RotationPrediction {
+/// Any [`GeometricPretext`] as a [`Pretext`]: strided clips, transformed inputs and
+/// labels, a pooled-feature classifier `pretext.fc` with dropout.
+pub struct Geometric<T: GeometricPretext> {
+    method: T,
     cfg: GeometricCfg,
-    frames: usize,
-    transforms: Vec<GeometricTransform>,
+    planner: Arc<StridedPlanner>,
     backbone: Box<dyn Backbone>,
     head: Linear,
     head_vars: VarStore,
 }
 
-impl RotationPrediction {
+impl<T: GeometricPretext> Geometric<T> {
+    /// `method`'s transforms learned on `backbone` (clips of `frames` frames), settings
+    /// from `cfg`, the head on `head_vars`.
     pub fn new(
+        method: T,
         cfg: &GeometricCfg,
         frames: usize,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,
     ) -> Result<Self> {
-        let transforms = (0..4)
-            .map(|q| GeometricTransform::Rotate { quarter_turns: q })
-            .collect::<Vec<_>>();
+        if method.classes() == 0 {
+            return Err(Error::BadInput(
+                "a geometric method needs transforms".into(),
+            ));
+        }
         let head = Linear::new(
             &head_vars.pp("fc"),
             backbone.out_channels(),
-            transforms.len(),
+            method.classes(),
         )?;
+        let planner = StridedPlanner::new(1, frames, (cfg.stride_min, cfg.stride_max));
         Ok(Self {
+            method,
             cfg: cfg.clone(),
-            frames,
-            transforms,
+            planner: Arc::new(planner),
             backbone,
             head,
             head_vars,
         })
     }
 
+    /// The family implementor.
+    pub fn method(&self) -> &T {
+        &self.method
+    }
+
+    /// Transform index for each of `n` clips when one transform is drawn per clip.
+    pub fn draw(&self, n: usize, seed: u64) -> Vec<u32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| rng.random_range(0..self.method.classes() as u32))
+            .collect()
+    }
+
     /// Transformed clips and their labels for one batch.
     pub fn make_inputs(&self, clips: &Tensor, seed: u64) -> Result<(Tensor, Tensor)> {
-        let (b, _c, _t, h, w) = clips.dims5()?;
-        if h != w {
-            return Err(Error::BadInput(format!(
-                "rotation prediction needs square clips, got {h}x{w}"
-            )));
-        }
+        let b = clips.dim(0)?;
         let dev = clips.device();
+        let classes = self.method.classes();
         match self.cfg.rotations_per_clip {
             RotationsPerClip::All => {
-                let xs = self
-                    .transforms
-                    .iter()
-                    .map(|t| t.apply(clips))
+                let xs = (0..classes)
+                    .map(|k| self.method.apply(k, clips))
                     .collect::<Result<Vec<_>>>()?;
-                let labels: Vec<u32> = (0..self.transforms.len() as u32)
+                let labels: Vec<u32> = (0..classes as u32)
                     .flat_map(|k| std::iter::repeat_n(k, b))
                     .collect();
                 Ok((
@@ -127,7 +218,7 @@ impl RotationPrediction {
             RotationsPerClip::One => {
                 let ks = self.draw(b, seed);
                 let parts = (0..b)
-                    .map(|i| self.transforms[ks[i] as usize].apply(&clips.narrow(0, i, 1)?))
+                    .map(|i| self.method.apply(ks[i] as usize, &clips.narrow(0, i, 1)?))
                     .collect::<Result<Vec<_>>>()?;
                 Ok((Tensor::cat(&parts, 0)?, Tensor::from_vec(ks, b, dev)?))
             }
@@ -135,15 +226,9 @@ impl RotationPrediction {
     }
 }
 
-impl GeometricPretext for RotationPrediction {
-    fn transforms(&self) -> &[GeometricTransform] {
-        &self.transforms
-    }
-}
-
-impl Pretext for RotationPrediction {
-    fn clip_spec(&self) -> ClipSpec {
-        ClipSpec::strided(1, self.frames, (self.cfg.stride_min, self.cfg.stride_max))
+impl<T: GeometricPretext> Pretext for Geometric<T> {
+    fn planner(&self) -> Arc<dyn ClipPlanner> {
+        self.planner.clone()
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {

@@ -1,20 +1,140 @@
-//! SpeedSortPretext: variable playback speed (METHODS.md section 2; no public code,
-//! this is the reconstruction). Each video gives `n_clips` clips at distinct speeds
-//! (speed s = frame stride s), each possibly played backwards, at random independent
-//! starts, in shuffled order (the loader draws them: [`crate::data::sampler::speed_sort_plan`]).
-//! With `label = "sort"` the network names the permutation that sorts the clips by
-//! signed speed (backward = negative), one of `n_clips!` classes, from a pairwise
-//! head; with `"per_clip"` it classifies every clip's own (speed, direction).
-//! The label functions are pure and public so they can be tested by hand.
+//! The speed-sort family: variable playback speed (METHODS.md section 2; no public
+//! code, this is the reconstruction). Each video gives `n_clips` clips at distinct
+//! speeds (speed s = frame stride s), each possibly played backwards, at random
+//! independent starts, in shuffled order ([`speed_sort_plan`]). The family trait
+//! [`SpeedSortPretext`] holds what varies: the speed set, the direction rule and the
+//! label rule (one class per video from a pairwise head, or one per clip); the adapter
+//! [`SpeedSort`] plans the clips from them and runs the head and loss once for every
+//! variant. The shipped variant [`VariableSpeed`]: with `label = "sort"` the network
+//! names the permutation that sorts the clips by signed speed (backward = negative),
+//! one of `n_clips!` classes; with `"per_clip"` it classifies every clip's own (speed,
+//! direction). The label functions are pure and public so they can be tested by hand.
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore};
+use serde::{Deserialize, Serialize};
 
-use super::{Batch, ClipMeta, ClipSpec, Pretext, Sampling, SpeedSpec, StepOutput};
+use super::{Pretext, StepOutput};
 use crate::backbone::Backbone;
+use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
+use crate::data::sampler::{clip_indices, random_start};
+use crate::error::{check, Invalid};
 use crate::nn::{dropout, Linear, VarStore};
 use crate::seed::mix;
-use crate::recipe::{SpeedLabel, SpeedSortCfg};
 use crate::{Error, Result};
+
+/// What speed sorting predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpeedLabel {
+    /// One class per video: the permutation that sorts its shuffled clips by signed
+    /// speed (`n_clips!` classes). Default.
+    Sort,
+    /// One class per clip: its own (speed, direction).
+    PerClip,
+}
+
+/// `[method] kind = "speed_sort"`: sort clips of one video by playback speed
+/// ([`VariableSpeed`] in the [`SpeedSort`] adapter; see METHODS.md section 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeedSortCfg {
+    /// Present so the section can be read as one table; always "speed_sort".
+    #[serde(skip_serializing)]
+    pub kind: Option<String>,
+    /// Clips per video, each at a distinct speed.
+    pub n_clips: usize,
+    /// Playback speeds (frame strides) to draw from; distinct, each >= 1.
+    pub speeds: Vec<usize>,
+    /// Allow backward playback (each clip reversed with probability 0.5).
+    pub reverse: bool,
+    pub label: SpeedLabel,
+    /// Width of the shared pair layer of the `"sort"` head.
+    pub pair_hidden: usize,
+    /// Dropout before the final classifier.
+    pub dropout: f64,
+}
+
+impl Default for SpeedSortCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            n_clips: 3,
+            speeds: vec![1, 2, 4, 8],
+            reverse: true,
+            label: SpeedLabel::Sort,
+            pair_hidden: 512,
+            dropout: 0.5,
+        }
+    }
+}
+
+impl SpeedSortCfg {
+    /// Range checks; keys relative to the `[method]` table.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        let m = self;
+        for (i, s) in m.speeds.iter().enumerate() {
+            check(*s >= 1, "speeds", || {
+                format!("entry {i} must be at least 1, got {s}")
+            })?;
+            check(!m.speeds[..i].contains(s), "speeds", || {
+                format!("speeds must be distinct; {s} appears twice")
+            })?;
+        }
+        check(m.n_clips >= 2, "n_clips", || {
+            format!("must be at least 2, got {}", m.n_clips)
+        })?;
+        check(m.n_clips <= m.speeds.len(), "n_clips", || {
+            format!(
+                "{} clips need as many distinct speeds; method.speeds has {}",
+                m.n_clips,
+                m.speeds.len()
+            )
+        })?;
+        if m.label == SpeedLabel::Sort {
+            check(m.n_clips <= 5, "n_clips", || {
+                format!(
+                    "at most 5 with label = \"sort\" (n_clips! classes), got {}",
+                    m.n_clips
+                )
+            })?;
+        }
+        check(m.pair_hidden >= 1, "pair_hidden", || {
+            "must be at least 1".into()
+        })?;
+        check((0.0..1.0).contains(&m.dropout), "dropout", || {
+            format!("must be in [0, 1), got {}", m.dropout)
+        })?;
+        Ok(())
+    }
+
+    /// The shipped speed-sort method on `backbone` (clips of `frames` frames), heads on
+    /// `head_vars`.
+    pub fn init(
+        &self,
+        frames: usize,
+        backbone: Box<dyn Backbone>,
+        head_vars: VarStore,
+    ) -> Result<SpeedSort<VariableSpeed>> {
+        let method = VariableSpeed {
+            n_clips: self.n_clips,
+            speeds: self.speeds.clone(),
+            reverse: self.reverse,
+            label: self.label,
+        };
+        SpeedSort::new(
+            method,
+            frames,
+            self.pair_hidden,
+            self.dropout,
+            backbone,
+            head_vars,
+        )
+    }
+}
 
 /// A playback speed with its direction: a clip's stride and whether it runs backwards.
 /// The same record the loader writes for every clip.
@@ -100,16 +220,171 @@ pub fn per_clip_label(meta: &ClipMeta, speeds: &[usize], reverse: bool) -> Resul
     }
 }
 
-/// The speed-sort family: which playbacks clips can have, and how a clip order
-/// becomes a class.
-pub trait SpeedSortPretext {
+/// What a speed-sort label is given to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeedTarget {
+    /// One label per video, predicted by a shared pair layer over every unordered pair
+    /// of its clips' features.
+    PerVideo,
+    /// One label per clip, predicted from that clip's features.
+    PerClip,
+}
+
+/// The speed-sort family: which speeds clips play at, which play backwards, and how
+/// a video's clips become classes. The adapter [`SpeedSort`] draws each video's clips
+/// from these ([`speed_sort_plan`]) and trains the head.
+pub trait SpeedSortPretext: Send + Sync + 'static {
+    /// Clips per video, each at a distinct speed (`2..=speeds().len()`).
+    fn n_clips(&self) -> usize;
+    /// The speed set (frame strides, distinct, each >= 1).
+    fn speeds(&self) -> &[usize];
+    /// Direction rule: whether one clip plays backwards, drawn from the video's plan
+    /// `rng` (called once per clip, after the speeds are drawn).
+    fn backward(&self, rng: &mut dyn RngCore) -> bool;
+    /// Whether labels are per video or per clip.
+    fn target(&self) -> SpeedTarget;
+    /// Number of classes.
+    fn classes(&self) -> usize;
+    /// Label rule: the classes of one video whose clips (batch order) are `metas`: one
+    /// entry for [`SpeedTarget::PerVideo`], one per clip for [`SpeedTarget::PerClip`].
+    fn labels(&self, metas: &[ClipMeta]) -> Result<Vec<u32>>;
+}
+
+/// The shipped speed-sort variant: `n_clips` of `speeds`, each backwards with
+/// probability 0.5 when `reverse`, labelled by [`sort_label`] (`label = "sort"`) or
+/// [`per_clip_label`] (`"per_clip"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableSpeed {
+    pub n_clips: usize,
+    pub speeds: Vec<usize>,
+    pub reverse: bool,
+    pub label: SpeedLabel,
+}
+
+impl VariableSpeed {
     /// Every playback a clip can have, in `per_clip` class order (each speed forward,
     /// then backward when allowed).
-    fn speeds(&self) -> &[PlaybackSpeed];
-    /// Class of the order that sorts a video's clips (`order[k]` = batch position of
-    /// the k-th slowest clip); the default numbers all `n!` orders (Lehmer code).
-    fn label(&self, order: &[usize]) -> u32 {
-        permutation_index(order)
+    pub fn playbacks(&self) -> Vec<PlaybackSpeed> {
+        let dirs: &[bool] = if self.reverse {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        self.speeds
+            .iter()
+            .flat_map(|&speed| dirs.iter().map(move |&reverse| ClipMeta { speed, reverse }))
+            .collect()
+    }
+}
+
+impl SpeedSortPretext for VariableSpeed {
+    fn n_clips(&self) -> usize {
+        self.n_clips
+    }
+
+    fn speeds(&self) -> &[usize] {
+        &self.speeds
+    }
+
+    fn backward(&self, rng: &mut dyn RngCore) -> bool {
+        self.reverse && rng.random_bool(0.5)
+    }
+
+    fn target(&self) -> SpeedTarget {
+        match self.label {
+            SpeedLabel::Sort => SpeedTarget::PerVideo,
+            SpeedLabel::PerClip => SpeedTarget::PerClip,
+        }
+    }
+
+    fn classes(&self) -> usize {
+        match self.label {
+            SpeedLabel::Sort => factorial(self.n_clips),
+            SpeedLabel::PerClip => per_clip_classes(&self.speeds, self.reverse),
+        }
+    }
+
+    fn labels(&self, metas: &[ClipMeta]) -> Result<Vec<u32>> {
+        match self.label {
+            SpeedLabel::Sort => Ok(vec![sort_label(metas)]),
+            SpeedLabel::PerClip => metas
+                .iter()
+                .map(|m| per_clip_label(m, &self.speeds, self.reverse))
+                .collect(),
+        }
+    }
+}
+
+/// The clips of one video of `len` frames for a speed-sort method, in the (shuffled)
+/// order they go into the batch. Draws, in this order: `n_clips` distinct speeds, then
+/// per clip a direction ([`SpeedSortPretext::backward`]) and a start (inside the video
+/// when the span `(frames - 1) * speed + 1` fits, else anywhere with wrap-around), then
+/// the shuffle.
+pub fn speed_sort_plan<M: SpeedSortPretext + ?Sized>(
+    len: usize,
+    frames: usize,
+    method: &M,
+    rng: &mut dyn RngCore,
+) -> Vec<PlannedClip> {
+    let mut speeds = method.speeds().to_vec();
+    let n = method.n_clips().min(speeds.len());
+    let (chosen, _) = speeds.partial_shuffle(rng, n);
+    let mut clips: Vec<PlannedClip> = chosen
+        .iter()
+        .map(|&speed| {
+            let reverse = method.backward(rng);
+            let start = random_start(len, (frames - 1) * speed + 1, rng);
+            let mut indices = clip_indices(len, frames, speed, start);
+            if reverse {
+                indices.reverse();
+            }
+            PlannedClip {
+                meta: ClipMeta { speed, reverse },
+                start,
+                indices,
+            }
+        })
+        .collect();
+    clips.shuffle(rng);
+    clips
+}
+
+/// The loader's view of a speed-sort method: [`speed_sort_plan`] for every video.
+pub struct SpeedSortPlanner<T: SpeedSortPretext> {
+    method: Arc<T>,
+    frames: usize,
+}
+
+impl<T: SpeedSortPretext> SpeedSortPlanner<T> {
+    /// `method`'s clips of `frames` frames.
+    pub fn new(method: T, frames: usize) -> Self {
+        Self {
+            method: Arc::new(method),
+            frames,
+        }
+    }
+}
+
+impl<T: SpeedSortPretext> ClipPlanner for SpeedSortPlanner<T> {
+    fn clips_per_video(&self) -> usize {
+        self.method.n_clips()
+    }
+
+    fn frames(&self) -> usize {
+        self.frames
+    }
+
+    fn plan(&self, len: usize, rng: &mut dyn RngCore) -> Result<Vec<PlannedClip>> {
+        let m = self.method.as_ref();
+        if m.n_clips() > m.speeds().len() || m.speeds().contains(&0) || self.frames == 0 {
+            return Err(Error::Internal(format!(
+                "inconsistent speed-sort method: {} clips of {} frames, speeds {:?}",
+                m.n_clips(),
+                self.frames,
+                m.speeds()
+            )));
+        }
+        Ok(speed_sort_plan(len, self.frames, m, rng))
     }
 }
 
@@ -122,72 +397,64 @@ struct SortHead {
     hidden: usize,
 }
 
-/// Speed sorting with a pairwise (`"sort"`) or per-clip (`"per_clip"`) classifier.
-pub struct SpeedSort {
-    cfg: SpeedSortCfg,
-    frames: usize,
-    playbacks: Vec<PlaybackSpeed>,
+/// Any [`SpeedSortPretext`] as a [`Pretext`]: a pairwise head (`pretext.pair`,
+/// `pretext.fc`) for per-video labels or a per-clip classifier (`pretext.fc`).
+pub struct SpeedSort<T: SpeedSortPretext> {
+    method: Arc<T>,
+    planner: Arc<SpeedSortPlanner<T>>,
+    dropout: f64,
     backbone: Box<dyn Backbone>,
     sort_head: Option<SortHead>,
     fc: Option<Linear>,
     head_vars: VarStore,
 }
 
-impl SpeedSort {
+impl<T: SpeedSortPretext> SpeedSort<T> {
+    /// `method` learned on `backbone` (clips of `frames` frames); the pair layer of a
+    /// per-video head is `pair_hidden` wide; `dropout` before the final classifier.
     pub fn new(
-        cfg: &SpeedSortCfg,
+        method: T,
         frames: usize,
+        pair_hidden: usize,
+        dropout: f64,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,
     ) -> Result<Self> {
-        let n = cfg.n_clips;
-        if n < 2 || n > cfg.speeds.len() {
+        let n = method.n_clips();
+        if n < 2 || n > method.speeds().len() {
             return Err(Error::BadInput(format!(
                 "speed sort needs 2 <= n_clips <= speeds ({}), got {n}",
-                cfg.speeds.len()
+                method.speeds().len()
             )));
         }
-        let playbacks = cfg
-            .speeds
-            .iter()
-            .flat_map(|&speed| {
-                let dirs: &[bool] = if cfg.reverse {
-                    &[false, true]
-                } else {
-                    &[false]
-                };
-                dirs.iter().map(move |&reverse| ClipMeta { speed, reverse })
-            })
-            .collect();
         let c = backbone.out_channels();
-        let (sort_head, fc) = match cfg.label {
-            SpeedLabel::Sort => {
+        let classes = method.classes();
+        let (sort_head, fc) = match method.target() {
+            SpeedTarget::PerVideo => {
                 let pairs: Vec<(usize, usize)> = (0..n)
                     .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
                     .collect();
-                let pair = Linear::new(&head_vars.pp("pair"), 2 * c, cfg.pair_hidden)?;
-                let fc = Linear::new(
-                    &head_vars.pp("fc"),
-                    pairs.len() * cfg.pair_hidden,
-                    factorial(n),
-                )?;
+                let pair = Linear::new(&head_vars.pp("pair"), 2 * c, pair_hidden)?;
+                let fc = Linear::new(&head_vars.pp("fc"), pairs.len() * pair_hidden, classes)?;
                 let head = SortHead {
                     pair,
                     fc,
                     pairs,
-                    hidden: cfg.pair_hidden,
+                    hidden: pair_hidden,
                 };
                 (Some(head), None)
             }
-            SpeedLabel::PerClip => {
-                let classes = per_clip_classes(&cfg.speeds, cfg.reverse);
-                (None, Some(Linear::new(&head_vars.pp("fc"), c, classes)?))
-            }
+            SpeedTarget::PerClip => (None, Some(Linear::new(&head_vars.pp("fc"), c, classes)?)),
         };
-        Ok(Self {
-            cfg: cfg.clone(),
+        let method = Arc::new(method);
+        let planner = Arc::new(SpeedSortPlanner {
+            method: method.clone(),
             frames,
-            playbacks,
+        });
+        Ok(Self {
+            method,
+            planner,
+            dropout,
             backbone,
             sort_head,
             fc,
@@ -195,35 +462,32 @@ impl SpeedSort {
         })
     }
 
-    /// Number of classes the head predicts.
-    pub fn classes(&self) -> usize {
-        match self.cfg.label {
-            SpeedLabel::Sort => factorial(self.cfg.n_clips),
-            SpeedLabel::PerClip => self.playbacks.len(),
-        }
+    /// The family implementor.
+    pub fn method(&self) -> &T {
+        &self.method
     }
 
-    /// Targets of a batch from its clip metadata: one per video (`"sort"`) or one per
-    /// clip (`"per_clip"`).
+    /// Number of classes the head predicts.
+    pub fn classes(&self) -> usize {
+        self.method.classes()
+    }
+
+    /// Targets of a batch from its clip metadata (video-major): one per video
+    /// ([`SpeedTarget::PerVideo`]) or one per clip ([`SpeedTarget::PerClip`]).
     pub fn targets(&self, metas: &[ClipMeta]) -> Result<Vec<u32>> {
-        match self.cfg.label {
-            SpeedLabel::Sort => Ok(metas
-                .chunks(self.cfg.n_clips)
-                .map(|m| self.label(&sorting_order(m)))
-                .collect()),
-            SpeedLabel::PerClip => metas
-                .iter()
-                .map(|m| per_clip_label(m, &self.cfg.speeds, self.cfg.reverse))
-                .collect(),
+        let mut out = Vec::with_capacity(metas.len());
+        for video in metas.chunks(self.method.n_clips()) {
+            out.extend(self.method.labels(video)?);
         }
+        Ok(out)
     }
 
     /// Logits of pooled clip features `[videos * n_clips, C]` (video-major).
     pub fn logits(&self, feats: &Tensor, videos: usize, train: bool, seed: u64) -> Result<Tensor> {
-        let p = self.cfg.dropout;
+        let p = self.dropout;
         if let Some(h) = &self.sort_head {
             let (_, c) = feats.dims2()?;
-            let f = feats.reshape((videos, self.cfg.n_clips, c))?;
+            let f = feats.reshape((videos, self.method.n_clips(), c))?;
             let pairs = h
                 .pairs
                 .iter()
@@ -243,28 +507,14 @@ impl SpeedSort {
     }
 }
 
-impl SpeedSortPretext for SpeedSort {
-    fn speeds(&self) -> &[PlaybackSpeed] {
-        &self.playbacks
-    }
-}
-
-impl Pretext for SpeedSort {
-    fn clip_spec(&self) -> ClipSpec {
-        ClipSpec {
-            clips_per_video: self.cfg.n_clips,
-            frames: self.frames,
-            sampling: Sampling::SpeedSort(SpeedSpec {
-                speeds: self.cfg.speeds.clone(),
-                n_clips: self.cfg.n_clips,
-                reverse: self.cfg.reverse,
-            }),
-        }
+impl<T: SpeedSortPretext> Pretext for SpeedSort<T> {
+    fn planner(&self) -> Arc<dyn ClipPlanner> {
+        self.planner.clone()
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
         let clips = batch.clips.dim(0)?;
-        let n = self.cfg.n_clips;
+        let n = self.method.n_clips();
         if clips != batch.videos * n || batch.clip_meta.len() != clips {
             return Err(Error::BadInput(format!(
                 "speed sort expects {n} clips per video with metadata: {} videos, {clips} clips, \

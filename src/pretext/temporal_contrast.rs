@@ -1,26 +1,239 @@
-//! TemporalContrast: TCLR (METHODS.md section 3). Every video gives one sparse clip
-//! and `dense_clips` dense clips aligned with its parts, in two augmented views
-//! (layout and batch order: [`SparseDenseSpec`]). One shared projection MLP maps
-//! pooled features to unit embeddings, and three losses from [`crate::loss`] act on
-//! them: instance (IC, across videos), local-local (LL, among the dense clips of one
-//! video) and global-local (GL, the sparse clip's time slices against the dense clips).
+//! The temporal-contrast family: TCLR (METHODS.md section 3). Every video gives one
+//! sparse clip and `dense` dense clips aligned with its parts, in augmented views
+//! (layout and batch order: [`SparseDenseSpec`]). The family trait
+//! [`TemporalContrastPretext`] holds what varies: the clip layout and the weighted loss
+//! terms over the embeddings; the adapter [`TemporalContrast`] plans the clips, runs
+//! one shared projection MLP over pooled features (unit embeddings) and sums the terms.
+//! The shipped variant [`Tclr`] uses three losses from [`crate::loss`]: instance (IC,
+//! across videos), local-local (LL, among the dense clips of one video) and
+//! global-local (GL, the sparse clip's time slices against the dense clips).
 //!
-//! Memory: all clips of the batch (sparse and dense, both views) go through the
+//! Memory: all clips of the batch (sparse and dense, all views) go through the
 //! backbone as one batch `[B * views * (1 + dense), 3, T, H, W]`, so activations are
 //! held once and batch norm sees every clip.
 
-use candle_core::{Tensor, D};
+use std::sync::Arc;
 
-use super::{Batch, ClipSpec, Pretext, Sampling, SparseDenseSpec, StepOutput};
+use candle_core::{Tensor, D};
+use rand::{Rng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use super::{Pretext, StepOutput};
 use crate::backbone::Backbone;
+use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
+use crate::data::sampler::{clip_indices, random_start};
+use crate::error::{check, Invalid};
 use crate::loss::{global_local, l2_normalize, nt_xent_masked, PairMasks};
 use crate::nn::{Linear, VarStore};
 use crate::ops::batch_norm3d::BatchNorm3d;
-use crate::recipe::{LlReduction, TemporalContrastCfg};
 use crate::{Error, Result};
 
 /// Augmented views of every clip (TCLR uses two).
 pub const VIEWS: usize = 2;
+
+/// How the local-local loss is reduced over the videos of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlReduction {
+    /// Mean over videos (default; the three losses on one scale).
+    Mean,
+    /// Sum over videos, as TCLR's public code does: LL weighted by the batch size.
+    Sum,
+}
+
+/// `[method] kind = "temporal_contrast"`: TCLR (METHODS.md section 3). Total loss
+/// `w_ic * IC + w_ll * LL + w_gl * GL`; a weight of 0 switches its loss off. The
+/// projection (`proj_*`) is the adapter's, the rest [`Tclr`]'s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemporalContrastCfg {
+    /// Present so the section can be read as one table; always "temporal_contrast".
+    #[serde(skip_serializing)]
+    pub kind: Option<String>,
+    /// Frame stride of the sparse clip; `data.frames * sparse_stride` frames are split
+    /// into `dense_clips` parts, one dense clip each.
+    pub sparse_stride: usize,
+    /// Dense clips per video (paper: 4).
+    pub dense_clips: usize,
+    /// Softmax temperature of all three losses.
+    pub temperature: f64,
+    /// Weight of the instance loss (IC).
+    pub w_ic: f64,
+    /// Weight of the local-local loss (LL).
+    pub w_ll: f64,
+    /// Weight of the global-local loss (GL).
+    pub w_gl: f64,
+    /// Add the dense instance term to IC (all dense clips of a video positive to each
+    /// other, other videos' dense clips negative), as the public code does.
+    pub ic_dense: bool,
+    pub ll_reduction: LlReduction,
+    /// Projection MLP: C -> proj_hidden, BN, ReLU -> proj_dim, BN, L2 normalise.
+    pub proj_hidden: usize,
+    pub proj_dim: usize,
+}
+
+impl Default for TemporalContrastCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            sparse_stride: 4,
+            dense_clips: 4,
+            temperature: 0.1,
+            w_ic: 1.0,
+            w_ll: 1.0,
+            w_gl: 1.0,
+            ic_dense: true,
+            ll_reduction: LlReduction::Mean,
+            proj_hidden: 512,
+            proj_dim: 128,
+        }
+    }
+}
+
+impl TemporalContrastCfg {
+    /// Range checks for clips of `frames` frames (`data.frames`); keys relative to the
+    /// `[method]` table.
+    pub fn validate(&self, frames: usize) -> std::result::Result<(), Invalid> {
+        let m = self;
+        check(m.sparse_stride >= 1, "sparse_stride", || {
+            "must be at least 1".into()
+        })?;
+        check(m.dense_clips >= 1, "dense_clips", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            (frames * m.sparse_stride).is_multiple_of(m.dense_clips),
+            "dense_clips",
+            || {
+                format!(
+                    "must divide the sparse span data.frames * method.sparse_stride = {}",
+                    frames * m.sparse_stride
+                )
+            },
+        )?;
+        check(
+            m.temperature.is_finite() && m.temperature > 0.0,
+            "temperature",
+            || format!("must be > 0, got {}", m.temperature),
+        )?;
+        for (key, w) in [("w_ic", m.w_ic), ("w_ll", m.w_ll), ("w_gl", m.w_gl)] {
+            check(w.is_finite() && w >= 0.0, key, || {
+                format!("must be >= 0 (0 switches the loss off), got {w}")
+            })?;
+        }
+        check(m.w_ic + m.w_ll + m.w_gl > 0.0, "w_ic", || {
+            "w_ic, w_ll and w_gl are all 0: nothing to learn".into()
+        })?;
+        check(m.w_ll == 0.0 || m.dense_clips >= 2, "w_ll", || {
+            "the local-local loss needs method.dense_clips >= 2 (or w_ll = 0)".into()
+        })?;
+        check(m.proj_hidden >= 1, "proj_hidden", || {
+            "must be at least 1".into()
+        })?;
+        check(m.proj_dim >= 1, "proj_dim", || "must be at least 1".into())?;
+        Ok(())
+    }
+
+    /// TCLR on `backbone` (clips of `frames` frames), the projection on `head_vars`.
+    pub fn init(
+        &self,
+        frames: usize,
+        backbone: Box<dyn Backbone>,
+        head_vars: VarStore,
+    ) -> Result<TemporalContrast<Tclr>> {
+        let (hidden, dim) = (self.proj_hidden, self.proj_dim);
+        TemporalContrast::new(Tclr::new(self), frames, hidden, dim, backbone, head_vars)
+    }
+}
+
+/// TCLR's clips of one video. The sparse clip has `frames` frames at stride `stride`
+/// from a random start `s`; it spans `frames * stride` frames, split into `dense`
+/// equal parts of `q = frames * stride / dense` frames. Dense clip `i` is `frames`
+/// consecutive frames from `s + i * q`, so it lines up with part `i` of the sparse
+/// clip (paper: 16 frames, stride 4, 4 dense clips at offsets 0/16/32/48, each
+/// exactly one quarter). Batch order per video is view-major:
+/// `[sparse, dense_0, .., dense_{dense-1}]` for view 0, then the same for view 1, and
+/// so on; all views show the same frames (the loader crops each clip on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseDenseSpec {
+    /// Frame stride of the sparse clip (>= 1).
+    pub stride: usize,
+    /// Dense clips (>= 1); `frames * stride` must be a multiple.
+    pub dense: usize,
+    /// Augmented views of every clip (>= 1).
+    pub views: usize,
+}
+
+impl SparseDenseSpec {
+    /// Clips per video: `views * (1 + dense)`.
+    pub fn clips(&self) -> usize {
+        self.views * (1 + self.dense)
+    }
+
+    /// Batch position (within its video) of clip `k` of view `view`: `k = 0` is the
+    /// sparse clip, `k = 1 + i` dense clip `i`.
+    pub fn position(&self, view: usize, k: usize) -> usize {
+        view * (1 + self.dense) + k
+    }
+}
+
+/// The clips of one video of `len` frames for temporal contrast (see
+/// [`SparseDenseSpec`] for the layout and batch order). Draws one start: inside the
+/// video when the whole footprint (the sparse span and the last dense clip) fits,
+/// else anywhere with wrap-around. Sparse clips record `speed = stride`, dense clips
+/// `speed = 1`.
+pub fn sparse_dense_plan<R: Rng + ?Sized>(
+    len: usize,
+    frames: usize,
+    spec: &SparseDenseSpec,
+    rng: &mut R,
+) -> Vec<PlannedClip> {
+    let q = frames * spec.stride / spec.dense.max(1);
+    let sparse_span = (frames - 1) * spec.stride + 1;
+    let dense_end = (spec.dense.max(1) - 1) * q + frames;
+    let start = random_start(len, sparse_span.max(dense_end), rng);
+    let clip = |speed: usize, from: usize| PlannedClip {
+        meta: ClipMeta::forward(speed),
+        start: from % len.max(1),
+        indices: clip_indices(len, frames, speed, from),
+    };
+    let mut one_view = vec![clip(spec.stride, start)];
+    one_view.extend((0..spec.dense).map(|i| clip(1, start + i * q)));
+    (0..spec.views).flat_map(|_| one_view.clone()).collect()
+}
+
+/// The loader's view of a temporal-contrast method: [`sparse_dense_plan`] for every
+/// video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseDensePlanner {
+    pub spec: SparseDenseSpec,
+    pub frames: usize,
+}
+
+impl ClipPlanner for SparseDensePlanner {
+    fn clips_per_video(&self) -> usize {
+        self.spec.clips()
+    }
+
+    fn frames(&self) -> usize {
+        self.frames
+    }
+
+    fn plan(&self, len: usize, rng: &mut dyn RngCore) -> Result<Vec<PlannedClip>> {
+        let (sd, t) = (&self.spec, self.frames);
+        if t == 0
+            || sd.stride == 0
+            || sd.dense == 0
+            || sd.views == 0
+            || !(t * sd.stride).is_multiple_of(sd.dense)
+        {
+            return Err(Error::Internal(format!(
+                "inconsistent sparse-dense spec for clips of {t} frames: {sd:?}"
+            )));
+        }
+        Ok(sparse_dense_plan(len, t, sd, rng))
+    }
+}
 
 /// Number of time slices GL compares for a feature map with `t_out` time steps and
 /// `dense` dense clips: `min(t_out, dense)`, and the larger must be a multiple of it
@@ -108,23 +321,58 @@ pub struct Embeddings {
     pub gl: Option<(Tensor, Tensor)>,
 }
 
-/// The temporal-contrast family: the clip layout, the projection and the weights;
-/// the losses have defaults built from [`crate::loss`].
-pub trait TemporalContrast {
-    fn cfg(&self) -> &TemporalContrastCfg;
+/// One weighted loss term: `weight * value` goes into the total, `value` is logged
+/// under `name`.
+#[derive(Debug, Clone)]
+pub struct LossTerm {
+    pub name: &'static str,
+    pub weight: f64,
+    pub value: Tensor,
+}
 
+/// `sum weight * value` over `terms`, in order.
+pub fn weighted_sum(terms: &[LossTerm]) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for t in terms {
+        let term = (&t.value * t.weight)?;
+        total = Some(match total {
+            Some(a) => (a + term)?,
+            None => term,
+        });
+    }
+    total.ok_or_else(|| Error::Internal("temporal contrast without loss terms".into()))
+}
+
+/// The temporal-contrast family: the clip layout and the weighted loss terms over the
+/// embeddings the adapter [`TemporalContrast`] computes.
+pub trait TemporalContrastPretext: Send + Sync + 'static {
     /// Clip layout of one video.
-    fn layout(&self) -> SparseDenseSpec {
-        SparseDenseSpec {
-            stride: self.cfg().sparse_stride,
-            dense: self.cfg().dense_clips,
-            views: VIEWS,
-        }
+    fn layout(&self) -> SparseDenseSpec;
+    /// Whether the loss terms need the sparse clips' time slices ([`Embeddings::gl`]).
+    fn needs_slices(&self) -> bool;
+    /// The loss terms of the embeddings of `videos` videos, in logging order (each a
+    /// scalar tensor with autograd graph).
+    fn terms(&self, e: &Embeddings, videos: usize) -> Result<Vec<LossTerm>>;
+}
+
+/// TCLR's losses and layout ([`TemporalContrastCfg`] without the projection keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tclr {
+    cfg: TemporalContrastCfg,
+}
+
+impl Tclr {
+    pub fn new(cfg: &TemporalContrastCfg) -> Self {
+        Self { cfg: cfg.clone() }
+    }
+
+    pub fn cfg(&self) -> &TemporalContrastCfg {
+        &self.cfg
     }
 
     /// IC, LL and GL of the embeddings of `videos` videos.
-    fn losses(&self, e: &Embeddings, videos: usize) -> Result<TclrLosses> {
-        let cfg = self.cfg();
+    pub fn losses(&self, e: &Embeddings, videos: usize) -> Result<TclrLosses> {
+        let cfg = &self.cfg;
         let (n, v, tau) = (cfg.dense_clips, VIEWS, cfg.temperature);
         let dev = e.sparse.device();
         // Row -> video and row -> dense position, for rows ordered (video, view, clip).
@@ -178,58 +426,89 @@ pub trait TemporalContrast {
         }
         Ok(out)
     }
+}
 
-    /// `w_ic * IC + w_ll * LL + w_gl * GL` over the losses that were computed.
-    fn total(&self, l: &TclrLosses) -> Result<Tensor> {
-        let c = self.cfg();
-        let mut total: Option<Tensor> = None;
-        for (w, t) in [(c.w_ic, &l.ic), (c.w_ll, &l.ll), (c.w_gl, &l.gl)] {
-            if let Some(t) = t {
-                let term = (t * w)?;
-                total = Some(match total {
-                    Some(a) => (a + term)?,
-                    None => term,
-                });
-            }
+impl TemporalContrastPretext for Tclr {
+    fn layout(&self) -> SparseDenseSpec {
+        SparseDenseSpec {
+            stride: self.cfg.sparse_stride,
+            dense: self.cfg.dense_clips,
+            views: VIEWS,
         }
-        total.ok_or_else(|| Error::Internal("all TCLR loss weights are 0".into()))
+    }
+
+    fn needs_slices(&self) -> bool {
+        self.cfg.w_gl > 0.0
+    }
+
+    fn terms(&self, e: &Embeddings, videos: usize) -> Result<Vec<LossTerm>> {
+        let l = self.losses(e, videos)?;
+        let c = &self.cfg;
+        Ok([
+            ("ic", c.w_ic, l.ic),
+            ("ll", c.w_ll, l.ll),
+            ("gl", c.w_gl, l.gl),
+        ]
+        .into_iter()
+        .filter_map(|(name, weight, value)| {
+            Some(LossTerm {
+                name,
+                weight,
+                value: value?,
+            })
+        })
+        .collect())
     }
 }
 
-/// TCLR with a shared projection MLP (`pretext.proj.*`).
-pub struct Tclr {
-    cfg: TemporalContrastCfg,
-    frames: usize,
+/// Any [`TemporalContrastPretext`] as a [`Pretext`], with a shared projection MLP
+/// (`pretext.proj.*`).
+pub struct TemporalContrast<T: TemporalContrastPretext> {
+    method: T,
+    planner: Arc<SparseDensePlanner>,
     backbone: Box<dyn Backbone>,
     proj: ProjectionMlp,
     head_vars: VarStore,
 }
 
-impl Tclr {
+impl<T: TemporalContrastPretext> TemporalContrast<T> {
+    /// `method` learned on `backbone` (clips of `frames` frames) through a projection
+    /// `C -> proj_hidden -> proj_dim` on `head_vars`.
     pub fn new(
-        cfg: &TemporalContrastCfg,
+        method: T,
         frames: usize,
+        proj_hidden: usize,
+        proj_dim: usize,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,
     ) -> Result<Self> {
         let proj = ProjectionMlp::new(
             &head_vars.pp("proj"),
             backbone.out_channels(),
-            cfg.proj_hidden,
-            cfg.proj_dim,
+            proj_hidden,
+            proj_dim,
         )?;
-        Ok(Self {
-            cfg: cfg.clone(),
+        let planner = Arc::new(SparseDensePlanner {
+            spec: method.layout(),
             frames,
+        });
+        Ok(Self {
+            method,
+            planner,
             backbone,
             proj,
             head_vars,
         })
     }
 
+    /// The family implementor.
+    pub fn method(&self) -> &T {
+        &self.method
+    }
+
     /// Embeddings of a batch of `videos` videos in the [`SparseDenseSpec`] order.
     pub fn embed(&self, clips: &Tensor, videos: usize, train: bool) -> Result<Embeddings> {
-        let sd = self.layout();
+        let sd = self.method.layout();
         let (n, v, k) = (sd.dense, sd.views, sd.clips());
         if clips.dim(0)? != videos * k {
             return Err(Error::BadInput(format!(
@@ -247,7 +526,7 @@ impl Tclr {
             sparse_t.mean(D::Minus1)?.reshape((videos * v, c))?,
             dense.reshape((videos * v * n, c))?,
         ];
-        let s = if self.cfg.w_gl > 0.0 {
+        let s = if self.method.needs_slices() {
             let s = gl_slices(tp, n)?;
             let slices = time_groups(&sparse_t.reshape((videos * v, c, tp))?, s)?;
             rows.push(slices.reshape((videos * v * s, c))?);
@@ -287,34 +566,22 @@ impl Tclr {
     }
 }
 
-impl TemporalContrast for Tclr {
-    fn cfg(&self) -> &TemporalContrastCfg {
-        &self.cfg
-    }
-}
-
-impl Pretext for Tclr {
-    fn clip_spec(&self) -> ClipSpec {
-        let sd = self.layout();
-        ClipSpec {
-            clips_per_video: sd.clips(),
-            frames: self.frames,
-            sampling: Sampling::SparseDense(sd),
-        }
+impl<T: TemporalContrastPretext> Pretext for TemporalContrast<T> {
+    fn planner(&self) -> Arc<dyn ClipPlanner> {
+        self.planner.clone()
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
         let e = self.embed(&batch.clips, batch.videos, train)?;
-        let l = self.losses(&e, batch.videos)?;
-        let loss = self.total(&l)?;
+        let terms = self.method.terms(&e, batch.videos)?;
+        let loss = weighted_sum(&terms)?;
         let mut scalars = Vec::new();
-        for (name, t) in [("ic", &l.ic), ("ll", &l.ll), ("gl", &l.gl)] {
-            if let Some(t) = t {
-                scalars.push((
-                    name,
-                    t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
-                ));
-            }
+        for t in &terms {
+            let v = t
+                .value
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            scalars.push((t.name, v));
         }
         Ok(StepOutput { loss, scalars })
     }

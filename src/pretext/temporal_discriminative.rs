@@ -1,6 +1,10 @@
-//! TemporalDiscriminative: VTDL (METHODS.md section 4; reconstruction after the
-//! authors' public code, none of it copied). Each video gives a temporal triplet
-//! (the loader draws it: [`crate::data::sampler::triplet_starts`]), in batch order
+//! The temporal-discriminative family: VTDL (METHODS.md section 4; reconstruction
+//! after the authors' public code, none of it copied). The family trait
+//! [`TemporalDiscriminativePretext`] holds what varies: the triplet rule (where the
+//! three clips start) and the anchor's temporal augmentation; the adapter
+//! [`TemporalDiscriminative`] plans the clips from the rule and runs the encoders,
+//! memory bank and losses once for every variant. The shipped variant is [`Vtdl`].
+//! Each video gives a temporal triplet ([`triplet_starts`]), in batch order
 //! anchor, positive, negative: anchor and positive share their frames (each clip has
 //! its own random crop), the negative comes from another time of the same video.
 //! Temporal Consistent Augmentation ([`tca`]) mixes one frame into every frame of the
@@ -24,18 +28,127 @@
 //!   code draws one `l` per batch and a frame per clip).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
 
-use super::{Batch, ClipSpec, Pretext, Sampling, StepOutput};
-use crate::backbone::{self, Backbone};
-use crate::data::sampler::triplet_starts;
+use super::momentum::copy_store;
+pub use super::momentum::{ema_update, enqueue, random_unit_rows};
+use super::{Pretext, StepOutput};
+use crate::backbone::Backbone;
+use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
+use crate::data::sampler::clip_indices;
+use crate::error::{check, Invalid};
 use crate::loss::{info_nce_queue, l2_normalize, triplet_margin};
 use crate::nn::{Linear, VarStore};
-use crate::seed::{mix, normal};
-use crate::recipe::{BackboneCfg, TemporalDiscriminativeCfg};
+use crate::seed::mix;
 use crate::{Error, Result};
+
+/// `[method] kind = "temporal_discriminative"`: VTDL, temporal triplets contrasted
+/// against a momentum encoder's memory bank (METHODS.md section 4). `stride`,
+/// `min_gap` and `tca*` are [`Vtdl`]'s; the rest the adapter's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemporalDiscriminativeCfg {
+    /// Present so the section can be read as one table; always "temporal_discriminative".
+    #[serde(skip_serializing)]
+    pub kind: Option<String>,
+    /// Frame stride of all three clips.
+    pub stride: usize,
+    /// Least (circular) distance in frames between the anchor's and the negative's start.
+    pub min_gap: usize,
+    /// Temporal Consistent Augmentation on the anchor.
+    pub tca: bool,
+    /// TCA mixing weight `l` is drawn from `U(0, tca_max)`.
+    pub tca_max: f64,
+    /// EMA momentum of the key encoder (0 copies the query encoder, 1 freezes it).
+    pub momentum: f64,
+    /// Keys kept in the FIFO memory bank.
+    pub queue_size: usize,
+    /// InfoNCE temperature.
+    pub temperature: f64,
+    /// Weight of the margin triplet loss (the public code computes it but adds 0).
+    pub triplet_weight: f64,
+    /// Margin of the triplet loss.
+    pub margin: f64,
+}
+
+impl Default for TemporalDiscriminativeCfg {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            stride: 4,
+            min_gap: 8,
+            tca: true,
+            tca_max: 0.1,
+            momentum: 0.999,
+            queue_size: 16384,
+            temperature: 0.07,
+            triplet_weight: 0.0,
+            margin: 1.0,
+        }
+    }
+}
+
+impl TemporalDiscriminativeCfg {
+    /// Range checks; keys relative to the `[method]` table.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        let m = self;
+        check(m.stride >= 1, "stride", || "must be at least 1".into())?;
+        check(m.min_gap >= 1, "min_gap", || "must be at least 1".into())?;
+        check((0.0..1.0).contains(&m.tca_max), "tca_max", || {
+            format!("must be in [0, 1), got {}", m.tca_max)
+        })?;
+        check((0.0..=1.0).contains(&m.momentum), "momentum", || {
+            format!("must be in [0, 1], got {}", m.momentum)
+        })?;
+        check(m.queue_size >= 1, "queue_size", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            m.temperature.is_finite() && m.temperature > 0.0,
+            "temperature",
+            || format!("must be > 0, got {}", m.temperature),
+        )?;
+        check(m.triplet_weight >= 0.0, "triplet_weight", || {
+            format!("must be >= 0, got {}", m.triplet_weight)
+        })?;
+        check(m.margin >= 0.0, "margin", || {
+            format!("must be >= 0, got {}", m.margin)
+        })?;
+        Ok(())
+    }
+
+    /// VTDL on `backbone` (clips of `frames` frames). `key_backbone` is a second
+    /// backbone of the same architecture (its values are overwritten by a copy of
+    /// `backbone`'s); heads on `head_vars`, the memory bank drawn from `queue_seed`.
+    pub fn init(
+        &self,
+        frames: usize,
+        backbone: Box<dyn Backbone>,
+        key_backbone: Box<dyn Backbone>,
+        head_vars: VarStore,
+        queue_seed: u64,
+    ) -> Result<TemporalDiscriminative<Vtdl>> {
+        let method = Vtdl {
+            stride: self.stride,
+            min_gap: self.min_gap,
+            tca: self.tca,
+            tca_max: self.tca_max,
+        };
+        TemporalDiscriminative::new(
+            method,
+            self,
+            frames,
+            backbone,
+            key_backbone,
+            head_vars,
+            queue_seed,
+        )
+    }
+}
 
 /// Width of the projection head and of the memory bank's keys.
 pub const FEATURE_DIM: usize = 128;
@@ -79,73 +192,149 @@ pub fn tca_draw(n: usize, t: usize, max: f64, seed: u64) -> (Vec<f64>, Vec<usize
         .unzip()
 }
 
-/// Pushes `keys` `[B, D]` into the FIFO memory bank `queue` `[K, D]` at row `ptr`,
-/// wrapping around; returns the new queue and pointer. When `B > K` only the last `K`
-/// keys remain.
-pub fn enqueue(queue: &Tensor, ptr: usize, keys: &Tensor) -> Result<(Tensor, usize)> {
-    let (k, _d) = queue.dims2()?;
-    let b = keys.dim(0)?;
-    let mut idx: Vec<u32> = (0..k as u32).collect();
-    for i in 0..b {
-        idx[(ptr + i) % k] = (k + i) as u32;
+/// Starts of a temporal triplet (anchor and negative; the positive shares the
+/// anchor's start) for clips of `frames` frames at `stride` in a video of `len` frames.
+/// The negative is always at [`circular_distance`] `>= min_gap` from the anchor.
+///
+/// When both clips can lie inside the video with that gap (the span
+/// `(frames - 1) * stride + 1` leaves `room >= min_gap` free starts), both do: the
+/// anchor is drawn among starts that have a partner, then the negative among its
+/// partners (a jump cut in one clip only would be a shortcut for telling them apart).
+/// Otherwise the video is read as a loop (indices wrap): anchor anywhere, negative at
+/// an offset drawn from `min_gap..=len - min_gap`. A video shorter than `2 * min_gap`
+/// has no valid negative and is an error naming `method.min_gap`.
+///
+/// [`circular_distance`]: crate::data::sampler::circular_distance
+pub fn triplet_starts<R: Rng + ?Sized>(
+    len: usize,
+    frames: usize,
+    stride: usize,
+    min_gap: usize,
+    rng: &mut R,
+) -> Result<(usize, usize)> {
+    let span = (frames.max(1) - 1) * stride + 1;
+    if span <= len && len - span >= min_gap {
+        let room = len - span;
+        // Start `s` in 0..=room has a partner iff s >= min_gap or s + min_gap <= room.
+        let anchors: Vec<usize> = (0..=room)
+            .filter(|&s| s >= min_gap || s + min_gap <= room)
+            .collect();
+        let s = anchors[rng.random_range(0..anchors.len())];
+        let partners: Vec<usize> = (0..=room).filter(|&n| n.abs_diff(s) >= min_gap).collect();
+        return Ok((s, partners[rng.random_range(0..partners.len())]));
     }
-    let all = Tensor::cat(&[queue, &keys.detach().to_dtype(queue.dtype())?], 0)?;
-    let idx = Tensor::from_vec(idx, k, queue.device())?;
-    Ok((all.index_select(&idx, 0)?, (ptr + b) % k))
-}
-
-/// `target <- m * target + (1 - m) * source` for every trainable parameter (matched by
-/// name; both stores must hold the same names). `m = 0` copies, `m = 1` freezes.
-pub fn ema_update(target: &VarStore, source: &VarStore, m: f64) -> Result<()> {
-    let (t, s) = (target.trainable(), source.trainable());
-    if t.len() != s.len() || t.iter().zip(&s).any(|((a, _), (b, _))| a != b) {
-        return Err(Error::Internal(
-            "EMA between stores with different parameters".into(),
-        ));
-    }
-    for ((_, tv), (_, sv)) in t.iter().zip(&s) {
-        let next = (tv.as_tensor().affine(m, 0.0)? + sv.as_tensor().affine(1.0 - m, 0.0)?)?;
-        tv.set(&next)?;
-    }
-    Ok(())
-}
-
-/// Copies every tensor (parameters and buffers) of `source` into `target`.
-fn copy_store(target: &VarStore, source: &VarStore) -> Result<()> {
-    let r = target.load(&source.named_tensors("").into_iter().collect())?;
-    if !r.missing.is_empty() || !r.unused.is_empty() {
-        return Err(Error::Internal(format!(
-            "key encoder copy: missing {:?}, unused {:?}",
-            r.missing, r.unused
+    if len == 0 || len < 2 * min_gap {
+        return Err(Error::BadInput(format!(
+            "temporal triplet: a video of {len} frames has no negative start at least \
+             method.min_gap = {min_gap} frames from the anchor (needs at least {} frames); \
+             lower method.min_gap",
+            (2 * min_gap).max(1)
         )));
     }
-    Ok(())
+    let s = rng.random_range(0..len);
+    let d = rng.random_range(min_gap..=len - min_gap);
+    Ok((s, (s + d) % len))
 }
 
-/// `n` seeded random unit vectors of width `d` (the memory bank's initial keys).
-pub fn random_unit_rows(n: usize, d: usize, seed: u64, device: &Device) -> Result<Tensor> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..n * d)
-        // Gaussian rows are uniformly distributed directions.
-        .map(|_| normal(&mut rng) as f32)
-        .collect();
-    l2_normalize(&Tensor::from_vec(v, (n, d), device)?)
-}
-
-/// The temporal-discriminative family: how triplets are placed and how the anchor is
-/// augmented in time.
-pub trait TemporalDiscriminative {
-    /// Starts of a triplet in a video of `len` frames.
-    fn triplet(&self, len: usize, rng: &mut dyn RngCore) -> Result<Triplet>;
+/// The temporal-discriminative family: how a triplet is placed in a video and how the
+/// anchor is augmented in time.
+pub trait TemporalDiscriminativePretext: Send + Sync + 'static {
+    /// Frame stride of all three clips (>= 1).
+    fn stride(&self) -> usize;
+    /// Triplet rule: the starts of a triplet of clips of `frames` frames in a video of
+    /// `len` frames, drawn from the video's plan `rng`.
+    fn triplet(&self, len: usize, frames: usize, rng: &mut dyn RngCore) -> Result<Triplet>;
     /// Temporal augmentation of anchor clips `[B, C, T, H, W]` with randomness from `seed`.
     fn augment_anchor(&self, anchor: &Tensor, seed: u64) -> Result<Tensor>;
 }
 
-/// VTDL: query encoder (the backbone being learned + projection head), momentum key
-/// encoder, FIFO memory bank.
+/// VTDL's rules: anchor and positive share a start, the negative is at least
+/// `min_gap` frames away ([`triplet_starts`]); TCA on the anchor when `tca`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Vtdl {
-    cfg: TemporalDiscriminativeCfg,
+    pub stride: usize,
+    pub min_gap: usize,
+    pub tca: bool,
+    pub tca_max: f64,
+}
+
+impl TemporalDiscriminativePretext for Vtdl {
+    fn stride(&self) -> usize {
+        self.stride
+    }
+
+    fn triplet(&self, len: usize, frames: usize, rng: &mut dyn RngCore) -> Result<Triplet> {
+        let (a, n) = triplet_starts(len, frames, self.stride, self.min_gap, rng)?;
+        Ok(Triplet {
+            anchor: a,
+            positive: a,
+            negative: n,
+        })
+    }
+
+    fn augment_anchor(&self, anchor: &Tensor, seed: u64) -> Result<Tensor> {
+        if !self.tca {
+            return Ok(anchor.clone());
+        }
+        let (b, _, t, _, _) = anchor.dims5()?;
+        let (l, r) = tca_draw(b, t, self.tca_max, seed);
+        tca(anchor, &l, &r)
+    }
+}
+
+/// The loader's view of a temporal-discriminative method: three clips per video in
+/// batch order anchor, positive, negative, all at the method's stride.
+pub struct TripletPlanner<T: TemporalDiscriminativePretext> {
+    method: Arc<T>,
     frames: usize,
+}
+
+impl<T: TemporalDiscriminativePretext> TripletPlanner<T> {
+    /// `method`'s triplets of clips of `frames` frames.
+    pub fn new(method: T, frames: usize) -> Self {
+        Self {
+            method: Arc::new(method),
+            frames,
+        }
+    }
+}
+
+impl<T: TemporalDiscriminativePretext> ClipPlanner for TripletPlanner<T> {
+    fn clips_per_video(&self) -> usize {
+        3
+    }
+
+    fn frames(&self) -> usize {
+        self.frames
+    }
+
+    fn plan(&self, len: usize, rng: &mut dyn RngCore) -> Result<Vec<PlannedClip>> {
+        let (t, stride) = (self.frames, self.method.stride());
+        if stride == 0 || t == 0 {
+            return Err(Error::Internal(format!(
+                "inconsistent temporal triplet: {t} frames at stride {stride}"
+            )));
+        }
+        let tr = self.method.triplet(len, t, rng)?;
+        Ok([tr.anchor, tr.positive, tr.negative]
+            .into_iter()
+            .map(|start| PlannedClip {
+                meta: ClipMeta::forward(stride),
+                start,
+                indices: clip_indices(len, t, stride, start),
+            })
+            .collect())
+    }
+}
+
+/// Any [`TemporalDiscriminativePretext`] as a [`Pretext`]: query encoder (the backbone
+/// being learned + projection head `pretext.fc`), momentum key encoder, FIFO memory
+/// bank. Reads `momentum`, `queue_size`, `temperature`, `triplet_weight` and `margin`
+/// of its [`TemporalDiscriminativeCfg`].
+pub struct TemporalDiscriminative<T: TemporalDiscriminativePretext> {
+    method: Arc<T>,
+    planner: Arc<TripletPlanner<T>>,
+    cfg: TemporalDiscriminativeCfg,
     backbone: Box<dyn Backbone>,
     head: Linear,
     head_vars: VarStore,
@@ -159,30 +348,36 @@ pub struct Vtdl {
     pending: Option<Tensor>,
 }
 
-impl Vtdl {
-    /// Builds the head on `head_vars`, the key encoder as a copy of `backbone` + head
-    /// (same `backbone_cfg`), and the queue from `queue_seed`.
+impl<T: TemporalDiscriminativePretext> TemporalDiscriminative<T> {
+    /// Builds the head on `head_vars`, the key encoder as a copy of `backbone` (into
+    /// `key_backbone`, which must have the same parameters) + head, and the queue from
+    /// `queue_seed`.
     pub fn new(
+        method: T,
         cfg: &TemporalDiscriminativeCfg,
-        backbone_cfg: &BackboneCfg,
         frames: usize,
         backbone: Box<dyn Backbone>,
+        key_backbone: Box<dyn Backbone>,
         head_vars: VarStore,
         queue_seed: u64,
     ) -> Result<Self> {
         let dev = backbone.vars().device().clone();
         let c = backbone.out_channels();
         let head = Linear::new(&head_vars.pp("fc"), c, FEATURE_DIM)?;
-        let key_vars = VarStore::new(&dev, 0);
-        let key_backbone = backbone::build(backbone_cfg, &key_vars, frames)?;
         let key_head_vars = VarStore::new(&dev, 0);
         let key_head = Linear::new(&key_head_vars.pp("fc"), c, FEATURE_DIM)?;
         copy_store(key_backbone.vars(), backbone.vars())?;
         copy_store(&key_head_vars, &head_vars)?;
         let queue = random_unit_rows(cfg.queue_size, FEATURE_DIM, queue_seed, &dev)?;
-        Ok(Self {
-            cfg: cfg.clone(),
+        let method = Arc::new(method);
+        let planner = Arc::new(TripletPlanner {
+            method: method.clone(),
             frames,
+        });
+        Ok(Self {
+            method,
+            planner,
+            cfg: cfg.clone(),
             backbone,
             head,
             head_vars,
@@ -193,6 +388,11 @@ impl Vtdl {
             ptr: 0,
             pending: None,
         })
+    }
+
+    /// The family implementor.
+    pub fn method(&self) -> &T {
+        &self.method
     }
 
     /// The memory bank `[queue_size, FEATURE_DIM]` and its write pointer.
@@ -217,26 +417,6 @@ impl Vtdl {
     }
 }
 
-impl TemporalDiscriminative for Vtdl {
-    fn triplet(&self, len: usize, rng: &mut dyn RngCore) -> Result<Triplet> {
-        let (a, n) = triplet_starts(len, self.frames, self.cfg.stride, self.cfg.min_gap, rng)?;
-        Ok(Triplet {
-            anchor: a,
-            positive: a,
-            negative: n,
-        })
-    }
-
-    fn augment_anchor(&self, anchor: &Tensor, seed: u64) -> Result<Tensor> {
-        if !self.cfg.tca {
-            return Ok(anchor.clone());
-        }
-        let (b, _, t, _, _) = anchor.dims5()?;
-        let (l, r) = tca_draw(b, t, self.cfg.tca_max, seed);
-        tca(anchor, &l, &r)
-    }
-}
-
 /// Rows `offset, offset + 3, ...` of a video-major triplet batch.
 fn every_third(x: &Tensor, videos: usize, offset: usize) -> Result<Tensor> {
     let idx: Vec<u32> = (0..videos).map(|i| (3 * i + offset) as u32).collect();
@@ -244,16 +424,9 @@ fn every_third(x: &Tensor, videos: usize, offset: usize) -> Result<Tensor> {
     Ok(x.index_select(&idx, 0)?)
 }
 
-impl Pretext for Vtdl {
-    fn clip_spec(&self) -> ClipSpec {
-        ClipSpec {
-            clips_per_video: 3,
-            frames: self.frames,
-            sampling: Sampling::TemporalTriplet {
-                stride: self.cfg.stride,
-                min_gap: self.cfg.min_gap,
-            },
-        }
+impl<T: TemporalDiscriminativePretext> Pretext for TemporalDiscriminative<T> {
+    fn planner(&self) -> Arc<dyn ClipPlanner> {
+        self.planner.clone()
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
@@ -266,7 +439,9 @@ impl Pretext for Vtdl {
             )));
         }
         let anchor = every_third(&batch.clips, b, 0)?;
-        let anchor = self.augment_anchor(&anchor, mix(batch.seed ^ 0x7ca0))?;
+        let anchor = self
+            .method
+            .augment_anchor(&anchor, mix(batch.seed ^ 0x7ca0))?;
         let q = self.embed_query(&anchor, train)?;
         let n = self.embed_query(&every_third(&batch.clips, b, 2)?, train)?;
         let k = self.embed_key(&every_third(&batch.clips, b, 1)?, train)?;

@@ -11,10 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{
-    GeometricCfg, MethodCfg, MethodKind, Recipe, SpeedSortCfg, TemporalContrastCfg,
-    TemporalDiscriminativeCfg,
-};
+use super::{MethodCfg, MethodKind, Recipe};
 use crate::{Error, Result};
 
 /// Sections a recipe may have at top level (plus `base` and `name`).
@@ -305,16 +302,8 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
             })
         }
     };
-    let method = match kind {
-        MethodKind::Geometric => MethodCfg::Geometric(section::<GeometricCfg>(fig, "method")?),
-        MethodKind::SpeedSort => MethodCfg::SpeedSort(section::<SpeedSortCfg>(fig, "method")?),
-        MethodKind::TemporalContrast => {
-            MethodCfg::TemporalContrast(section::<TemporalContrastCfg>(fig, "method")?)
-        }
-        MethodKind::TemporalDiscriminative => {
-            MethodCfg::TemporalDiscriminative(section::<TemporalDiscriminativeCfg>(fig, "method")?)
-        }
-    };
+    let method = MethodCfg::extract(kind, &fig.focus("method"))
+        .map_err(|e| recipe_error(fig, "method", *e))?;
     let recipe = Recipe {
         name,
         data: section(fig, "data")?,

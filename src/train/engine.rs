@@ -23,7 +23,8 @@ use crate::data::augment::AugmentCfg;
 use crate::data::bad_videos::BadVideos;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::{BatchPlan, HostBatch, Loader};
-use crate::pretext::{ClipSpec, StepOutput};
+use crate::data::clip::ClipPlanner;
+use crate::pretext::StepOutput;
 use crate::data::DataCfg;
 use crate::run_dir::{temp_sibling, RunDir};
 use crate::{Error, Result};
@@ -31,7 +32,7 @@ use crate::{Error, Result};
 /// What the loop trains: the loss of a batch, and the state a checkpoint keeps.
 pub trait Objective {
     /// How the loader samples clips from each video.
-    fn clip_spec(&self) -> ClipSpec;
+    fn planner(&self) -> Arc<dyn ClipPlanner>;
     /// Loss (and extra logged scalars) of one training batch.
     fn loss(&mut self, batch: HostBatch, device: &Device) -> Result<StepOutput>;
     /// Runs after each optimiser step (e.g. a momentum-encoder update).
@@ -225,7 +226,7 @@ pub fn run(
         truncate_metrics(&run.metrics(), start)?;
     }
     let plan = BatchPlan {
-        spec: obj.clip_spec(),
+        planner: obj.planner(),
         size: cfg.loader.size,
         batch_size: cfg.batch_size,
         seed: cfg.seed,

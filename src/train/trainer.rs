@@ -15,7 +15,8 @@ use super::schedule::Schedule;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::HostBatch;
 use crate::data::Split;
-use crate::pretext::{Batch, ClipSpec, Pretext, StepOutput};
+use crate::data::clip::{Batch, ClipPlanner};
+use crate::pretext::{Pretext, StepOutput};
 use super::config::TrainCfg;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
@@ -120,8 +121,8 @@ fn load_model(p: &dyn Pretext, tensors: &BTreeMap<String, Tensor>, path: &Path) 
 struct PretextObjective<'a>(&'a mut dyn Pretext);
 
 impl Objective for PretextObjective<'_> {
-    fn clip_spec(&self) -> ClipSpec {
-        self.0.clip_spec()
+    fn planner(&self) -> Arc<dyn ClipPlanner> {
+        self.0.planner()
     }
 
     fn loss(&mut self, hb: HostBatch, device: &Device) -> Result<StepOutput> {

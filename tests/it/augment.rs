@@ -11,11 +11,10 @@ use vssl::data::augment::{
 };
 use vssl::data::datasets::VideoDataset;
 use vssl::data::loader::{make_batch, video_for, BatchPlan, Loader};
-use vssl::data::sampler::plan_clips;
+use vssl::data::sampler::StridedPlanner;
 use vssl::data::synthetic::{Synthetic, SyntheticConfig};
 use vssl::data::{Split, Video};
 use vssl::seed::mix;
-use vssl::pretext::ClipSpec;
 
 const ID: Normalize = Normalize {
     mean: [0.0; 3],
@@ -467,7 +466,7 @@ fn tiny_synthetic() -> Synthetic {
 
 fn plan(augment: AugmentCfg, seed: u64) -> BatchPlan {
     BatchPlan {
-        spec: ClipSpec::strided(2, 4, (1, 2)),
+        planner: std::sync::Arc::new(StridedPlanner::new(2, 4, (1, 2))),
         size: 16,
         batch_size: 3,
         seed,
@@ -511,7 +510,9 @@ fn default_config_reproduces_the_crop_only_pipeline() {
             let v = VideoDataset::video(&ds, Split::Train, idx).unwrap();
             let mut rng =
                 ChaCha8Rng::seed_from_u64(mix(p.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
-            for (c, pc) in plan_clips(&p.spec, v.frames, &mut rng)
+            for (c, pc) in p
+                .planner
+                .plan(v.frames, &mut rng)
                 .unwrap()
                 .into_iter()
                 .enumerate()

@@ -10,9 +10,9 @@ use vssl::data::augment::{AugmentCfg, CropMode};
 use vssl::data::cache::{self, CachedDataset, Status};
 use vssl::data::datasets::{self, VideoDataset};
 use vssl::data::loader::{make_batch, BatchPlan};
+use vssl::data::sampler::StridedPlanner;
 use vssl::data::synthetic::SyntheticConfig;
 use vssl::data::{Split, Video};
-use vssl::pretext::ClipSpec;
 use vssl::recipe::DataCfg;
 use vssl::{Error, Result};
 
@@ -163,7 +163,7 @@ fn batches_through_the_cache_equal_batches_without_it() {
     build(&d.path().join("c"), src.as_ref(), &cfg, &quiet).unwrap();
     let c = CachedDataset::open(&d.path().join("c"), src.clone(), &cfg).unwrap();
     let plan = BatchPlan {
-        spec: ClipSpec::strided(2, 4, (1, 3)),
+        planner: Arc::new(StridedPlanner::new(2, 4, (1, 3))),
         size: 12,
         batch_size: 4,
         seed: 5,
@@ -480,7 +480,7 @@ fn bench_cache_vs_decoding() {
     let cached = CachedDataset::open(&dir, ds.clone(), &cfg).unwrap();
     // The quick start's geometry: 8-frame clips of 32 pixels, batches of 16.
     let plan = BatchPlan {
-        spec: ClipSpec::strided(1, 8, (1, 3)),
+        planner: Arc::new(StridedPlanner::new(1, 8, (1, 3))),
         size: 32,
         batch_size: 16,
         seed: 0,

@@ -2,8 +2,10 @@
 //! end, uniform test starts, random strided clips inside the video, speed-sort clips
 //! with distinct speeds and reversal), checked against hand-computed indices.
 
-use vssl::data::sampler::{clip_indices, clip_indices_clamped, plan_clips, uniform_starts};
-use vssl::pretext::{ClipSpec, Sampling, SpeedSpec};
+use vssl::data::clip::ClipPlanner;
+use vssl::data::sampler::{clip_indices, clip_indices_clamped, uniform_starts, StridedPlanner};
+use vssl::pretext::speed_sort::SpeedSortPlanner;
+use vssl::pretext::{SpeedLabel, VariableSpeed};
 
 #[test]
 fn clip_index_modes() {
@@ -19,9 +21,9 @@ fn clip_index_modes() {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     // Independent strided clips lie inside the video when they fit.
-    let spec = ClipSpec::strided(3, 4, (1, 3));
+    let spec = StridedPlanner::new(3, 4, (1, 3));
     for _ in 0..200 {
-        for c in plan_clips(&spec, 12, &mut rng).unwrap() {
+        for c in spec.plan(12, &mut rng).unwrap() {
             let s = c.meta.speed;
             assert!((1..=3).contains(&s));
             assert_eq!(
@@ -32,21 +34,21 @@ fn clip_index_modes() {
         }
     }
     // A video shorter than the clip wraps around.
-    let c = &plan_clips(&ClipSpec::strided(1, 4, (2, 2)), 5, &mut rng).unwrap()[0];
+    let c = &StridedPlanner::new(1, 4, (2, 2)).plan(5, &mut rng).unwrap()[0];
     assert_eq!(c.indices, clip_indices(5, 4, 2, c.start));
     // Speed sorting: distinct speeds, reversed clips run backwards in time.
-    let sp = ClipSpec {
-        clips_per_video: 3,
-        frames: 4,
-        sampling: Sampling::SpeedSort(SpeedSpec {
-            speeds: vec![1, 2, 3],
+    let sp = SpeedSortPlanner::new(
+        VariableSpeed {
             n_clips: 3,
+            speeds: vec![1, 2, 3],
             reverse: true,
-        }),
-    };
+            label: SpeedLabel::Sort,
+        },
+        4,
+    );
     let mut saw_reverse = false;
     for _ in 0..50 {
-        let clips = plan_clips(&sp, 40, &mut rng).unwrap();
+        let clips = sp.plan(40, &mut rng).unwrap();
         let mut speeds: Vec<_> = clips.iter().map(|c| c.meta.speed).collect();
         speeds.sort();
         assert_eq!(speeds, [1, 2, 3]);
@@ -61,7 +63,11 @@ fn clip_index_modes() {
     }
     assert!(saw_reverse);
     // Same seed, same plan.
-    let a = plan_clips(&sp, 40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
-    let b = plan_clips(&sp, 40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let a = sp
+        .plan(40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
+    let b = sp
+        .plan(40, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
     assert_eq!(a, b);
 }

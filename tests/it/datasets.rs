@@ -10,8 +10,8 @@ use std::sync::Arc;
 use vssl::data::datasets::{self, VideoDataset};
 use vssl::data::decode::{decode_video, decode_video_limited};
 use vssl::data::loader::{BatchPlan, HostBatch, Loader};
+use vssl::data::sampler::StridedPlanner;
 use vssl::data::Split;
-use vssl::pretext::ClipSpec;
 use vssl::recipe::{DataCfg, DataKind};
 
 use crate::common::{run, stderr, stdout, tiny_recipe, train, vssl};
@@ -359,7 +359,7 @@ fn loader_batches_identical_for_any_worker_count() {
     make_video(&videos.join("Beta/v_Beta_g01_c01.avi"), "xvid", 30, 40, 24);
     let ds: Arc<dyn VideoDataset> = Arc::from(datasets::build(&ucf_cfg(&videos, &splits)).unwrap());
     let plan = BatchPlan {
-        spec: ClipSpec::strided(2, 4, (1, 3)),
+        planner: Arc::new(StridedPlanner::new(2, 4, (1, 3))),
         size: 16,
         batch_size: 3,
         seed: 11,

@@ -102,21 +102,10 @@ fn random_init_is_the_pretraining_initialisation() {
     let d = tempfile::tempdir().unwrap();
     let r = tiny_recipe(d.path(), "");
     let recipe = vssl::recipe::load(&vssl::recipe::RecipeSource::file(&r)).unwrap();
-    let a = vssl::registry::backbone(
-        &recipe.backbone,
-        recipe.data.frames,
-        recipe.train.seed,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let p = vssl::registry::pretext(
-        &recipe.method,
-        &recipe.backbone,
-        recipe.data.frames,
-        recipe.train.seed,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (frames, seed) = (recipe.data.frames, recipe.train.seed);
+    let a = vssl::registry::backbone(&recipe.backbone, frames, seed, &Device::Cpu).unwrap();
+    let p = vssl::registry::pretext(&recipe.method, &recipe.backbone, frames, seed, &Device::Cpu)
+        .unwrap();
     let (ta, tb) = (a.vars().all(), p.backbone().vars().all());
     assert_eq!(ta.len(), tb.len());
     for ((ka, va), (kb, vb)) in ta.iter().zip(&tb) {
@@ -142,13 +131,8 @@ fn random_init_is_the_pretraining_initialisation() {
     // A different seed gives a different initialisation.
     let mut other = recipe.clone();
     other.train.seed += 1;
-    let c = vssl::registry::backbone(
-        &other.backbone,
-        other.data.frames,
-        other.train.seed,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let c =
+        vssl::registry::backbone(&other.backbone, frames, other.train.seed, &Device::Cpu).unwrap();
     let w = |b: &dyn vssl::backbone::Backbone| {
         b.vars().all()[0]
             .1

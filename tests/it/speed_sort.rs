@@ -9,19 +9,18 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use vssl::backbone;
 use vssl::data::augment::{MEAN, STD};
+use vssl::data::clip::{Batch, ClipMeta};
 use vssl::data::datasets::VideoDataset;
 use vssl::data::loader::{make_batch, BatchPlan};
-use vssl::data::sampler::{clip_indices, speed_sort_plan};
+use vssl::data::sampler::{clip_indices, StridedPlanner};
 use vssl::data::{Split, Video};
 use vssl::nn::VarStore;
 use vssl::pretext::speed_sort::{
     factorial, per_clip_classes, per_clip_label, permutation_from_index, permutation_index,
-    sort_label, sorting_order,
+    sort_label, sorting_order, speed_sort_plan, SpeedSortPlanner,
 };
-use vssl::pretext::{
-    Batch, ClipMeta, ClipSpec, Pretext, Sampling, SpeedSort, SpeedSortPretext, SpeedSpec,
-};
-use vssl::recipe::{BackboneCfg, NormKind, SpeedLabel, SpeedSortCfg};
+use vssl::pretext::{Pretext, SpeedLabel, SpeedSort, SpeedSortCfg, VariableSpeed};
+use vssl::recipe::{BackboneCfg, NormKind};
 
 use super::common::{
     assert_bit_identical, metric_column, run, stderr, stdout, straight_and_resumed, tensors,
@@ -146,7 +145,7 @@ fn tiny_backbone(norm: NormKind, frames: usize) -> Box<dyn backbone::Backbone> {
     backbone::build(&cfg, &VarStore::new(&Device::Cpu, 3), frames).unwrap()
 }
 
-fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort {
+fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort<VariableSpeed> {
     let cfg = SpeedSortCfg {
         n_clips,
         speeds,
@@ -155,11 +154,11 @@ fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort {
         ..Default::default()
     };
     let heads = VarStore::new(&Device::Cpu, 9);
-    SpeedSort::new(&cfg, 4, tiny_backbone(NormKind::Bn, 4), heads).unwrap()
+    cfg.init(4, tiny_backbone(NormKind::Bn, 4), heads).unwrap()
 }
 
 /// Sets every head weight to zero and the final bias to `bias`.
-fn set_head(p: &SpeedSort, bias: &[f32]) {
+fn set_head(p: &SpeedSort<VariableSpeed>, bias: &[f32]) {
     let mut t = BTreeMap::new();
     for (k, v) in p.head_vars().all() {
         let z = Tensor::zeros(v.dims(), DType::F32, &Device::Cpu).unwrap();
@@ -190,7 +189,7 @@ fn lse(x: &[f64]) -> f64 {
 #[test]
 fn sort_loss_matches_hand_computation() {
     let mut p = method(SpeedLabel::Sort, 3, vec![1, 2, 4, 8]);
-    assert_eq!(p.speeds().len(), 8, "4 speeds x 2 directions");
+    assert_eq!(p.method().playbacks().len(), 8, "4 speeds x 2 directions");
     assert_eq!(p.classes(), 6);
     // Head names: a shared pair layer and the final layer over 3 pairs x 6 hidden units.
     let names: Vec<String> = p.head_vars().all().into_iter().map(|(k, _)| k).collect();
@@ -259,8 +258,8 @@ fn per_clip_loss_matches_hand_computation() {
     // (speed, dir) classes: (1,fwd)=0 (1,rev)=1 (3,fwd)=2 (3,rev)=3
     let metas = vec![m(3, true), m(1, false), m(1, true), m(3, false)];
     assert_eq!(p.targets(&metas).unwrap(), vec![3, 0, 1, 2]);
-    // `speeds()` lists the playbacks in class order.
-    for (k, pb) in p.speeds().iter().enumerate() {
+    // `playbacks()` lists the playbacks in class order.
+    for (k, pb) in p.method().playbacks().iter().enumerate() {
         assert_eq!(per_clip_label(pb, &[1, 3], true).unwrap(), k as u32);
     }
     let out = p.step(&batch(metas, 2), false).unwrap();
@@ -276,10 +275,11 @@ fn per_clip_loss_matches_hand_computation() {
 
 #[test]
 fn plan_draws_distinct_speeds_and_matching_indices() {
-    let spec = SpeedSpec {
+    let spec = VariableSpeed {
         speeds: vec![1, 2, 4, 8],
         n_clips: 3,
         reverse: true,
+        label: SpeedLabel::Sort,
     };
     let (len, frames) = (40usize, 6usize);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
@@ -316,7 +316,7 @@ fn plan_draws_distinct_speeds_and_matching_indices() {
     assert!(back > 300 && fwd > 300, "both directions: {back} / {fwd}");
     assert!(wrapped > 0, "speed 8 spans 41 > 40 frames and wraps");
     // Without reverse every clip plays forward.
-    let spec = SpeedSpec {
+    let spec = VariableSpeed {
         reverse: false,
         ..spec
     };
@@ -365,17 +365,14 @@ impl VideoDataset for Ramp {
 fn loader_clips_follow_drawn_speed_and_direction() {
     let (len, frames, size) = (30usize, 5usize, 8usize);
     let ds = Ramp { frames: len, size };
-    let spec = ClipSpec {
-        clips_per_video: 3,
-        frames,
-        sampling: Sampling::SpeedSort(SpeedSpec {
-            speeds: vec![1, 2, 4, 8],
-            n_clips: 3,
-            reverse: true,
-        }),
+    let spec = VariableSpeed {
+        speeds: vec![1, 2, 4, 8],
+        n_clips: 3,
+        reverse: true,
+        label: SpeedLabel::Sort,
     };
     let plan = BatchPlan {
-        spec,
+        planner: std::sync::Arc::new(SpeedSortPlanner::new(spec, frames)),
         size,
         batch_size: 4,
         seed: 17,
@@ -425,7 +422,7 @@ fn loader_clips_follow_drawn_speed_and_direction() {
 
     // Strided specs record their stride, forward.
     let plan = BatchPlan {
-        spec: ClipSpec::strided(1, frames, (2, 3)),
+        planner: std::sync::Arc::new(StridedPlanner::new(1, frames, (2, 3))),
         ..plan
     };
     let hb = make_batch(&ds, &plan, 0).unwrap();

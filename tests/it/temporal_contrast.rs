@@ -5,12 +5,15 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use vssl::backbone;
-use vssl::data::sampler::{plan_clips, sparse_dense_plan};
+use vssl::data::clip::{Batch, ClipPlanner};
 use vssl::loss::{global_local, l2_normalize, nt_xent_masked, nt_xent_rows, PairMasks};
 use vssl::nn::VarStore;
-use vssl::pretext::temporal_contrast::{gl_slices, time_groups, Embeddings, VIEWS};
-use vssl::pretext::{Batch, ClipSpec, Pretext, Sampling, SparseDenseSpec, Tclr, TemporalContrast};
-use vssl::recipe::{BackboneCfg, LlReduction, TemporalContrastCfg};
+use vssl::pretext::temporal_contrast::{
+    gl_slices, sparse_dense_plan, time_groups, weighted_sum, Embeddings, SparseDensePlanner,
+    SparseDenseSpec, TemporalContrastPretext, VIEWS,
+};
+use vssl::pretext::{LlReduction, Pretext, Tclr, TemporalContrast, TemporalContrastCfg};
+use vssl::recipe::BackboneCfg;
 
 use super::common::{
     assert_bit_identical, metric_column, run, stderr, straight_and_resumed, tensors,
@@ -324,28 +327,28 @@ fn dense_clip_i_covers_part_i_of_the_sparse_clip() {
     // Too short: wraps around instead of failing.
     let c = sparse_dense_plan(40, 16, &spec, &mut rng);
     assert!(c.iter().all(|p| p.indices.iter().all(|&i| i < 40)));
-    // plan_clips dispatches and checks the clip count.
-    let good = ClipSpec {
-        clips_per_video: 10,
+    // The planner plans the layout's clip count and checks the layout.
+    let good = SparseDensePlanner {
+        spec: spec.clone(),
         frames: 16,
-        sampling: Sampling::SparseDense(spec.clone()),
     };
-    assert_eq!(plan_clips(&good, 80, &mut rng).unwrap().len(), 10);
-    let bad = ClipSpec {
-        clips_per_video: 8,
-        ..good
+    assert_eq!(good.clips_per_video(), 10);
+    assert_eq!(good.plan(80, &mut rng).unwrap().len(), 10);
+    let bad = SparseDensePlanner {
+        spec: SparseDenseSpec { dense: 3, ..spec },
+        frames: 16,
     };
-    assert!(plan_clips(&bad, 80, &mut rng).is_err());
+    assert!(bad.plan(80, &mut rng).is_err());
 }
 
-fn tclr(cfg: TemporalContrastCfg) -> Tclr {
+fn tclr(cfg: TemporalContrastCfg) -> TemporalContrast<Tclr> {
     let bcfg = BackboneCfg {
         widths: [4, 8, 8, 8],
         temporal_dilation_last_stage: true,
         ..Default::default()
     };
     let net = backbone::build(&bcfg, &VarStore::new(&CPU, 3), 8).unwrap();
-    Tclr::new(&cfg, 8, net, VarStore::new(&CPU, 9)).unwrap()
+    cfg.init(8, net, VarStore::new(&CPU, 9)).unwrap()
 }
 
 #[test]
@@ -359,7 +362,7 @@ fn method_switches_losses_by_weight_and_reduction() {
     let b = 3;
     let clips = Tensor::randn(0f32, 1.0, (b * 10, 3, 8, 16, 16), &CPU).unwrap();
     let m = tclr(base.clone());
-    assert_eq!(m.clip_spec().clips_per_video, 10);
+    assert_eq!(m.planner().clips_per_video(), 10);
     let e = m.embed(&clips, b, false).unwrap();
     assert_eq!(e.sparse.dims(), &[b * VIEWS, 4]);
     assert_eq!(e.dense.dims(), &[b * VIEWS * 4, 4]);
@@ -368,13 +371,14 @@ fn method_switches_losses_by_weight_and_reduction() {
     let (s, d) = e.gl.clone().unwrap();
     assert_eq!(s.dims(), &[b * VIEWS, 2, 4]);
     assert_eq!(d.dims(), &[b * VIEWS, 2, 4]);
-    let all = m.losses(&e, b).unwrap();
+    let all = m.method().losses(&e, b).unwrap();
     let (ic, ll, gl) = (
         scalar(all.ic.as_ref().unwrap()),
         scalar(all.ll.as_ref().unwrap()),
         scalar(all.gl.as_ref().unwrap()),
     );
-    assert!((scalar(&m.total(&all).unwrap()) - (ic + ll + gl)).abs() < 1e-5);
+    let total = weighted_sum(&m.method().terms(&e, b).unwrap()).unwrap();
+    assert!((scalar(&total) - (ic + ll + gl)).abs() < 1e-5);
     // GL pairs every slice view with every dense view and averages the four.
     let (s4, d4) = (
         s.reshape((b, VIEWS, 2, 4)).unwrap(),
@@ -395,7 +399,7 @@ fn method_switches_losses_by_weight_and_reduction() {
         w_gl: 0.0,
         ..base.clone()
     });
-    let l = only.losses(&e, b).unwrap();
+    let l = only.method().losses(&e, b).unwrap();
     assert!(l.ll.is_none() && l.gl.is_none());
     assert!((scalar(l.ic.as_ref().unwrap()) - ic).abs() < 1e-6);
     // Without the dense term IC is the sparse NT-Xent alone.
@@ -406,18 +410,26 @@ fn method_switches_losses_by_weight_and_reduction() {
     let ids: Vec<usize> = (0..b * VIEWS).map(|r| r / VIEWS).collect();
     let want =
         scalar(&nt_xent_masked(&e.sparse, &PairMasks::instance(&ids, &CPU).unwrap(), 0.1).unwrap());
-    let got = scalar(sparse_only.losses(&e, b).unwrap().ic.as_ref().unwrap());
+    let got = scalar(
+        sparse_only
+            .method()
+            .losses(&e, b)
+            .unwrap()
+            .ic
+            .as_ref()
+            .unwrap(),
+    );
     assert!((got - want).abs() < 1e-6 && got < ic);
     // "sum" weights LL by the number of videos.
     let sum = tclr(TemporalContrastCfg {
         ll_reduction: LlReduction::Sum,
         ..base.clone()
     });
-    let got = scalar(sum.losses(&e, b).unwrap().ll.as_ref().unwrap());
+    let got = scalar(sum.method().losses(&e, b).unwrap().ll.as_ref().unwrap());
     assert!((got - b as f64 * ll).abs() < 1e-5, "{got} vs {b} x {ll}");
     // GL that cannot align is a clear error, not a panic.
     let e2 = Embeddings { gl: None, ..e };
-    assert!(m.losses(&e2, b).is_err());
+    assert!(m.method().losses(&e2, b).is_err());
     let mut p = tclr(TemporalContrastCfg {
         dense_clips: 3,
         sparse_stride: 3,

@@ -8,14 +8,18 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use vssl::backbone;
-use vssl::data::sampler::{circular_distance, plan_clips, triplet_starts};
+use vssl::data::clip::{Batch, ClipMeta, ClipPlanner};
+use vssl::data::sampler::circular_distance;
 use vssl::loss::{info_nce_queue, info_nce_queue_logits, triplet_margin};
 use vssl::nn::{Linear, VarStore};
 use vssl::pretext::temporal_discriminative::{
-    ema_update, enqueue, random_unit_rows, tca, tca_draw, FEATURE_DIM,
+    ema_update, enqueue, random_unit_rows, tca, tca_draw, triplet_starts, TripletPlanner,
+    FEATURE_DIM,
 };
-use vssl::pretext::{Batch, ClipMeta, ClipSpec, Pretext, Sampling, TemporalDiscriminative, Vtdl};
-use vssl::recipe::{BackboneCfg, TemporalDiscriminativeCfg};
+use vssl::pretext::{
+    Pretext, TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext, Vtdl,
+};
+use vssl::recipe::BackboneCfg;
 
 use super::common::{
     assert_bit_identical, metric_column, run, stderr, straight_and_resumed, tensors,
@@ -169,14 +173,15 @@ fn triplet_negative_is_never_within_min_gap() {
     for (len, frames, stride, gap) in cases {
         let span = (frames - 1) * stride + 1;
         let fits = span <= len && len - span >= gap;
-        let spec = ClipSpec {
-            clips_per_video: 3,
-            frames,
-            sampling: Sampling::TemporalTriplet {
+        let spec = TripletPlanner::new(
+            Vtdl {
                 stride,
                 min_gap: gap,
+                tca: false,
+                tca_max: 0.0,
             },
-        };
+            frames,
+        );
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..500 {
             let (a, n) = triplet_starts(len, frames, stride, gap, &mut rng).unwrap();
@@ -189,7 +194,7 @@ fn triplet_negative_is_never_within_min_gap() {
                 assert!(a.abs_diff(n) >= gap);
             }
             seen.insert((n + len - a) % len);
-            let clips = plan_clips(&spec, len, &mut rng).unwrap();
+            let clips = spec.plan(len, &mut rng).unwrap();
             assert_eq!(clips.len(), 3);
             assert_eq!(clips[0].indices, clips[1].indices, "anchor = positive");
             assert!(circular_distance(clips[0].start, clips[2].start, len) >= gap);
@@ -313,14 +318,16 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
     }
 }
 
-fn tiny_vtdl(cfg: &TemporalDiscriminativeCfg) -> Vtdl {
+fn tiny_vtdl(cfg: &TemporalDiscriminativeCfg) -> TemporalDiscriminative<Vtdl> {
     let bcfg = BackboneCfg {
         widths: [4, 4, 8, 8],
         ..Default::default()
     };
     let vs = VarStore::new(&Device::Cpu, 1);
     let net = backbone::build(&bcfg, &vs, 4).unwrap();
-    Vtdl::new(cfg, &bcfg, 4, net, VarStore::new(&Device::Cpu, 2), 9).unwrap()
+    let key = backbone::build(&bcfg, &VarStore::new(&Device::Cpu, 0), 4).unwrap();
+    cfg.init(4, net, key, VarStore::new(&Device::Cpu, 2), 9)
+        .unwrap()
 }
 
 #[test]
@@ -390,23 +397,35 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
     // The family's triplet: positive = anchor, negative at least min_gap away.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     for len in [4, 9, 32] {
-        let t = m.triplet(len, &mut rng).unwrap();
+        let t = m.method().triplet(len, 4, &mut rng).unwrap();
         assert_eq!(t.anchor, t.positive);
         assert!(circular_distance(t.anchor, t.negative, len) >= 2);
     }
-    assert!(m.triplet(3, &mut rng).is_err());
+    assert!(m.method().triplet(3, 4, &mut rng).is_err());
     // With the augmentation off the anchor goes through unchanged.
     let off = tiny_vtdl(&TemporalDiscriminativeCfg {
         tca: false,
         ..cfg.clone()
     });
     assert_eq!(
-        rows(&off.augment_anchor(&x, 1).unwrap().flatten_from(1).unwrap()),
+        rows(
+            &off.method()
+                .augment_anchor(&x, 1)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+        ),
         rows(&x.flatten_from(1).unwrap())
     );
     let on = tiny_vtdl(&cfg);
     assert_ne!(
-        rows(&on.augment_anchor(&x, 1).unwrap().flatten_from(1).unwrap()),
+        rows(
+            &on.method()
+                .augment_anchor(&x, 1)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+        ),
         rows(&x.flatten_from(1).unwrap())
     );
 }

@@ -171,14 +171,14 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
     let list = scratch.join("vssl-bench-concat.txt");
     let device = candle_core::Device::Cpu;
     let plan = BatchPlan {
-        spec: registry::pretext(
+        planner: registry::pretext(
             &recipe.method,
             &recipe.backbone,
             recipe.data.frames,
             recipe.train.seed,
             &device,
         )?
-        .clip_spec(),
+        .planner(),
         size: recipe.data.size,
         batch_size: recipe.train.batch_size,
         seed: recipe.train.seed,

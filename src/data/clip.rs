@@ -1,0 +1,73 @@
+//! The loader's vocabulary, shared by the loader and every method: how one clip was
+//! sampled ([`ClipMeta`]), which frames it shows ([`PlannedClip`]), the batch a method
+//! sees ([`Batch`]), and the one hook through which a method decides its clips
+//! ([`ClipPlanner`]). It lives in `data` so methods depend on data, never the reverse.
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// How one clip of a batch was sampled: its frame stride (playback speed) and whether
+/// its frames run backwards. Independent (strided) clips record their stride and
+/// `reverse = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClipMeta {
+    pub speed: usize,
+    pub reverse: bool,
+}
+
+impl ClipMeta {
+    /// A forward clip at frame stride `speed`.
+    pub fn forward(speed: usize) -> Self {
+        Self {
+            speed,
+            reverse: false,
+        }
+    }
+
+    /// The speed with the direction as its sign (backward play is negative).
+    pub fn signed_speed(&self) -> i64 {
+        if self.reverse {
+            -(self.speed as i64)
+        } else {
+            self.speed as i64
+        }
+    }
+}
+
+/// One planned clip: how it plays and which frames it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedClip {
+    pub meta: ClipMeta,
+    /// Start frame of the forward clip.
+    pub start: usize,
+    /// Frame indices in playback order (descending in time when `meta.reverse`).
+    pub indices: Vec<usize>,
+}
+
+/// One batch as a method sees it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Clips `[B * clips_per_video, 3, T, H, W]`, video-major.
+    pub clips: Tensor,
+    /// Videos in the batch (`B`).
+    pub videos: usize,
+    /// How each clip was sampled, in batch order (`B * clips_per_video` entries).
+    pub clip_meta: Vec<ClipMeta>,
+    /// Seed for any randomness the method draws in this step (rotations, dropout):
+    /// derived from the run seed and the step, so a resumed run draws the same.
+    pub seed: u64,
+}
+
+/// What clips one training sample (one video) needs: the loader calls this for every
+/// video of every batch, from worker threads, with an rng seeded from (run seed, step,
+/// position), so a plan must draw only from `rng` to stay reproducible.
+pub trait ClipPlanner: Send + Sync {
+    /// Clips drawn from each video, in the order [`ClipPlanner::plan`] returns them.
+    fn clips_per_video(&self) -> usize;
+    /// Frames per clip.
+    fn frames(&self) -> usize;
+    /// The clips of one video of `len` decoded frames, in batch order
+    /// (`clips_per_video` of them, `frames` indices each).
+    fn plan(&self, len: usize, rng: &mut dyn rand::RngCore) -> Result<Vec<PlannedClip>>;
+}
