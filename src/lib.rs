@@ -1,21 +1,39 @@
 //! vssl: self-supervised video representation learning on candle.
 //!
-//! Data flows one way: a TOML [`recipe`] resolves (through the [`registry`]) to a
-//! dataset, a [`backbone`] and a [`pretext`] method; the [`train`] module runs any
-//! method and writes safetensors into a run directory; the [`eval`] protocols
-//! measure the learned backbone downstream.
+//! Data flows one way:
 //!
-//! Run directory layout (`weights/<run>/`, spelled once in [`run_dir`]):
-//! - `recipe.resolved.toml`: the fully resolved recipe;
-//! - `model.safetensors`: backbone (torchvision names) + method heads (`pretext.*`),
-//!   metadata `format = "pt"`, `recipe` (resolved TOML), `step`, `vssl_version`;
-//! - `checkpoints/step-NNNNNNNN.safetensors`: resumable state (`model.*`, `optim.*`,
-//!   `method.*`; metadata holds step, seed and the recipe);
-//! - `metrics.jsonl`: one JSON line per logged step;
-//! - `eval/<protocol>[-random].json`: downstream results.
+//! ```text
+//! recipe TOML --figment--> Recipe --registry--> {dataset, backbone, method}
+//! video files --decode / cache--> frames --method's clip plan + augment--> Batch
+//! Batch --method.step--> loss --the one training loop (train::fit)--> RunDir
+//! RunDir --eval protocols--> eval/*.json --report--> tables, plots
+//! ```
 //!
-//! [`sweep`] expands one sweep file into many such runs (locally or as a Slurm job
-//! array) and [`report`] compares them in tables and plots.
+//! # Layers
+//!
+//! A module imports only from modules of strictly lower layers; `tests/it/layers.rs`
+//! reads this table and fails, naming the file and the edge, when an import breaks it.
+//!
+//! | layer | modules | holds |
+//! | --- | --- | --- |
+//! | 0 | `error` | the typed [`Error`] |
+//! | 1 | `seed`, `io`, `run_dir` | counter-based seeding and hashing; safetensors read / atomic write; the run-directory layout ([`run_dir::RunDir`]: every file name lives there) |
+//! | 2 | `nn` | parameter store (trainable vs buffers, load report), `Linear`, dropout |
+//! | 3 | `ops` | 3D layers and kernels candle lacks (conv3d, pool3d, BN3d, TGN, fused epilogues) |
+//! | 4 | `backbone`, `data`, `loss` | C3D / R3D / MC3 / R(2+1)D with their configs; decoding, datasets, the clip vocabulary, augmentation, cache, loader; pure losses |
+//! | 5 | `pretext` | the [`pretext::Pretext`] trait, the four family traits with one adapter each, the shipped methods with their configs |
+//! | 6 | `train` | the one training loop ([`train::fit`]), objectives, optimisers, schedules, checkpoints, `TrainCfg` |
+//! | 7 | `eval` | linear probe, retrieval, fine-tuning (an objective on the training loop), multi-clip features |
+//! | 8 | `registry` | config enums -> built components (datasets, backbones, methods) |
+//! | 9 | `recipe` | figment layering, the [`recipe::Recipe`] aggregate, cross-section checks |
+//! | 10 | `app` | recipe-driven commands: train and evaluate from a recipe, bench, import, extract, cache building |
+//! | 11 | `report` | comparison tables and plots over run directories |
+//! | 12 | `sweep` | grid/zip expansion, local and Slurm executors |
+//!
+//! `nn` sits below `ops` because the layers in `ops` own their parameters through the
+//! `nn` store; `registry` sits below `recipe` so that it builds components from their
+//! own configs and a recipe is only their aggregate. The `vssl` binary (`src/main.rs`,
+//! one module per subcommand under `src/cli/`) is a thin layer over [`app`].
 
 pub mod app;
 pub mod backbone;

@@ -12,17 +12,17 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::BackboneCfg;
 use crate::backbone::{self, Backbone};
 use crate::data::cache::CachedDataset;
 use crate::data::datasets::{self, VideoDataset};
+use crate::data::DataCfg;
 use crate::error::Invalid;
 use crate::nn::VarStore;
-use crate::seed::{hash_str, mix};
 use crate::pretext::{
     GeometricCfg, Pretext, SpeedSortCfg, TemporalContrastCfg, TemporalDiscriminativeCfg,
 };
-use crate::backbone::BackboneCfg;
-use crate::data::DataCfg;
+use crate::seed::{hash_str, mix};
 use crate::Result;
 
 /// Seed of the backbone's parameter initialisation for a run seed.

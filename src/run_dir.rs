@@ -8,6 +8,24 @@
 
 use std::path::{Path, PathBuf};
 
+/// What a sweep writes as `point.toml` in each run directory (read back by `vssl
+/// compare`): the run's place in its sweep. Here, with the layout, so the reports
+/// that read it need not depend on the sweep that wrote it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PointInfo {
+    pub sweep: String,
+    pub index: usize,
+    pub label: String,
+    pub group: String,
+    pub base: String,
+    pub pretrain: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    pub eval: Vec<String>,
+    pub hash: String,
+    pub overrides: toml::Table,
+}
+
 /// The fully resolved recipe a run was trained from.
 pub const RECIPE_FILE: &str = "recipe.resolved.toml";
 /// The trained model (backbone + method heads).

@@ -29,9 +29,9 @@ use candle_core::{Device, Tensor};
 
 use crate::backbone::arch::{arch_name, classifier_prefix, parse_arch};
 use crate::backbone::{self, Arch, Backbone, BackboneCfg};
+use crate::io::write_safetensors_atomic;
 use crate::nn::{LoadReport, VarStore};
 use crate::recipe::{self, RecipeSource};
-use crate::io::write_safetensors_atomic;
 use crate::{Error, Result};
 
 /// How the user describes the backbone on the command line (lowest to highest

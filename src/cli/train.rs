@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use vssl::recipe::{self, RecipeSource};
 use vssl::app::train::{self as trainer, TrainOptions};
+use vssl::recipe::{self, RecipeSource};
 
 use super::DeviceSpec;
 

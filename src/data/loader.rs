@@ -13,8 +13,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::{write_clip, AugmentCfg, ClipAug, CropMode, Normalize};
-use crate::data::datasets::VideoDataset;
 use crate::data::clip::{ClipMeta, ClipPlanner};
+use crate::data::datasets::VideoDataset;
 use crate::data::sampler::{clip_indices, uniform_starts};
 use crate::data::{Split, Video};
 use crate::seed::mix;
@@ -94,7 +94,10 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         if planned.len() != per_video || planned.iter().any(|pc| pc.indices.len() != t) {
             return Err(Error::Internal(format!(
                 "the clip planner promised {per_video} clips of {t} frames, planned {:?}",
-                planned.iter().map(|pc| pc.indices.len()).collect::<Vec<_>>()
+                planned
+                    .iter()
+                    .map(|pc| pc.indices.len())
+                    .collect::<Vec<_>>()
             )));
         }
         for (c, pc) in planned.into_iter().enumerate() {

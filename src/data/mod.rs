@@ -4,8 +4,8 @@
 pub mod augment;
 pub mod bad_videos;
 pub mod cache;
-pub mod config;
 pub mod clip;
+pub mod config;
 pub mod datasets;
 #[cfg(feature = "video")]
 pub mod decode;

@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use crate::backbone::Backbone;
 use crate::data::DataCfg;
-use crate::run_dir::RunDir;
 use crate::io::read_safetensors;
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 pub use config::{EvalCfg, Pooling};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::eval::metrics::mean_std;
 use crate::eval::numeric_leaves;
+use crate::run_dir::PointInfo;
 use crate::run_dir::{self, RunDir};
-use crate::sweep::PointInfo;
 use crate::{Error, Result};
 
 /// What one run directory holds.

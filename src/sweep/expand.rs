@@ -6,11 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::spec::SweepSpec;
 use crate::eval::Protocol;
 use crate::recipe::{self, Recipe, RecipeSource};
+use crate::run_dir::PointInfo;
 use crate::seed::fnv1a;
 use crate::{Error, Result};
 
@@ -36,22 +35,6 @@ pub struct Point {
     pub recipe: Recipe,
     /// 8 hex digits of FNV-1a over the resolved recipe (and the pretrain flag).
     pub hash: String,
-}
-
-/// What is written as `point.toml` in each run directory (read back by `vssl compare`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct PointInfo {
-    pub sweep: String,
-    pub index: usize,
-    pub label: String,
-    pub group: String,
-    pub base: String,
-    pub pretrain: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    pub eval: Vec<String>,
-    pub hash: String,
-    pub overrides: toml::Table,
 }
 
 impl Point {
@@ -192,7 +175,6 @@ fn short_keys(keys: &[&str]) -> Vec<String> {
         })
         .collect()
 }
-
 
 /// Expands and resolves every point; `sets` are `--set` overrides applied to all
 /// points (layer 5), `out` the sweep's directory.

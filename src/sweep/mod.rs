@@ -33,7 +33,8 @@ pub mod spec;
 
 use std::path::{Path, PathBuf};
 
-pub use expand::{Point, PointInfo};
+pub use crate::run_dir::PointInfo;
+pub use expand::Point;
 pub use spec::{SlurmCfg, SweepSpec};
 
 use crate::eval::Protocol;

@@ -16,16 +16,16 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::io::{read_safetensors, write_safetensors_atomic};
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::Schedule;
 use crate::data::augment::AugmentCfg;
 use crate::data::bad_videos::BadVideos;
+use crate::data::clip::ClipPlanner;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::{BatchPlan, HostBatch, Loader};
-use crate::data::clip::ClipPlanner;
-use crate::pretext::StepOutput;
 use crate::data::DataCfg;
+use crate::io::{read_safetensors, write_safetensors_atomic};
+use crate::pretext::StepOutput;
 use crate::run_dir::{temp_sibling, RunDir};
 use crate::{Error, Result};
 

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::io::write_safetensors_atomic;
+use super::config::TrainCfg;
 use super::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
+use crate::data::clip::{Batch, ClipPlanner};
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::HostBatch;
 use crate::data::Split;
-use crate::data::clip::{Batch, ClipPlanner};
+use crate::io::write_safetensors_atomic;
 use crate::pretext::{Pretext, StepOutput};
-use super::config::TrainCfg;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
 

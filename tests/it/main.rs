@@ -9,6 +9,7 @@ mod datasets;
 mod eval;
 mod eval_protocols;
 mod import_extract;
+mod layers;
 mod ops;
 mod pretext;
 mod recipe;

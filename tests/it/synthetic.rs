@@ -137,7 +137,10 @@ fn out_of_range_index_or_class_is_an_error_not_a_panic() {
     let s = synth(clean_cfg());
     for (split, len) in [(Split::Train, 64), (Split::Test, 16)] {
         let e = s.video(split, len).unwrap_err();
-        assert!(e.is_bad_input() && e.to_string().contains("out of range"), "{e}");
+        assert!(
+            e.is_bad_input() && e.to_string().contains("out of range"),
+            "{e}"
+        );
         assert!(s.label(split, len).unwrap_err().is_bad_input());
         assert!(s.video(split, len - 1).is_ok());
     }
@@ -183,14 +186,26 @@ fn deterministic_and_seed_dependent() {
     };
     let (a, b) = (synth(cfg.clone()), synth(cfg.clone()));
     for i in [0, 5, 15] {
-        assert_eq!(a.video(Split::Train, i).unwrap(), b.video(Split::Train, i).unwrap());
-        assert_eq!(a.video(Split::Test, i).unwrap(), b.video(Split::Test, i).unwrap());
+        assert_eq!(
+            a.video(Split::Train, i).unwrap(),
+            b.video(Split::Train, i).unwrap()
+        );
+        assert_eq!(
+            a.video(Split::Test, i).unwrap(),
+            b.video(Split::Test, i).unwrap()
+        );
         // Repeated calls on one instance agree too (no hidden state).
-        assert_eq!(a.video(Split::Train, i).unwrap(), a.video(Split::Train, i).unwrap());
+        assert_eq!(
+            a.video(Split::Train, i).unwrap(),
+            a.video(Split::Train, i).unwrap()
+        );
     }
     let other = synth(SyntheticConfig { seed: 1, ..cfg });
     for i in [0, 5, 15] {
-        assert_ne!(a.video(Split::Train, i).unwrap(), other.video(Split::Train, i).unwrap());
+        assert_ne!(
+            a.video(Split::Train, i).unwrap(),
+            other.video(Split::Train, i).unwrap()
+        );
     }
 }
 
@@ -210,7 +225,9 @@ fn train_and_test_differ() {
             );
         }
     }
-    let train: HashSet<Vec<u8>> = (0..32).map(|i| s.video(Split::Train, i).unwrap().data).collect();
+    let train: HashSet<Vec<u8>> = (0..32)
+        .map(|i| s.video(Split::Train, i).unwrap().data)
+        .collect();
     assert_eq!(train.len(), 32);
     for i in 0..32 {
         assert!(
@@ -464,13 +481,20 @@ mod export {
             let (class, group) = parse_entry(entry);
             let label: usize = label.parse().expect(line);
             assert_eq!(CLASS_NAMES[label - 1], class, "{line}");
-            assert_eq!(label - 1, s.label(Split::Train, i).unwrap() as usize, "{line}");
+            assert_eq!(
+                label - 1,
+                s.label(Split::Train, i).unwrap() as usize,
+                "{line}"
+            );
             train_groups.insert(group);
         }
         for (i, entry) in test.iter().enumerate() {
             assert!(!entry.contains(' '), "test list has no labels: {entry}");
             let (class, group) = parse_entry(entry);
-            assert_eq!(class, CLASS_NAMES[s.label(Split::Test, i).unwrap() as usize]);
+            assert_eq!(
+                class,
+                CLASS_NAMES[s.label(Split::Test, i).unwrap() as usize]
+            );
             test_groups.insert(group);
         }
         assert_eq!(train_groups.first(), Some(&1));

@@ -9,11 +9,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use super::{median, peak_rss_kib, TorchServer};
+use crate::backbone::BackboneCfg;
 use crate::backbone::{self, arch::parse_arch};
 use crate::loss::cross_entropy;
 use crate::nn::VarStore;
 use crate::ops::profile;
-use crate::backbone::BackboneCfg;
 use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::update;
 use crate::{Error, Result};
