@@ -20,7 +20,8 @@ use crate::data::DataCfg;
 use crate::error::Invalid;
 use crate::nn::VarStore;
 use crate::pretext::{
-    GeometricCfg, Pretext, SpeedSortCfg, TemporalContrastCfg, TemporalDiscriminativeCfg,
+    ExternalCfg, GeometricCfg, Pretext, SpeedSortCfg, TemporalContrastCfg,
+    TemporalDiscriminativeCfg,
 };
 use crate::seed::{hash_str, mix};
 use crate::Result;
@@ -143,6 +144,9 @@ methods! {
     TemporalContrast => TemporalContrastCfg,
     /// VTDL: `TemporalDiscriminative<Vtdl>`.
     TemporalDiscriminative => TemporalDiscriminativeCfg,
+    /// A method defined outside vssl and trained through `train::fit`: readable by
+    /// `vssl eval` and `vssl compare`, refused by `vssl train`.
+    External => ExternalCfg,
 }
 
 impl MethodCfg {
@@ -182,6 +186,15 @@ impl MethodSection for TemporalContrastCfg {
     }
     fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
         Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
+    }
+}
+
+impl MethodSection for ExternalCfg {
+    fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
+        ExternalCfg::validate(self)
+    }
+    fn build(&self, _net: Box<dyn Backbone>, _ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
+        Err(crate::Error::BadInput(self.refusal()))
     }
 }
 

@@ -30,6 +30,7 @@
 //! config with `validate` and `init`), plus one arm in [`crate::registry`]'s method
 //! table.
 
+pub mod external;
 pub mod geometric;
 pub mod momentum;
 pub mod speed_sort;
@@ -45,6 +46,7 @@ use crate::data::clip::{Batch, ClipPlanner};
 use crate::nn::VarStore;
 use crate::Result;
 
+pub use external::ExternalCfg;
 pub use geometric::{Geometric, GeometricCfg, GeometricPretext, Rotation3d, RotationsPerClip};
 pub use speed_sort::{SpeedLabel, SpeedSort, SpeedSortCfg, SpeedSortPretext, VariableSpeed};
 pub use temporal_contrast::{

@@ -11,6 +11,7 @@ mod eval_protocols;
 mod import_extract;
 mod layers;
 mod ops;
+mod outside_method;
 mod pretext;
 mod recipe;
 mod speed_sort;
