@@ -4,7 +4,7 @@
 //! and possibly played backwards, and the network names which of the 8 transforms it
 //! saw. It implements [`GeometricPretext`] (the two things that vary in that family:
 //! how many transforms, and how transform k is applied); vssl's generic
-//! [`Geometric`] adapter does the rest (clip planning, labels, head, dropout), and
+//! [`GeometricMethod`] adapter does the rest (clip planning, labels, head, dropout), and
 //! [`vssl::train::fit`] trains it with checkpoints and exact resume. Nothing under
 //! `src/` knows about it.
 //!
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use vssl::pretext::geometric::flip;
-use vssl::pretext::{Geometric, GeometricCfg, GeometricPretext, Rotation3d};
+use vssl::pretext::{GeometricCfg, GeometricMethod, GeometricPretext, Rotation3d};
 use vssl::recipe::{self, MethodCfg, Recipe, RecipeSource};
 use vssl::run_dir::RunDir;
 use vssl::train::{fit, FitOptions, LoaderConfig, TrainSummary};
@@ -86,7 +86,7 @@ pub fn run(a: &Args, device: &Device) -> Result<TrainSummary> {
     let (frames, run_seed) = (r.data.frames, r.train.seed);
     let backbone = registry::backbone(&r.backbone, frames, run_seed, device)?;
     let heads = VarStore::new(device, seed::mix(run_seed ^ seed::hash_str("heads")));
-    let mut method = Geometric::new(RotationReversal, &cfg, frames, backbone, heads)?;
+    let mut method = GeometricMethod::new(RotationReversal, &cfg, frames, backbone, heads)?;
     let opts = FitOptions {
         loader: LoaderConfig::from(&r.data),
         resume: a.resume,

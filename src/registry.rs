@@ -136,13 +136,13 @@ macro_rules! methods {
 }
 
 methods! {
-    /// Rotation prediction (3DRotNet): `Geometric<Rotation3d>`.
+    /// Rotation prediction (3DRotNet): `GeometricMethod<Rotation3d>`.
     Geometric => GeometricCfg,
-    /// Speed sorting: `SpeedSort<VariableSpeed>`.
+    /// Speed sorting: `SpeedSortMethod<VariableSpeed>`.
     SpeedSort => SpeedSortCfg,
-    /// TCLR: `TemporalContrast<Tclr>`.
+    /// TCLR: `TemporalContrastMethod<Tclr>`.
     TemporalContrast => TemporalContrastCfg,
-    /// VTDL: `TemporalDiscriminative<Vtdl>`.
+    /// VTDL: `TemporalDiscriminativeMethod<Vtdl>`.
     TemporalDiscriminative => TemporalDiscriminativeCfg,
     /// A method defined outside vssl and trained through `train::fit`: readable by
     /// `vssl eval` and `vssl compare`, refused by `vssl train`.

@@ -1,7 +1,7 @@
 //! The geometric family: every clip is transformed by one of a fixed set of
 //! transforms and the network names which. The family trait
 //! [`GeometricPretext`] holds only the transform set (its size is the class count,
-//! transform `k` is label `k`); the adapter [`Geometric`] does the rest once for
+//! transform `k` is label `k`); the adapter [`GeometricMethod`] does the rest once for
 //! every variant: strided clips, `rotations_per_clip = "all"` (every transformed copy
 //! of each clip in the batch, image RotNet) or `"one"` (one transform drawn per clip),
 //! a pooled-feature classifier with dropout. The shipped variant is
@@ -84,8 +84,8 @@ impl GeometricCfg {
         frames: usize,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,
-    ) -> Result<Geometric<Rotation3d>> {
-        Geometric::new(Rotation3d, self, frames, backbone, head_vars)
+    ) -> Result<GeometricMethod<Rotation3d>> {
+        GeometricMethod::new(Rotation3d, self, frames, backbone, head_vars)
     }
 }
 
@@ -144,7 +144,7 @@ impl GeometricPretext for Rotation3d {
 
 /// Any [`GeometricPretext`] as a [`Pretext`]: strided clips, transformed inputs and
 /// labels, a pooled-feature classifier `pretext.fc` with dropout.
-pub struct Geometric<T: GeometricPretext> {
+pub struct GeometricMethod<T: GeometricPretext> {
     method: T,
     cfg: GeometricCfg,
     planner: Arc<StridedPlanner>,
@@ -153,7 +153,7 @@ pub struct Geometric<T: GeometricPretext> {
     head_vars: VarStore,
 }
 
-impl<T: GeometricPretext> Geometric<T> {
+impl<T: GeometricPretext> GeometricMethod<T> {
     /// `method`'s transforms learned on `backbone` (clips of `frames` frames), settings
     /// from `cfg`, the head on `head_vars`.
     pub fn new(
@@ -226,7 +226,7 @@ impl<T: GeometricPretext> Geometric<T> {
     }
 }
 
-impl<T: GeometricPretext> Pretext for Geometric<T> {
+impl<T: GeometricPretext> Pretext for GeometricMethod<T> {
     fn planner(&self) -> Arc<dyn ClipPlanner> {
         self.planner.clone()
     }

@@ -8,19 +8,19 @@
 //!
 //! | family trait | what a variant decides | adapter | shipped variant |
 //! |---|---|---|---|
-//! | [`GeometricPretext`] | the transform set (transform `k` = class `k`) | [`Geometric<T>`] | [`Rotation3d`] (3DRotNet) |
-//! | [`SpeedSortPretext`] | the speed set, direction rule, label rule | [`SpeedSort<T>`] | [`VariableSpeed`] |
-//! | [`TemporalContrastPretext`] | the sparse/dense clip layout, the weighted loss terms | [`TemporalContrast<T>`] | [`Tclr`] (TCLR) |
-//! | [`TemporalDiscriminativePretext`] | the triplet rule, the anchor's temporal augmentation | [`TemporalDiscriminative<T>`] | [`Vtdl`] (VTDL) |
+//! | [`GeometricPretext`] | the transform set (transform `k` = class `k`) | [`GeometricMethod<T>`] | [`Rotation3d`] (3DRotNet) |
+//! | [`SpeedSortPretext`] | the speed set, direction rule, label rule | [`SpeedSortMethod<T>`] | [`VariableSpeed`] |
+//! | [`TemporalContrast`] | the sparse/dense clip layout, the weighted loss terms | [`TemporalContrastMethod<T>`] | [`Tclr`] (TCLR) |
+//! | [`TemporalDiscriminative`] | the triplet rule, the anchor's temporal augmentation | [`TemporalDiscriminativeMethod<T>`] | [`Vtdl`] (VTDL) |
 //!
-//! The shipped methods run as `Geometric<Rotation3d>`, `SpeedSort<VariableSpeed>`,
-//! `TemporalContrast<Tclr>` and `TemporalDiscriminative<Vtdl>`. Each family's file also
+//! The shipped methods run as `GeometricMethod<Rotation3d>`, `SpeedSortMethod<VariableSpeed>`,
+//! `TemporalContrastMethod<Tclr>` and `TemporalDiscriminativeMethod<Vtdl>`. Each family's file also
 //! holds its `[method]` config (`GeometricCfg`, ...), its range checks (`validate`) and
 //! its construction (`init`: config -> method).
 //!
 //! **A new variant of an existing family** touches no file here: implement the family
 //! trait (in this crate or outside it) and build the adapter with its public
-//! constructor, e.g. `Geometric::new(MyTransforms, &GeometricCfg::default(), frames,
+//! constructor, e.g. `GeometricMethod::new(MyTransforms, &GeometricCfg::default(), frames,
 //! backbone, head_vars)`, then hand it to the trainer. To make it reachable from a
 //! recipe, add a `[method] kind` in [`crate::registry`].
 //!
@@ -47,13 +47,15 @@ use crate::nn::VarStore;
 use crate::Result;
 
 pub use external::ExternalCfg;
-pub use geometric::{Geometric, GeometricCfg, GeometricPretext, Rotation3d, RotationsPerClip};
-pub use speed_sort::{SpeedLabel, SpeedSort, SpeedSortCfg, SpeedSortPretext, VariableSpeed};
+pub use geometric::{
+    GeometricCfg, GeometricMethod, GeometricPretext, Rotation3d, RotationsPerClip,
+};
+pub use speed_sort::{SpeedLabel, SpeedSortCfg, SpeedSortMethod, SpeedSortPretext, VariableSpeed};
 pub use temporal_contrast::{
-    LlReduction, Tclr, TemporalContrast, TemporalContrastCfg, TemporalContrastPretext,
+    LlReduction, Tclr, TemporalContrast, TemporalContrastCfg, TemporalContrastMethod,
 };
 pub use temporal_discriminative::{
-    TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext, Vtdl,
+    TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativeMethod, Vtdl,
 };
 
 /// Loss for one batch plus named scalars to log.

@@ -4,7 +4,7 @@
 //! independent starts, in shuffled order ([`speed_sort_plan`]). The family trait
 //! [`SpeedSortPretext`] holds what varies: the speed set, the direction rule and the
 //! label rule (one class per video from a pairwise head, or one per clip); the adapter
-//! [`SpeedSort`] plans the clips from them and runs the head and loss once for every
+//! [`SpeedSortMethod`] plans the clips from them and runs the head and loss once for every
 //! variant. The shipped variant [`VariableSpeed`]: with `label = "sort"` the network
 //! names the permutation that sorts the clips by signed speed (backward = negative),
 //! one of `n_clips!` classes; with `"per_clip"` it classifies every clip's own (speed,
@@ -38,7 +38,7 @@ pub enum SpeedLabel {
 }
 
 /// `[method] kind = "speed_sort"`: sort clips of one video by playback speed
-/// ([`VariableSpeed`] in the [`SpeedSort`] adapter; see METHODS.md section 2).
+/// ([`VariableSpeed`] in the [`SpeedSortMethod`] adapter; see METHODS.md section 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeedSortCfg {
@@ -118,14 +118,14 @@ impl SpeedSortCfg {
         frames: usize,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,
-    ) -> Result<SpeedSort<VariableSpeed>> {
+    ) -> Result<SpeedSortMethod<VariableSpeed>> {
         let method = VariableSpeed {
             n_clips: self.n_clips,
             speeds: self.speeds.clone(),
             reverse: self.reverse,
             label: self.label,
         };
-        SpeedSort::new(
+        SpeedSortMethod::new(
             method,
             frames,
             self.pair_hidden,
@@ -231,7 +231,7 @@ pub enum SpeedTarget {
 }
 
 /// The speed-sort family: which speeds clips play at, which play backwards, and how
-/// a video's clips become classes. The adapter [`SpeedSort`] draws each video's clips
+/// a video's clips become classes. The adapter [`SpeedSortMethod`] draws each video's clips
 /// from these ([`speed_sort_plan`]) and trains the head.
 pub trait SpeedSortPretext: Send + Sync + 'static {
     /// Clips per video, each at a distinct speed (`2..=speeds().len()`).
@@ -399,7 +399,7 @@ struct SortHead {
 
 /// Any [`SpeedSortPretext`] as a [`Pretext`]: a pairwise head (`pretext.pair`,
 /// `pretext.fc`) for per-video labels or a per-clip classifier (`pretext.fc`).
-pub struct SpeedSort<T: SpeedSortPretext> {
+pub struct SpeedSortMethod<T: SpeedSortPretext> {
     method: Arc<T>,
     planner: Arc<SpeedSortPlanner<T>>,
     dropout: f64,
@@ -409,7 +409,7 @@ pub struct SpeedSort<T: SpeedSortPretext> {
     head_vars: VarStore,
 }
 
-impl<T: SpeedSortPretext> SpeedSort<T> {
+impl<T: SpeedSortPretext> SpeedSortMethod<T> {
     /// `method` learned on `backbone` (clips of `frames` frames); the pair layer of a
     /// per-video head is `pair_hidden` wide; `dropout` before the final classifier.
     pub fn new(
@@ -507,7 +507,7 @@ impl<T: SpeedSortPretext> SpeedSort<T> {
     }
 }
 
-impl<T: SpeedSortPretext> Pretext for SpeedSort<T> {
+impl<T: SpeedSortPretext> Pretext for SpeedSortMethod<T> {
     fn planner(&self) -> Arc<dyn ClipPlanner> {
         self.planner.clone()
     }

@@ -1,8 +1,8 @@
 //! The temporal-contrast family: TCLR (METHODS.md section 3). Every video gives one
 //! sparse clip and `dense` dense clips aligned with its parts, in augmented views
 //! (layout and batch order: [`SparseDenseSpec`]). The family trait
-//! [`TemporalContrastPretext`] holds what varies: the clip layout and the weighted loss
-//! terms over the embeddings; the adapter [`TemporalContrast`] plans the clips, runs
+//! [`TemporalContrast`] holds what varies: the clip layout and the weighted loss
+//! terms over the embeddings; the adapter [`TemporalContrastMethod`] plans the clips, runs
 //! one shared projection MLP over pooled features (unit embeddings) and sums the terms.
 //! The shipped variant [`Tclr`] uses three losses from [`crate::loss`]: instance (IC,
 //! across videos), local-local (LL, among the dense clips of one video) and
@@ -140,9 +140,9 @@ impl TemporalContrastCfg {
         frames: usize,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,
-    ) -> Result<TemporalContrast<Tclr>> {
+    ) -> Result<TemporalContrastMethod<Tclr>> {
         let (hidden, dim) = (self.proj_hidden, self.proj_dim);
-        TemporalContrast::new(Tclr::new(self), frames, hidden, dim, backbone, head_vars)
+        TemporalContrastMethod::new(Tclr::new(self), frames, hidden, dim, backbone, head_vars)
     }
 }
 
@@ -344,8 +344,8 @@ pub fn weighted_sum(terms: &[LossTerm]) -> Result<Tensor> {
 }
 
 /// The temporal-contrast family: the clip layout and the weighted loss terms over the
-/// embeddings the adapter [`TemporalContrast`] computes.
-pub trait TemporalContrastPretext: Send + Sync + 'static {
+/// embeddings the adapter [`TemporalContrastMethod`] computes.
+pub trait TemporalContrast: Send + Sync + 'static {
     /// Clip layout of one video.
     fn layout(&self) -> SparseDenseSpec;
     /// Whether the loss terms need the sparse clips' time slices ([`Embeddings::gl`]).
@@ -428,7 +428,7 @@ impl Tclr {
     }
 }
 
-impl TemporalContrastPretext for Tclr {
+impl TemporalContrast for Tclr {
     fn layout(&self) -> SparseDenseSpec {
         SparseDenseSpec {
             stride: self.cfg.sparse_stride,
@@ -461,9 +461,9 @@ impl TemporalContrastPretext for Tclr {
     }
 }
 
-/// Any [`TemporalContrastPretext`] as a [`Pretext`], with a shared projection MLP
+/// Any [`TemporalContrast`] as a [`Pretext`], with a shared projection MLP
 /// (`pretext.proj.*`).
-pub struct TemporalContrast<T: TemporalContrastPretext> {
+pub struct TemporalContrastMethod<T: TemporalContrast> {
     method: T,
     planner: Arc<SparseDensePlanner>,
     backbone: Box<dyn Backbone>,
@@ -471,7 +471,7 @@ pub struct TemporalContrast<T: TemporalContrastPretext> {
     head_vars: VarStore,
 }
 
-impl<T: TemporalContrastPretext> TemporalContrast<T> {
+impl<T: TemporalContrast> TemporalContrastMethod<T> {
     /// `method` learned on `backbone` (clips of `frames` frames) through a projection
     /// `C -> proj_hidden -> proj_dim` on `head_vars`.
     pub fn new(
@@ -566,7 +566,7 @@ impl<T: TemporalContrastPretext> TemporalContrast<T> {
     }
 }
 
-impl<T: TemporalContrastPretext> Pretext for TemporalContrast<T> {
+impl<T: TemporalContrast> Pretext for TemporalContrastMethod<T> {
     fn planner(&self) -> Arc<dyn ClipPlanner> {
         self.planner.clone()
     }

@@ -1,8 +1,8 @@
 //! The temporal-discriminative family: VTDL (METHODS.md section 4; reconstruction
 //! after the authors' public code, none of it copied). The family trait
-//! [`TemporalDiscriminativePretext`] holds what varies: the triplet rule (where the
+//! [`TemporalDiscriminative`] holds what varies: the triplet rule (where the
 //! three clips start) and the anchor's temporal augmentation; the adapter
-//! [`TemporalDiscriminative`] plans the clips from the rule and runs the encoders,
+//! [`TemporalDiscriminativeMethod`] plans the clips from the rule and runs the encoders,
 //! memory bank and losses once for every variant. The shipped variant is [`Vtdl`].
 //! Each video gives a temporal triplet ([`triplet_starts`]), in batch order
 //! anchor, positive, negative: anchor and positive share their frames (each clip has
@@ -131,14 +131,14 @@ impl TemporalDiscriminativeCfg {
         key_backbone: Box<dyn Backbone>,
         head_vars: VarStore,
         queue_seed: u64,
-    ) -> Result<TemporalDiscriminative<Vtdl>> {
+    ) -> Result<TemporalDiscriminativeMethod<Vtdl>> {
         let method = Vtdl {
             stride: self.stride,
             min_gap: self.min_gap,
             tca: self.tca,
             tca_max: self.tca_max,
         };
-        TemporalDiscriminative::new(
+        TemporalDiscriminativeMethod::new(
             method,
             self,
             frames,
@@ -238,7 +238,7 @@ pub fn triplet_starts<R: Rng + ?Sized>(
 
 /// The temporal-discriminative family: how a triplet is placed in a video and how the
 /// anchor is augmented in time.
-pub trait TemporalDiscriminativePretext: Send + Sync + 'static {
+pub trait TemporalDiscriminative: Send + Sync + 'static {
     /// Frame stride of all three clips (>= 1).
     fn stride(&self) -> usize;
     /// Triplet rule: the starts of a triplet of clips of `frames` frames in a video of
@@ -258,7 +258,7 @@ pub struct Vtdl {
     pub tca_max: f64,
 }
 
-impl TemporalDiscriminativePretext for Vtdl {
+impl TemporalDiscriminative for Vtdl {
     fn stride(&self) -> usize {
         self.stride
     }
@@ -284,12 +284,12 @@ impl TemporalDiscriminativePretext for Vtdl {
 
 /// The loader's view of a temporal-discriminative method: three clips per video in
 /// batch order anchor, positive, negative, all at the method's stride.
-pub struct TripletPlanner<T: TemporalDiscriminativePretext> {
+pub struct TripletPlanner<T: TemporalDiscriminative> {
     method: Arc<T>,
     frames: usize,
 }
 
-impl<T: TemporalDiscriminativePretext> TripletPlanner<T> {
+impl<T: TemporalDiscriminative> TripletPlanner<T> {
     /// `method`'s triplets of clips of `frames` frames.
     pub fn new(method: T, frames: usize) -> Self {
         Self {
@@ -299,7 +299,7 @@ impl<T: TemporalDiscriminativePretext> TripletPlanner<T> {
     }
 }
 
-impl<T: TemporalDiscriminativePretext> ClipPlanner for TripletPlanner<T> {
+impl<T: TemporalDiscriminative> ClipPlanner for TripletPlanner<T> {
     fn clips_per_video(&self) -> usize {
         3
     }
@@ -327,11 +327,11 @@ impl<T: TemporalDiscriminativePretext> ClipPlanner for TripletPlanner<T> {
     }
 }
 
-/// Any [`TemporalDiscriminativePretext`] as a [`Pretext`]: query encoder (the backbone
+/// Any [`TemporalDiscriminative`] as a [`Pretext`]: query encoder (the backbone
 /// being learned + projection head `pretext.fc`), momentum key encoder, FIFO memory
 /// bank. Reads `momentum`, `queue_size`, `temperature`, `triplet_weight` and `margin`
 /// of its [`TemporalDiscriminativeCfg`].
-pub struct TemporalDiscriminative<T: TemporalDiscriminativePretext> {
+pub struct TemporalDiscriminativeMethod<T: TemporalDiscriminative> {
     method: Arc<T>,
     planner: Arc<TripletPlanner<T>>,
     cfg: TemporalDiscriminativeCfg,
@@ -348,7 +348,7 @@ pub struct TemporalDiscriminative<T: TemporalDiscriminativePretext> {
     pending: Option<Tensor>,
 }
 
-impl<T: TemporalDiscriminativePretext> TemporalDiscriminative<T> {
+impl<T: TemporalDiscriminative> TemporalDiscriminativeMethod<T> {
     /// Builds the head on `head_vars`, the key encoder as a copy of `backbone` (into
     /// `key_backbone`, which must have the same parameters) + head, and the queue from
     /// `queue_seed`.
@@ -424,7 +424,7 @@ fn every_third(x: &Tensor, videos: usize, offset: usize) -> Result<Tensor> {
     Ok(x.index_select(&idx, 0)?)
 }
 
-impl<T: TemporalDiscriminativePretext> Pretext for TemporalDiscriminative<T> {
+impl<T: TemporalDiscriminative> Pretext for TemporalDiscriminativeMethod<T> {
     fn planner(&self) -> Arc<dyn ClipPlanner> {
         self.planner.clone()
     }

@@ -19,7 +19,7 @@ use vssl::pretext::speed_sort::{
     factorial, per_clip_classes, per_clip_label, permutation_from_index, permutation_index,
     sort_label, sorting_order, speed_sort_plan, SpeedSortPlanner,
 };
-use vssl::pretext::{Pretext, SpeedLabel, SpeedSort, SpeedSortCfg, VariableSpeed};
+use vssl::pretext::{Pretext, SpeedLabel, SpeedSortCfg, SpeedSortMethod, VariableSpeed};
 use vssl::recipe::{BackboneCfg, NormKind};
 
 use super::common::{
@@ -145,7 +145,7 @@ fn tiny_backbone(norm: NormKind, frames: usize) -> Box<dyn backbone::Backbone> {
     backbone::build(&cfg, &VarStore::new(&Device::Cpu, 3), frames).unwrap()
 }
 
-fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort<VariableSpeed> {
+fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSortMethod<VariableSpeed> {
     let cfg = SpeedSortCfg {
         n_clips,
         speeds,
@@ -158,7 +158,7 @@ fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort<Va
 }
 
 /// Sets every head weight to zero and the final bias to `bias`.
-fn set_head(p: &SpeedSort<VariableSpeed>, bias: &[f32]) {
+fn set_head(p: &SpeedSortMethod<VariableSpeed>, bias: &[f32]) {
     let mut t = BTreeMap::new();
     for (k, v) in p.head_vars().all() {
         let z = Tensor::zeros(v.dims(), DType::F32, &Device::Cpu).unwrap();

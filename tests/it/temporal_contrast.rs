@@ -10,9 +10,9 @@ use vssl::loss::{global_local, l2_normalize, nt_xent_masked, nt_xent_rows, PairM
 use vssl::nn::VarStore;
 use vssl::pretext::temporal_contrast::{
     gl_slices, sparse_dense_plan, time_groups, weighted_sum, Embeddings, SparseDensePlanner,
-    SparseDenseSpec, TemporalContrastPretext, VIEWS,
+    SparseDenseSpec, TemporalContrast, VIEWS,
 };
-use vssl::pretext::{LlReduction, Pretext, Tclr, TemporalContrast, TemporalContrastCfg};
+use vssl::pretext::{LlReduction, Pretext, Tclr, TemporalContrastCfg, TemporalContrastMethod};
 use vssl::recipe::BackboneCfg;
 
 use super::common::{
@@ -341,7 +341,7 @@ fn dense_clip_i_covers_part_i_of_the_sparse_clip() {
     assert!(bad.plan(80, &mut rng).is_err());
 }
 
-fn tclr(cfg: TemporalContrastCfg) -> TemporalContrast<Tclr> {
+fn tclr(cfg: TemporalContrastCfg) -> TemporalContrastMethod<Tclr> {
     let bcfg = BackboneCfg {
         widths: [4, 8, 8, 8],
         temporal_dilation_last_stage: true,

@@ -17,7 +17,7 @@ use vssl::pretext::temporal_discriminative::{
     FEATURE_DIM,
 };
 use vssl::pretext::{
-    Pretext, TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext, Vtdl,
+    Pretext, TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativeMethod, Vtdl,
 };
 use vssl::recipe::BackboneCfg;
 
@@ -318,7 +318,7 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
     }
 }
 
-fn tiny_vtdl(cfg: &TemporalDiscriminativeCfg) -> TemporalDiscriminative<Vtdl> {
+fn tiny_vtdl(cfg: &TemporalDiscriminativeCfg) -> TemporalDiscriminativeMethod<Vtdl> {
     let bcfg = BackboneCfg {
         widths: [4, 4, 8, 8],
         ..Default::default()
