@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use vssl::pretext::geometric::flip;
-use vssl::pretext::{GeometricCfg, GeometricMethod, GeometricPretext, Rotation3d};
-use vssl::recipe::{self, MethodCfg, Recipe, RecipeSource};
+use vssl::pretext::{GeometricConfig, GeometricMethod, GeometricPretext, Rotation3d};
+use vssl::recipe::{self, MethodConfig, Recipe, RecipeSource};
 use vssl::run_dir::RunDir;
 use vssl::train::{fit, FitOptions, LoaderConfig, TrainSummary};
 use vssl::{nn::VarStore, registry, seed, Error, Result};
@@ -64,14 +64,14 @@ pub struct Args {
 }
 
 /// The method's own settings from the recipe's `[method.settings]`.
-fn settings(r: &Recipe) -> Result<GeometricCfg> {
-    let MethodCfg::External(ext) = &r.method else {
+fn settings(r: &Recipe) -> Result<GeometricConfig> {
+    let MethodConfig::External(ext) = &r.method else {
         return Err(Error::BadInput(format!(
             "this example trains `[method] kind = \"external\"` recipes, got {:?}",
             r.method.kind()
         )));
     };
-    let cfg: GeometricCfg = toml::Value::Table(ext.settings.clone())
+    let cfg: GeometricConfig = toml::Value::Table(ext.settings.clone())
         .try_into()
         .map_err(|e| Error::BadInput(format!("[method.settings]: {e}")))?;
     cfg.validate()

@@ -11,7 +11,7 @@ use crate::error::{check, Invalid};
 /// `[method] kind = "external"`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ExternalCfg {
+pub struct ExternalConfig {
     /// Present so the section can be read as one table; always "external".
     #[serde(skip_serializing)]
     pub kind: Option<String>,
@@ -22,7 +22,7 @@ pub struct ExternalCfg {
     pub settings: toml::Table,
 }
 
-impl ExternalCfg {
+impl ExternalConfig {
     /// Keys relative to `[method]`.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {
         check(!self.name.trim().is_empty(), "name", || {

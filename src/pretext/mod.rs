@@ -15,12 +15,12 @@
 //!
 //! The shipped methods run as `GeometricMethod<Rotation3d>`, `SpeedSortMethod<VariableSpeed>`,
 //! `TemporalContrastMethod<Tclr>` and `TemporalDiscriminativeMethod<Vtdl>`. Each family's file also
-//! holds its `[method]` config (`GeometricCfg`, ...), its range checks (`validate`) and
+//! holds its `[method]` config (`GeometricConfig`, ...), its range checks (`validate`) and
 //! its construction (`init`: config -> method).
 //!
 //! **A new variant of an existing family** touches no file here: implement the family
 //! trait (in this crate or outside it) and build the adapter with its public
-//! constructor, e.g. `GeometricMethod::new(MyTransforms, &GeometricCfg::default(), frames,
+//! constructor, e.g. `GeometricMethod::new(MyTransforms, &GeometricConfig::default(), frames,
 //! backbone, head_vars)`, then hand it to the trainer. To make it reachable from a
 //! recipe, add a `[method] kind` in [`crate::registry`].
 //!
@@ -46,16 +46,18 @@ use crate::data::clip::{Batch, ClipPlanner};
 use crate::nn::VarStore;
 use crate::Result;
 
-pub use external::ExternalCfg;
+pub use external::ExternalConfig;
 pub use geometric::{
-    GeometricCfg, GeometricMethod, GeometricPretext, Rotation3d, RotationsPerClip,
+    GeometricConfig, GeometricMethod, GeometricPretext, Rotation3d, RotationsPerClip,
 };
-pub use speed_sort::{SpeedLabel, SpeedSortCfg, SpeedSortMethod, SpeedSortPretext, VariableSpeed};
+pub use speed_sort::{
+    SpeedLabel, SpeedSortConfig, SpeedSortMethod, SpeedSortPretext, VariableSpeed,
+};
 pub use temporal_contrast::{
-    LlReduction, Tclr, TemporalContrast, TemporalContrastCfg, TemporalContrastMethod,
+    LlReduction, Tclr, TemporalContrast, TemporalContrastConfig, TemporalContrastMethod,
 };
 pub use temporal_discriminative::{
-    TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativeMethod, Vtdl,
+    TemporalDiscriminative, TemporalDiscriminativeConfig, TemporalDiscriminativeMethod, Vtdl,
 };
 
 /// Loss for one batch plus named scalars to log.
