@@ -22,7 +22,7 @@
 //! | 3 | `ops` | 3D layers and kernels candle lacks (conv3d, pool3d, BN3d, TGN, fused epilogues) |
 //! | 4 | `backbone`, `data`, `loss` | C3D / R3D / MC3 / R(2+1)D with their configs; decoding, datasets, the clip vocabulary, augmentation, cache, loader; pure losses |
 //! | 5 | `pretext` | the [`pretext::Pretext`] trait, the four family traits with one adapter each, the shipped methods with their configs |
-//! | 6 | `train` | the one training loop ([`train::fit`]), objectives, optimisers, schedules, checkpoints, `TrainCfg` |
+//! | 6 | `train` | the one training loop ([`train::fit`]), objectives, optimisers, schedules, checkpoints, `TrainConfig` |
 //! | 7 | `eval` | linear probe, retrieval, fine-tuning (an objective on the training loop), multi-clip features |
 //! | 8 | `registry` | config enums -> built components (datasets, backbones, methods) |
 //! | 9 | `recipe` | figment layering, the [`recipe::Recipe`] aggregate, cross-section checks |

@@ -12,15 +12,15 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::BackboneCfg;
+use crate::backbone::BackboneConfig;
 use crate::backbone::{self, Backbone};
 use crate::data::cache::CachedDataset;
 use crate::data::datasets::{self, VideoDataset};
-use crate::data::DataCfg;
+use crate::data::DataConfig;
 use crate::error::Invalid;
 use crate::nn::VarStore;
 use crate::pretext::{
-    GeometricCfg, Pretext, SpeedSortCfg, TemporalContrastCfg, TemporalDiscriminativeCfg,
+    GeometricConfig, Pretext, SpeedSortConfig, TemporalContrastConfig, TemporalDiscriminativeConfig,
 };
 use crate::seed::{hash_str, mix};
 use crate::Result;
@@ -31,7 +31,7 @@ pub fn backbone_seed(seed: u64) -> u64 {
 }
 
 /// A `[data]` table's dataset, reading frames from its `cache` when one is set.
-pub fn dataset(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
+pub fn dataset(cfg: &DataConfig) -> Result<Arc<dyn VideoDataset>> {
     let ds: Arc<dyn VideoDataset> = Arc::from(datasets::build(cfg)?);
     Ok(match &cfg.cache {
         None => ds,
@@ -42,7 +42,7 @@ pub fn dataset(cfg: &DataCfg) -> Result<Arc<dyn VideoDataset>> {
 /// A freshly initialised backbone for clips of `frames` frames, its parameters drawn
 /// from the run seed `seed` (through [`backbone_seed`]); also the random-init baseline.
 pub fn backbone(
-    cfg: &BackboneCfg,
+    cfg: &BackboneConfig,
     frames: usize,
     seed: u64,
     device: &Device,
@@ -54,8 +54,8 @@ pub fn backbone(
 /// The pretext method `method` names, around a fresh backbone (`backbone`, clips of
 /// `frames` frames), everything seeded from the run seed `seed`.
 pub fn pretext(
-    method: &MethodCfg,
-    backbone: &BackboneCfg,
+    method: &MethodConfig,
+    backbone: &BackboneConfig,
     frames: usize,
     seed: u64,
     device: &Device,
@@ -73,7 +73,7 @@ pub fn pretext(
 /// What a method's construction may use besides its own config.
 pub struct BuildContext<'a> {
     /// The backbone's config (for methods that build a second encoder).
-    pub backbone: &'a BackboneCfg,
+    pub backbone: &'a BackboneConfig,
     /// Frames per clip (`data.frames`).
     pub frames: usize,
     /// The run seed.
@@ -91,7 +91,7 @@ pub trait MethodSection {
 }
 
 /// Declares the method kinds: `Variant("kind") => ConfigType`. Generates
-/// [`MethodKind`], [`MethodCfg`] (serialised with the `kind` tag) and their dispatch.
+/// [`MethodKind`], [`MethodConfig`] (serialised with the `kind` tag) and their dispatch.
 macro_rules! methods {
     ($($(#[$doc:meta])* $variant:ident => $cfg:ty,)*) => {
         /// Pretext method kinds (`[method] kind = ...`).
@@ -104,14 +104,14 @@ macro_rules! methods {
         /// `[method]`: one variant per method kind, each with its own keys.
         #[derive(Debug, Clone, PartialEq, Serialize)]
         #[serde(tag = "kind", rename_all = "snake_case")]
-        pub enum MethodCfg {
+        pub enum MethodConfig {
             $($(#[$doc])* $variant($cfg),)*
         }
 
-        impl MethodCfg {
+        impl MethodConfig {
             pub fn kind(&self) -> MethodKind {
                 match self {
-                    $(MethodCfg::$variant(_) => MethodKind::$variant,)*
+                    $(MethodConfig::$variant(_) => MethodKind::$variant,)*
                 }
             }
 
@@ -121,13 +121,13 @@ macro_rules! methods {
                 section: &figment::Figment,
             ) -> std::result::Result<Self, Box<figment::Error>> {
                 Ok(match kind {
-                    $(MethodKind::$variant => MethodCfg::$variant(section.extract().map_err(Box::new)?),)*
+                    $(MethodKind::$variant => MethodConfig::$variant(section.extract().map_err(Box::new)?),)*
                 })
             }
 
             fn section(&self) -> &dyn MethodSection {
                 match self {
-                    $(MethodCfg::$variant(c) => c,)*
+                    $(MethodConfig::$variant(c) => c,)*
                 }
             }
         }
@@ -136,16 +136,16 @@ macro_rules! methods {
 
 methods! {
     /// Rotation prediction (3DRotNet): `Geometric<Rotation3d>`.
-    Geometric => GeometricCfg,
+    Geometric => GeometricConfig,
     /// Speed sorting: `SpeedSort<VariableSpeed>`.
-    SpeedSort => SpeedSortCfg,
+    SpeedSort => SpeedSortConfig,
     /// TCLR: `TemporalContrast<Tclr>`.
-    TemporalContrast => TemporalContrastCfg,
+    TemporalContrast => TemporalContrastConfig,
     /// VTDL: `TemporalDiscriminative<Vtdl>`.
-    TemporalDiscriminative => TemporalDiscriminativeCfg,
+    TemporalDiscriminative => TemporalDiscriminativeConfig,
 }
 
-impl MethodCfg {
+impl MethodConfig {
     /// Range checks of the method's config for clips of `frames` frames (`data.frames`);
     /// keys relative to the `[method]` table.
     pub fn validate(&self, frames: usize) -> std::result::Result<(), Invalid> {
@@ -158,36 +158,36 @@ impl MethodCfg {
     }
 }
 
-impl MethodSection for GeometricCfg {
+impl MethodSection for GeometricConfig {
     fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
-        GeometricCfg::validate(self)
+        GeometricConfig::validate(self)
     }
     fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
         Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
     }
 }
 
-impl MethodSection for SpeedSortCfg {
+impl MethodSection for SpeedSortConfig {
     fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
-        SpeedSortCfg::validate(self)
+        SpeedSortConfig::validate(self)
     }
     fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
         Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
     }
 }
 
-impl MethodSection for TemporalContrastCfg {
+impl MethodSection for TemporalContrastConfig {
     fn validate(&self, frames: usize) -> std::result::Result<(), Invalid> {
-        TemporalContrastCfg::validate(self, frames)
+        TemporalContrastConfig::validate(self, frames)
     }
     fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
         Ok(Box::new(self.init(ctx.frames, net, ctx.heads)?))
     }
 }
 
-impl MethodSection for TemporalDiscriminativeCfg {
+impl MethodSection for TemporalDiscriminativeConfig {
     fn validate(&self, _frames: usize) -> std::result::Result<(), Invalid> {
-        TemporalDiscriminativeCfg::validate(self)
+        TemporalDiscriminativeConfig::validate(self)
     }
     fn build(&self, net: Box<dyn Backbone>, ctx: BuildContext<'_>) -> Result<Box<dyn Pretext>> {
         // The key encoder: same architecture; its values are copied from `net`.

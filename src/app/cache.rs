@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::data::cache::{check, BuildSummary, SourceKey, Status, Writer};
 use crate::data::datasets::VideoDataset;
 use crate::data::{Split, Video};
-use crate::recipe::{DataCfg, Recipe};
+use crate::recipe::{DataConfig, Recipe};
 use crate::{Error, Result};
 
 /// Videos decoded in parallel before being appended in order.
@@ -22,7 +22,7 @@ const CHUNK: usize = 16;
 pub fn build(
     dir: &Path,
     source: &dyn VideoDataset,
-    cfg: &DataCfg,
+    cfg: &DataConfig,
     progress: &dyn Fn(usize, usize),
 ) -> Result<BuildSummary> {
     let mut writer = Writer::create(dir)?;
@@ -69,7 +69,7 @@ pub enum Refresh {
 pub fn refresh(
     dir: &Path,
     source: &dyn VideoDataset,
-    cfg: &DataCfg,
+    cfg: &DataConfig,
     force: bool,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Refresh> {

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use crate::backbone::arch::{arch_name, classifier_prefix, parse_arch};
-use crate::backbone::{self, Arch, Backbone, BackboneCfg};
+use crate::backbone::{self, Arch, Backbone, BackboneConfig};
 use crate::io::write_safetensors_atomic;
 use crate::nn::{LoadReport, VarStore};
 use crate::recipe::{self, RecipeSource};
@@ -51,7 +51,7 @@ pub struct BackboneArgs {
 /// are clamped to the time steps each layer sees, so parameter shapes depend on it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackboneSpec {
-    pub cfg: BackboneCfg,
+    pub cfg: BackboneConfig,
     pub frames: usize,
 }
 
@@ -86,7 +86,7 @@ pub fn spec_from_metadata(
         Error::checkpoint(path, format!("metadata `{what}` is not valid: {e}"))
     };
     if let Some(text) = meta.get("backbone") {
-        let cfg: BackboneCfg = toml::from_str(text).map_err(|e| bad("backbone", &e))?;
+        let cfg: BackboneConfig = toml::from_str(text).map_err(|e| bad("backbone", &e))?;
         let frames = match meta.get("frames") {
             Some(f) => f.trim().parse().map_err(|e| bad("frames", &e))?,
             None => 16,
@@ -97,14 +97,14 @@ pub fn spec_from_metadata(
         let table: toml::Table = toml::from_str(text).map_err(|e| bad("recipe", &e))?;
         let cfg = match table.get("backbone") {
             Some(v) => v.clone().try_into().map_err(|e| bad("recipe", &e))?,
-            None => BackboneCfg::default(),
+            None => BackboneConfig::default(),
         };
         let frames = table
             .get("data")
             .and_then(|d| d.get("frames"))
             .and_then(|f| f.as_integer())
             .map(|f| f.max(1) as usize)
-            .unwrap_or_else(|| recipe::DataCfg::default().frames);
+            .unwrap_or_else(|| recipe::DataConfig::default().frames);
         return Ok(Some(BackboneSpec { cfg, frames }));
     }
     Ok(None)
@@ -128,7 +128,7 @@ pub fn resolve_backbone(
 ) -> Result<BackboneSpec> {
     let mut have_arch = base.is_some();
     let mut spec = base.unwrap_or(BackboneSpec {
-        cfg: BackboneCfg::default(),
+        cfg: BackboneConfig::default(),
         frames: default_frames,
     });
     if let Some(file) = &args.recipe {
@@ -182,7 +182,7 @@ pub fn resolve_backbone(
         // Check after each override so an error names the `--set` that caused it.
         table
             .clone()
-            .try_into::<BackboneCfg>()
+            .try_into::<BackboneConfig>()
             .map_err(|e| recipe_err(&layer, &format!("backbone.{field}"), e.to_string().trim()))?;
     }
     spec.cfg = table

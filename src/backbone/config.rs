@@ -40,7 +40,7 @@ pub enum NormKind {
 /// `[backbone]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BackboneCfg {
+pub struct BackboneConfig {
     pub arch: Arch,
     pub norm: NormKind,
     /// Channels of the four stages (r3d_small only; the 18-layer nets use 64,128,256,512).
@@ -61,7 +61,7 @@ pub struct BackboneCfg {
     pub num_classes: Option<usize>,
 }
 
-impl Default for BackboneCfg {
+impl Default for BackboneConfig {
     fn default() -> Self {
         Self {
             arch: Arch::R3dSmall,
@@ -75,7 +75,7 @@ impl Default for BackboneCfg {
     }
 }
 
-impl BackboneCfg {
+impl BackboneConfig {
     /// Range checks of `[backbone]` alone; on failure returns `(key, message)` with the
     /// key relative to the table (`widths`).
     pub fn validate(&self) -> std::result::Result<(), Invalid> {

@@ -23,7 +23,7 @@ use crate::nn::VarStore;
 use crate::Result;
 
 pub use c3d::C3d;
-pub use config::{Arch, BackboneCfg, NormKind};
+pub use config::{Arch, BackboneConfig, NormKind};
 pub use norm::NormSpec;
 pub use video_resnet::{ConvBuilder, StemKind, VideoResNet, VideoResNetConfig};
 
@@ -62,7 +62,7 @@ pub trait Backbone: Send + Sync {
 /// Builds the backbone a recipe names, with fresh parameters in `vs`, for clips of
 /// `frames` frames (`data.frames`; only TGN uses it, to clamp each layer's group count
 /// to the time steps that layer sees).
-pub fn build(cfg: &BackboneCfg, vs: &VarStore, frames: usize) -> Result<Box<dyn Backbone>> {
+pub fn build(cfg: &BackboneConfig, vs: &VarStore, frames: usize) -> Result<Box<dyn Backbone>> {
     let norm = match cfg.norm {
         NormKind::Bn => NormSpec::bn(),
         NormKind::Tgn => NormSpec::tgn(cfg.tgn_groups),

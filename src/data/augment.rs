@@ -14,7 +14,7 @@ pub mod resample;
 
 use rand::Rng;
 
-pub use cfg::{AugmentCfg, CropMode};
+pub use cfg::{AugmentConfig, CropMode};
 use color::{gray, Jitter};
 pub use resample::Window;
 
@@ -39,7 +39,7 @@ impl Normalize {
     };
 
     /// The `mean`/`std` keys of `[data.augment]`.
-    pub fn from_cfg(cfg: &AugmentCfg) -> Self {
+    pub fn from_cfg(cfg: &AugmentConfig) -> Self {
         Self {
             mean: cfg.mean.map(|m| m as f32),
             std: cfg.std.map(|s| s as f32),
@@ -95,7 +95,7 @@ impl ClipAug {
     /// are off (probability or strength 0) take nothing from `rng`, so the default
     /// config draws exactly the two numbers of the original random crop.
     pub fn draw<R: Rng + ?Sized>(
-        cfg: &AugmentCfg,
+        cfg: &AugmentConfig,
         h: usize,
         w: usize,
         size: usize,
@@ -191,7 +191,7 @@ impl ClipAug {
 /// torchvision's `RandomResizedCrop.get_params` with fractional windows: up to 10
 /// tries of (area, log-uniform ratio) that fit, else the largest centred window with
 /// the ratio clamped to `crop_ratio`.
-fn resized_window<R: Rng + ?Sized>(cfg: &AugmentCfg, h: f64, w: f64, rng: &mut R) -> Window {
+fn resized_window<R: Rng + ?Sized>(cfg: &AugmentConfig, h: f64, w: f64, rng: &mut R) -> Window {
     let log_ratio = cfg.crop_ratio.map(f64::ln);
     for _ in 0..10 {
         let target = h * w * lerp(cfg.crop_area, rng.random());

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use build::{BuildSummary, Writer};
 
 use crate::data::datasets::VideoDataset;
-use crate::data::{DataCfg, Split, Video};
+use crate::data::{DataConfig, Split, Video};
 use crate::seed::hash_str;
 use crate::{Error, Result};
 
@@ -124,7 +124,7 @@ impl Index {
 }
 
 /// Hash of the keys of a `[data]` table that decide which frames its videos have.
-pub fn config_hash(cfg: &DataCfg) -> String {
+pub fn config_hash(cfg: &DataConfig) -> String {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {
         for k in ["frames", "size", "workers", "augment", "cache"] {
@@ -179,7 +179,7 @@ fn read_index(dir: &Path) -> std::result::Result<Option<Index>, String> {
 fn validate(
     dir: &Path,
     source: &dyn VideoDataset,
-    cfg: &DataCfg,
+    cfg: &DataConfig,
 ) -> std::result::Result<Option<Index>, String> {
     let index = match read_index(dir) {
         Ok(Some(i)) => i,
@@ -244,7 +244,7 @@ fn validate(
 }
 
 /// Whether the cache at `dir` is missing, fresh, or stale for `source` built from `cfg`.
-pub fn check(dir: &Path, source: &dyn VideoDataset, cfg: &DataCfg) -> Status {
+pub fn check(dir: &Path, source: &dyn VideoDataset, cfg: &DataConfig) -> Status {
     match validate(dir, source, cfg) {
         Ok(None) => Status::Missing,
         Ok(Some(_)) => Status::Fresh,
@@ -264,7 +264,7 @@ pub struct CachedDataset {
 impl CachedDataset {
     /// Opens the cache at `dir` for `source` built from `cfg`. Errors (naming the cache
     /// and what changed) when it is missing, incomplete, or stale.
-    pub fn open(dir: &Path, source: Arc<dyn VideoDataset>, cfg: &DataCfg) -> Result<Self> {
+    pub fn open(dir: &Path, source: Arc<dyn VideoDataset>, cfg: &DataConfig) -> Result<Self> {
         let index = validate(dir, source.as_ref(), cfg)
             .map_err(|why| stale_message(dir, &why))?
             .ok_or_else(|| Error::Dataset {

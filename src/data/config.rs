@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::AugmentCfg;
+use crate::data::augment::AugmentConfig;
 use crate::data::synthetic::SyntheticConfig;
 use crate::error::{check, Invalid};
 
@@ -25,7 +25,7 @@ pub enum DataKind {
 /// `[data]`: the dataset and the clip geometry fed to the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DataCfg {
+pub struct DataConfig {
     pub kind: DataKind,
     /// Folder of videos (ucf101, hmdb51, folder).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,13 +58,13 @@ pub struct DataCfg {
     /// Generator settings for `kind = "synthetic"`.
     pub synthetic: SyntheticConfig,
     /// Training augmentation and the normalisation (`[data.augment]`).
-    pub augment: AugmentCfg,
+    pub augment: AugmentConfig,
     /// Frame cache directory written by `vssl data cache`; read instead of decoding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
 }
 
-impl Default for DataCfg {
+impl Default for DataConfig {
     fn default() -> Self {
         Self {
             kind: DataKind::Synthetic,
@@ -79,13 +79,13 @@ impl Default for DataCfg {
             size: 32,
             workers: 2,
             synthetic: SyntheticConfig::default(),
-            augment: AugmentCfg::default(),
+            augment: AugmentConfig::default(),
             cache: None,
         }
     }
 }
 
-impl DataCfg {
+impl DataConfig {
     /// Range checks of one `[data]` table (also used for `[eval.data]`). On failure
     /// returns `(key, message)` with the key relative to the table (`frames`,
     /// `augment.hflip`); messages name other keys by their `data.` path.

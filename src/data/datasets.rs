@@ -5,7 +5,7 @@
 
 use crate::data::files::FileDataset;
 use crate::data::synthetic::Synthetic;
-use crate::data::{DataCfg, DataKind, Split, Video};
+use crate::data::{DataConfig, DataKind, Split, Video};
 use crate::Result;
 
 /// A labelled (or unlabelled) collection of videos with train/test splits.
@@ -54,7 +54,7 @@ impl VideoDataset for Synthetic {
 }
 
 /// Builds the dataset a recipe's `[data]` section names.
-pub fn build(cfg: &DataCfg) -> Result<Box<dyn VideoDataset>> {
+pub fn build(cfg: &DataConfig) -> Result<Box<dyn VideoDataset>> {
     match cfg.kind {
         DataKind::Synthetic => {
             // Synthetic "splits" 2 and 3 are independent draws of the same world (split 1

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use crate::data::datasets::VideoDataset;
 use crate::data::splits::{self, Listing};
-use crate::data::{DataCfg, DataKind, Split, Video};
+use crate::data::{DataConfig, DataKind, Split, Video};
 use crate::{Error, Result};
 
 /// A dataset of video files on disk.
@@ -25,7 +25,7 @@ pub struct FileDataset {
 
 impl FileDataset {
     /// Parses and checks the split files or lists a `[data]` section names.
-    pub fn from_cfg(cfg: &DataCfg) -> Result<Self> {
+    pub fn from_cfg(cfg: &DataConfig) -> Result<Self> {
         let need = |p: &Option<PathBuf>, key: &str| {
             p.clone().ok_or_else(|| {
                 Error::BadInput(format!(

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::augment::{write_clip, AugmentCfg, ClipAug, CropMode, Normalize};
+use crate::data::augment::{write_clip, AugmentConfig, ClipAug, CropMode, Normalize};
 use crate::data::clip::{ClipMeta, ClipPlanner};
 use crate::data::datasets::VideoDataset;
 use crate::data::sampler::{clip_indices, uniform_starts};
@@ -46,7 +46,7 @@ pub struct BatchPlan {
     pub batch_size: usize,
     pub seed: u64,
     /// Training augmentation and normalisation (`[data.augment]`).
-    pub augment: AugmentCfg,
+    pub augment: AugmentConfig,
 }
 
 /// The dataset index of the `j`-th video of step `step`: epochs are independent

@@ -17,7 +17,7 @@ pub mod sampler;
 pub mod splits;
 pub mod synthetic;
 
-pub use config::{DataCfg, DataKind};
+pub use config::{DataConfig, DataKind};
 
 /// A decoded (or generated) video held in memory: RGB bytes laid out `[T, H, W, 3]`.
 #[derive(Debug, Clone, PartialEq)]

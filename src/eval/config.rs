@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::DataCfg;
+use crate::data::DataConfig;
 use crate::error::{check, Invalid};
 use crate::train::optim::OptimizerKind;
 use crate::train::schedule::ScheduleKind;
@@ -22,10 +22,10 @@ pub enum Pooling {
 /// `[eval]`: downstream protocols (linear probe, retrieval, fine-tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EvalCfg {
+pub struct EvalConfig {
     /// Evaluate on this dataset instead of the pretraining one (`[eval.data]`, any labelled kind).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<DataCfg>,
+    pub data: Option<DataConfig>,
     /// Frames per evaluation clip (default: `data.frames`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frames: Option<usize>,
@@ -68,7 +68,7 @@ pub struct EvalCfg {
     pub test_every: u64,
 }
 
-impl Default for EvalCfg {
+impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             data: None,
@@ -102,15 +102,15 @@ fn is_zero(v: &usize) -> bool {
     *v == 0
 }
 
-impl EvalCfg {
+impl EvalConfig {
     /// The dataset the downstream protocols use: `[eval.data]`, else the pretraining `data`.
-    pub fn resolved_data<'a>(&'a self, data: &'a DataCfg) -> &'a DataCfg {
+    pub fn resolved_data<'a>(&'a self, data: &'a DataConfig) -> &'a DataConfig {
         self.data.as_ref().unwrap_or(data)
     }
 
     /// Frames per evaluation clip: `eval.frames`, else the evaluation dataset's `frames`
     /// (`data` is the pretraining dataset, as for [`Self::resolved_data`]).
-    pub fn resolved_frames(&self, data: &DataCfg) -> usize {
+    pub fn resolved_frames(&self, data: &DataConfig) -> usize {
         self.frames.unwrap_or(self.resolved_data(data).frames)
     }
 

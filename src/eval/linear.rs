@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::metrics::{top_k, video_probs};
-use super::{EvalCfg, Features};
+use super::{EvalConfig, Features};
 use crate::loss::cross_entropy;
 use crate::nn::{Init, VarStore};
 use crate::seed::mix;
@@ -44,7 +44,7 @@ fn repeat_labels(labels: &[u32], k: usize) -> Vec<u32> {
 }
 
 /// Trains and tests a linear classifier on `f`.
-pub fn probe(f: &Features, classes: usize, cfg: &EvalCfg, seed: u64) -> Result<LinearResult> {
+pub fn probe(f: &Features, classes: usize, cfg: &EvalConfig, seed: u64) -> Result<LinearResult> {
     let (vtr, k, d) = f.train.clips.dims3()?;
     let (vte, kte, _) = f.test.clips.dims3()?;
     let xtr = f.train.clips.reshape((vtr * k, d))?;

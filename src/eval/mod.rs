@@ -23,12 +23,12 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::backbone::Backbone;
-use crate::data::DataCfg;
+use crate::data::DataConfig;
 use crate::io::read_safetensors;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
-pub use config::{EvalCfg, Pooling};
+pub use config::{EvalConfig, Pooling};
 pub use features::{extract, Features};
 
 /// Downstream protocols.
@@ -103,8 +103,8 @@ impl EvalTarget {
 /// `[data]` table (`[eval.data]`, else the pretraining one) and the run's seed.
 #[derive(Debug, Clone)]
 pub struct EvalSetup<'a> {
-    pub eval: &'a EvalCfg,
-    pub data: &'a DataCfg,
+    pub eval: &'a EvalConfig,
+    pub data: &'a DataConfig,
     /// The run seed (`train.seed`): fine-tuning's head and clip sampling and the
     /// linear probe derive their randomness from it.
     pub seed: u64,

@@ -37,7 +37,7 @@ pub enum RotationsPerClip {
 /// prediction with the shipped transforms).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GeometricCfg {
+pub struct GeometricConfig {
     /// Present so the section can be read as one table; always "geometric".
     #[serde(skip_serializing)]
     pub kind: Option<String>,
@@ -50,7 +50,7 @@ pub struct GeometricCfg {
     pub dropout: f64,
 }
 
-impl Default for GeometricCfg {
+impl Default for GeometricConfig {
     fn default() -> Self {
         Self {
             kind: None,
@@ -62,7 +62,7 @@ impl Default for GeometricCfg {
     }
 }
 
-impl GeometricCfg {
+impl GeometricConfig {
     /// Range checks; keys relative to the `[method]` table.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {
         check(self.stride_min >= 1, "stride_min", || {
@@ -146,7 +146,7 @@ impl GeometricPretext for Rotation3d {
 /// labels, a pooled-feature classifier `pretext.fc` with dropout.
 pub struct Geometric<T: GeometricPretext> {
     method: T,
-    cfg: GeometricCfg,
+    cfg: GeometricConfig,
     planner: Arc<StridedPlanner>,
     backbone: Box<dyn Backbone>,
     head: Linear,
@@ -158,7 +158,7 @@ impl<T: GeometricPretext> Geometric<T> {
     /// from `cfg`, the head on `head_vars`.
     pub fn new(
         method: T,
-        cfg: &GeometricCfg,
+        cfg: &GeometricConfig,
         frames: usize,
         backbone: Box<dyn Backbone>,
         head_vars: VarStore,

@@ -15,12 +15,12 @@
 //!
 //! The shipped methods run as `Geometric<Rotation3d>`, `SpeedSort<VariableSpeed>`,
 //! `TemporalContrast<Tclr>` and `TemporalDiscriminative<Vtdl>`. Each family's file also
-//! holds its `[method]` config (`GeometricCfg`, ...), its range checks (`validate`) and
+//! holds its `[method]` config (`GeometricConfig`, ...), its range checks (`validate`) and
 //! its construction (`init`: config -> method).
 //!
 //! **A new variant of an existing family** touches no file here: implement the family
 //! trait (in this crate or outside it) and build the adapter with its public
-//! constructor, e.g. `Geometric::new(MyTransforms, &GeometricCfg::default(), frames,
+//! constructor, e.g. `Geometric::new(MyTransforms, &GeometricConfig::default(), frames,
 //! backbone, head_vars)`, then hand it to the trainer. To make it reachable from a
 //! recipe, add a `[method] kind` in [`crate::registry`].
 //!
@@ -45,13 +45,13 @@ use crate::data::clip::{Batch, ClipPlanner};
 use crate::nn::VarStore;
 use crate::Result;
 
-pub use geometric::{Geometric, GeometricCfg, GeometricPretext, Rotation3d, RotationsPerClip};
-pub use speed_sort::{SpeedLabel, SpeedSort, SpeedSortCfg, SpeedSortPretext, VariableSpeed};
+pub use geometric::{Geometric, GeometricConfig, GeometricPretext, Rotation3d, RotationsPerClip};
+pub use speed_sort::{SpeedLabel, SpeedSort, SpeedSortConfig, SpeedSortPretext, VariableSpeed};
 pub use temporal_contrast::{
-    LlReduction, Tclr, TemporalContrast, TemporalContrastCfg, TemporalContrastPretext,
+    LlReduction, Tclr, TemporalContrast, TemporalContrastConfig, TemporalContrastPretext,
 };
 pub use temporal_discriminative::{
-    TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext, Vtdl,
+    TemporalDiscriminative, TemporalDiscriminativeConfig, TemporalDiscriminativePretext, Vtdl,
 };
 
 /// Loss for one batch plus named scalars to log.

@@ -41,7 +41,7 @@ pub enum SpeedLabel {
 /// ([`VariableSpeed`] in the [`SpeedSort`] adapter; see METHODS.md section 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SpeedSortCfg {
+pub struct SpeedSortConfig {
     /// Present so the section can be read as one table; always "speed_sort".
     #[serde(skip_serializing)]
     pub kind: Option<String>,
@@ -58,7 +58,7 @@ pub struct SpeedSortCfg {
     pub dropout: f64,
 }
 
-impl Default for SpeedSortCfg {
+impl Default for SpeedSortConfig {
     fn default() -> Self {
         Self {
             kind: None,
@@ -72,7 +72,7 @@ impl Default for SpeedSortCfg {
     }
 }
 
-impl SpeedSortCfg {
+impl SpeedSortConfig {
     /// Range checks; keys relative to the `[method]` table.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {
         let m = self;

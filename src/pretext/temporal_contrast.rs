@@ -46,7 +46,7 @@ pub enum LlReduction {
 /// projection (`proj_*`) is the adapter's, the rest [`Tclr`]'s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TemporalContrastCfg {
+pub struct TemporalContrastConfig {
     /// Present so the section can be read as one table; always "temporal_contrast".
     #[serde(skip_serializing)]
     pub kind: Option<String>,
@@ -72,7 +72,7 @@ pub struct TemporalContrastCfg {
     pub proj_dim: usize,
 }
 
-impl Default for TemporalContrastCfg {
+impl Default for TemporalContrastConfig {
     fn default() -> Self {
         Self {
             kind: None,
@@ -90,7 +90,7 @@ impl Default for TemporalContrastCfg {
     }
 }
 
-impl TemporalContrastCfg {
+impl TemporalContrastConfig {
     /// Range checks for clips of `frames` frames (`data.frames`); keys relative to the
     /// `[method]` table.
     pub fn validate(&self, frames: usize) -> std::result::Result<(), Invalid> {
@@ -355,18 +355,18 @@ pub trait TemporalContrastPretext: Send + Sync + 'static {
     fn terms(&self, e: &Embeddings, videos: usize) -> Result<Vec<LossTerm>>;
 }
 
-/// TCLR's losses and layout ([`TemporalContrastCfg`] without the projection keys).
+/// TCLR's losses and layout ([`TemporalContrastConfig`] without the projection keys).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tclr {
-    cfg: TemporalContrastCfg,
+    cfg: TemporalContrastConfig,
 }
 
 impl Tclr {
-    pub fn new(cfg: &TemporalContrastCfg) -> Self {
+    pub fn new(cfg: &TemporalContrastConfig) -> Self {
         Self { cfg: cfg.clone() }
     }
 
-    pub fn cfg(&self) -> &TemporalContrastCfg {
+    pub fn cfg(&self) -> &TemporalContrastConfig {
         &self.cfg
     }
 

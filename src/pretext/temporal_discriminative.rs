@@ -51,7 +51,7 @@ use crate::{Error, Result};
 /// `min_gap` and `tca*` are [`Vtdl`]'s; the rest the adapter's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TemporalDiscriminativeCfg {
+pub struct TemporalDiscriminativeConfig {
     /// Present so the section can be read as one table; always "temporal_discriminative".
     #[serde(skip_serializing)]
     pub kind: Option<String>,
@@ -75,7 +75,7 @@ pub struct TemporalDiscriminativeCfg {
     pub margin: f64,
 }
 
-impl Default for TemporalDiscriminativeCfg {
+impl Default for TemporalDiscriminativeConfig {
     fn default() -> Self {
         Self {
             kind: None,
@@ -92,7 +92,7 @@ impl Default for TemporalDiscriminativeCfg {
     }
 }
 
-impl TemporalDiscriminativeCfg {
+impl TemporalDiscriminativeConfig {
     /// Range checks; keys relative to the `[method]` table.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {
         let m = self;
@@ -330,11 +330,11 @@ impl<T: TemporalDiscriminativePretext> ClipPlanner for TripletPlanner<T> {
 /// Any [`TemporalDiscriminativePretext`] as a [`Pretext`]: query encoder (the backbone
 /// being learned + projection head `pretext.fc`), momentum key encoder, FIFO memory
 /// bank. Reads `momentum`, `queue_size`, `temperature`, `triplet_weight` and `margin`
-/// of its [`TemporalDiscriminativeCfg`].
+/// of its [`TemporalDiscriminativeConfig`].
 pub struct TemporalDiscriminative<T: TemporalDiscriminativePretext> {
     method: Arc<T>,
     planner: Arc<TripletPlanner<T>>,
-    cfg: TemporalDiscriminativeCfg,
+    cfg: TemporalDiscriminativeConfig,
     backbone: Box<dyn Backbone>,
     head: Linear,
     head_vars: VarStore,
@@ -354,7 +354,7 @@ impl<T: TemporalDiscriminativePretext> TemporalDiscriminative<T> {
     /// `queue_seed`.
     pub fn new(
         method: T,
-        cfg: &TemporalDiscriminativeCfg,
+        cfg: &TemporalDiscriminativeConfig,
         frames: usize,
         backbone: Box<dyn Backbone>,
         key_backbone: Box<dyn Backbone>,

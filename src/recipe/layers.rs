@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{MethodCfg, MethodKind, Recipe};
+use super::{MethodConfig, MethodKind, Recipe};
 use crate::{Error, Result};
 
 /// Sections a recipe may have at top level (plus `base` and `name`).
@@ -302,7 +302,7 @@ pub fn extract(fig: &Figment, file: &Path) -> Result<Recipe> {
             })
         }
     };
-    let method = MethodCfg::extract(kind, &fig.focus("method"))
+    let method = MethodConfig::extract(kind, &fig.focus("method"))
         .map_err(|e| recipe_error(fig, "method", *e))?;
     let recipe = Recipe {
         name,

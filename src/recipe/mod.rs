@@ -1,8 +1,8 @@
 //! Recipes: the typed, validated description of one run. A recipe is layered with
 //! figment from base files, the experiment file, a sweep point, `VSSL_` environment
 //! variables and `--set` arguments (see [`layers`]). Each section's struct and range
-//! checks live beside the component it configures (`data::DataCfg`,
-//! `backbone::BackboneCfg`, `train::TrainCfg`, `eval::EvalCfg`); each method's config sits in its
+//! checks live beside the component it configures (`data::DataConfig`,
+//! `backbone::BackboneConfig`, `train::TrainConfig`, `eval::EvalConfig`); each method's config sits in its
 //! file under `pretext/` and the `[method]` table is read through the registry; this module
 //! holds the [`Recipe`] aggregate and the checks that span sections. Every
 //! section denies unknown keys, and every error names the layer (file, env, `--set`)
@@ -12,14 +12,14 @@ pub mod layers;
 
 use serde::Serialize;
 
-pub use crate::backbone::{Arch, BackboneCfg, NormKind};
-pub use crate::data::augment::{AugmentCfg, CropMode};
-pub use crate::data::{DataCfg, DataKind};
+pub use crate::backbone::{Arch, BackboneConfig, NormKind};
+pub use crate::data::augment::{AugmentConfig, CropMode};
+pub use crate::data::{DataConfig, DataKind};
 use crate::error::check;
 pub use crate::error::Invalid;
-pub use crate::eval::{EvalCfg, Pooling};
-pub use crate::registry::{MethodCfg, MethodKind};
-pub use crate::train::TrainCfg;
+pub use crate::eval::{EvalConfig, Pooling};
+pub use crate::registry::{MethodConfig, MethodKind};
+pub use crate::train::TrainConfig;
 
 pub use layers::{load, RecipeSource};
 
@@ -28,11 +28,11 @@ pub use layers::{load, RecipeSource};
 pub struct Recipe {
     /// Run name (defaults to the experiment file's stem).
     pub name: String,
-    pub data: DataCfg,
-    pub backbone: BackboneCfg,
-    pub method: MethodCfg,
-    pub train: TrainCfg,
-    pub eval: EvalCfg,
+    pub data: DataConfig,
+    pub backbone: BackboneConfig,
+    pub method: MethodConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
 }
 
 impl Recipe {
@@ -44,7 +44,7 @@ impl Recipe {
 
 impl Recipe {
     /// The dataset the downstream protocols use.
-    pub fn eval_data(&self) -> &DataCfg {
+    pub fn eval_data(&self) -> &DataConfig {
         self.eval.resolved_data(&self.data)
     }
 

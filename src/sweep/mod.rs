@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::run_dir::PointInfo;
 pub use expand::Point;
-pub use spec::{SlurmCfg, SweepSpec};
+pub use spec::{SlurmConfig, SweepSpec};
 
 use crate::eval::Protocol;
 use crate::run_dir::RunDir;

@@ -12,7 +12,7 @@ use crate::{Error, Result};
 /// `[slurm]`: resources of the job-array script.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SlurmCfg {
+pub struct SlurmConfig {
     pub partition: Option<String>,
     /// GPUs per array task (`--gpus`).
     pub gpus: Option<u32>,
@@ -58,7 +58,7 @@ pub struct SweepSpec {
     pub runs: Vec<RunSpec>,
     /// Protocols evaluated after each pretraining.
     pub eval: Vec<Protocol>,
-    pub slurm: SlurmCfg,
+    pub slurm: SlurmConfig,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +74,7 @@ struct RawSweep {
     #[serde(default)]
     eval: Vec<String>,
     #[serde(default)]
-    slurm: SlurmCfg,
+    slurm: SlurmConfig,
 }
 
 #[derive(Deserialize)]

@@ -11,7 +11,7 @@ use crate::train::schedule::ScheduleKind;
 /// `[train]`: optimiser, schedule, length, checkpoints, seed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrainCfg {
+pub struct TrainConfig {
     pub seed: u64,
     /// Videos per batch (methods may turn one video into several clips).
     pub batch_size: usize,
@@ -42,7 +42,7 @@ pub struct TrainCfg {
     pub log_every: u64,
 }
 
-impl Default for TrainCfg {
+impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             seed: 0,
@@ -69,7 +69,7 @@ impl Default for TrainCfg {
     }
 }
 
-impl TrainCfg {
+impl TrainConfig {
     /// Range checks of `[train]`; on failure returns `(key, message)` with the key
     /// relative to the table (`lr`); messages name other keys by their `train.` path.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {

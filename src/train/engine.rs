@@ -18,12 +18,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::Schedule;
-use crate::data::augment::AugmentCfg;
+use crate::data::augment::AugmentConfig;
 use crate::data::bad_videos::BadVideos;
 use crate::data::clip::ClipPlanner;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::{BatchPlan, HostBatch, Loader};
-use crate::data::DataCfg;
+use crate::data::DataConfig;
 use crate::io::{read_safetensors, write_safetensors_atomic};
 use crate::pretext::StepOutput;
 use crate::run_dir::{temp_sibling, RunDir};
@@ -137,14 +137,14 @@ pub fn update(
 pub struct LoaderConfig {
     /// Crop size in pixels.
     pub size: usize,
-    pub augment: AugmentCfg,
+    pub augment: AugmentConfig,
     /// Decoding threads.
     pub workers: usize,
 }
 
-impl From<&DataCfg> for LoaderConfig {
+impl From<&DataConfig> for LoaderConfig {
     /// The geometry a `[data]` table gives its batches.
-    fn from(d: &DataCfg) -> Self {
+    fn from(d: &DataConfig) -> Self {
         Self {
             size: d.size,
             augment: d.augment.clone(),

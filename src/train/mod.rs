@@ -10,6 +10,6 @@ pub mod schedule;
 mod sgd_cpu;
 pub mod trainer;
 
-pub use config::TrainCfg;
+pub use config::TrainConfig;
 pub use engine::{update, LoaderConfig, LoopConfig, Objective, ParamGroup};
 pub use trainer::{fit, FitOptions, TrainSummary};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::config::TrainCfg;
+use super::config::TrainConfig;
 use super::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
@@ -50,7 +50,7 @@ pub struct TrainSummary {
 }
 
 /// Total optimiser steps a `[train]` table asks for.
-pub fn total_steps(t: &TrainCfg, train_videos: usize) -> u64 {
+pub fn total_steps(t: &TrainConfig, train_videos: usize) -> u64 {
     match t.epochs {
         Some(e) => e * (train_videos as u64).div_ceil(t.batch_size as u64),
         None => t.steps,
@@ -58,7 +58,7 @@ pub fn total_steps(t: &TrainCfg, train_videos: usize) -> u64 {
 }
 
 /// The learning-rate schedule of a `[train]` table.
-pub fn schedule(t: &TrainCfg, total: u64) -> Schedule {
+pub fn schedule(t: &TrainConfig, total: u64) -> Schedule {
     Schedule {
         kind: t.schedule,
         base_lr: t.lr,
@@ -161,7 +161,7 @@ impl Objective for PretextObjective<'_> {
 pub fn fit(
     pretext: &mut dyn Pretext,
     dataset: Arc<dyn VideoDataset>,
-    t: &TrainCfg,
+    t: &TrainConfig,
     opts: &FitOptions,
     run: &RunDir,
     device: &Device,

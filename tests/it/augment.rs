@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use vssl::data::augment::color::{hsv_to_rgb, rgb_to_hsv, shift_hue, Jitter};
 use vssl::data::augment::{
-    resample, write_clip, AugmentCfg, ClipAug, CropMode, Normalize, Window, MEAN, STD,
+    resample, write_clip, AugmentConfig, ClipAug, CropMode, Normalize, Window, MEAN, STD,
 };
 use vssl::data::datasets::VideoDataset;
 use vssl::data::loader::{make_batch, video_for, BatchPlan, Loader};
@@ -361,8 +361,8 @@ fn channel_drop_and_erase_write_zero_after_normalisation() {
 }
 
 /// Every op on, with high probabilities.
-fn full_cfg() -> AugmentCfg {
-    AugmentCfg {
+fn full_cfg() -> AugmentConfig {
+    AugmentConfig {
         crop: CropMode::Resized,
         hflip: 0.5,
         rotation: 10.0,
@@ -373,7 +373,7 @@ fn full_cfg() -> AugmentCfg {
         grayscale: 0.3,
         channel_drop: 0.3,
         erase: 0.5,
-        ..AugmentCfg::default()
+        ..AugmentConfig::default()
     }
 }
 
@@ -382,7 +382,7 @@ fn one_draw_per_clip_applies_to_every_frame() {
     let v = still_video(5, 20, 24);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut cfgs = vec![full_cfg()];
-    cfgs.push(AugmentCfg {
+    cfgs.push(AugmentConfig {
         crop: CropMode::Random,
         scale_jitter: [0.7, 1.3],
         ..full_cfg()
@@ -443,9 +443,9 @@ fn draws_are_independent_across_clips_and_follow_their_probabilities() {
         .iter()
         .all(|r| (0.75 - 1e-9..=4.0 / 3.0 + 1e-9).contains(r)));
     // Scale jitter: square windows of data.size * s.
-    let cfg = AugmentCfg {
+    let cfg = AugmentConfig {
         scale_jitter: [0.5, 1.5],
-        ..AugmentCfg::default()
+        ..AugmentConfig::default()
     };
     for _ in 0..200 {
         let w = ClipAug::draw(&cfg, 40, 50, 16, &mut rng).window;
@@ -464,7 +464,7 @@ fn tiny_synthetic() -> Synthetic {
     .unwrap()
 }
 
-fn plan(augment: AugmentCfg, seed: u64) -> BatchPlan {
+fn plan(augment: AugmentConfig, seed: u64) -> BatchPlan {
     BatchPlan {
         planner: std::sync::Arc::new(StridedPlanner::new(2, 4, (1, 2))),
         size: 16,
@@ -496,7 +496,7 @@ fn batches_are_deterministic_and_independent_of_workers() {
 #[test]
 fn default_config_reproduces_the_crop_only_pipeline() {
     let ds = tiny_synthetic();
-    let p = plan(AugmentCfg::default(), 3);
+    let p = plan(AugmentConfig::default(), 3);
     assert_eq!(Normalize::from_cfg(&p.augment), Normalize::KINETICS);
     let (s, t) = (16, 4);
     let clip_len = 3 * t * s * s;

@@ -12,7 +12,7 @@ use vssl::backbone::{
 use vssl::nn::VarStore;
 use vssl::ops::batch_norm3d::BatchNorm3d;
 use vssl::ops::tgn::{group_bounds, TemporalGroupNorm};
-use vssl::recipe::{Arch, BackboneCfg, NormKind, Recipe, RecipeSource};
+use vssl::recipe::{Arch, BackboneConfig, NormKind, Recipe, RecipeSource};
 
 type Dict = BTreeMap<String, Vec<usize>>;
 
@@ -64,14 +64,14 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-fn cfg(arch: Arch) -> BackboneCfg {
-    BackboneCfg {
+fn cfg(arch: Arch) -> BackboneConfig {
+    BackboneConfig {
         arch,
         ..Default::default()
     }
 }
 
-fn build(c: &BackboneCfg, frames: usize) -> Box<dyn Backbone> {
+fn build(c: &BackboneConfig, frames: usize) -> Box<dyn Backbone> {
     backbone::build(c, &VarStore::new(&cpu(), 7), frames).unwrap()
 }
 
@@ -236,7 +236,7 @@ fn check_resnet(
     drop(net);
 
     let with_fc = build(
-        &BackboneCfg {
+        &BackboneConfig {
             num_classes: Some(400),
             ..cfg(arch)
         },
@@ -357,7 +357,7 @@ fn c3d_matches_vcop() {
     drop(net);
 
     let net = build(
-        &BackboneCfg {
+        &BackboneConfig {
             num_classes: Some(101),
             ..cfg(Arch::C3d)
         },
@@ -371,7 +371,7 @@ fn c3d_matches_vcop() {
 
 #[test]
 fn r3d_small_keeps_its_names() {
-    let c = BackboneCfg::default();
+    let c = BackboneConfig::default();
     let net = build(&c, 8);
     let got = dict(net.vars());
     assert_eq!(
@@ -407,7 +407,7 @@ fn temporal_dilation_last_stage_gives_t4_from_16_frames() {
     let plain_dict = dict(plain.vars());
     drop(plain);
     let dilated = build(
-        &BackboneCfg {
+        &BackboneConfig {
             temporal_dilation_last_stage: true,
             ..cfg(Arch::R3d18)
         },
@@ -703,7 +703,7 @@ fn tgn_rejects_fewer_steps_than_groups() {
 #[test]
 fn tgn_backbone_clamps_groups_to_each_layers_frames() {
     // r3d_small at 8 frames: T is 8 in the stem and layer1, then 4, 2, 1.
-    let c = BackboneCfg {
+    let c = BackboneConfig {
         norm: NormKind::Tgn,
         tgn_groups: [4, 8, 8, 2, 3],
         ..Default::default()
@@ -756,9 +756,9 @@ fn tgn_backbone_clamps_groups_to_each_layers_frames() {
 fn tgn_single_group_model_loads_bn_weights() {
     let x = rand_t(&[2, 3, 8, 16, 16], 9);
     let bn_vs = VarStore::new(&cpu(), 1);
-    let bn_net = backbone::build(&BackboneCfg::default(), &bn_vs, 8).unwrap();
+    let bn_net = backbone::build(&BackboneConfig::default(), &bn_vs, 8).unwrap();
     let tgn_vs = VarStore::new(&cpu(), 2);
-    let tgn_cfg = BackboneCfg {
+    let tgn_cfg = BackboneConfig {
         norm: NormKind::Tgn,
         tgn_groups: [1; 5],
         ..Default::default()
@@ -821,7 +821,7 @@ fn recipe_backbone_keys_and_registry_files() {
     assert_eq!(r.backbone.tgn_groups, [2, 2, 2, 1, 1]);
     assert!(r.backbone.temporal_dilation_last_stage);
     assert_eq!(r.backbone.num_classes, Some(101));
-    let d = BackboneCfg::default();
+    let d = BackboneConfig::default();
     assert_eq!((d.tgn_groups, d.num_classes), ([4, 4, 2, 2, 1], None));
     assert!(!d.temporal_dilation_last_stage);
 

@@ -6,20 +6,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vssl::app::cache::{build, refresh, Refresh};
-use vssl::data::augment::{AugmentCfg, CropMode};
+use vssl::data::augment::{AugmentConfig, CropMode};
 use vssl::data::cache::{self, CachedDataset, Status};
 use vssl::data::datasets::{self, VideoDataset};
 use vssl::data::loader::{make_batch, BatchPlan};
 use vssl::data::sampler::StridedPlanner;
 use vssl::data::synthetic::SyntheticConfig;
 use vssl::data::{Split, Video};
-use vssl::recipe::DataCfg;
+use vssl::recipe::DataConfig;
 use vssl::{Error, Result};
 
 use super::common::{assert_bit_identical, run, stderr, stdout, tensors, tiny_recipe, train, vssl};
 
-fn synthetic_cfg(seed: u64) -> DataCfg {
-    DataCfg {
+fn synthetic_cfg(seed: u64) -> DataConfig {
+    DataConfig {
         synthetic: SyntheticConfig {
             seed,
             train_videos: 16,
@@ -28,7 +28,7 @@ fn synthetic_cfg(seed: u64) -> DataCfg {
             size: 16,
             ..SyntheticConfig::default()
         },
-        ..DataCfg::default()
+        ..DataConfig::default()
     }
 }
 
@@ -72,10 +72,10 @@ impl RawFiles {
         std::fs::write(self.path(split, i), bytes).unwrap();
     }
 
-    fn cfg(&self) -> DataCfg {
-        DataCfg {
+    fn cfg(&self) -> DataConfig {
+        DataConfig {
             root: Some(self.dir.clone()),
-            ..DataCfg::default()
+            ..DataConfig::default()
         }
     }
 }
@@ -167,11 +167,11 @@ fn batches_through_the_cache_equal_batches_without_it() {
         size: 12,
         batch_size: 4,
         seed: 5,
-        augment: AugmentCfg {
+        augment: AugmentConfig {
             crop: CropMode::Resized,
             brightness: 0.3,
             erase: 0.5,
-            ..AugmentCfg::default()
+            ..AugmentConfig::default()
         },
     };
     for step in 0..4 {
@@ -466,9 +466,9 @@ fn bench_cache_vs_decoding() {
         }
     }
     let ds: Arc<dyn VideoDataset> = Arc::new(ds);
-    let cfg = DataCfg {
+    let cfg = DataConfig {
         root: Some(d.path().to_path_buf()),
-        ..DataCfg::default()
+        ..DataConfig::default()
     };
     let dir = d.path().join("cache");
     let t = std::time::Instant::now();
@@ -484,7 +484,7 @@ fn bench_cache_vs_decoding() {
         size: 32,
         batch_size: 16,
         seed: 0,
-        augment: AugmentCfg::default(),
+        augment: AugmentConfig::default(),
     };
     let clips_per_s = |src: &dyn VideoDataset, steps: u64| {
         let mut runs: Vec<f64> = (0..3)

@@ -12,7 +12,7 @@ use vssl::data::decode::{decode_video, decode_video_limited};
 use vssl::data::loader::{BatchPlan, HostBatch, Loader};
 use vssl::data::sampler::StridedPlanner;
 use vssl::data::Split;
-use vssl::recipe::{DataCfg, DataKind};
+use vssl::recipe::{DataConfig, DataKind};
 
 use crate::common::{run, stderr, stdout, tiny_recipe, train, vssl};
 
@@ -77,24 +77,24 @@ fn ucf101_layout(dir: &Path) -> (PathBuf, PathBuf) {
     (videos, splits)
 }
 
-fn cfg(kind: DataKind) -> DataCfg {
-    DataCfg {
+fn cfg(kind: DataKind) -> DataConfig {
+    DataConfig {
         kind,
         frames: 4,
         size: 16,
-        ..DataCfg::default()
+        ..DataConfig::default()
     }
 }
 
-fn ucf_cfg(videos: &Path, splits: &Path) -> DataCfg {
-    DataCfg {
+fn ucf_cfg(videos: &Path, splits: &Path) -> DataConfig {
+    DataConfig {
         root: Some(videos.into()),
         splits: Some(splits.into()),
         ..cfg(DataKind::Ucf101)
     }
 }
 
-fn build_err(c: &DataCfg) -> String {
+fn build_err(c: &DataConfig) -> String {
     match datasets::build(c) {
         Ok(_) => panic!("expected an error"),
         Err(e) => {
@@ -253,7 +253,7 @@ fn hmdb51_splits_train_test_unused() {
         }
         std::fs::write(splits.join(format!("{class}_test_split1.txt")), text).unwrap();
     }
-    let c = DataCfg {
+    let c = DataConfig {
         root: Some(root.clone()),
         splits: Some(splits.clone()),
         ..cfg(DataKind::Hmdb51)
@@ -302,7 +302,7 @@ fn csv_lists_and_folders() {
         "path,label\nclips/a.avi,walking\nclips/deep/b.mp4,abseiling\nclips/a.avi,\n",
     )
     .unwrap();
-    let c = DataCfg {
+    let c = DataConfig {
         list: Some(list.clone()),
         ..cfg(DataKind::Csv)
     };
@@ -318,7 +318,7 @@ fn csv_lists_and_folders() {
     std::fs::write(&list, "clips/a.avi,03\n").unwrap();
     let test = dir.path().join("test.csv");
     std::fs::write(&test, "clips/deep/b.mp4,0\n").unwrap();
-    let c = DataCfg {
+    let c = DataConfig {
         test_list: Some(test.clone()),
         ..c
     };
@@ -337,7 +337,7 @@ fn csv_lists_and_folders() {
     );
 
     // Folder: every video under root, recursively, sorted, unlabelled.
-    let f = DataCfg {
+    let f = DataConfig {
         root: Some(dir.path().join("clips")),
         ..cfg(DataKind::Folder)
     };

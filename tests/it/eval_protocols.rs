@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use vssl::eval::features::SplitFeatures;
 use vssl::eval::metrics::{mean_std, top_k, video_probs};
-use vssl::eval::{linear, EvalCfg, Features};
+use vssl::eval::{linear, EvalConfig, Features};
 
 use super::common::{
     assert_bit_identical, require_crash_hook, run, stderr, stdout, tensors, tiny_recipe, train,
@@ -265,10 +265,10 @@ fn mini_batch_linear_probe_trains_and_depends_on_the_batch_size() {
         skipped: vec![],
     };
     let probe = |bs: usize| {
-        let cfg = EvalCfg {
+        let cfg = EvalConfig {
             linear_epochs: 20,
             linear_batch_size: bs,
-            ..EvalCfg::default()
+            ..EvalConfig::default()
         };
         linear::probe(&f, classes, &cfg, 0).unwrap()
     };

@@ -19,8 +19,8 @@ use vssl::pretext::speed_sort::{
     factorial, per_clip_classes, per_clip_label, permutation_from_index, permutation_index,
     sort_label, sorting_order, speed_sort_plan, SpeedSortPlanner,
 };
-use vssl::pretext::{Pretext, SpeedLabel, SpeedSort, SpeedSortCfg, VariableSpeed};
-use vssl::recipe::{BackboneCfg, NormKind};
+use vssl::pretext::{Pretext, SpeedLabel, SpeedSort, SpeedSortConfig, VariableSpeed};
+use vssl::recipe::{BackboneConfig, NormKind};
 
 use super::common::{
     assert_bit_identical, metric_column, run, stderr, stdout, straight_and_resumed, tensors,
@@ -137,7 +137,7 @@ fn per_clip_labels_are_distinct_over_speed_and_direction() {
 }
 
 fn tiny_backbone(norm: NormKind, frames: usize) -> Box<dyn backbone::Backbone> {
-    let cfg = BackboneCfg {
+    let cfg = BackboneConfig {
         widths: [4, 8, 8, 8],
         norm,
         ..Default::default()
@@ -146,7 +146,7 @@ fn tiny_backbone(norm: NormKind, frames: usize) -> Box<dyn backbone::Backbone> {
 }
 
 fn method(label: SpeedLabel, n_clips: usize, speeds: Vec<usize>) -> SpeedSort<VariableSpeed> {
-    let cfg = SpeedSortCfg {
+    let cfg = SpeedSortConfig {
         n_clips,
         speeds,
         label,

@@ -380,7 +380,7 @@ setup = ["module load cuda"]
             ..Default::default()
         })
         .unwrap();
-        let vssl::recipe::MethodCfg::Geometric(g) = &r.method else {
+        let vssl::recipe::MethodConfig::Geometric(g) = &r.method else {
             panic!("geometric")
         };
         assert_eq!((g.stride_max, r.train.lr), expected[i], "index {i}");

@@ -12,8 +12,8 @@ use vssl::pretext::temporal_contrast::{
     gl_slices, sparse_dense_plan, time_groups, weighted_sum, Embeddings, SparseDensePlanner,
     SparseDenseSpec, TemporalContrastPretext, VIEWS,
 };
-use vssl::pretext::{LlReduction, Pretext, Tclr, TemporalContrast, TemporalContrastCfg};
-use vssl::recipe::BackboneCfg;
+use vssl::pretext::{LlReduction, Pretext, Tclr, TemporalContrast, TemporalContrastConfig};
+use vssl::recipe::BackboneConfig;
 
 use super::common::{
     assert_bit_identical, metric_column, run, stderr, straight_and_resumed, tensors,
@@ -341,8 +341,8 @@ fn dense_clip_i_covers_part_i_of_the_sparse_clip() {
     assert!(bad.plan(80, &mut rng).is_err());
 }
 
-fn tclr(cfg: TemporalContrastCfg) -> TemporalContrast<Tclr> {
-    let bcfg = BackboneCfg {
+fn tclr(cfg: TemporalContrastConfig) -> TemporalContrast<Tclr> {
+    let bcfg = BackboneConfig {
         widths: [4, 8, 8, 8],
         temporal_dilation_last_stage: true,
         ..Default::default()
@@ -353,7 +353,7 @@ fn tclr(cfg: TemporalContrastCfg) -> TemporalContrast<Tclr> {
 
 #[test]
 fn method_switches_losses_by_weight_and_reduction() {
-    let base = TemporalContrastCfg {
+    let base = TemporalContrastConfig {
         sparse_stride: 2,
         proj_hidden: 8,
         proj_dim: 4,
@@ -394,7 +394,7 @@ fn method_switches_losses_by_weight_and_reduction() {
     }
     assert!((gl - want).abs() < 1e-5, "{gl} vs {want}");
     // IC only (the paper's ablation): nothing else computed.
-    let only = tclr(TemporalContrastCfg {
+    let only = tclr(TemporalContrastConfig {
         w_ll: 0.0,
         w_gl: 0.0,
         ..base.clone()
@@ -403,7 +403,7 @@ fn method_switches_losses_by_weight_and_reduction() {
     assert!(l.ll.is_none() && l.gl.is_none());
     assert!((scalar(l.ic.as_ref().unwrap()) - ic).abs() < 1e-6);
     // Without the dense term IC is the sparse NT-Xent alone.
-    let sparse_only = tclr(TemporalContrastCfg {
+    let sparse_only = tclr(TemporalContrastConfig {
         ic_dense: false,
         ..base.clone()
     });
@@ -421,7 +421,7 @@ fn method_switches_losses_by_weight_and_reduction() {
     );
     assert!((got - want).abs() < 1e-6 && got < ic);
     // "sum" weights LL by the number of videos.
-    let sum = tclr(TemporalContrastCfg {
+    let sum = tclr(TemporalContrastConfig {
         ll_reduction: LlReduction::Sum,
         ..base.clone()
     });
@@ -430,7 +430,7 @@ fn method_switches_losses_by_weight_and_reduction() {
     // GL that cannot align is a clear error, not a panic.
     let e2 = Embeddings { gl: None, ..e };
     assert!(m.method().losses(&e2, b).is_err());
-    let mut p = tclr(TemporalContrastCfg {
+    let mut p = tclr(TemporalContrastConfig {
         dense_clips: 3,
         sparse_stride: 3,
         ..base

@@ -17,9 +17,10 @@ use vssl::pretext::temporal_discriminative::{
     FEATURE_DIM,
 };
 use vssl::pretext::{
-    Pretext, TemporalDiscriminative, TemporalDiscriminativeCfg, TemporalDiscriminativePretext, Vtdl,
+    Pretext, TemporalDiscriminative, TemporalDiscriminativeConfig, TemporalDiscriminativePretext,
+    Vtdl,
 };
-use vssl::recipe::BackboneCfg;
+use vssl::recipe::BackboneConfig;
 
 use super::common::{
     assert_bit_identical, metric_column, run, stderr, straight_and_resumed, tensors,
@@ -318,8 +319,8 @@ fn tca_scales_every_time_derivative_by_one_minus_l() {
     }
 }
 
-fn tiny_vtdl(cfg: &TemporalDiscriminativeCfg) -> TemporalDiscriminative<Vtdl> {
-    let bcfg = BackboneCfg {
+fn tiny_vtdl(cfg: &TemporalDiscriminativeConfig) -> TemporalDiscriminative<Vtdl> {
+    let bcfg = BackboneConfig {
         widths: [4, 4, 8, 8],
         ..Default::default()
     };
@@ -332,7 +333,7 @@ fn tiny_vtdl(cfg: &TemporalDiscriminativeCfg) -> TemporalDiscriminative<Vtdl> {
 
 #[test]
 fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
-    let cfg = TemporalDiscriminativeCfg {
+    let cfg = TemporalDiscriminativeConfig {
         queue_size: 5,
         momentum: 0.5,
         stride: 1,
@@ -403,7 +404,7 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
     }
     assert!(m.method().triplet(3, 4, &mut rng).is_err());
     // With the augmentation off the anchor goes through unchanged.
-    let off = tiny_vtdl(&TemporalDiscriminativeCfg {
+    let off = tiny_vtdl(&TemporalDiscriminativeConfig {
         tca: false,
         ..cfg.clone()
     });
@@ -432,7 +433,7 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
 
 #[test]
 fn state_round_trips_and_rejects_a_different_queue_size() {
-    let cfg = TemporalDiscriminativeCfg {
+    let cfg = TemporalDiscriminativeConfig {
         queue_size: 4,
         ..Default::default()
     };
@@ -447,12 +448,12 @@ fn state_round_trips_and_rejects_a_different_queue_size() {
         assert!(state.contains_key(k), "{k} in state");
     }
     assert_eq!(state["queue_ptr"].dtype(), DType::U32);
-    let mut b = tiny_vtdl(&TemporalDiscriminativeCfg {
+    let mut b = tiny_vtdl(&TemporalDiscriminativeConfig {
         queue_size: 4,
         ..Default::default()
     });
     b.load_state(&state).unwrap();
-    let mut c = tiny_vtdl(&TemporalDiscriminativeCfg {
+    let mut c = tiny_vtdl(&TemporalDiscriminativeConfig {
         queue_size: 5,
         ..Default::default()
     });

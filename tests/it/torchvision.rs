@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use vssl::nn::VarStore;
-use vssl::recipe::{Arch, BackboneCfg};
+use vssl::recipe::{Arch, BackboneConfig};
 
 fn name_hash(name: &str) -> u64 {
     name.chars()
@@ -60,7 +60,7 @@ fn fixture() -> BTreeMap<String, Tensor> {
 }
 
 fn check(arch: Arch, key: &str) {
-    let cfg = BackboneCfg {
+    let cfg = BackboneConfig {
         arch,
         ..Default::default()
     };

@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use super::{median, peak_rss_kib, TorchServer};
-use crate::backbone::BackboneCfg;
+use crate::backbone::BackboneConfig;
 use crate::backbone::{self, arch::parse_arch};
 use crate::loss::cross_entropy;
 use crate::nn::VarStore;
@@ -83,10 +83,10 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
             o.batch, o.frames, o.size, o.reps
         )));
     }
-    let cfg = BackboneCfg {
+    let cfg = BackboneConfig {
         arch: parse_arch(&o.arch)?,
         num_classes: Some(CLASSES),
-        ..BackboneCfg::default()
+        ..BackboneConfig::default()
     };
     let vs = VarStore::new(dev, 0);
     let net = backbone::build(&cfg, &vs, o.frames)?;

@@ -1,5 +1,5 @@
 //! `[data.augment]`: which training augmentations run and how strongly. Lives beside
-//! the code that applies it (like `SyntheticConfig`); the recipe embeds it in `DataCfg`.
+//! the code that applies it (like `SyntheticConfig`); the recipe embeds it in `DataConfig`.
 //! Defaults reproduce the original pipeline: a random `data.size` crop, no flip, no
 //! colour change, Kinetics-400 normalisation.
 
@@ -23,7 +23,7 @@ pub enum CropMode {
 /// `[data.augment]`. Probabilities are in [0, 1]; a strength of 0 disables its op.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AugmentCfg {
+pub struct AugmentConfig {
     pub crop: CropMode,
     /// `crop = "random"`: window side is `data.size * s`, `s` uniform in this range
     /// (clamped to the frame); values below 1 zoom in, above 1 zoom out.
@@ -63,7 +63,7 @@ pub struct AugmentCfg {
     pub std: [f64; 3],
 }
 
-impl Default for AugmentCfg {
+impl Default for AugmentConfig {
     fn default() -> Self {
         Self {
             crop: CropMode::Random,
@@ -89,7 +89,7 @@ impl Default for AugmentCfg {
     }
 }
 
-impl AugmentCfg {
+impl AugmentConfig {
     /// True when colour jitter can change a clip (some strength is above 0).
     pub fn jitters(&self) -> bool {
         self.brightness > 0.0 || self.contrast > 0.0 || self.saturation > 0.0 || self.hue > 0.0

@@ -9,7 +9,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{config_hash, Entry, Index, SourceKey, FORMAT, FRAMES, INDEX};
-use crate::data::{DataCfg, Split, Video};
+use crate::data::{DataConfig, Split, Video};
 use crate::{Error, Result};
 
 /// What a build wrote.
@@ -147,7 +147,7 @@ impl Writer {
 
     /// Syncs the frames, writes the index (keyed by `cfg` and describing the source as
     /// `dataset`) and swaps the cache into place.
-    pub fn finish(self, cfg: &DataCfg, dataset: String) -> Result<BuildSummary> {
+    pub fn finish(self, cfg: &DataConfig, dataset: String) -> Result<BuildSummary> {
         let Self {
             dir,
             tmp,
