@@ -37,10 +37,15 @@ pub struct EvalConfig {
     pub train_stride: usize,
     /// Feature map pooling for linear probe and retrieval.
     pub pooling: Pooling,
-    /// Linear probe: full-batch epochs over cached clip features.
+    /// Linear probe: epochs over cached clip features.
     pub linear_epochs: usize,
     pub linear_lr: f64,
     pub linear_weight_decay: f64,
+    /// Linear probe: clips per AdamW step, in a seeded per-epoch order (0 = full batch,
+    /// one step per epoch over all train clips). Written to resolved recipes only when
+    /// non-zero, so recipes that leave it at the default resolve to the same text.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub linear_batch_size: usize,
     /// Retrieval recall@k for these k.
     pub k: Vec<usize>,
     /// Clips per forward pass during feature extraction and testing.
@@ -75,6 +80,7 @@ impl Default for EvalConfig {
             linear_epochs: 300,
             linear_lr: 0.05,
             linear_weight_decay: 1e-3,
+            linear_batch_size: 0,
             k: vec![1, 5, 10, 20, 50],
             batch_size: 32,
             finetune_epochs: 10,
@@ -90,6 +96,10 @@ impl Default for EvalConfig {
             test_every: 1,
         }
     }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl EvalConfig {
@@ -144,6 +154,12 @@ impl EvalConfig {
         })?;
         check(e.stride >= 1, "stride", || "must be at least 1".into())?;
         check(e.linear_lr > 0.0, "linear_lr", || "must be > 0".into())?;
+        // A one-clip batch is refused (a judgement call, not a math limit): it makes every
+        // epoch one AdamW step per train clip on single-sample gradients, and is the
+        // likely slip for 0, the full batch.
+        check(e.linear_batch_size != 1, "linear_batch_size", || {
+            "must be 0 (full batch) or at least 2, got 1".into()
+        })?;
         check(e.batch_size >= 1, "batch_size", || {
             "must be at least 1".into()
         })?;

@@ -2,15 +2,22 @@
 //! backbone never sees a gradient and runs in eval mode). Each train clip is a
 //! sample; test clips are scored one by one (clip level) and their softmax averaged
 //! per video (video level). Features are standardised with the train statistics;
-//! the classifier trains full-batch with AdamW, deterministically.
+//! the classifier trains with AdamW, deterministically: full batch by default, or in
+//! mini-batches of `eval.linear_batch_size` clips drawn by `candle_datasets::Batcher`
+//! from a seeded per-epoch permutation of the train clips.
 
 use candle_core::Tensor;
+use candle_datasets::Batcher;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::metrics::{top_k, video_probs};
 use super::{EvalConfig, Features};
 use crate::loss::cross_entropy;
 use crate::nn::{Init, VarStore};
+use crate::seed::mix;
 use crate::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::update;
 use crate::Result;
@@ -70,9 +77,29 @@ pub fn probe(f: &Features, classes: usize, cfg: &EvalConfig, seed: u64) -> Resul
         vs.trainable(),
     )?;
     let forward = |x: &Tensor| -> Result<Tensor> { Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?) };
-    for _ in 0..cfg.linear_epochs {
-        let loss = cross_entropy(&forward(&xtr)?, &ytr)?;
-        update(&loss, &mut [(&mut opt, cfg.linear_lr)], 0.0)?;
+    let mut step = |x: &Tensor, y: &Tensor| -> Result<()> {
+        let loss = cross_entropy(&forward(x)?, y)?;
+        update(&loss, &mut [(&mut opt, cfg.linear_lr)], 0.0).map(drop)
+    };
+    let bs = cfg.linear_batch_size;
+    for epoch in 0..cfg.linear_epochs {
+        if bs == 0 {
+            step(&xtr, &ytr)?;
+            continue;
+        }
+        let mut order: Vec<usize> = (0..xtr.dim(0)?).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+            seed ^ mix(epoch as u64 ^ 0x11ea)
+        )));
+        // (feature row, label) pairs in this epoch's order; the last batch may be short.
+        let pairs = order.into_iter().map(|i| Ok((xtr.get(i)?, ytr.get(i)?)));
+        for batch in Batcher::new_r2(pairs)
+            .batch_size(bs)
+            .return_last_incomplete_batch(true)
+        {
+            let (x, y) = batch?;
+            step(&x, &y)?;
+        }
     }
     let test_logits = forward(&xte)?.detach();
     let train_logits = forward(&xtr)?.detach();

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use vssl::eval::features::SplitFeatures;
 use vssl::eval::metrics::{mean_std, top_k, video_probs};
+use vssl::eval::{linear, EvalConfig, Features};
 
 use super::common::{
     assert_bit_identical, require_crash_hook, run, stderr, stdout, tensors, tiny_recipe, train,
@@ -224,4 +226,62 @@ fn splits_report_mean_and_std() {
         "1,x",
     ]));
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Gaussian clusters around the class axes, `[videos, clips, dim]` with labels `v % classes`:
+/// separable at video level, overlapping enough at clip level that training order shows.
+fn cluster_features(
+    videos: usize,
+    clips: usize,
+    dim: usize,
+    classes: usize,
+    seed: u64,
+) -> SplitFeatures {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let labels: Vec<u32> = (0..videos).map(|v| (v % classes) as u32).collect();
+    let mut data = Vec::with_capacity(videos * clips * dim);
+    for &l in &labels {
+        for _ in 0..clips * dim {
+            data.push(vssl::seed::normal(&mut rng) as f32);
+        }
+        let base = data.len() - clips * dim;
+        for c in 0..clips {
+            data[base + c * dim + l as usize] += 1.5;
+        }
+    }
+    SplitFeatures {
+        clips: Tensor::from_vec(data, (videos, clips, dim), &Device::Cpu).unwrap(),
+        labels,
+    }
+}
+
+#[test]
+fn mini_batch_linear_probe_trains_and_depends_on_the_batch_size() {
+    let classes = 3;
+    let f = Features {
+        train: cluster_features(60, 4, 8, classes, 1),
+        test: cluster_features(30, 4, 8, classes, 2),
+        skipped: vec![],
+    };
+    let probe = |bs: usize| {
+        let cfg = EvalConfig {
+            linear_epochs: 20,
+            linear_batch_size: bs,
+            ..EvalConfig::default()
+        };
+        linear::probe(&f, classes, &cfg, 0).unwrap()
+    };
+    let full = probe(0);
+    let (b16, b64) = (probe(16), probe(64));
+    // Chance is 1/3; every variant must clearly beat it, at clip and video level.
+    for (bs, r) in [(0, &full), (16, &b16), (64, &b64)] {
+        assert!(r.top1 > 0.8 && r.clip_top1 > 0.6, "batch {bs}: {r:?}");
+        assert!(r.train_clip_top1 > 0.6, "batch {bs}: {r:?}");
+    }
+    // Different batch sizes take different paths (and neither is the full batch).
+    assert_ne!(b16, b64);
+    assert_ne!(b16, full);
+    // The per-epoch order is seeded: the same batch size repeats bit for bit.
+    assert_eq!(probe(16), b16);
 }

@@ -180,3 +180,36 @@ fn shipped_experiments_resolve() {
         assert_eq!(stdout(&again), stdout(&out));
     }
 }
+
+#[test]
+fn bad_linear_batch_size_names_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let f = experiment(d.path(), "[eval]\nlinear_batch_size = 1\n");
+    assert_bad(&f, &[], "exp.toml", "eval.linear_batch_size");
+    let f = experiment(d.path(), "");
+    assert_bad(
+        &f,
+        &["eval.linear_batch_size=-4"],
+        "--set eval.linear_batch_size=-4",
+        "eval.linear_batch_size",
+    );
+    // 0 (the default) is not written; a mini-batch size is.
+    let out = run(&mut vssl(&["recipe", f.to_str().unwrap()]));
+    assert!(
+        !stdout(&out).contains("linear_batch_size"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&mut vssl(&[
+        "recipe",
+        f.to_str().unwrap(),
+        "--set",
+        "eval.linear_batch_size=32",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("linear_batch_size = 32"),
+        "{}",
+        stdout(&out)
+    );
+}
