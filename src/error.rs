@@ -41,6 +41,16 @@ pub enum Error {
     #[error("{0}")]
     BadInput(String),
 
+    /// A Hub request the user can fix: a bad token, no access, a missing repo or
+    /// file, a file missing from the cache in offline mode.
+    #[error("{0}")]
+    Hub(String),
+
+    /// The Hub server failed or misbehaved (5xx after retries, a network failure, an
+    /// answer that breaks the protocol or a download that does not match).
+    #[error("{0}")]
+    HubServer(String),
+
     /// Tensor maths failed: almost always a bug in vssl.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
@@ -61,6 +71,7 @@ impl Error {
                 | Error::Video { .. }
                 | Error::Dataset { .. }
                 | Error::BadInput(_)
+                | Error::Hub(_)
         )
     }
 

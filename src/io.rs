@@ -119,17 +119,30 @@ pub fn write_safetensors_atomic(
         .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
     drop(host);
 
+    write_bytes(path, &bytes, true)
+}
+
+/// Writes `bytes` to `path` atomically, like [`write_safetensors_atomic`] (temp file,
+/// fsync, rename, directory fsync), for small text files (JSON, refs, cards). Not
+/// counted by the crash-injection hook.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_bytes(path, bytes, false)
+}
+
+fn write_bytes(path: &Path, bytes: &[u8], crash_hook: bool) -> Result<()> {
     let tmp = temp_path(path);
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         #[cfg(feature = "crash-hook")]
-        if crash_test::kill_now() {
+        if crash_hook && crash_test::kill_now() {
             // Crash test: half the bytes reach the disk, then the process dies.
             f.write_all(&bytes[..bytes.len() / 2])?;
             f.sync_all()?;
             crash_test::sigkill_self();
         }
-        f.write_all(&bytes)?;
+        #[cfg(not(feature = "crash-hook"))]
+        let _ = crash_hook;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)

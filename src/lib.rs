@@ -18,7 +18,7 @@
 //! | --- | --- | --- |
 //! | 0 | `error` | the typed [`Error`] |
 //! | 1 | `seed`, `io`, `run_dir` | counter-based seeding and hashing; safetensors read / atomic write; the run-directory layout ([`run_dir::RunDir`]: every file name lives there) |
-//! | 2 | `nn` | parameter store (trainable vs buffers, load report), `Linear`, dropout |
+//! | 2 | `nn`, `hub` | parameter store (trainable vs buffers, load report), `Linear`, dropout; the Hugging Face Hub: names, cache, verified downloads, pushes, the weights index ([`hub::resolve`]) |
 //! | 3 | `ops` | 3D layers and kernels candle lacks (conv3d, pool3d, BN3d, TGN, fused epilogues) |
 //! | 4 | `backbone`, `data`, `loss` | C3D / R3D / MC3 / R(2+1)D with their configs; decoding, datasets, the clip vocabulary, augmentation, cache, loader; pure losses |
 //! | 5 | `pretext` | the [`pretext::Pretext`] trait, the four family traits with one adapter each, the shipped methods with their configs |
@@ -40,6 +40,7 @@ pub mod backbone;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod io;
 pub mod loss;
 pub mod nn;

@@ -49,6 +49,15 @@ enum Cmd {
     /// Compare runs: markdown + CSV tables (mean ± std over the runs of a row), loss
     /// and metric plots (PNG, SVG) and an index.md, written to --out.
     Compare(cli::compare::Args),
+    /// Write a run as a Hub model repo folder: backbone weights (torchvision names),
+    /// config.json and a model card with the run's evaluation results.
+    Export(cli::export::Args),
+    /// Commit a folder to a Hugging Face Hub model repo (token from HF_TOKEN or
+    /// HF_HOME/token, endpoint from HF_ENDPOINT).
+    Push(cli::push::Args),
+    /// Fetch published weights (registry name or hf:// id) into the Hub cache and
+    /// print the local path.
+    Pull(cli::pull::Args),
     /// Dataset utilities.
     Data(cli::data::Args),
     /// Benchmarks: model and conv3d speed against PyTorch, the data pipeline against
@@ -65,6 +74,9 @@ fn run(cmd: Cmd, device: &DeviceSpec) -> anyhow::Result<()> {
         Cmd::Eval(a) => cli::eval::run(a, device),
         Cmd::Sweep(a) => cli::sweep::run(a, device),
         Cmd::Compare(a) => cli::compare::run(a, device),
+        Cmd::Export(a) => cli::export::run(a, device),
+        Cmd::Push(a) => cli::push::run(a, device),
+        Cmd::Pull(a) => cli::pull::run(a, device),
         Cmd::Data(a) => cli::data::run(a, device),
         Cmd::Bench(a) => cli::bench::run(a, device),
     }

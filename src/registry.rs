@@ -49,7 +49,24 @@ pub fn backbone(
     device: &Device,
 ) -> Result<Box<dyn Backbone>> {
     let vs = VarStore::new(device, backbone_seed(seed));
-    backbone::build(cfg, &vs, frames)
+    let net = backbone::build(cfg, &vs, frames)?;
+    if let Some(init) = &cfg.init {
+        load_init(net.as_ref(), init, device)?;
+    }
+    Ok(net)
+}
+
+/// Loads `backbone.init` (a path, `hf://` id or registry name) into a fresh backbone
+/// with [`crate::eval::load_weights`]: every backbone tensor must be in the file;
+/// `pretext.*` heads are ignored.
+fn load_init(net: &dyn Backbone, init: &str, device: &Device) -> Result<()> {
+    let resolved = crate::hub::resolve(init, &crate::hub::HubEnv::from_env())?;
+    crate::eval::load_weights(net, &resolved.path, device)?;
+    tracing::info!(
+        "backbone initialised from {init} ({})",
+        resolved.path.display()
+    );
+    Ok(())
 }
 
 /// The pretext method `method` names, around a fresh backbone (`backbone`, clips of

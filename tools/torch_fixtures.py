@@ -16,6 +16,10 @@ It writes:
 - tiny_state_extra.pth    the same plus one unexpected key (`module.extra_head.weight`);
 - tiny_state_badshape.pth the same with `layer3.0.conv1.0.weight` of a wrong shape;
 - tiny_state_model.pth    the plain state dict (no `module.` prefix) under "model";
+- tiny_state_tclr.pth     TCLR's released layout: `nn.Sequential(backbone, head)` under
+                          DataParallel, i.e. {"state_dict": {"module.0.<name>": ...,
+                          "module.1.weight", "module.1.bias"}} with the same backbone
+                          values as tiny_state.pth;
 - tiny_io.safetensors     `clips` [2, 3, 4, 16, 16] (random, as if normalised) and
                           `features` [2, 2]: the network's globally average-pooled
                           output in eval mode, computed by PyTorch, to check that vssl
@@ -174,6 +178,12 @@ def main():
     path = os.path.join(args.out, "tiny_io.safetensors")
     save_file({"clips": clips.contiguous(), "features": feats.contiguous()}, path)
     print(f"wrote {os.path.normpath(path)} ({os.path.getsize(path)} bytes); features {feats.tolist()}")
+
+    head_gen = torch.Generator().manual_seed(SEED + 1)
+    tclr = {f"module.0.{k}": v.clone() for k, v in sd.items()}
+    tclr["module.1.weight"] = torch.randn(8, WIDTHS[3], generator=head_gen)
+    tclr["module.1.bias"] = torch.randn(8, generator=head_gen)
+    save({"state_dict": tclr}, "tiny_state_tclr.pth")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 //! through the registry, then the [`eval`](crate::eval) protocols on each split.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::Device;
 
@@ -11,7 +12,9 @@ use crate::eval::{
     extract, file_stem, finetune, linear, load_weights, mean_std_of, retrieval, write_json,
     EvalSetup, EvalTarget, Protocol,
 };
+use crate::io::read_safetensors;
 use crate::recipe::{self, Recipe, RecipeSource};
+use crate::run_dir::RunDir;
 use crate::{registry, Error, Result};
 
 /// What to evaluate and how.
@@ -184,4 +187,70 @@ pub fn evaluate(
         }
     }
     Ok(out)
+}
+
+/// The evaluation target of a command-line argument. A run directory, or a weights
+/// file inside one, is used as it is. Anything else (an `hf://` id, a registry name,
+/// an exported folder or a weights file outside a run directory) is resolved to a
+/// weights file whose `recipe` metadata (written by `vssl train` and `vssl export`)
+/// becomes a run directory at `out` (default `weights/hub/<name>`), where the
+/// results are written.
+pub fn target(arg: &Path, out: Option<&Path>) -> Result<EvalTarget> {
+    let in_run = |p: &Path| {
+        (p.is_dir() && RunDir::is_run(p)) || (p.is_file() && p.parent().is_some_and(RunDir::is_run))
+    };
+    if in_run(arg) {
+        return EvalTarget::locate(arg);
+    }
+    let arg_file = if arg.is_dir() {
+        arg.join(crate::run_dir::MODEL_FILE)
+    } else {
+        arg.to_path_buf()
+    };
+    let resolved = crate::hub::resolve_path(&arg_file, &crate::hub::HubEnv::from_env())?;
+    // The real file (a cache snapshot entry is a symlink into `blobs/`).
+    let weights =
+        std::fs::canonicalize(&resolved.path).map_err(|e| Error::io(&resolved.path, e))?;
+    let (_, meta) = read_safetensors(&weights, &Device::Cpu)?;
+    let recipe_text = meta.get("recipe").ok_or_else(|| {
+        Error::checkpoint(
+            &weights,
+            "no `recipe` metadata, so there is nothing to evaluate it with; evaluate the run \
+             directory it came from",
+        )
+    })?;
+    let label = match (&resolved.entry, &resolved.hub) {
+        (Some(e), _) => e.name.clone(),
+        (None, Some(h)) if h.revision == crate::hub::id::DEFAULT_REVISION => {
+            format!("{}--{}", h.owner, h.name)
+        }
+        (None, Some(h)) => format!("{}--{}--{}", h.owner, h.name, h.revision.replace('/', "-")),
+        (None, None) => arg
+            .file_stem()
+            .or_else(|| arg.file_name())
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "weights".into()),
+    };
+    let dir = match out {
+        Some(o) => o.to_path_buf(),
+        None => Path::new("weights").join("hub").join(label),
+    };
+    let run = RunDir::new(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::io::write_atomic(&run.recipe(), recipe_text.as_bytes())?;
+    let model = run.model();
+    let same = std::fs::canonicalize(&model).ok() == std::fs::canonicalize(&weights).ok();
+    if !same {
+        let tmp = crate::run_dir::temp_sibling(&model);
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::hard_link(&weights, &tmp)
+            .or_else(|_| std::fs::copy(&weights, &tmp).map(|_| ()))
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &model).map_err(|e| Error::io(&model, e))?;
+    }
+    tracing::info!("evaluating {} in {}", weights.display(), dir.display());
+    Ok(EvalTarget {
+        run_dir: run,
+        weights: model,
+    })
 }

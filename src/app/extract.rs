@@ -18,7 +18,8 @@
 //! directory, the path for one video, `<file>[i]` for clips), `skipped` (JSON list),
 //! `arch`, `weights` (the weights path) and the clip geometry.
 //!
-//! Weights: any vssl weights file (`vssl import`, `vssl train`'s `model.safetensors`).
+//! Weights: any vssl weights file (`vssl import`, `vssl train`'s `model.safetensors`,
+//! `vssl export`'s), as a path, an `hf://` id or a registry name.
 //! The architecture comes from the file's metadata when it has it, overridden by
 //! `--recipe`, `--arch` and `--set` ([`super::import::BackboneArgs`]). `pretext.*` keys
 //! and the classifier (`fc.*`, C3D: `linear.*`) are ignored; any backbone tensor the
@@ -77,6 +78,8 @@ pub fn load_backbone(
     default_frames: usize,
     device: &Device,
 ) -> Result<(Box<dyn Backbone>, BackboneSpec)> {
+    let resolved = crate::hub::resolve_path(weights, &crate::hub::HubEnv::from_env())?;
+    let weights = resolved.path.as_path();
     let (tensors, meta) = read_safetensors(weights, device)?;
     let base = spec_from_metadata(weights, &meta)?;
     let arch_set = args.sets.iter().any(|kv| {

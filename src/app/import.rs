@@ -7,6 +7,9 @@
 //! (the usual training-script checkpoints); `module.` prefixes (DataParallel /
 //! DistributedDataParallel) are stripped. Tensors of dtypes candle cannot hold
 //! (e.g. int32, bool) are skipped by the reader and therefore show up as missing.
+//! An `nn.Sequential(backbone, head)` dict (keys `0.*`, `1.*`, as TCLR releases its
+//! weights) is read as the backbone `0`. The input may be a path, an `hf://` id or a
+//! registry name ([`crate::hub::resolve`]).
 //!
 //! The backbone is chosen with [`BackboneArgs`]: `--arch`, optionally a recipe whose
 //! `[backbone]` section (and `data.frames`) is used, and `--set key=value` overrides of
@@ -282,6 +285,22 @@ pub fn read_pth(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         origin.insert(key.to_string(), name.clone());
         out.insert(key.to_string(), t);
     }
+    // `nn.Sequential(backbone, head)` (TCLR's released weights): every key starts with
+    // a sub-module index; the backbone is sub-module 0, the others keep their prefix
+    // (and show up as unused).
+    let indexed = |k: &str| {
+        k.split_once('.')
+            .is_some_and(|(p, _)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if out.keys().all(|k| indexed(k)) && out.keys().any(|k| k.starts_with("0.")) {
+        out = out
+            .into_iter()
+            .map(|(k, t)| match k.strip_prefix("0.") {
+                Some(rest) => (rest.to_string(), t),
+                None => (k, t),
+            })
+            .collect();
+    }
     Ok(out)
 }
 
@@ -325,7 +344,8 @@ fn some_names(names: &[String]) -> String {
 /// `allow_missing`; keys the backbone does not use are reported, not fatal. The output
 /// is written atomically and only on success.
 pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
-    let tensors = read_pth(&opts.input)?;
+    let input = crate::hub::resolve_path(&opts.input, &crate::hub::HubEnv::from_env())?.path;
+    let tensors = read_pth(&input)?;
     let mut spec = resolve_backbone(&opts.backbone, None, 16)?;
     if spec.cfg.num_classes.is_none() {
         let fc = format!("{}.weight", classifier_prefix(spec.cfg.arch));
@@ -339,7 +359,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
     let load = net
         .vars()
         .load(&tensors)
-        .map_err(|e| Error::checkpoint(&opts.input, e.to_string()))?;
+        .map_err(|e| Error::checkpoint(&input, e.to_string()))?;
     if !load.missing.is_empty() && !opts.allow_missing {
         let mut msg = format!(
             "{} of the {} tensors of {} are missing from the file: {} (pass --allow-missing \
@@ -355,7 +375,7 @@ pub fn import(opts: &ImportOptions) -> Result<ImportReport> {
                 some_names(&load.unused)
             ));
         }
-        return Err(Error::checkpoint(&opts.input, msg));
+        return Err(Error::checkpoint(&input, msg));
     }
     let out: Vec<(String, Tensor)> = net
         .vars()

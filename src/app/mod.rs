@@ -9,12 +9,14 @@
 //!   `vssl eval` (run directory -> the [`eval`](crate::eval) protocols);
 //! - [`bench`]: speed benchmarks against PyTorch and the ffmpeg CLI;
 //! - [`import`] / [`extract`]: PyTorch checkpoints in, pooled features out;
+//! - [`export`]: a run directory as a Hub model repo folder (weights, config, card);
 //! - [`cache`]: building a dataset's frame cache;
 //! - [`summary`]: the backbone parameter summary of `vssl recipe --summary`.
 
 pub mod bench;
 pub mod cache;
 pub mod eval;
+pub mod export;
 pub mod extract;
 pub mod import;
 pub mod summary;

@@ -59,6 +59,12 @@ pub struct BackboneConfig {
     /// the backbone's feature map; absent by default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<usize>,
+    /// Start from these weights instead of the seeded initialisation: a path, an
+    /// `hf://ORG/NAME[@REV][/FILE]` id or a name from `registry/index.toml`. Only the
+    /// backbone's tensors are loaded (`pretext.*` and classifier tensors are ignored);
+    /// every one of them must be there. Absent by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 impl Default for BackboneConfig {
@@ -71,6 +77,7 @@ impl Default for BackboneConfig {
             tgn_groups: [4, 4, 2, 2, 1],
             temporal_dilation_last_stage: false,
             num_classes: None,
+            init: None,
         }
     }
 }

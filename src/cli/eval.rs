@@ -3,14 +3,19 @@
 use std::path::PathBuf;
 
 use vssl::app::eval::EvalOptions;
-use vssl::eval::{EvalTarget, Protocol};
+use vssl::eval::Protocol;
 
 use super::DeviceSpec;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Run directory (or a model.safetensors inside one).
+    /// Run directory (or a model.safetensors inside one); or an hf:// id, a registry
+    /// name, or an exported folder / weights file with recipe metadata (evaluated in
+    /// --out, default weights/hub/<name>).
     run: PathBuf,
+    /// Where to evaluate weights that are not in a run directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// linear, knn, finetune, or a comma list (linear and knn share one feature extraction).
     #[arg(long, default_value = "linear")]
     protocol: String,
@@ -49,7 +54,7 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let splits = parse_splits(a.splits)?;
     let dev = device.device()?;
-    let target = EvalTarget::locate(&a.run)?;
+    let target = vssl::app::eval::target(&a.run, a.out.as_deref())?;
     let opts = EvalOptions {
         protocols,
         random_init: a.random_init,

@@ -163,7 +163,7 @@ pub fn write_json(path: &Path, json: &serde_json::Value) -> Result<()> {
 
 /// Numeric leaves of a JSON object as dotted keys (arrays, and the fine-tuning
 /// `history`, are skipped): for mean/std over splits and for `vssl compare`.
-pub(crate) fn numeric_leaves(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, f64>) {
+pub fn numeric_leaves(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, f64>) {
     match v {
         serde_json::Value::Number(n) => {
             if let Some(x) = n.as_f64() {

@@ -8,6 +8,8 @@ mod compare;
 mod datasets;
 mod eval;
 mod eval_protocols;
+mod hub;
+mod hub_server;
 mod import_extract;
 mod layers;
 mod ops;

@@ -18,7 +18,7 @@ fn name_hash(name: &str) -> u64 {
 }
 
 /// The formula of tools/torchvision_features.py, element for element.
-fn formula(name: &str, dims: &[usize]) -> Tensor {
+pub fn formula(name: &str, dims: &[usize]) -> Tensor {
     let n: usize = dims.iter().product();
     let h = name_hash(name) as f64;
     if name.ends_with("num_batches_tracked") {
@@ -45,13 +45,25 @@ fn formula(name: &str, dims: &[usize]) -> Tensor {
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
-fn clip(dims: &[usize]) -> Tensor {
+pub fn clip(dims: &[usize]) -> Tensor {
     let n: usize = dims.iter().product();
     let v: Vec<f32> = (0..n).map(|i| (0.013 * i as f64).sin() as f32).collect();
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
-fn fixture() -> BTreeMap<String, Tensor> {
+/// max |a - b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+pub fn fixture() -> BTreeMap<String, Tensor> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/torchvision_features.safetensors");
     vssl::io::read_safetensors(&p, &Device::Cpu)
@@ -76,14 +88,7 @@ fn check(arch: Arch, key: &str) {
     let got = net.pooled(&clip(&[1, 3, 8, 32, 32]), false).unwrap();
     let want = &fixture()[key];
     assert_eq!(got.dims(), want.dims());
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&got, want);
     let scale = want
         .abs()
         .unwrap()
