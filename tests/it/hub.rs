@@ -437,6 +437,54 @@ fn push_commits_small_files_inline_and_large_ones_through_lfs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(hub.seen().iter().filter(|s| s.method == "PUT").count(), 1);
     assert!(hub.repo("org/model").unwrap().branches.contains_key("dev"));
+
+    // The token file under HF_HOME serves when HF_TOKEN is unset; --create-pr leaves
+    // the branch where it was and prints the pull request.
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), format!("{TOKEN}\n")).unwrap();
+    let head = hub.repo("org/model").unwrap().branches["main"].clone();
+    let o = push(&folder, &hub.url, &home, None, &["--create-pr"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("/discussions/"), "{}", stdout(&o));
+    assert_eq!(hub.repo("org/model").unwrap().branches["main"], head);
+    assert_no_token("token file", &o, &[&folder]);
+    std::fs::remove_file(home.join("token")).unwrap();
+
+    // Multipart LFS uploads, when the server asks for them (3 parts of 8000 bytes).
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let big: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(other.join("model.safetensors"), &big).unwrap();
+    hub.state.lock().unwrap().multipart_chunk = Some(8000);
+    let o = push(&other, &hub.url, &home, Some(TOKEN), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        hub.repo("org/model").unwrap().files["model.safetensors"].0,
+        big
+    );
+    let parts = hub
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs-part/"))
+        .count();
+    assert_eq!(parts, 3);
+    hub.state.lock().unwrap().multipart_chunk = None;
+
+    // --private reaches the repo creation.
+    let mut c = hub_cmd(
+        &[
+            "push",
+            folder.to_str().unwrap(),
+            "--repo",
+            "org/private",
+            "--private",
+        ],
+        &hub.url,
+        &home,
+        Some(TOKEN),
+    );
+    assert!(run(&mut c).status.success());
+    assert!(hub.repo("org/private").unwrap().private);
     assert_eq!(snapshot(&folder), before, "push never changes the folder");
 }
 
@@ -837,4 +885,72 @@ fn import_reads_tclrs_sequential_layout_through_the_resolver() {
     ]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_bit_identical(&tensors(&out), &tensors(&plain));
+}
+
+#[test]
+fn backbone_init_starts_training_from_published_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = trained_run(dir.path());
+    let out = dir.path().join("export");
+    assert!(export(&run_dir, &out, &[]).status.success());
+    let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+    let home = dir.path().join("hf");
+    populate_cache(
+        &home.join("hub"),
+        "org/tiny",
+        &"ab".repeat(20),
+        "model.safetensors",
+        &weights,
+    );
+    let recipe = tiny_recipe(dir.path(), "");
+    let exported = tensors(&out.join("model.safetensors"));
+    let key = "stem.0.weight";
+    // With lr 1e-30 (no change in f32) the convolution weights stay where they started.
+    for (init, name) in [(Some("hf://org/tiny"), "from-hub"), (None, "scratch")] {
+        let target = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            recipe.to_str().unwrap(),
+            "--out",
+            target.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--set",
+            "train.lr=1e-30",
+            "--set",
+            "train.steps=1",
+        ];
+        let set = init.map(|i| format!("backbone.init=\"{i}\""));
+        if let Some(s) = &set {
+            args.extend_from_slice(&["--set", s]);
+        }
+        let mut c = hub_cmd(&args, "http://127.0.0.1:9", &home, None);
+        c.env("HF_HUB_OFFLINE", "1");
+        let o = run(&mut c);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let got = &tensors(&target.join("model.safetensors"))[key];
+        let same = crate::torchvision::max_abs_diff(got, &exported[key]) == 0.0;
+        assert_eq!(
+            same,
+            init.is_some(),
+            "{name}: started from the init weights = {same}"
+        );
+    }
+    // A bad init is an error naming it.
+    let o = run(&mut vssl(&[
+        "train",
+        recipe.to_str().unwrap(),
+        "--out",
+        dir.path().join("bad").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--set",
+        "backbone.init=\"no/such/file.safetensors\"",
+    ]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no/such/file.safetensors"),
+        "{}",
+        stderr(&o)
+    );
 }

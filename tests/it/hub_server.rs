@@ -65,6 +65,10 @@ pub struct State {
     /// (path prefix, status, times left): the next `times` requests whose path starts
     /// with the prefix get `status` (usize::MAX = always).
     pub fail: Vec<(String, u16, usize)>,
+    /// Ask for multipart LFS uploads with parts of this many bytes.
+    pub multipart_chunk: Option<usize>,
+    /// Multipart uploads in progress: oid -> parts received (part number -> bytes).
+    pub parts: BTreeMap<String, BTreeMap<usize, Vec<u8>>>,
     /// Move the branch head before answering the next commit (a concurrent push).
     pub move_head_before_commit: bool,
     /// (repo, file) -> what the resolve endpoint should claim.
@@ -281,6 +285,43 @@ fn handle(req: &Seen, st: &Arc<Mutex<State>>, base: &str) -> Reply {
         s.lfs.insert(oid, req.body.clone());
         return reply(200, json!({}));
     }
+    // Multipart: PUT /lfs-part/OID/N answers an ETag; POST /lfs-complete/OID joins.
+    if segs.first() == Some(&"lfs-part") && m == "PUT" {
+        if req.header("authorization").is_some() {
+            return err(400, "the Hub token was sent to a storage URL");
+        }
+        let oid = segs.get(1).copied().unwrap_or_default().to_string();
+        let n: usize = segs.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let etag = format!("\"etag-{n}-{}\"", &sha256_hex(&req.body)[..8]);
+        s.parts.entry(oid).or_default().insert(n, req.body.clone());
+        return Reply {
+            status: 200,
+            headers: vec![("ETag".into(), etag)],
+            body: vec![],
+        };
+    }
+    if segs.first() == Some(&"lfs-complete") && m == "POST" {
+        let oid = segs.get(1).copied().unwrap_or_default().to_string();
+        let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let parts = s.parts.remove(&oid).unwrap_or_default();
+        let listed = v["parts"].as_array().cloned().unwrap_or_default();
+        if listed.len() != parts.len() || v["oid"] != oid.as_str() {
+            return err(400, "completion does not list every part");
+        }
+        let mut joined = Vec::new();
+        for (i, (n, bytes)) in parts.iter().enumerate() {
+            let want = format!("\"etag-{n}-{}\"", &sha256_hex(bytes)[..8]);
+            if listed[i]["partNumber"] != *n || listed[i]["etag"] != want.as_str() {
+                return err(400, "part numbers or ETags do not match");
+            }
+            joined.extend_from_slice(bytes);
+        }
+        if sha256_hex(&joined) != oid {
+            return err(400, "joined parts do not hash to the oid");
+        }
+        s.lfs.insert(oid, joined);
+        return reply(200, json!({}));
+    }
     if segs.first() == Some(&"lfs-verify") && m == "POST" {
         let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
         let oid = v["oid"].as_str().unwrap_or_default();
@@ -434,8 +475,19 @@ fn handle(req: &Seen, st: &Arc<Mutex<State>>, base: &str) -> Reply {
                 .iter()
                 .map(|ob| {
                     let oid = ob["oid"].as_str().unwrap_or_default();
+                    let size = ob["size"].as_u64().unwrap_or(0) as usize;
                     if s.lfs.contains_key(oid) {
                         json!({ "oid": oid, "size": ob["size"] })
+                    } else if let Some(chunk) = s.multipart_chunk {
+                        let mut header = serde_json::Map::new();
+                        header.insert("chunk_size".into(), json!(chunk.to_string()));
+                        for n in 1..=size.div_ceil(chunk) {
+                            header.insert(format!("{n:05}"), json!(format!("{base}/lfs-part/{oid}/{n}")));
+                        }
+                        json!({ "oid": oid, "size": ob["size"], "actions": {
+                            "upload": { "href": format!("{base}/lfs-complete/{oid}"), "header": header },
+                            "verify": { "href": format!("{base}/lfs-verify"), "header": {} },
+                        }})
                     } else {
                         json!({ "oid": oid, "size": ob["size"], "actions": {
                             "upload": { "href": format!("{base}/lfs-upload/{oid}"), "header": {} },
