@@ -18,7 +18,7 @@
 //! | --- | --- | --- |
 //! | 0 | `error` | the typed [`Error`] |
 //! | 1 | `seed`, `io`, `run_dir` | counter-based seeding and hashing; safetensors read / atomic write; the run-directory layout ([`run_dir::RunDir`]: every file name lives there) |
-//! | 2 | `nn` | parameter store (trainable vs buffers, load report), `Linear`, dropout |
+//! | 2 | `nn`, `telemetry` | parameter store (trainable vs buffers, load report), `Linear`, dropout; TensorBoard event files, the run-state file, progress lines |
 //! | 3 | `ops` | 3D layers and kernels candle lacks (conv3d, pool3d, BN3d, TGN, fused epilogues) |
 //! | 4 | `backbone`, `data`, `loss` | C3D / R3D / MC3 / R(2+1)D with their configs; decoding, datasets, the clip vocabulary, augmentation, cache, loader; pure losses |
 //! | 5 | `pretext` | the [`pretext::Pretext`] trait, the four family traits with one adapter each, the shipped methods with their configs |
@@ -51,6 +51,7 @@ pub mod report;
 pub mod run_dir;
 pub mod seed;
 pub mod sweep;
+pub mod telemetry;
 pub mod train;
 
 pub use error::{Error, Result};
