@@ -47,8 +47,15 @@ enum Cmd {
     /// skipped and stopped ones resumed, so rerunning continues an interrupted sweep.
     Sweep(cli::sweep::Args),
     /// Compare runs: markdown + CSV tables (mean ± std over the runs of a row), loss
-    /// and metric plots (PNG, SVG) and an index.md, written to --out.
+    /// and metric plots (PNG, SVG), an index.md and a self-contained index.html,
+    /// written to --out.
     Compare(cli::compare::Args),
+    /// List runs: id, method, arch, data, step/total, state (running, finished,
+    /// failed, interrupted), age and headline metrics, from the run directories.
+    Runs(cli::runs::Args),
+    /// Plot runs' training curves (loss and each loss term, lr, clips/s, data wait,
+    /// grad norm) as PNG and SVG, the runs overlaid with a legend.
+    Plot(cli::plot::Args),
     /// Dataset utilities.
     Data(cli::data::Args),
     /// Benchmarks: model and conv3d speed against PyTorch, the data pipeline against
@@ -65,6 +72,8 @@ fn run(cmd: Cmd, device: &DeviceSpec) -> anyhow::Result<()> {
         Cmd::Eval(a) => cli::eval::run(a, device),
         Cmd::Sweep(a) => cli::sweep::run(a, device),
         Cmd::Compare(a) => cli::compare::run(a, device),
+        Cmd::Runs(a) => cli::runs::run(a, device),
+        Cmd::Plot(a) => cli::plot::run(a, device),
         Cmd::Data(a) => cli::data::run(a, device),
         Cmd::Bench(a) => cli::bench::run(a, device),
     }

@@ -13,7 +13,9 @@ pub mod data;
 pub mod eval;
 pub mod extract;
 pub mod import;
+pub mod plot;
 pub mod recipe;
+pub mod runs;
 pub mod sweep;
 pub mod train;
 
