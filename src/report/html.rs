@@ -62,7 +62,8 @@ const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1100p
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0}\
 th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}\
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}\
-svg{max-width:100%;height:auto;display:block;margin:1em 0}code{font-size:90%}";
+svg{max-width:100%;height:auto;display:block;margin:1em 0}code{font-size:90%}\
+table.runs td,table.runs th{text-align:left}";
 
 /// What the page shows.
 pub struct Page<'a> {
@@ -105,7 +106,7 @@ pub fn page(p: &Page) -> Result<String> {
             crate::run_dir::METRICS_FILE
         )),
     }
-    h.push_str("\n<h2>Runs</h2>\n<table>\n<tr><th>run</th><th>row</th><th>directory</th><th>recipe</th></tr>\n");
+    h.push_str("\n<h2>Runs</h2>\n<table class=\"runs\">\n<tr><th>run</th><th>row</th><th>directory</th><th>recipe</th></tr>\n");
     for g in p.groups {
         for &i in &g.runs {
             let r = &p.runs[i];

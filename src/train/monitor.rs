@@ -135,10 +135,11 @@ impl Monitor {
         self.tb.scalar(step, "perf/clips_per_s", clips_per_s)?;
         self.tb.scalar(step, "perf/data_wait", wait)?;
 
+        // The first group's rate (fine-tuning's schedule is a factor of each group's).
+        let lr = s.lr * self.groups.first().map_or(1.0, |g| g.1);
         self.msg = format!(
-            "loss {:.4} lr {:.2e} {clips_per_s:.0} clips/s data-wait {:.0}%",
+            "loss {:.4} lr {lr:.2e} {clips_per_s:.0} clips/s data-wait {:.0}%",
             s.loss,
-            s.lr,
             100.0 * wait
         );
         self.progress.update(step, &self.msg);
