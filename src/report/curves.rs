@@ -3,11 +3,10 @@
 //! of the method, the learning rate, clips/s, the data-wait share, the gradient
 //! norm), every run a line of its own colour with a legend.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::plot::{line_plot, Curve};
-use super::runs::{series, RunData};
+use super::runs::{series, RunData, Series};
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
@@ -40,7 +39,7 @@ fn file_name(key: &str) -> String {
 /// Plots the runs into `out`; returns the files written (PNG then SVG of each
 /// quantity, in the order above).
 pub fn plot_runs(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
-    let mut runs: Vec<(String, BTreeMap<String, Vec<(u64, f64)>>)> = Vec::new();
+    let mut runs: Vec<(String, Series)> = Vec::new();
     for d in dirs {
         let run = RunDir::new(d);
         if !RunDir::is_run(d) {

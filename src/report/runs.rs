@@ -92,11 +92,14 @@ impl RunData {
     }
 }
 
+/// Logged quantities by name: (step, value) pairs.
+pub type Series = BTreeMap<String, Vec<(u64, f64)>>;
+
 /// Every numeric field of `metrics.jsonl` (except `step`) as (step, value) pairs
 /// in file order; lines that are not JSON objects with a step are skipped (a line
 /// torn by a kill).
-pub fn series(run: &RunDir) -> BTreeMap<String, Vec<(u64, f64)>> {
-    let mut out: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+pub fn series(run: &RunDir) -> Series {
+    let mut out = Series::new();
     let text = std::fs::read_to_string(run.metrics()).unwrap_or_default();
     for line in text.lines() {
         let Ok(serde_json::Value::Object(v)) = serde_json::from_str(line) else {

@@ -279,7 +279,7 @@ pub fn run(
             obj.after_step()?;
             last_loss = loss;
             done = step + 1;
-            if done % cfg.log_every == 0 || done == cfg.total {
+            if done.is_multiple_of(cfg.log_every) || done == cfg.total {
                 mon.log(&StepLog {
                     step: done,
                     loss,
@@ -291,7 +291,7 @@ pub fn run(
             }
             let measured = obj.after_update(done, loss)?;
             mon.measured(done, "test", &measured)?;
-            let ckpt_due = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
+            let ckpt_due = cfg.checkpoint_every > 0 && done.is_multiple_of(cfg.checkpoint_every);
             if ckpt_due || done == cfg.end {
                 save_checkpoint(run, cfg, obj, groups, done)?;
             }

@@ -218,13 +218,13 @@ fn runs_tells_running_finished_failed_and_interrupted_apart() {
         err.contains(": 6/6 (100%) loss ") && err.contains("data-wait"),
         "{err}"
     );
-    let o = eval(&s(&path("done")), "linear");
+    let o = eval(path("done"), "linear");
     assert!(o.status.success(), "{}", stderr(&o));
 
     assert!(train(&r, &path("stopped"), &["--stop-after", "3"])
         .status
         .success());
-    let o = killed_at_second_checkpoint(&s(&r), &s(&path("killed")));
+    let o = killed_at_second_checkpoint(&r, path("killed"));
     assert!(!o.status.success());
     // A learning rate this large overflows the loss within a few steps.
     let o = train(&r, &path("failed"), &["--set", "train.lr=1e30"]);
