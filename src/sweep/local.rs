@@ -113,8 +113,8 @@ pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
     std::thread::scope(|s| {
         s.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
-                refresh();
                 std::thread::sleep(std::time::Duration::from_millis(500));
+                refresh();
             }
         });
         let workers: Vec<_> = (0..opts.jobs.max(1).min(total.max(1)))
@@ -157,6 +157,7 @@ pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
         }
         finished.store(true, Ordering::Relaxed);
     });
+    refresh(); // the last line: all done
     if let Ok(p) = progress.into_inner() {
         p.finish();
     }

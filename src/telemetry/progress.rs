@@ -20,6 +20,8 @@ pub struct Progress {
     began: Instant,
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
+    /// The line of the last position was printed; nothing follows it.
+    ended: bool,
 }
 
 /// `1h02m`, `3m05s`, `42s`.
@@ -63,6 +65,7 @@ impl Progress {
             began: Instant::now(),
             bar,
             last_line: None,
+            ended: false,
         }
     }
 
@@ -82,14 +85,19 @@ impl Progress {
             bar.set_message(msg.to_string());
             return None;
         }
+        if self.ended {
+            return None;
+        }
         let due = self.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
-        if !(due || pos >= self.total) {
+        self.ended = pos >= self.total;
+        if !(due || self.ended) {
             return None;
         }
         self.last_line = Some(Instant::now());
         let pct = 100.0 * pos as f64 / self.total.max(1) as f64;
+        let sep = if msg.is_empty() { "" } else { " " };
         let line = format!(
-            "{}: {pos}/{} ({pct:.0}%) {msg} eta {}",
+            "{}: {pos}/{} ({pct:.0}%){sep}{msg} eta {}",
             self.label,
             self.total,
             duration(self.eta(pos))
@@ -128,6 +136,9 @@ mod tests {
         );
         assert_eq!(p.update(5, "loss 0.5"), None);
         assert!(p.update(10, "loss 0.1").unwrap().contains("10/10 (100%)"));
+        assert_eq!(p.update(10, "again"), None, "the end is printed once");
+        let mut idle = Progress::with_terminal("sweep s", "runs", 2, 0, false);
+        assert_eq!(idle.update(0, "").unwrap(), "sweep s: 0/2 (0%) eta ?");
     }
 
     #[test]
