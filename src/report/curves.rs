@@ -95,7 +95,7 @@ pub fn plot_runs(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         let title = match known(&key) {
             Some(i) => KNOWN[i].1.to_string(),
-            None => format!("Method scalar: {key}"),
+            None => format!("Loss term or method scalar: {key}"),
         };
         let y = known(&key).map_or(key.as_str(), |i| KNOWN[i].2);
         files.extend(line_plot(&out.join(file_name(&key)), &title, y, &curves)?);
