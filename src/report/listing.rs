@@ -31,6 +31,10 @@ pub struct RunRow {
     /// Steps of the whole run, when `state.json` says.
     pub total: Option<u64>,
     pub state: Phase,
+    /// What is running when the pretraining has finished: a fine-tuning sub-run
+    /// (`eval/finetune 30/60`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// Seconds since the run last wrote its state (or its metrics).
     pub age_secs: Option<u64>,
     /// The headline metrics present (`linear.top1`, `knn.recall@1`, ...), or the
@@ -106,6 +110,16 @@ pub fn row(dir: &Path, id: String) -> Result<RunRow> {
             None,
         ),
     };
+    let mut stage = None;
+    let mut age = age;
+    let mut phase = phase;
+    if phase == Phase::Finished {
+        if let Some((name, s)) = running_finetune(&run, &here, t)? {
+            stage = Some(format!("eval/{name} {}/{}", s.step, s.total));
+            age = Some(t.saturating_sub(s.updated));
+            phase = Phase::Running;
+        }
+    }
     let headline = default_metrics(std::slice::from_ref(&data));
     let metrics = data
         .metrics
@@ -122,10 +136,34 @@ pub fn row(dir: &Path, id: String) -> Result<RunRow> {
         step,
         total,
         state: phase,
+        stage,
         age_secs: age,
         metrics,
         error,
     })
+}
+
+/// A fine-tuning sub-run (`eval/<stem>/`) whose process is running, if there is one.
+fn running_finetune(run: &RunDir, here: &str, now: u64) -> Result<Option<(String, RunState)>> {
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(run.eval_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    subs.sort();
+    for sub in subs {
+        if let Some(s) = RunState::read(&RunDir::new(&sub))? {
+            if s.observed(here, now) == Phase::Running {
+                let name = sub
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into());
+                return Ok(Some((name, s)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Every run under `roots` (each a run directory or a folder of them).
@@ -186,7 +224,10 @@ pub fn table(rows: &[RunRow]) -> String {
                     Some(t) => format!("{}/{t}", r.step),
                     None => format!("{}/?", r.step),
                 },
-                r.state.name().to_string(),
+                match &r.stage {
+                    Some(stage) => format!("{} ({stage})", r.state.name()),
+                    None => r.state.name().to_string(),
+                },
                 age(r.age_secs),
                 metrics.join(" "),
             ]

@@ -285,6 +285,20 @@ fn runs_tells_running_finished_failed_and_interrupted_apart() {
     let rows = runs_json(&root);
     assert_eq!(state(&rows, "live"), "interrupted");
 
+    // A fine-tuning sub-run whose process is alive (this test's own pid) makes a
+    // finished pretraining run read as running, with the stage named.
+    let sub = path("done").join("eval/finetune");
+    std::fs::create_dir_all(&sub).unwrap();
+    let live = serde_json::json!({
+        "state": "running", "pid": std::process::id(), "host": vssl::telemetry::state::host(),
+        "started": 0, "updated": vssl::telemetry::state::now(), "step": 30, "total": 60,
+    });
+    std::fs::write(sub.join("state.json"), live.to_string()).unwrap();
+    let rows = runs_json(&root);
+    assert_eq!(state(&rows, "done"), "running");
+    assert_eq!(rows["done"]["stage"], "eval/finetune 30/60");
+    std::fs::remove_dir_all(&sub).unwrap();
+
     let o = run(&mut vssl(&["runs", &s(&root)]));
     assert!(o.status.success(), "{}", stderr(&o));
     let table = stdout(&o);
