@@ -171,6 +171,36 @@ fn sync_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `__metadata__` map of a safetensors file, read from its header alone
+/// (empty when absent); errors name the path.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let corrupt =
+        |what: &str| Error::checkpoint(path, format!("not a valid safetensors file: {what}"));
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| corrupt("no header length"))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(corrupt("header length too large"));
+    }
+    let mut head = vec![0u8; n as usize];
+    f.read_exact(&mut head)
+        .map_err(|_| corrupt("truncated header"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&head).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Reads every tensor of a safetensors file onto `device`, plus its
 /// `__metadata__` map (empty when absent). A missing or unreadable file, a
 /// truncated or corrupt one, or a dtype candle cannot hold is an error naming

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod monitor;
 pub mod optim;
 pub mod schedule;
 mod sgd_cpu;

@@ -238,6 +238,8 @@ pub fn fit(
         keep_checkpoints: t.keep_checkpoints,
         resume: opts.resume,
         metadata,
+        name: format!("train {}", opts.name),
+        recipe: opts.recipe.clone(),
     };
     let mut groups = [ParamGroup::single(optimizer)];
     let mut obj = PretextObjective(pretext);

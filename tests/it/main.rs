@@ -19,6 +19,7 @@ mod recipe;
 mod speed_sort;
 mod sweep;
 mod synthetic;
+mod telemetry;
 mod temporal_contrast;
 mod temporal_discriminative;
 mod torchvision;
