@@ -154,6 +154,30 @@ fn write_bytes(path: &Path, bytes: &[u8], crash_hook: bool) -> Result<()> {
     sync_dir(path)
 }
 
+/// The metadata key holding [`tensors_checksum`] in checkpoints.
+pub const CHECKSUM_KEY: &str = "tensors_sha256";
+
+/// sha256 over every tensor's name, dtype, shape and little-endian bytes, in name
+/// order: stored in checkpoints so that a file whose bytes changed after it was
+/// written (a torn copy, a flipped bit) is detected even when it still parses.
+pub fn tensors_checksum<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<String> {
+    use sha2::Digest;
+    let mut sorted: Vec<(&str, &Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = sha2::Sha256::new();
+    for (name, t) in sorted {
+        let host = to_host(Path::new(name), name, t)?;
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", host.dtype, host.shape).as_bytes());
+        h.update((host.bytes.len() as u64).to_le_bytes());
+        h.update(&host.bytes);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Makes the rename durable: fsync the directory holding `path` (Unix only).
 fn sync_dir(path: &Path) -> Result<()> {
     #[cfg(unix)]

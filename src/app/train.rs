@@ -18,6 +18,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Stop after this many steps (as if interrupted): used to test resume.
     pub stop_after: Option<u64>,
+    /// Resume even when the recipe changes the run.
+    pub force: bool,
 }
 
 /// Trains the recipe's method into `opts.out`.
@@ -37,6 +39,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         stop_after: opts.stop_after,
         recipe: Some(recipe.to_toml()),
         name: format!("{} ({:?})", recipe.name, recipe.method.kind()),
+        force: opts.force,
     };
     fit(
         pretext.as_mut(),

@@ -235,8 +235,12 @@ pub fn run(
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
     run.remove_stale_temp_files();
     let mut start = 0u64;
-    if cfg.resume && !run.checkpoints().is_empty() {
-        start = resume_from(run, obj, groups, device)?;
+    if cfg.resume {
+        // No checkpoint yet (killed before the first): start over at step 0, dropping
+        // what the killed attempt logged.
+        if !run.checkpoints().is_empty() {
+            start = resume_from(run, obj, groups, device)?;
+        }
         truncate_metrics(&run.metrics(), start)?;
     }
     let plan = BatchPlan {
@@ -331,6 +335,10 @@ fn save_checkpoint(
     );
     let mut meta = step_metadata(cfg, step);
     meta.extend(obj.metadata()?);
+    meta.insert(
+        crate::io::CHECKSUM_KEY.to_string(),
+        crate::io::tensors_checksum(tensors.iter().map(|(k, t)| (k.as_str(), t)))?,
+    );
     write_safetensors_atomic(&run.checkpoint(step), &tensors, &meta)?;
     let all = run.checkpoints();
     for (_, old) in all
@@ -351,8 +359,22 @@ fn resume_from(
     device: &Device,
 ) -> Result<u64> {
     let mut last_err = None;
+    let mut unusable: Vec<String> = Vec::new();
     for (step, path) in run.checkpoints().iter().rev() {
-        match read_safetensors(path, device) {
+        let read = read_safetensors(path, device).and_then(|(tensors, meta)| {
+            // Checkpoints written before checksums were added have none.
+            if let Some(want) = meta.get(crate::io::CHECKSUM_KEY) {
+                let got = crate::io::tensors_checksum(tensors.iter().map(|(k, t)| (k.as_str(), t)))?;
+                if &got != want {
+                    return Err(Error::checkpoint(
+                        path,
+                        "its tensors do not match the checksum written with them (the file is corrupt)",
+                    ));
+                }
+            }
+            Ok((tensors, meta))
+        });
+        match read {
             Ok((tensors, meta)) => {
                 let part = |prefix: &str| -> BTreeMap<String, Tensor> {
                     tensors
@@ -374,11 +396,20 @@ fn resume_from(
                         "step in metadata does not match the file name",
                     ));
                 }
-                tracing::info!("resumed from {} (step {step})", path.display());
+                if unusable.is_empty() {
+                    tracing::info!("resumed from {} (step {step})", path.display());
+                } else {
+                    tracing::warn!(
+                        "resumed from {} (step {step}) instead of the newer {}, which cannot be used",
+                        path.display(),
+                        unusable.join(", ")
+                    );
+                }
                 return Ok(*step);
             }
             Err(e) => {
-                tracing::warn!("cannot read checkpoint, trying an older one: {e}");
+                tracing::warn!("cannot use checkpoint, trying an older one: {e}");
+                unusable.push(path.display().to_string());
                 last_err = Some(e);
             }
         }

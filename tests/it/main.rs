@@ -16,6 +16,7 @@ mod ops;
 mod outside_method;
 mod pretext;
 mod recipe;
+mod resume_safety;
 mod speed_sort;
 mod sweep;
 mod synthetic;
