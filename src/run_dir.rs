@@ -40,6 +40,8 @@ pub const EVAL_DIR: &str = "eval";
 pub const POINT_FILE: &str = "point.toml";
 /// Videos the loader had to skip.
 pub const BAD_VIDEOS_FILE: &str = "bad_videos.txt";
+/// Held by the process writing into the directory (see `crate::lock`).
+pub const LOCK_FILE: &str = "lock";
 /// A sweep's log of a point's `vssl train` child.
 pub const TRAIN_LOG: &str = "train.log";
 /// A sweep's log of a point's `vssl eval` child.

@@ -68,6 +68,7 @@ pub fn evaluate(
             run.path().display()
         )));
     }
+    let _lock = crate::lock::RunLock::acquire(run.path(), "vssl eval")?;
     let base: Recipe = recipe::load(&RecipeSource::with_sets(recipe_file, opts.sets.clone()))?;
     let eval_dir = run.eval_dir();
     std::fs::create_dir_all(&eval_dir).map_err(|e| Error::io(&eval_dir, e))?;

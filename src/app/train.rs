@@ -25,6 +25,13 @@ pub struct TrainOptions {
 /// Trains the recipe's method into `opts.out`.
 pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<TrainSummary> {
     let run = RunDir::new(&opts.out);
+    if opts.resume && !run.path().is_dir() {
+        return Err(crate::Error::BadInput(format!(
+            "--resume: {} does not exist (drop --resume to start a run there)",
+            run.path().display()
+        )));
+    }
+    let _lock = crate::lock::RunLock::acquire(run.path(), "vssl train")?;
     let dataset = registry::dataset(&recipe.data)?;
     let mut pretext = registry::pretext(
         &recipe.method,

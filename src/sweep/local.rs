@@ -55,6 +55,8 @@ pub struct Outcome {
 /// Runs every unfinished point; returns one outcome per point, in point order.
 pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
     std::fs::create_dir_all(&sweep.dir).map_err(|e| Error::io(&sweep.dir, e))?;
+    // One sweep process per sweep directory; each point's children lock their own.
+    let _lock = crate::lock::RunLock::acquire(&sweep.dir, "vssl sweep")?;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; sweep.points.len()];
     let mut todo = VecDeque::new();
     for p in &sweep.points {

@@ -17,6 +17,7 @@ mod outside_method;
 mod pretext;
 mod recipe;
 mod resume_safety;
+mod run_lock;
 mod speed_sort;
 mod sweep;
 mod synthetic;
