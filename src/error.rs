@@ -51,6 +51,10 @@ pub enum Error {
     #[error("{0}")]
     HubServer(String),
 
+    /// A loss term or gradient became NaN or infinite.
+    #[error("training stopped: {0}")]
+    NonFinite(String),
+
     /// Tensor maths failed: almost always a bug in vssl.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

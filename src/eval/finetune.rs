@@ -318,6 +318,8 @@ pub fn finetune(
         metadata: HashMap::new(),
         name: format!("fine-tune {}", run.path().display()),
         recipe: Some(setup.recipe.to_string()),
+        on_nonfinite: crate::train::config::OnNonFinite::Stop,
+        inject_nonfinite_at: None,
     };
     let mut obj = Finetuner {
         net,

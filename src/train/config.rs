@@ -40,6 +40,28 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Write a metrics.jsonl line every this many steps.
     pub log_every: u64,
+    /// What a NaN/Inf loss term or gradient does: stop the run (keeping the last good
+    /// checkpoint), or skip that step's update and count it (`skipped_steps`).
+    #[serde(skip_serializing_if = "OnNonFinite::is_stop")]
+    pub on_nonfinite: OnNonFinite,
+    /// Tests only: make the loss of this (1-based) step infinite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inject_nonfinite_at: Option<u64>,
+}
+
+/// `train.on_nonfinite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    #[default]
+    Stop,
+    SkipStep,
+}
+
+impl OnNonFinite {
+    fn is_stop(&self) -> bool {
+        *self == OnNonFinite::Stop
+    }
 }
 
 impl Default for TrainConfig {
@@ -65,6 +87,8 @@ impl Default for TrainConfig {
             checkpoint_every: 100,
             keep_checkpoints: 2,
             log_every: 10,
+            on_nonfinite: OnNonFinite::Stop,
+            inject_nonfinite_at: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use super::config::OnNonFinite;
 use super::monitor::{Monitor, StepLog};
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::Schedule;
@@ -120,25 +121,36 @@ pub fn update(
     clip: f64,
 ) -> Result<Option<f64>> {
     let mut grads = loss.backward()?;
-    let norm = if clip > 0.0 {
-        let norm = match groups {
-            [(opt, _)] => clip_grad_norm(&mut grads, opt.params(), clip)?,
-            _ => {
-                let all: Vec<_> = groups
-                    .iter()
-                    .flat_map(|(o, _)| o.params().iter().cloned())
-                    .collect();
-                clip_grad_norm(&mut grads, &all, clip)?
-            }
-        };
-        Some(norm)
-    } else {
-        None
+    // The global norm is always measured (a NaN/Inf gradient must never reach the
+    // weights); gradients are scaled only when `clip > 0`.
+    let max_norm = if clip > 0.0 { clip } else { f64::INFINITY };
+    let norm = match groups {
+        [(opt, _)] => clip_grad_norm(&mut grads, opt.params(), max_norm)?,
+        _ => {
+            let all: Vec<_> = groups
+                .iter()
+                .flat_map(|(o, _)| o.params().iter().cloned())
+                .collect();
+            clip_grad_norm(&mut grads, &all, max_norm)?
+        }
     };
+    if !norm.is_finite() {
+        return Err(Error::NonFinite(format!("the gradient norm is {norm}")));
+    }
     for (opt, lr) in groups.iter_mut() {
         opt.step(&grads, *lr)?;
     }
-    Ok(norm)
+    Ok((clip > 0.0).then_some(norm))
+}
+
+/// The first non-finite value among a step's loss and its scalars, named.
+fn nonfinite_term(loss: f64, scalars: &[(&'static str, f64)]) -> Option<String> {
+    let term = scalars.iter().find(|(_, v)| !v.is_finite());
+    match (loss.is_finite(), term) {
+        (_, Some((k, v))) => Some(format!("loss term `{k}` is {v}")),
+        (false, None) => Some(format!("the loss is {loss}")),
+        (true, None) => None,
+    }
 }
 
 /// How the loader builds batches (the data geometry).
@@ -190,6 +202,10 @@ pub struct LoopConfig {
     pub name: String,
     /// The resolved recipe, logged to TensorBoard as text.
     pub recipe: Option<String>,
+    /// What a non-finite loss term or gradient does.
+    pub on_nonfinite: OnNonFinite,
+    /// Tests only: the (1-based) step whose loss is made infinite.
+    pub inject_nonfinite_at: Option<u64>,
 }
 
 /// What a loop did.
@@ -235,11 +251,12 @@ pub fn run(
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
     run.remove_stale_temp_files();
     let mut start = 0u64;
+    let mut skipped_at_start = 0u64;
     if cfg.resume {
         // No checkpoint yet (killed before the first): start over at step 0, dropping
         // what the killed attempt logged.
         if !run.checkpoints().is_empty() {
-            start = resume_from(run, obj, groups, device)?;
+            (start, skipped_at_start) = resume_from(run, obj, groups, device)?;
         }
         truncate_metrics(&run.metrics(), start)?;
     }
@@ -255,6 +272,7 @@ pub fn run(
     let began = Instant::now();
     let mut done = start;
     let mut last_loss = f64::NAN;
+    let mut skipped_steps: u64 = skipped_at_start;
     let mut bad = BadVideos::open(run);
     let mut loader = Loader::spawn(dataset, plan, start, cfg.end, cfg.loader.workers);
     let mut train = || -> Result<()> {
@@ -267,21 +285,46 @@ pub fn run(
             mon.batch(waiting.elapsed(), hb.shape[0]);
             bad.record(&hb.skipped)?;
             let (step, skipped) = (hb.step, hb.skipped.len());
-            let out = obj.loss(hb, device)?;
-            let loss = out.loss.to_scalar::<f32>()? as f64;
-            if !loss.is_finite() {
-                return Err(Error::Internal(format!(
-                    "loss became {loss} at step {step}; lower train.lr?"
-                )));
+            let mut out = obj.loss(hb, device)?;
+            if cfg.inject_nonfinite_at == Some(step + 1) {
+                out.loss = out.loss.affine(f64::INFINITY, 0.0)?;
             }
+            let loss = out.loss.to_scalar::<f32>()? as f64;
             let lr = sched.lr_at(step);
-            let mut steps: Vec<(&mut Optimizer, f64)> = groups
-                .iter_mut()
-                .map(|g| (&mut g.optimizer, g.lr_factor * lr))
-                .collect();
-            let grad_norm = update(&out.loss, &mut steps, cfg.grad_clip)?;
-            obj.after_step()?;
-            last_loss = loss;
+            let bad = match nonfinite_term(loss, &out.scalars) {
+                Some(why) => Err(Error::NonFinite(why)),
+                None => {
+                    let mut steps: Vec<(&mut Optimizer, f64)> = groups
+                        .iter_mut()
+                        .map(|g| (&mut g.optimizer, g.lr_factor * lr))
+                        .collect();
+                    update(&out.loss, &mut steps, cfg.grad_clip)
+                }
+            };
+            let grad_norm = match bad {
+                Ok(norm) => {
+                    obj.after_step()?;
+                    last_loss = loss;
+                    norm
+                }
+                Err(Error::NonFinite(why)) => {
+                    let at = step + 1;
+                    if cfg.on_nonfinite == OnNonFinite::Stop {
+                        return Err(Error::NonFinite(format!(
+                            "{why} at step {at}; the run stops here and its last good \
+                             checkpoint is kept (lower train.lr, or set \
+                             train.on_nonfinite = \"skip_step\")"
+                        )));
+                    }
+                    skipped_steps += 1;
+                    tracing::warn!("{why} at step {at}: update skipped ({skipped_steps} so far)");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            if skipped_steps > 0 {
+                out.scalars.push(("skipped_steps", skipped_steps as f64));
+            }
             done = step + 1;
             if done.is_multiple_of(cfg.log_every) || done == cfg.total {
                 mon.log(&StepLog {
@@ -297,7 +340,7 @@ pub fn run(
             mon.measured(done, "test", &measured)?;
             let ckpt_due = cfg.checkpoint_every > 0 && done.is_multiple_of(cfg.checkpoint_every);
             if ckpt_due || done == cfg.end {
-                save_checkpoint(run, cfg, obj, groups, done)?;
+                save_checkpoint(run, cfg, obj, groups, done, skipped_steps)?;
             }
             mon.tick(done)?;
         }
@@ -319,6 +362,7 @@ fn save_checkpoint(
     obj: &dyn Objective,
     groups: &[ParamGroup],
     step: u64,
+    skipped_steps: u64,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = obj
         .model_tensors()
@@ -335,6 +379,9 @@ fn save_checkpoint(
     );
     let mut meta = step_metadata(cfg, step);
     meta.extend(obj.metadata()?);
+    if skipped_steps > 0 {
+        meta.insert(SKIPPED_KEY.into(), skipped_steps.to_string());
+    }
     meta.insert(
         crate::io::CHECKSUM_KEY.to_string(),
         crate::io::tensors_checksum(tensors.iter().map(|(k, t)| (k.as_str(), t)))?,
@@ -350,14 +397,18 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// Restores the newest readable checkpoint; returns its step. A checkpoint that
-/// cannot be read is reported and the previous one is tried.
+/// Checkpoint metadata: updates skipped so far for non-finite values.
+const SKIPPED_KEY: &str = "skipped_steps";
+
+/// Restores the newest readable checkpoint; returns its step and the updates
+/// skipped up to it. A checkpoint that cannot be read is reported and the previous
+/// one is tried.
 fn resume_from(
     run: &RunDir,
     obj: &mut dyn Objective,
     groups: &mut [ParamGroup],
     device: &Device,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut last_err = None;
     let mut unusable: Vec<String> = Vec::new();
     for (step, path) in run.checkpoints().iter().rev() {
@@ -405,7 +456,11 @@ fn resume_from(
                         unusable.join(", ")
                     );
                 }
-                return Ok(*step);
+                let skipped = meta
+                    .get(SKIPPED_KEY)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                return Ok((*step, skipped));
             }
             Err(e) => {
                 tracing::warn!("cannot use checkpoint, trying an older one: {e}");

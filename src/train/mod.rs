@@ -12,6 +12,6 @@ pub mod schedule;
 mod sgd_cpu;
 pub mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{OnNonFinite, TrainConfig};
 pub use engine::{update, LoaderConfig, LoopConfig, Objective, ParamGroup};
 pub use trainer::{fit, FitOptions, TrainSummary};

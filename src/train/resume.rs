@@ -12,6 +12,7 @@ const HARMLESS: &[&str] = &[
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.on_nonfinite",
     "data.workers",
     "data.cache",
 ];

@@ -276,6 +276,8 @@ pub fn fit(
         metadata,
         name: format!("train {}", opts.name),
         recipe: opts.recipe.clone(),
+        on_nonfinite: t.on_nonfinite,
+        inject_nonfinite_at: t.inject_nonfinite_at,
     };
     let mut groups = [ParamGroup::single(optimizer)];
     let mut obj = PretextObjective(pretext);

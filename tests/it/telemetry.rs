@@ -280,7 +280,7 @@ fn runs_tells_running_finished_failed_and_interrupted_apart() {
     assert!(rows["failed"]["error"]
         .as_str()
         .unwrap()
-        .contains("loss became"));
+        .contains("training stopped"));
     // Killed with SIGKILL: its state file still says running, its process is gone.
     let rows = runs_json(&root);
     assert_eq!(state(&rows, "live"), "interrupted");
