@@ -92,6 +92,14 @@ fn run(cmd: Cmd, device: &DeviceSpec) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // A write past the file-size limit (`ulimit -f`, quota-like limits on clusters)
+    // then fails with EFBIG and is reported, naming the file, instead of killing the
+    // process with SIGXFSZ.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // ffmpeg's own log lines (target `video`, via video-rs) are off by default: a bad
     // video's error already carries the reason, and the trainer warns once per video.
     let filter = tracing_subscriber::EnvFilter::try_from_env("VSSL_LOG")

@@ -28,3 +28,4 @@ mod temporal_discriminative;
 mod torchvision;
 mod train_e2e;
 mod train_parts;
+mod write_failure;
