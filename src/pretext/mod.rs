@@ -54,7 +54,8 @@ pub use speed_sort::{
     SpeedLabel, SpeedSortConfig, SpeedSortMethod, SpeedSortPretext, VariableSpeed,
 };
 pub use temporal_contrast::{
-    LlReduction, Tclr, TemporalContrast, TemporalContrastConfig, TemporalContrastMethod,
+    BnBatches, IcDense, LlReduction, Tclr, TemporalContrast, TemporalContrastConfig,
+    TemporalContrastMethod,
 };
 pub use temporal_discriminative::{
     TemporalDiscriminative, TemporalDiscriminativeConfig, TemporalDiscriminativeMethod, Vtdl,

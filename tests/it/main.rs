@@ -12,6 +12,7 @@ mod hub;
 mod hub_server;
 mod import_extract;
 mod layers;
+mod loss_parity;
 mod ops;
 mod outside_method;
 mod pretext;
