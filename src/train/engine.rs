@@ -206,7 +206,7 @@ pub fn step_metadata(cfg: &LoopConfig, step: u64) -> HashMap<String, String> {
 pub fn run(
     obj: &mut dyn Objective,
     groups: &mut [ParamGroup],
-    sched: &Schedule,
+    sched: &mut Schedule,
     dataset: Arc<dyn VideoDataset>,
     cfg: &LoopConfig,
     run: &RunDir,
@@ -222,7 +222,7 @@ pub fn run(
     run.remove_stale_temp_files();
     let mut start = 0u64;
     if cfg.resume && !run.checkpoints().is_empty() {
-        start = resume_from(run, obj, groups, device)?;
+        start = resume_from(run, obj, groups, sched, device)?;
         truncate_metrics(&run.metrics(), start)?;
     }
     let plan = BatchPlan {
@@ -267,6 +267,7 @@ pub fn run(
             .map(|g| (&mut g.optimizer, g.lr_factor * lr))
             .collect();
         let grad_norm = update(&out.loss, &mut steps, cfg.grad_clip)?;
+        sched.observe(step, loss);
         obj.after_step()?;
         last_loss = loss;
         window.1 += clips;
@@ -296,7 +297,7 @@ pub fn run(
         obj.after_update(done, loss)?;
         let ckpt_due = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
         if ckpt_due || done == cfg.end {
-            save_checkpoint(run, cfg, obj, groups, done)?;
+            save_checkpoint(run, cfg, obj, groups, sched, done)?;
         }
     }
     bar.finish_and_clear();
@@ -313,6 +314,7 @@ fn save_checkpoint(
     cfg: &LoopConfig,
     obj: &dyn Objective,
     groups: &[ParamGroup],
+    sched: &Schedule,
     step: u64,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = obj
@@ -323,6 +325,12 @@ fn save_checkpoint(
     for g in groups {
         tensors.extend(g.state()?);
     }
+    tensors.extend(
+        sched
+            .state()?
+            .into_iter()
+            .map(|(k, v)| (format!("schedule.{k}"), v)),
+    );
     tensors.extend(
         obj.state()?
             .into_iter()
@@ -347,6 +355,7 @@ fn resume_from(
     run: &RunDir,
     obj: &mut dyn Objective,
     groups: &mut [ParamGroup],
+    sched: &mut Schedule,
     device: &Device,
 ) -> Result<u64> {
     let mut last_err = None;
@@ -365,6 +374,9 @@ fn resume_from(
                         .map_err(|e| Error::checkpoint(path, e.to_string()))?;
                 }
                 obj.load_state(&part("method."))?;
+                sched
+                    .load_state(&part("schedule."))
+                    .map_err(|e| Error::checkpoint(path, e.to_string()))?;
                 obj.load_metadata(&meta, path)?;
                 let meta_step: Option<u64> = meta.get("step").and_then(|s| s.parse().ok());
                 if meta_step != Some(*step) {
