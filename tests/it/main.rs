@@ -15,6 +15,7 @@ mod layers;
 mod loss_parity;
 mod ops;
 mod outside_method;
+mod paper_recipes;
 mod pretext;
 mod recipe;
 mod speed_sort;
