@@ -51,7 +51,7 @@ pub use geometric::{
     GeometricConfig, GeometricMethod, GeometricPretext, Rotation3d, RotationsPerClip,
 };
 pub use speed_sort::{
-    SpeedLabel, SpeedSortConfig, SpeedSortMethod, SpeedSortPretext, VariableSpeed,
+    SpeedDraw, SpeedLabel, SpeedSortConfig, SpeedSortMethod, SpeedSortPretext, VariableSpeed,
 };
 pub use temporal_contrast::{
     BnBatches, IcDense, LlReduction, Tclr, TemporalContrast, TemporalContrastConfig,
