@@ -467,10 +467,12 @@ impl<T: SpeedSortPretext> SpeedSortMethod<T> {
         head_vars: VarStore,
     ) -> Result<Self> {
         let n = method.n_clips();
-        if n < 2 || n > method.speeds().len() {
+        let available = method
+            .signed_playbacks()
+            .map_or(method.speeds().len(), |p| p.len());
+        if n < 2 || n > available {
             return Err(Error::BadInput(format!(
-                "speed sort needs 2 <= n_clips <= speeds ({}), got {n}",
-                method.speeds().len()
+                "speed sort needs 2 <= n_clips <= {available} distinct playbacks, got {n}"
             )));
         }
         let c = backbone.out_channels();

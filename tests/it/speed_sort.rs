@@ -485,8 +485,14 @@ fn recipe_checks_name_the_key() {
         );
     };
     // 3 speeds: 6 signed ones, or 3 magnitudes with distinct = "magnitude".
-    bad(&["method.n_clips=7", "method.label=\"per_clip\""], "method.n_clips");
-    bad(&["method.n_clips=4", "method.distinct=\"magnitude\""], "method.n_clips");
+    bad(
+        &["method.n_clips=7", "method.label=\"per_clip\""],
+        "method.n_clips",
+    );
+    bad(
+        &["method.n_clips=4", "method.distinct=\"magnitude\""],
+        "method.n_clips",
+    );
     bad(&["method.distinct=\"sign\""], "method.distinct");
     bad(&["method.n_clips=1"], "method.n_clips");
     bad(&["method.speeds=[1, 2, 2]"], "method.speeds");
@@ -571,6 +577,19 @@ fn signed_draw_lets_a_speed_meet_its_reverse() {
         ..Default::default()
     };
     assert!(cfg(SpeedDraw::Signed).validate().is_ok());
+    // ... and the method builds and plans them.
+    let four = SpeedSortConfig {
+        n_clips: 4,
+        speeds: vec![1, 2],
+        label: SpeedLabel::PerClip,
+        pair_hidden: 6,
+        ..Default::default()
+    };
+    let heads = VarStore::new(&Device::Cpu, 9);
+    let m = four.init(4, tiny_backbone(NormKind::Bn, 4), heads).unwrap();
+    let plan = m.planner().plan(40, &mut rng).unwrap();
+    let s: BTreeSet<i64> = plan.iter().map(|c| c.meta.signed_speed()).collect();
+    assert_eq!(s, BTreeSet::from([-2, -1, 1, 2]));
     assert_eq!(
         cfg(SpeedDraw::Magnitude).validate().unwrap_err().0,
         "n_clips"
