@@ -72,6 +72,10 @@ pub struct SpeedSortConfig {
     pub pair_hidden: usize,
     /// Dropout before the final classifier.
     pub dropout: f64,
+    /// With `label = "sort"`: weight of an auxiliary per-clip (speed, direction)
+    /// cross-entropy on the pooled clip features (`pretext.aux`), added to the sort
+    /// loss; 0 (default) is the paper's sort loss alone.
+    pub aux_per_clip: f64,
 }
 
 impl Default for SpeedSortConfig {
@@ -85,6 +89,7 @@ impl Default for SpeedSortConfig {
             label: SpeedLabel::Sort,
             pair_hidden: 512,
             dropout: 0.5,
+            aux_per_clip: 0.0,
         }
     }
 }
@@ -127,6 +132,16 @@ impl SpeedSortConfig {
         check((0.0..1.0).contains(&m.dropout), "dropout", || {
             format!("must be in [0, 1), got {}", m.dropout)
         })?;
+        check(
+            m.aux_per_clip.is_finite() && m.aux_per_clip >= 0.0,
+            "aux_per_clip",
+            || format!("must be >= 0, got {}", m.aux_per_clip),
+        )?;
+        check(
+            m.aux_per_clip == 0.0 || m.label == SpeedLabel::Sort,
+            "aux_per_clip",
+            || "only with method.label = \"sort\" (per_clip is already per clip)".into(),
+        )?;
         Ok(())
     }
 
@@ -145,14 +160,19 @@ impl SpeedSortConfig {
             distinct: self.distinct,
             label: self.label,
         };
-        SpeedSortMethod::new(
+        let m = SpeedSortMethod::new(
             method,
             frames,
             self.pair_hidden,
             self.dropout,
             backbone,
             head_vars,
-        )
+        )?;
+        if self.aux_per_clip > 0.0 {
+            m.with_aux_per_clip(self.aux_per_clip)
+        } else {
+            Ok(m)
+        }
     }
 }
 
@@ -267,6 +287,17 @@ pub trait SpeedSortPretext: Send + Sync + 'static {
     fn signed_playbacks(&self) -> Option<Vec<PlaybackSpeed>> {
         None
     }
+    /// Number of per-clip classes for an auxiliary per-clip loss beside a per-video
+    /// label ([`SpeedSortPretext::clip_labels`]); `None` (default) offers none.
+    fn clip_classes(&self) -> Option<usize> {
+        None
+    }
+    /// Each clip's own class for the auxiliary loss.
+    fn clip_labels(&self, _metas: &[ClipMeta]) -> Result<Vec<u32>> {
+        Err(Error::Internal(
+            "this speed-sort method has no per-clip classes".into(),
+        ))
+    }
     /// Whether labels are per video or per clip.
     fn target(&self) -> SpeedTarget;
     /// Number of classes.
@@ -319,6 +350,17 @@ impl SpeedSortPretext for VariableSpeed {
 
     fn signed_playbacks(&self) -> Option<Vec<PlaybackSpeed>> {
         (self.distinct == SpeedDraw::Signed).then(|| self.playbacks())
+    }
+
+    fn clip_classes(&self) -> Option<usize> {
+        Some(per_clip_classes(&self.speeds, self.reverse))
+    }
+
+    fn clip_labels(&self, metas: &[ClipMeta]) -> Result<Vec<u32>> {
+        metas
+            .iter()
+            .map(|m| per_clip_label(m, &self.speeds, self.reverse))
+            .collect()
     }
 
     fn target(&self) -> SpeedTarget {
@@ -452,6 +494,8 @@ pub struct SpeedSortMethod<T: SpeedSortPretext> {
     backbone: Box<dyn Backbone>,
     sort_head: Option<SortHead>,
     fc: Option<Linear>,
+    /// Auxiliary per-clip classifier and its weight (per-video targets only).
+    aux: Option<(Linear, f64)>,
     head_vars: VarStore,
 }
 
@@ -506,8 +550,26 @@ impl<T: SpeedSortPretext> SpeedSortMethod<T> {
             backbone,
             sort_head,
             fc,
+            aux: None,
             head_vars,
         })
+    }
+
+    /// Adds an auxiliary per-clip classifier (`pretext.aux`, the method's
+    /// [`SpeedSortPretext::clip_classes`]) whose cross-entropy, times `weight`, joins the
+    /// per-video loss.
+    pub fn with_aux_per_clip(mut self, weight: f64) -> Result<Self> {
+        let classes = match (self.method.target(), self.method.clip_classes()) {
+            (SpeedTarget::PerVideo, Some(k)) => k,
+            _ => {
+                return Err(Error::BadInput(
+                    "an auxiliary per-clip loss needs per-video labels and per-clip classes".into(),
+                ))
+            }
+        };
+        let c = self.backbone.out_channels();
+        self.aux = Some((Linear::new(&self.head_vars.pp("aux"), c, classes)?, weight));
+        Ok(self)
     }
 
     /// The family implementor.
@@ -575,7 +637,19 @@ impl<T: SpeedSortPretext> Pretext for SpeedSortMethod<T> {
         let labels = Tensor::from_vec(targets.clone(), targets.len(), batch.clips.device())?;
         let f = self.backbone.pooled(&batch.clips, train)?;
         let logits = self.logits(&f, batch.videos, train, mix(batch.seed ^ 0x5bd5))?;
-        StepOutput::classification(&logits, &labels)
+        let mut out = StepOutput::classification(&logits, &labels)?;
+        if let Some((fc, w)) = &self.aux {
+            let t = self.method.clip_labels(&batch.clip_meta)?;
+            let t = Tensor::from_vec(t.clone(), t.len(), batch.clips.device())?;
+            let aux = StepOutput::classification(&fc.forward(&f)?, &t)?;
+            out.loss = (out.loss + (aux.loss * *w)?)?;
+            out.scalars.extend(
+                aux.scalars
+                    .into_iter()
+                    .map(|(k, v)| (if k == "acc" { "aux_acc" } else { k }, v)),
+            );
+        }
+        Ok(out)
     }
 
     fn backbone(&self) -> &dyn Backbone {

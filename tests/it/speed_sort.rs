@@ -595,3 +595,47 @@ fn signed_draw_lets_a_speed_meet_its_reverse() {
         "n_clips"
     );
 }
+
+/// `aux_per_clip`: with all head weights zero the sort head gives ln 6 and the auxiliary
+/// per-clip head (`pretext.aux`, 8 classes for 4 speeds x 2 directions) ln 8, so the
+/// loss is ln 6 + w ln 8; the key is refused with `label = "per_clip"`.
+#[test]
+fn auxiliary_per_clip_loss_adds_its_weighted_cross_entropy() {
+    let cfg = SpeedSortConfig {
+        n_clips: 3,
+        speeds: vec![1, 2, 4, 8],
+        label: SpeedLabel::Sort,
+        pair_hidden: 6,
+        aux_per_clip: 0.5,
+        ..Default::default()
+    };
+    let heads = VarStore::new(&Device::Cpu, 9);
+    let mut p = cfg.init(4, tiny_backbone(NormKind::Bn, 4), heads).unwrap();
+    let mut t = BTreeMap::new();
+    for (k, v) in p.head_vars().all() {
+        t.insert(
+            k,
+            Tensor::zeros(v.dims(), DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    assert!(t.contains_key("aux.weight") && t.contains_key("aux.bias"));
+    p.head_vars().load(&t).unwrap();
+    let metas = vec![
+        m(1, false),
+        m(4, true),
+        m(2, false),
+        m(8, false),
+        m(1, true),
+        m(2, true),
+    ];
+    let out = p.step(&batch(metas, 2), false).unwrap();
+    let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
+    let want = 6f64.ln() + 0.5 * 8f64.ln();
+    assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    assert!(out.scalars.iter().any(|(k, _)| *k == "aux_acc"));
+    let bad = SpeedSortConfig {
+        label: SpeedLabel::PerClip,
+        ..cfg
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "aux_per_clip");
+}
