@@ -93,6 +93,7 @@ pub fn run(a: &Args, device: &Device) -> Result<TrainSummary> {
         stop_after: a.stop_after,
         recipe: Some(r.to_toml()),
         name: format!("{} (rotation_reversal, outside vssl)", r.name),
+        force: false,
     };
     let dataset = registry::dataset(&r.data)?;
     fit(

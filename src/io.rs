@@ -154,6 +154,30 @@ fn write_bytes(path: &Path, bytes: &[u8], crash_hook: bool) -> Result<()> {
     sync_dir(path)
 }
 
+/// The metadata key holding [`tensors_checksum`] in checkpoints.
+pub const CHECKSUM_KEY: &str = "tensors_sha256";
+
+/// sha256 over every tensor's name, dtype, shape and little-endian bytes, in name
+/// order: stored in checkpoints so that a file whose bytes changed after it was
+/// written (a torn copy, a flipped bit) is detected even when it still parses.
+pub fn tensors_checksum<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<String> {
+    use sha2::Digest;
+    let mut sorted: Vec<(&str, &Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = sha2::Sha256::new();
+    for (name, t) in sorted {
+        let host = to_host(Path::new(name), name, t)?;
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", host.dtype, host.shape).as_bytes());
+        h.update((host.bytes.len() as u64).to_le_bytes());
+        h.update(&host.bytes);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Makes the rename durable: fsync the directory holding `path` (Unix only).
 fn sync_dir(path: &Path) -> Result<()> {
     #[cfg(unix)]
@@ -169,6 +193,36 @@ fn sync_dir(path: &Path) -> Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
+}
+
+/// The `__metadata__` map of a safetensors file, read from its header alone
+/// (empty when absent); errors name the path.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let corrupt =
+        |what: &str| Error::checkpoint(path, format!("not a valid safetensors file: {what}"));
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| corrupt("no header length"))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(corrupt("header length too large"));
+    }
+    let mut head = vec![0u8; n as usize];
+    f.read_exact(&mut head)
+        .map_err(|_| corrupt("truncated header"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&head).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Reads every tensor of a safetensors file onto `device`, plus its

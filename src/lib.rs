@@ -17,8 +17,8 @@
 //! | layer | modules | holds |
 //! | --- | --- | --- |
 //! | 0 | `error` | the typed [`Error`] |
-//! | 1 | `seed`, `io`, `run_dir` | counter-based seeding and hashing; safetensors read / atomic write; the run-directory layout ([`run_dir::RunDir`]: every file name lives there) |
-//! | 2 | `nn`, `hub` | parameter store (trainable vs buffers, load report), `Linear`, dropout; the Hugging Face Hub: names, cache, verified downloads, pushes, the weights index ([`hub::resolve`]) |
+//! | 1 | `seed`, `io`, `run_dir`, `process` | counter-based seeding and hashing; safetensors read / atomic write; the run-directory layout ([`run_dir::RunDir`]: every file name lives there); host, pid start time and liveness |
+//! | 2 | `nn`, `hub`, `telemetry`, `lock` | parameter store (trainable vs buffers, load report), `Linear`, dropout; the Hugging Face Hub: names, cache, verified downloads, pushes, the weights index ([`hub::resolve`]); TensorBoard event files, the run-state file, progress lines; the run-directory lock |
 //! | 3 | `ops` | 3D layers and kernels candle lacks (conv3d, pool3d, BN3d, TGN, fused epilogues) |
 //! | 4 | `backbone`, `data`, `loss` | C3D / R3D / MC3 / R(2+1)D with their configs; decoding, datasets, the clip vocabulary, augmentation, cache, loader; pure losses |
 //! | 5 | `pretext` | the [`pretext::Pretext`] trait, the four family traits with one adapter each, the shipped methods with their configs |
@@ -26,7 +26,7 @@
 //! | 7 | `eval` | linear probe, retrieval, fine-tuning (an objective on the training loop), multi-clip features |
 //! | 8 | `registry` | config enums -> built components (datasets, backbones, methods) |
 //! | 9 | `recipe` | figment layering, the [`recipe::Recipe`] aggregate, cross-section checks |
-//! | 10 | `app` | recipe-driven commands: train and evaluate from a recipe, bench, import, extract, cache building |
+//! | 10 | `app` | recipe-driven commands: train and evaluate from a recipe, bench, import, extract, export, cache building |
 //! | 11 | `report` | comparison tables and plots over run directories |
 //! | 12 | `sweep` | grid/zip expansion, local and Slurm executors |
 //!
@@ -42,16 +42,19 @@ pub mod error;
 pub mod eval;
 pub mod hub;
 pub mod io;
+pub mod lock;
 pub mod loss;
 pub mod nn;
 pub mod ops;
 pub mod pretext;
+pub mod process;
 pub mod recipe;
 pub mod registry;
 pub mod report;
 pub mod run_dir;
 pub mod seed;
 pub mod sweep;
+pub mod telemetry;
 pub mod train;
 
 pub use error::{Error, Result};

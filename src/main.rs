@@ -47,7 +47,8 @@ enum Cmd {
     /// skipped and stopped ones resumed, so rerunning continues an interrupted sweep.
     Sweep(cli::sweep::Args),
     /// Compare runs: markdown + CSV tables (mean ± std over the runs of a row), loss
-    /// and metric plots (PNG, SVG) and an index.md, written to --out.
+    /// and metric plots (PNG, SVG), an index.md and a self-contained index.html,
+    /// written to --out.
     Compare(cli::compare::Args),
     /// Write a run as a Hub model repo folder: backbone weights (torchvision names),
     /// config.json and a model card with the run's evaluation results.
@@ -58,6 +59,12 @@ enum Cmd {
     /// Fetch published weights (registry name or hf:// id) into the Hub cache and
     /// print the local path.
     Pull(cli::pull::Args),
+    /// List runs: id, method, arch, data, step/total, state (running, finished,
+    /// failed, interrupted), age and headline metrics, from the run directories.
+    Runs(cli::runs::Args),
+    /// Plot runs' training curves (loss and each loss term, lr, clips/s, data wait,
+    /// grad norm) as PNG and SVG, the runs overlaid with a legend.
+    Plot(cli::plot::Args),
     /// Dataset utilities.
     Data(cli::data::Args),
     /// Benchmarks: model and conv3d speed against PyTorch, the data pipeline against
@@ -77,6 +84,8 @@ fn run(cmd: Cmd, device: &DeviceSpec) -> anyhow::Result<()> {
         Cmd::Export(a) => cli::export::run(a, device),
         Cmd::Push(a) => cli::push::run(a, device),
         Cmd::Pull(a) => cli::pull::run(a, device),
+        Cmd::Runs(a) => cli::runs::run(a, device),
+        Cmd::Plot(a) => cli::plot::run(a, device),
         Cmd::Data(a) => cli::data::run(a, device),
         Cmd::Bench(a) => cli::bench::run(a, device),
     }

@@ -40,6 +40,8 @@ pub const EVAL_DIR: &str = "eval";
 pub const POINT_FILE: &str = "point.toml";
 /// Videos the loader had to skip.
 pub const BAD_VIDEOS_FILE: &str = "bad_videos.txt";
+/// Held by the process writing into the directory (see `crate::lock`).
+pub const LOCK_FILE: &str = "lock";
 /// A sweep's log of a point's `vssl train` child.
 pub const TRAIN_LOG: &str = "train.log";
 /// A sweep's log of a point's `vssl eval` child.
@@ -48,6 +50,12 @@ pub const EVAL_LOG: &str = "eval.log";
 pub const BEST_FILE: &str = "best.safetensors";
 /// Fine-tuning: the weights after the last epoch.
 pub const LAST_FILE: &str = "last.safetensors";
+/// The training process's state and heartbeat (running, finished, failed, ...).
+pub const STATE_FILE: &str = "state.json";
+/// TensorBoard event files.
+pub const TB_DIR: &str = "tb";
+/// How TensorBoard names its event files: `events.out.tfevents.<time>.<host>...`.
+pub const TB_EVENTS_PREFIX: &str = "events.out.tfevents.";
 
 const CHECKPOINT_PREFIX: &str = "step-";
 const CHECKPOINT_SUFFIX: &str = ".safetensors";
@@ -137,15 +145,7 @@ impl RunDir {
 
     /// Result files under `eval/`, sorted by name.
     pub fn eval_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.eval_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        files
+        files_in(&self.eval_dir(), |name| name.ends_with(".json"))
     }
 
     /// The fine-tuning sub-run of a protocol stem: `eval/<stem>/`.
@@ -163,6 +163,28 @@ impl RunDir {
         self.root.join(LAST_FILE)
     }
 
+    /// The training process's state file.
+    pub fn state(&self) -> PathBuf {
+        self.root.join(STATE_FILE)
+    }
+
+    /// TensorBoard's log directory of the run.
+    pub fn tb_dir(&self) -> PathBuf {
+        self.root.join(TB_DIR)
+    }
+
+    /// An event file: `tb/events.out.tfevents.<unique>`.
+    pub fn tb_event_file(&self, unique: &str) -> PathBuf {
+        self.tb_dir().join(format!("{TB_EVENTS_PREFIX}{unique}"))
+    }
+
+    /// Event files under `tb/`, sorted by name (temporary files left out).
+    pub fn tb_event_files(&self) -> Vec<PathBuf> {
+        files_in(&self.tb_dir(), |name| {
+            name.starts_with(TB_EVENTS_PREFIX) && !is_temp_name(name)
+        })
+    }
+
     /// Removes temporary files in the checkpoints directory: a process killed inside
     /// an atomic write leaves one behind, and the checkpoint it was writing never got
     /// its final name, so the file is garbage.
@@ -175,6 +197,19 @@ impl RunDir {
             }
         }
     }
+}
+
+/// Entries of `dir` whose names `keep` accepts, sorted (none if `dir` is missing).
+fn files_in(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| keep(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
 }
 
 /// Checkpoint file name of a step.
@@ -206,6 +241,14 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Replaces `path` with `bytes` through its [`temp_sibling`] and a rename, so a
+/// reader sees the old file or the new one, never half of one.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> crate::Result<()> {
+    let tmp = temp_sibling(path);
+    std::fs::write(&tmp, bytes).map_err(|e| crate::Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| crate::Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +261,11 @@ mod tests {
         assert_eq!(r.metrics(), Path::new("/w/run/metrics.jsonl"));
         assert_eq!(r.point(), Path::new("/w/run/point.toml"));
         assert_eq!(r.bad_videos(), Path::new("/w/run/bad_videos.txt"));
+        assert_eq!(r.state(), Path::new("/w/run/state.json"));
+        assert_eq!(
+            r.tb_event_file("1.h.2.0"),
+            Path::new("/w/run/tb/events.out.tfevents.1.h.2.0")
+        );
         assert_eq!(
             r.checkpoint(12),
             Path::new("/w/run/checkpoints/step-00000012.safetensors")

@@ -8,7 +8,8 @@
 1. `model.safetensors` opens in Python's safetensors with its metadata (format, recipe,
    vssl version, input convention);
 2. the weights load into torchvision's model (built from `config.json`) with
-   `load_state_dict(strict=True)` once `fc` is an Identity;
+   `load_state_dict(strict=True)` once `fc` is an Identity (a fine-tuned export keeps
+   its `fc` with `num_classes` from config.json);
 3. with --clips (a safetensors `clips` [N,3,T,H,W], normalised) and --features (what
    `vssl extract` wrote for them), torchvision's features equal vssl's
    (max abs diff <= 1e-5);
@@ -48,8 +49,12 @@ def main():
     cfg = json.load(open(os.path.join(a.export_dir, "config.json")))
     arch = cfg.get("torchvision_arch")
     assert arch, f"{cfg['arch']} has no torchvision constructor"
-    model = getattr(torchvision.models.video, arch)()
-    model.fc = torch.nn.Identity()
+    classes = cfg.get("num_classes")
+    if classes:  # a fine-tuned export: backbone + classifier
+        model = getattr(torchvision.models.video, arch)(num_classes=classes)
+    else:
+        model = getattr(torchvision.models.video, arch)()
+        model.fc = torch.nn.Identity()
     model.load_state_dict(load_file(weights), strict=True)
     model.eval()
     print(f"torchvision.models.video.{arch}: load_state_dict(strict=True) ok")

@@ -12,9 +12,9 @@ use crate::eval::{
     extract, file_stem, finetune, linear, load_weights, mean_std_of, retrieval, write_json,
     EvalSetup, EvalTarget, Protocol,
 };
-use crate::io::read_safetensors;
 use crate::recipe::{self, Recipe, RecipeSource};
 use crate::run_dir::RunDir;
+use crate::telemetry::EventWriter;
 use crate::{registry, Error, Result};
 
 /// What to evaluate and how.
@@ -68,6 +68,7 @@ pub fn evaluate(
             run.path().display()
         )));
     }
+    let _lock = crate::lock::RunLock::acquire(run.path(), "vssl eval")?;
     let base: Recipe = recipe::load(&RecipeSource::with_sets(recipe_file, opts.sets.clone()))?;
     let eval_dir = run.eval_dir();
     std::fs::create_dir_all(&eval_dir).map_err(|e| Error::io(&eval_dir, e))?;
@@ -84,6 +85,7 @@ pub fn evaluate(
     };
     let mut out = Vec::new();
     let mut per_protocol: BTreeMap<&'static str, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut scalars = BTreeMap::new();
     for split in splits {
         let mut recipe = base.clone();
         if let Some(s) = split {
@@ -166,6 +168,7 @@ pub fn evaluate(
                 "eval_recipe": recipe.eval,
             });
             write_json(&run.eval_file(&stem), &json)?;
+            tb_scalars(&json["metrics"], &stem, &mut scalars);
             per_protocol.entry(p.name()).or_default().push(json.clone());
             out.push(json);
         }
@@ -182,10 +185,13 @@ pub fn evaluate(
                 "mean": mean,
                 "std": std,
             });
-            write_json(&run.eval_file(&file_stem(p, opts.random_init, None)), &json)?;
+            let stem = file_stem(p, opts.random_init, None);
+            write_json(&run.eval_file(&stem), &json)?;
+            tb_scalars(&json["mean"], &stem, &mut scalars);
             out.push(json);
         }
     }
+    write_tb(target, opts.random_init, &scalars)?;
     Ok(out)
 }
 
@@ -211,7 +217,7 @@ pub fn target(arg: &Path, out: Option<&Path>) -> Result<EvalTarget> {
     // The real file (a cache snapshot entry is a symlink into `blobs/`).
     let weights =
         std::fs::canonicalize(&resolved.path).map_err(|e| Error::io(&resolved.path, e))?;
-    let (_, meta) = read_safetensors(&weights, &Device::Cpu)?;
+    let meta = crate::io::read_safetensors_metadata(&weights)?;
     let recipe_text = meta.get("recipe").ok_or_else(|| {
         Error::checkpoint(
             &weights,
@@ -253,4 +259,35 @@ pub fn target(arg: &Path, out: Option<&Path>) -> Result<EvalTarget> {
         run_dir: run,
         weights: model,
     })
+}
+
+/// `eval/<stem>/<metric>` for each numeric leaf of a protocol's metrics.
+fn tb_scalars(metrics: &serde_json::Value, stem: &str, out: &mut BTreeMap<String, f64>) {
+    let mut leaves = BTreeMap::new();
+    crate::eval::numeric_leaves(metrics, "", &mut leaves);
+    out.extend(
+        leaves
+            .into_iter()
+            .map(|(k, v)| (format!("eval/{stem}/{k}"), v)),
+    );
+}
+
+/// Eval metrics into the run's TensorBoard log at the step of the weights evaluated
+/// (0 for a random init), replacing those of an earlier evaluation.
+fn write_tb(target: &EvalTarget, random_init: bool, scalars: &BTreeMap<String, f64>) -> Result<()> {
+    let step = if random_init {
+        0
+    } else {
+        crate::io::read_safetensors_metadata(&target.weights)?
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut tb = EventWriter::create(&target.run_dir, &|e| {
+        e.tag().is_some_and(|t| scalars.contains_key(t))
+    })?;
+    for (tag, v) in scalars {
+        tb.scalar(step, tag, *v)?;
+    }
+    Ok(())
 }

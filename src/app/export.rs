@@ -5,6 +5,9 @@
 //!   metadata `format = "pt"`, the resolved recipe, the vssl version and the input
 //!   convention; `--with-heads` keeps the `pretext.*` tensors for resuming pretraining
 //!   elsewhere;
+//! - with `--finetune STEM`, the best weights of the fine-tuning sub-run `eval/STEM/`
+//!   instead (backbone + classifier `fc`), carded as `video-classification` with
+//!   `base_model`;
 //! - `config.json`: what another tool needs to rebuild the network and feed it;
 //! - `README.md`: the model card (YAML front matter with a `model-index` built from
 //!   the run's `eval/*.json`, then the method, the results, how to load the weights
@@ -46,6 +49,12 @@ pub struct ExportOptions {
     pub repo: Option<String>,
     /// The card's `license` (default `mit`).
     pub license: Option<String>,
+    /// Export a fine-tuned model instead: the best weights of the fine-tuning sub-run
+    /// `eval/<stem>/` (backbone + classifier under torchvision's `fc` names).
+    pub finetune: Option<String>,
+    /// The Hub repo of the pretrained model a fine-tuned export came from (the card's
+    /// `base_model`).
+    pub base_model: Option<String>,
 }
 
 /// What an export wrote.
@@ -196,6 +205,9 @@ struct CardInput<'a> {
     spec: &'a BackboneSpec,
     feature_dim: usize,
     with_heads: bool,
+    /// Classes of a fine-tuned export's classifier.
+    num_classes: Option<usize>,
+    base_model: Option<&'a str>,
 }
 
 /// The model card (front matter + body).
@@ -204,7 +216,13 @@ fn card(c: &CardInput) -> String {
     let mut y = String::from("---\n");
     y.push_str(&format!("license: {}\n", yq(c.license)));
     y.push_str("library_name: vssl\n");
-    y.push_str("pipeline_tag: feature-extraction\n");
+    y.push_str(match c.num_classes {
+        Some(_) => "pipeline_tag: video-classification\n",
+        None => "pipeline_tag: feature-extraction\n",
+    });
+    if let Some(b) = c.base_model {
+        y.push_str(&format!("base_model: {}\n", yq(b)));
+    }
     y.push_str("tags:\n");
     for t in [
         "video",
@@ -260,15 +278,24 @@ fn card(c: &CardInput) -> String {
     let std = d.augment.std;
     let mut body = format!(
         "# {name}\n\nA {arch} video encoder pretrained without labels by **{method_name}** \
-         with [vssl](https://github.com/vssl/vssl) (recipe `{name}`).\n\n\
+         with [vssl](https://github.com/vssl/vssl) (recipe `{name}`){tuned}.\n\n\
          **Input:** RGB clips `[N, 3, T, H, W]` (T = {t} frames, {s}x{s} pixels), values in \
-         [0, 1] normalised per channel with mean {mean:?} and std {std:?}. **Output** of the \
-         backbone: globally average-pooled features of dimension {c} (no classifier).\n\n",
+         [0, 1] normalised per channel with mean {mean:?} and std {std:?}. **Output:** {out}.\n\n",
+        tuned = match c.num_classes {
+            Some(_) => ", then fine-tuned with labels",
+            None => "",
+        },
+        out = match c.num_classes {
+            Some(n) => format!("class logits `[N, {n}]` (classifier `fc`)"),
+            None => format!(
+                "globally average-pooled features of dimension {} (no classifier)",
+                c.feature_dim
+            ),
+        },
         name = c.name,
         arch = arch_name(b.arch),
         t = c.spec.frames,
         s = d.size,
-        c = c.feature_dim,
     );
     if c.with_heads {
         body.push_str(
@@ -307,10 +334,17 @@ fn card(c: &CardInput) -> String {
         Some(tv) if b.norm == NormKind::Bn && !b.temporal_dilation_last_stage => {
             body.push_str(&format!(
                 "```python\nimport torch, torchvision\nfrom huggingface_hub import hf_hub_download\nfrom safetensors.torch import load_file\n\n\
-                 model = torchvision.models.video.{tv}()\nmodel.fc = torch.nn.Identity()  # backbone only\n\
+                 {build}\
                  model.load_state_dict(load_file(hf_hub_download(\"{repo}\", \"model.safetensors\")), strict={strict})\nmodel.eval()\n\
                  mean = torch.tensor({mean:?}).view(1, 3, 1, 1, 1)\nstd = torch.tensor({std:?}).view(1, 3, 1, 1, 1)\n\
-                 x = torch.rand(1, 3, {t}, {s}, {s})  # RGB in [0, 1]\nfeatures = model((x - mean) / std)  # [1, 512]\n```\n\n",
+                 x = torch.rand(1, 3, {t}, {s}, {s})  # RGB in [0, 1]\n{out} = model((x - mean) / std)\n```\n\n",
+                build = match c.num_classes {
+                    Some(n) => format!("model = torchvision.models.video.{tv}(num_classes={n})\n"),
+                    None => format!(
+                        "model = torchvision.models.video.{tv}()\nmodel.fc = torch.nn.Identity()  # backbone only\n"
+                    ),
+                },
+                out = if c.num_classes.is_some() { "logits" } else { "features" },
                 repo = c.repo,
                 strict = if c.with_heads { "False" } else { "True" },
                 t = c.spec.frames,
@@ -381,16 +415,61 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     };
     let method = kind_of("method");
 
+    let model_file = match &opts.finetune {
+        None => model_file,
+        Some(stem) => {
+            if stem.is_empty()
+                || !stem
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            {
+                return Err(Error::BadInput(format!(
+                    "--finetune `{stem}`: expected the name of a fine-tuning result under \
+                     eval/ (e.g. finetune)"
+                )));
+            }
+            let best = run.finetune(stem).best();
+            if !best.is_file() {
+                return Err(Error::BadInput(format!(
+                    "{}: missing; run `vssl eval {} --protocol finetune` first",
+                    best.display(),
+                    run.path().display()
+                )));
+            }
+            best
+        }
+    };
+    let (mut tensors, _) = read_safetensors(&model_file, &Device::Cpu)?;
     let mut cfg = recipe.backbone.clone();
     cfg.num_classes = None;
     cfg.init = None;
+    if opts.finetune.is_some() {
+        // The fine-tuning head is `fc`; C3D's classifier is called `linear`.
+        let prefix = crate::backbone::arch::classifier_prefix(cfg.arch);
+        let head: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with("fc."))
+            .cloned()
+            .collect();
+        for k in head {
+            if let Some(t) = tensors.remove(&k) {
+                tensors.insert(format!("{prefix}.{}", &k[3..]), t);
+            }
+        }
+        let w = tensors.get(&format!("{prefix}.weight")).ok_or_else(|| {
+            Error::checkpoint(
+                &model_file,
+                "no fine-tuning classifier (`fc.weight`) in the file",
+            )
+        })?;
+        cfg.num_classes = Some(w.dims()[0]);
+    }
     let spec = BackboneSpec {
         cfg,
         frames: recipe.data.frames,
     };
     let net = spec.build(&Device::Cpu)?;
     let wanted: Vec<String> = net.vars().all().into_iter().map(|(k, _)| k).collect();
-    let (tensors, _) = read_safetensors(&model_file, &Device::Cpu)?;
     let mut kept: Vec<(String, Tensor)> = Vec::new();
     let mut dropped = Vec::new();
     for k in &wanted {
@@ -441,6 +520,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         "method_config": table.get("method"),
         "pretraining_data": table.get("data"),
         "with_heads": opts.with_heads,
+        "num_classes": spec.cfg.num_classes,
         "run": recipe.name,
     });
     if b.norm == NormKind::Tgn {
@@ -471,6 +551,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         spec: &spec,
         feature_dim: net.out_channels(),
         with_heads: opts.with_heads,
+        num_classes: spec.cfg.num_classes,
+        base_model: opts.base_model.as_deref(),
     });
 
     // Write into a temporary sibling, then rename it into place.

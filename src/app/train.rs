@@ -18,11 +18,20 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Stop after this many steps (as if interrupted): used to test resume.
     pub stop_after: Option<u64>,
+    /// Resume even when the recipe changes the run.
+    pub force: bool,
 }
 
 /// Trains the recipe's method into `opts.out`.
 pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<TrainSummary> {
     let run = RunDir::new(&opts.out);
+    if opts.resume && !run.path().is_dir() {
+        return Err(crate::Error::BadInput(format!(
+            "--resume: {} does not exist (drop --resume to start a run there)",
+            run.path().display()
+        )));
+    }
+    let _lock = crate::lock::RunLock::acquire(run.path(), "vssl train")?;
     let dataset = registry::dataset(&recipe.data)?;
     let mut pretext = registry::pretext(
         &recipe.method,
@@ -37,6 +46,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         stop_after: opts.stop_after,
         recipe: Some(recipe.to_toml()),
         name: format!("{} ({:?})", recipe.name, recipe.method.kind()),
+        force: opts.force,
     };
     fit(
         pretext.as_mut(),

@@ -23,11 +23,18 @@ pub struct Args {
     /// The card's license (default mit).
     #[arg(long)]
     license: Option<String>,
+    /// Export the fine-tuned model of eval/<STEM>/ (e.g. finetune) instead of the
+    /// pretrained backbone.
+    #[arg(long, value_name = "STEM")]
+    finetune: Option<String>,
+    /// The Hub repo of the pretrained model (the card's base_model), ORG/NAME.
+    #[arg(long)]
+    base_model: Option<String>,
 }
 
 /// Runs on the CPU whatever `--device` says (nothing is computed).
 pub fn run(a: Args, _: &DeviceSpec) -> anyhow::Result<()> {
-    if let Some(r) = &a.repo {
+    for r in a.repo.iter().chain(&a.base_model) {
         vssl::hub::id::parse_repo_id(r)?;
     }
     let opts = ExportOptions {
@@ -36,6 +43,8 @@ pub fn run(a: Args, _: &DeviceSpec) -> anyhow::Result<()> {
         with_heads: a.with_heads,
         repo: a.repo,
         license: a.license,
+        finetune: a.finetune,
+        base_model: a.base_model,
     };
     let rep = export::export(&opts)?;
     eprintln!(

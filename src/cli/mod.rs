@@ -14,9 +14,11 @@ pub mod eval;
 pub mod export;
 pub mod extract;
 pub mod import;
+pub mod plot;
 pub mod pull;
 pub mod push;
 pub mod recipe;
+pub mod runs;
 pub mod sweep;
 pub mod train;
 

@@ -18,9 +18,14 @@ pub struct Args {
     /// Run directory (default weights/<recipe name>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from the latest checkpoint in the run directory.
+    /// Continue from the latest checkpoint in the run directory (a directory with no
+    /// checkpoint yet starts from step 0). Refused when the recipe changes the run.
     #[arg(long)]
     resume: bool,
+    /// With --resume: continue even when the recipe changes the run (architecture,
+    /// method, data, batch size, seed, schedule); the changed keys are listed.
+    #[arg(long, requires = "resume")]
+    force: bool,
     /// Stop after this many steps, as if interrupted (for testing resume).
     #[arg(long, hide = true)]
     stop_after: Option<u64>,
@@ -38,6 +43,7 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
             out,
             resume: a.resume,
             stop_after: a.stop_after,
+            force: a.force,
         },
         &dev,
     )?;

@@ -158,13 +158,13 @@ impl Objective for Finetuner<'_> {
 
     /// At the end of every `test_every`-th epoch (and of the run): test, and keep
     /// the best weights.
-    fn after_update(&mut self, done: u64, loss: f64) -> Result<()> {
+    fn after_update(&mut self, done: u64, loss: f64) -> Result<Vec<(String, f64)>> {
         if !(done.is_multiple_of(self.steps_per_epoch) || done == self.total) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let epoch = done.div_ceil(self.steps_per_epoch);
         if !(epoch.is_multiple_of(self.setup.eval.test_every) || done == self.total) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let scores = test(
             self.net,
@@ -190,8 +190,14 @@ impl Objective for Finetuner<'_> {
             ]);
             write_safetensors_atomic(&self.run.best(), &self.tensors(), &meta)?;
         }
+        let measured = vec![
+            ("top1".to_string(), scores.top1),
+            ("top5".to_string(), scores.top5),
+            ("clip_top1".to_string(), scores.clip_top1),
+            ("clip_top5".to_string(), scores.clip_top5),
+        ];
         self.history.push(scores);
-        Ok(())
+        Ok(measured)
     }
 
     fn model_tensors(&self) -> Vec<(String, Tensor)> {
@@ -311,6 +317,8 @@ pub fn finetune(
         keep_checkpoints: 1,
         resume,
         metadata: HashMap::new(),
+        name: format!("fine-tune {}", run.path().display()),
+        recipe: Some(setup.recipe.to_string()),
     };
     let mut obj = Finetuner {
         net,

@@ -156,9 +156,7 @@ pub fn file_stem(p: Protocol, random_init: bool, split: Option<u8>) -> String {
 pub fn write_json(path: &Path, json: &serde_json::Value) -> Result<()> {
     let text =
         serde_json::to_string_pretty(json).map_err(|e| Error::Internal(e.to_string()))? + "\n";
-    let tmp = crate::run_dir::temp_sibling(path);
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::run_dir::replace_file(path, text.as_bytes())
 }
 
 /// Numeric leaves of a JSON object as dotted keys (arrays, and the fine-tuning

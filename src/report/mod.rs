@@ -1,8 +1,13 @@
 //! Comparisons of runs: `vssl compare` reads run directories (or whole sweeps),
 //! groups runs into rows (seeds of one sweep point by default), and writes a
 //! markdown and a CSV table (mean ± std per metric), loss-curve and metric-bar
-//! plots (PNG and SVG), and an `index.md` tying them together.
+//! plots (PNG and SVG), and an `index.md` and a self-contained `index.html` tying
+//! them together. `vssl runs` ([`listing`]) and `vssl plot` ([`curves`]) read the
+//! same run directories.
 
+pub mod curves;
+pub mod html;
+pub mod listing;
 pub mod plot;
 pub mod runs;
 pub mod table;
@@ -30,7 +35,7 @@ pub struct CompareOptions {
 pub struct CompareOutput {
     /// The markdown table (also in `table.md` and `index.md`).
     pub table: String,
-    /// Every file written, `index.md` last.
+    /// Every file written, `index.html` and `index.md` last.
     pub files: Vec<PathBuf>,
 }
 
@@ -116,8 +121,17 @@ pub fn compare(opts: &CompareOptions) -> Result<CompareOutput> {
             ));
         }
     }
+    let page = html::page(&html::Page {
+        runs: &runs,
+        groups: &groups,
+        table: &table::html(&runs, &groups, &metrics),
+        metrics_svg: &bars[1],
+        loss_svg: loss.as_ref().map(|l| l[1].as_path()),
+        out: &opts.out,
+    })?;
     files.extend(bars);
     files.extend(loss.into_iter().flatten());
+    files.push(write(&opts.out.join("index.html"), &page)?);
     files.push(write(&opts.out.join("index.md"), &index)?);
     Ok(CompareOutput { table: md, files })
 }

@@ -133,11 +133,12 @@ fn curve(runs: &[RunData], g: &Group) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
-/// One row's loss curve: palette index, row name, (step, mean, std).
-struct Curve<'a> {
-    color: usize,
-    name: &'a str,
-    points: Vec<(f64, f64, f64)>,
+/// One line of a line plot: palette index, legend name, (step, mean, std); a band
+/// of ±std is drawn where std is not zero.
+pub struct Curve {
+    pub color: usize,
+    pub name: String,
+    pub points: Vec<(f64, f64, f64)>,
 }
 
 /// Pretraining loss curves, one line (mean) and band (±std) per group; groups
@@ -152,7 +153,7 @@ pub fn loss_curves(
         .enumerate()
         .map(|(i, g)| Curve {
             color: i,
-            name: &g.name,
+            name: g.name.clone(),
             points: curve(runs, g),
         })
         .filter(|c| !c.points.is_empty())
@@ -160,6 +161,12 @@ pub fn loss_curves(
     if curves.is_empty() {
         return Ok(None);
     }
+    let title = "Pretraining loss (mean ± std over runs)";
+    line_plot(stem, title, "loss", &curves).map(Some)
+}
+
+/// Curves over steps with a legend, as `<stem>.png` and `<stem>.svg`.
+pub fn line_plot(stem: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Result<Vec<PathBuf>> {
     let pts = curves.iter().flat_map(|c| c.points.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(s, m, sd) in pts {
@@ -167,38 +174,51 @@ pub fn loss_curves(
         y0 = y0.min(m - sd);
         y1 = y1.max(m + sd);
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let (y0, y1) = (y0 - pad, y1 + pad);
-    let frame = (x1, y0, y1);
+    if !y0.is_finite() {
+        (y0, y1) = (0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6 * y1.abs().max(1.0));
+    let frame = Frame {
+        x1,
+        y0: y0 - pad,
+        y1: y1 + pad,
+        title,
+        y_desc,
+    };
     both(
         stem,
         (960, 560),
-        |r| draw_loss(r, &curves, frame),
-        |r| draw_loss(r, &curves, frame),
+        |r| draw_lines(r, curves, &frame),
+        |r| draw_lines(r, curves, &frame),
     )
-    .map(Some)
 }
 
-/// Draws the loss curves on any backend.
-fn draw_loss<DB: DrawingBackend>(
+/// The axes of a line plot.
+struct Frame<'a> {
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    title: &'a str,
+    y_desc: &'a str,
+}
+
+/// Draws line curves on any backend.
+fn draw_lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     curves: &[Curve],
-    (x1, y0, y1): (f64, f64, f64),
+    f: &Frame,
 ) -> std::result::Result<(), String> {
     let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Pretraining loss (mean ± std over runs)",
-            ("sans-serif", 22),
-        )
+        .caption(f.title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x1, y0..y1)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..f.x1, f.y0..f.y1)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("loss")
+        .y_desc(f.y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 14))
         .draw()
@@ -210,7 +230,7 @@ fn draw_loss<DB: DrawingBackend>(
     } in curves
     {
         let color = color(*ci);
-        if c.len() > 1 {
+        if c.len() > 1 && c.iter().any(|p| p.2 != 0.0) {
             let mut band: Vec<(f64, f64)> = c.iter().map(|&(s, m, sd)| (s, m + sd)).collect();
             band.extend(c.iter().rev().map(|&(s, m, sd)| (s, m - sd)));
             chart

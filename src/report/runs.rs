@@ -75,20 +75,7 @@ impl RunData {
                 numeric_leaves(b, &stem, &mut metrics);
             }
         }
-        let mut losses = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(run.metrics()) {
-            for line in text.lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                if let (Some(s), Some(l)) = (
-                    v.get("step").and_then(|x| x.as_u64()),
-                    v.get("loss").and_then(|x| x.as_f64()),
-                ) {
-                    losses.push((s, l));
-                }
-            }
-        }
+        let losses = series(&run).remove("loss").unwrap_or_default();
         if let Some(&(_, l)) = losses.last() {
             metrics.insert("pretrain.final_loss".into(), l);
         }
@@ -103,6 +90,31 @@ impl RunData {
             trained,
         })
     }
+}
+
+/// Logged quantities by name: (step, value) pairs.
+pub type Series = BTreeMap<String, Vec<(u64, f64)>>;
+
+/// Every numeric field of `metrics.jsonl` (except `step`) as (step, value) pairs
+/// in file order; lines that are not JSON objects with a step are skipped (a line
+/// torn by a kill).
+pub fn series(run: &RunDir) -> Series {
+    let mut out = Series::new();
+    let text = std::fs::read_to_string(run.metrics()).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(serde_json::Value::Object(v)) = serde_json::from_str(line) else {
+            continue;
+        };
+        let Some(step) = v.get("step").and_then(|x| x.as_u64()) else {
+            continue;
+        };
+        for (k, x) in &v {
+            if let (false, Some(x)) = (k == "step", x.as_f64()) {
+                out.entry(k.clone()).or_default().push((step, x));
+            }
+        }
+    }
+    out
 }
 
 /// Run directories named directly, or every run directory inside a named folder

@@ -1,5 +1,6 @@
 //! Comparison tables: markdown (`mean ± std`, for notes and the README) and CSV
-//! (mean, std and count in separate columns, for spreadsheets and scripts).
+//! (mean, std and count in separate columns, for spreadsheets and scripts), and the
+//! same rows as HTML for `index.html`.
 
 use super::runs::{stat, Group, RunData};
 
@@ -46,6 +47,26 @@ pub fn markdown(runs: &[RunData], groups: &[Group], metrics: &[String]) -> Strin
             cells.join(" | ")
         ));
     }
+    out
+}
+
+/// The table as HTML: the same rows and cells as [`markdown`].
+pub fn html(runs: &[RunData], groups: &[Group], metrics: &[String]) -> String {
+    let esc = super::html::esc;
+    let mut out = String::from("<table>\n<tr><th>run</th><th>runs</th>");
+    for m in metrics {
+        out.push_str(&format!("<th>{}</th>", esc(m)));
+    }
+    out.push_str("</tr>\n");
+    for g in groups {
+        let n = reporting(runs, g, metrics);
+        out.push_str(&format!("<tr><td>{}</td><td>{n}</td>", esc(&g.name)));
+        for m in metrics {
+            out.push_str(&format!("<td>{}</td>", esc(&cell(runs, g, m, n))));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
     out
 }
 

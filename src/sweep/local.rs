@@ -1,21 +1,22 @@
 //! The local sweep runner: each point runs as child processes of the `vssl` binary
 //! (`vssl train` then `vssl eval`), so a crash in one run cannot take the sweep down
 //! and `--jobs N` is N worker threads. Finished runs are skipped, stopped ones
-//! resumed, failures recorded while the others carry on.
+//! resumed, failures recorded while the others carry on. Progress shows the points
+//! done and each running point's step (read from its run-state file).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Point, RunState, Sweep};
 use crate::eval::Protocol;
 use crate::run_dir::RunDir;
+use crate::telemetry::{self, Phase, Progress};
 use crate::{Error, Result};
 
 /// How to run a sweep locally.
@@ -54,6 +55,8 @@ pub struct Outcome {
 /// Runs every unfinished point; returns one outcome per point, in point order.
 pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
     std::fs::create_dir_all(&sweep.dir).map_err(|e| Error::io(&sweep.dir, e))?;
+    // One sweep process per sweep directory; each point's children lock their own.
+    let _lock = crate::lock::RunLock::acquire(&sweep.dir, "vssl sweep")?;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; sweep.points.len()];
     let mut todo = VecDeque::new();
     for p in &sweep.points {
@@ -74,75 +77,92 @@ pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
         }
     }
     let skipped = sweep.points.len() - todo.len();
-    let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(500));
-    bar.suspend(|| {
-        eprintln!(
-            "sweep {}: {} points, {skipped} already finished, {} to run, {} at a time",
-            sweep.spec.name,
-            sweep.points.len(),
-            todo.len(),
-            opts.jobs.max(1)
-        )
-    });
     let total = todo.len();
+    let progress = Mutex::new(Progress::new(
+        &format!("sweep {}", sweep.spec.name),
+        "runs",
+        total as u64,
+        0,
+    ));
+    let say = |line: &str| {
+        if let Ok(p) = progress.lock() {
+            p.println(line)
+        }
+    };
+    say(&format!(
+        "sweep {}: {} points, {skipped} already finished, {total} to run, {} at a time",
+        sweep.spec.name,
+        sweep.points.len(),
+        opts.jobs.max(1)
+    ));
     let queue = Mutex::new(todo);
     let results = Mutex::new(Vec::new());
-    let running = Mutex::new(Vec::<String>::new());
-    let set_msg = |running: &Vec<String>| {
-        bar.set_message(if running.is_empty() {
-            String::new()
-        } else {
-            format!("running: {}", running.join(" | "))
-        })
+    let running = Mutex::new(Vec::<&Point>::new());
+    let done = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    // The overall count plus each running point's own step, from its state file.
+    let refresh = || {
+        let msg = running
+            .lock()
+            .map(|r| running_points(&r))
+            .unwrap_or_default();
+        if let Ok(mut p) = progress.lock() {
+            p.update(done.load(Ordering::Relaxed), &msg);
+        }
     };
     // The queue's lock is released before the point runs.
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(total.max(1)) {
-            s.spawn(|| {
-                while let Some(i) = next() {
-                    let p = &sweep.points[i];
-                    if let Ok(mut r) = running.lock() {
-                        r.push(p.label.clone());
-                        set_msg(&r);
-                    }
-                    let began = Instant::now();
-                    let status = run_point(sweep, p, opts);
-                    let secs = began.elapsed().as_secs_f64();
-                    if let Ok(mut r) = running.lock() {
-                        r.retain(|l| l != &p.label);
-                        set_msg(&r);
-                    }
-                    bar.inc(1);
-                    let done = bar.position();
-                    bar.suspend(|| match &status {
-                        Status::Failed { stage, message } => eprintln!(
-                            "[{done}/{total}] {} FAILED in {stage} after {secs:.0}s: {message}",
-                            p.label
-                        ),
-                        _ => eprintln!("[{done}/{total}] {} done in {secs:.0}s", p.label),
-                    });
-                    if let Ok(mut r) = results.lock() {
-                        r.push(Outcome {
-                            index: i,
-                            label: p.label.clone(),
-                            dir: p.dir.clone(),
-                            status,
-                            seconds: secs,
+        s.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                refresh();
+            }
+        });
+        let workers: Vec<_> = (0..opts.jobs.max(1).min(total.max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    while let Some(i) = next() {
+                        let p = &sweep.points[i];
+                        if let Ok(mut r) = running.lock() {
+                            r.push(p);
+                        }
+                        let began = Instant::now();
+                        let status = run_point(sweep, p, opts);
+                        let secs = began.elapsed().as_secs_f64();
+                        if let Ok(mut r) = running.lock() {
+                            r.retain(|q| q.index != p.index);
+                        }
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        say(&match &status {
+                            Status::Failed { stage, message } => format!(
+                                "[{n}/{total}] {} FAILED in {stage} after {secs:.0}s: {message}",
+                                p.label
+                            ),
+                            _ => format!("[{n}/{total}] {} done in {secs:.0}s", p.label),
                         });
+                        if let Ok(mut r) = results.lock() {
+                            r.push(Outcome {
+                                index: i,
+                                label: p.label.clone(),
+                                dir: p.dir.clone(),
+                                status,
+                                seconds: secs,
+                            });
+                        }
                     }
-                }
-            });
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        finished.store(true, Ordering::Relaxed);
     });
-    bar.finish_and_clear();
+    refresh(); // the last line: all done
+    if let Ok(p) = progress.into_inner() {
+        p.finish();
+    }
     for o in results
         .into_inner()
         .map_err(|_| Error::Internal("a sweep worker panicked".into()))?
@@ -154,6 +174,23 @@ pub fn run(sweep: &Sweep, opts: &LocalOptions) -> Result<Vec<Outcome>> {
         .into_iter()
         .map(|o| o.ok_or_else(|| Error::Internal("a sweep point was not run".into())))
         .collect()
+}
+
+/// `running: a 120/300, b eval`: each running point's step from its state file
+/// (`eval` once its training has finished).
+fn running_points(points: &[&Point]) -> String {
+    if points.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = points
+        .iter()
+        .map(|p| match telemetry::RunState::read(&RunDir::new(&p.dir)) {
+            Ok(Some(s)) if s.state == Phase::Finished => format!("{} eval", p.label),
+            Ok(Some(s)) => format!("{} {}/{}", p.label, s.step, s.total),
+            _ => format!("{} starting", p.label),
+        })
+        .collect();
+    format!("running: {}", each.join(", "))
 }
 
 /// Trains (or resumes) and evaluates one point; never panics on a child failure.

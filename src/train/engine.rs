@@ -8,14 +8,13 @@
 //! step (and the objective's own state) to continue exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 
+use super::monitor::{Monitor, StepLog};
 use super::optim::{clip_grad_norm, Optimizer};
 use super::schedule::Schedule;
 use crate::data::augment::AugmentConfig;
@@ -26,7 +25,7 @@ use crate::data::loader::{BatchPlan, HostBatch, Loader};
 use crate::data::DataConfig;
 use crate::io::{read_safetensors, write_safetensors_atomic};
 use crate::pretext::StepOutput;
-use crate::run_dir::{temp_sibling, RunDir};
+use crate::run_dir::{replace_file, RunDir};
 use crate::{Error, Result};
 
 /// What the loop trains: the loss of a batch, and the state a checkpoint keeps.
@@ -40,9 +39,10 @@ pub trait Objective {
         Ok(())
     }
     /// Runs after step `done` (1-based, loss `loss`) and before its checkpoint:
-    /// fine-tuning tests here every N epochs.
-    fn after_update(&mut self, _done: u64, _loss: f64) -> Result<()> {
-        Ok(())
+    /// fine-tuning tests here every N epochs. Returns what it measured, logged to
+    /// TensorBoard as `test/<name>` at that step.
+    fn after_update(&mut self, _done: u64, _loss: f64) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
     }
     /// The model's tensors (`model.*` in a checkpoint).
     fn model_tensors(&self) -> Vec<(String, Tensor)>;
@@ -73,6 +73,15 @@ pub struct ParamGroup {
 }
 
 impl ParamGroup {
+    /// The group's name in logs: the prefix without `optim_` (`backbone`, `head`),
+    /// `model` for the single group of pretraining.
+    pub fn name(&self) -> &str {
+        match self.prefix.as_str() {
+            "optim" => "model",
+            p => p.strip_prefix("optim_").unwrap_or(p),
+        }
+    }
+
     /// A group with the schedule's learning rate, state saved as `optim.*`.
     pub fn single(optimizer: Optimizer) -> Self {
         Self {
@@ -177,6 +186,10 @@ pub struct LoopConfig {
     pub resume: bool,
     /// Metadata of every checkpoint (the loop adds `step`, `seed` and `rng`).
     pub metadata: HashMap<String, String>,
+    /// What progress lines call the run.
+    pub name: String,
+    /// The resolved recipe, logged to TensorBoard as text.
+    pub recipe: Option<String>,
 }
 
 /// What a loop did.
@@ -202,7 +215,8 @@ pub fn step_metadata(cfg: &LoopConfig, step: u64) -> HashMap<String, String> {
 }
 
 /// Runs `obj` from its last checkpoint (with `cfg.resume`) or from step 0 up to
-/// `cfg.end`, writing metrics, checkpoints and the bad-video list into `run`.
+/// `cfg.end`, writing metrics, TensorBoard events, the run state, checkpoints and the
+/// bad-video list into `run` ([`Monitor`] does the reporting).
 pub fn run(
     obj: &mut dyn Objective,
     groups: &mut [ParamGroup],
@@ -221,8 +235,12 @@ pub fn run(
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
     run.remove_stale_temp_files();
     let mut start = 0u64;
-    if cfg.resume && !run.checkpoints().is_empty() {
-        start = resume_from(run, obj, groups, sched, device)?;
+    if cfg.resume {
+        // No checkpoint yet (killed before the first): start over at step 0, dropping
+        // what the killed attempt logged.
+        if !run.checkpoints().is_empty() {
+            start = resume_from(run, obj, groups, sched, device)?;
+        }
         truncate_metrics(&run.metrics(), start)?;
     }
     let plan = BatchPlan {
@@ -232,75 +250,62 @@ pub fn run(
         seed: cfg.seed,
         augment: cfg.loader.augment.clone(),
     };
-    let metrics_path = run.metrics();
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
-    let bar = ProgressBar::new(cfg.total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(start);
-
+    let names = groups.iter().map(|g| (g.name().to_string(), g.lr_factor));
+    let mut mon = Monitor::open(run, cfg, start, names.collect())?;
     let began = Instant::now();
+    let mut done = start;
     let mut last_loss = f64::NAN;
-    let mut window = (Instant::now(), 0usize);
-    let loader = Loader::spawn(dataset, plan, start, cfg.end, cfg.loader.workers);
     let mut bad = BadVideos::open(run);
-    for hb in loader {
-        let hb = hb?;
-        bad.record(&hb.skipped)?;
-        let (step, clips, skipped) = (hb.step, hb.shape[0], hb.skipped.len());
-        let out = obj.loss(hb, device)?;
-        let loss = out.loss.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            return Err(Error::Internal(format!(
-                "loss became {loss} at step {step}; lower train.lr?"
-            )));
-        }
-        let lr = sched.lr_at(step);
-        let mut steps: Vec<(&mut Optimizer, f64)> = groups
-            .iter_mut()
-            .map(|g| (&mut g.optimizer, g.lr_factor * lr))
-            .collect();
-        let grad_norm = update(&out.loss, &mut steps, cfg.grad_clip)?;
-        sched.observe(step, loss);
-        obj.after_step()?;
-        last_loss = loss;
-        window.1 += clips;
-        let done = step + 1;
-        if done % cfg.log_every == 0 || done == cfg.total {
-            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-            let mut line = serde_json::json!({
-                "step": done, "loss": loss, "lr": lr, "clips_per_s": window.1 as f64 / secs,
-            });
-            if let Some(g) = grad_norm {
-                line["grad_norm"] = g.into();
+    let mut loader = Loader::spawn(dataset, plan, start, cfg.end, cfg.loader.workers);
+    let mut train = || -> Result<()> {
+        loop {
+            let waiting = Instant::now();
+            let Some(hb) = loader.next() else {
+                return Ok(());
+            };
+            let hb = hb?;
+            mon.batch(waiting.elapsed(), hb.shape[0]);
+            bad.record(&hb.skipped)?;
+            let (step, skipped) = (hb.step, hb.skipped.len());
+            let out = obj.loss(hb, device)?;
+            let loss = out.loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(Error::Internal(format!(
+                    "loss became {loss} at step {step}; lower train.lr?"
+                )));
             }
-            for (k, v) in &out.scalars {
-                line[*k] = (*v).into();
+            let lr = sched.lr_at(step);
+            let mut steps: Vec<(&mut Optimizer, f64)> = groups
+                .iter_mut()
+                .map(|g| (&mut g.optimizer, g.lr_factor * lr))
+                .collect();
+            let grad_norm = update(&out.loss, &mut steps, cfg.grad_clip)?;
+            sched.observe(step, loss);
+            obj.after_step()?;
+            last_loss = loss;
+            done = step + 1;
+            if done.is_multiple_of(cfg.log_every) || done == cfg.total {
+                mon.log(&StepLog {
+                    step: done,
+                    loss,
+                    lr,
+                    grad_norm,
+                    scalars: &out.scalars,
+                    skipped_videos: skipped,
+                })?;
             }
-            if skipped > 0 {
-                line["skipped_videos"] = skipped.into();
+            let measured = obj.after_update(done, loss)?;
+            mon.measured(done, "test", &measured)?;
+            let ckpt_due = cfg.checkpoint_every > 0 && done.is_multiple_of(cfg.checkpoint_every);
+            if ckpt_due || done == cfg.end {
+                save_checkpoint(run, cfg, obj, groups, sched, done)?;
             }
-            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-            bar.set_message(format!(
-                "loss {loss:.4} lr {lr:.2e} {:.0} clips/s",
-                window.1 as f64 / secs
-            ));
-            window = (Instant::now(), 0);
+            mon.tick(done)?;
         }
-        bar.set_position(done);
-        obj.after_update(done, loss)?;
-        let ckpt_due = cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0;
-        if ckpt_due || done == cfg.end {
-            save_checkpoint(run, cfg, obj, groups, sched, done)?;
-        }
-    }
-    bar.finish_and_clear();
+    };
+    let res = train();
+    let ended = mon.finish(done, cfg.total, res.as_ref().err());
+    res.and(ended)?;
     Ok(LoopSummary {
         steps_done: cfg.end,
         last_loss,
@@ -338,6 +343,10 @@ fn save_checkpoint(
     );
     let mut meta = step_metadata(cfg, step);
     meta.extend(obj.metadata()?);
+    meta.insert(
+        crate::io::CHECKSUM_KEY.to_string(),
+        crate::io::tensors_checksum(tensors.iter().map(|(k, t)| (k.as_str(), t)))?,
+    );
     write_safetensors_atomic(&run.checkpoint(step), &tensors, &meta)?;
     let all = run.checkpoints();
     for (_, old) in all
@@ -359,8 +368,22 @@ fn resume_from(
     device: &Device,
 ) -> Result<u64> {
     let mut last_err = None;
+    let mut unusable: Vec<String> = Vec::new();
     for (step, path) in run.checkpoints().iter().rev() {
-        match read_safetensors(path, device) {
+        let read = read_safetensors(path, device).and_then(|(tensors, meta)| {
+            // Checkpoints written before checksums were added have none.
+            if let Some(want) = meta.get(crate::io::CHECKSUM_KEY) {
+                let got = crate::io::tensors_checksum(tensors.iter().map(|(k, t)| (k.as_str(), t)))?;
+                if &got != want {
+                    return Err(Error::checkpoint(
+                        path,
+                        "its tensors do not match the checksum written with them (the file is corrupt)",
+                    ));
+                }
+            }
+            Ok((tensors, meta))
+        });
+        match read {
             Ok((tensors, meta)) => {
                 let part = |prefix: &str| -> BTreeMap<String, Tensor> {
                     tensors
@@ -385,11 +408,20 @@ fn resume_from(
                         "step in metadata does not match the file name",
                     ));
                 }
-                tracing::info!("resumed from {} (step {step})", path.display());
+                if unusable.is_empty() {
+                    tracing::info!("resumed from {} (step {step})", path.display());
+                } else {
+                    tracing::warn!(
+                        "resumed from {} (step {step}) instead of the newer {}, which cannot be used",
+                        path.display(),
+                        unusable.join(", ")
+                    );
+                }
                 return Ok(*step);
             }
             Err(e) => {
-                tracing::warn!("cannot read checkpoint, trying an older one: {e}");
+                tracing::warn!("cannot use checkpoint, trying an older one: {e}");
+                unusable.push(path.display().to_string());
                 last_err = Some(e);
             }
         }
@@ -412,7 +444,5 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let tmp = temp_sibling(path);
-    std::fs::write(&tmp, kept).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    replace_file(path, kept.as_bytes())
 }

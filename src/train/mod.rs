@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod engine;
+pub mod monitor;
 pub mod optim;
+pub mod resume;
 pub mod schedule;
 mod sgd_cpu;
 pub mod trainer;

@@ -35,6 +35,8 @@ pub struct FitOptions {
     pub recipe: Option<String>,
     /// What to call the run in logs.
     pub name: String,
+    /// Resume even when the recipe changes the run (see [`super::resume`]).
+    pub force: bool,
 }
 
 /// What a finished (or stopped) run did.
@@ -187,11 +189,27 @@ pub fn fit(
             run.path().display()
         )));
     }
-    if opts.resume && existing.is_empty() {
-        return Err(Error::BadInput(format!(
-            "--resume: no checkpoint in {}",
+    let resume = opts.resume;
+    if resume && existing.is_empty() {
+        if !run.path().is_dir() {
+            return Err(Error::BadInput(format!(
+                "--resume: {} does not exist (drop --resume to start a run there)",
+                run.path().display()
+            )));
+        }
+        if run.model().exists() {
+            return Err(Error::BadInput(format!(
+                "--resume: {} holds a finished run ({}) and no checkpoint to continue from",
+                run.path().display(),
+                run.model().display()
+            )));
+        }
+        // Killed before its first checkpoint (a requeued job, a rerun sweep point):
+        // nothing was finished, so the run starts over.
+        tracing::warn!(
+            "--resume: no checkpoint in {} yet; starting from step 0",
             run.checkpoints_dir().display()
-        )));
+        );
     }
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
     let mut metadata = HashMap::from([
@@ -203,12 +221,30 @@ pub fn fit(
     ]);
     if let Some(text) = &opts.recipe {
         let recipe_path = run.recipe();
-        if opts.resume {
+        // Only a run that finished steps (it has a checkpoint) can be changed by its
+        // recipe; one killed before its first checkpoint starts over anyway.
+        if resume && !existing.is_empty() {
             if let Ok(old) = std::fs::read_to_string(&recipe_path) {
-                if &old != text {
+                let (changes, harmless) = super::resume::recipe_changes(&old, text);
+                if !changes.is_empty() && !opts.force {
+                    return Err(Error::BadInput(format!(
+                        "--resume: the recipe changes the run recorded in {}: {} (pass --force \
+                         to resume anyway; the result is then not the run that would have \
+                         happened)",
+                        recipe_path.display(),
+                        changes.join(", ")
+                    )));
+                }
+                if !changes.is_empty() {
                     tracing::warn!(
-                        "resuming with a recipe that differs from {}",
-                        recipe_path.display()
+                        "--resume --force: continuing with changed keys {}",
+                        changes.join(", ")
+                    );
+                }
+                if !harmless.is_empty() {
+                    tracing::info!(
+                        "resuming with changed keys {} (harmless)",
+                        harmless.join(", ")
                     );
                 }
             }
@@ -247,8 +283,10 @@ pub fn fit(
         log_every: t.log_every,
         checkpoint_every: t.checkpoint_every,
         keep_checkpoints: t.keep_checkpoints,
-        resume: opts.resume,
+        resume,
         metadata,
+        name: format!("train {}", opts.name),
+        recipe: opts.recipe.clone(),
     };
     let mut groups = [ParamGroup::single(optimizer)];
     let mut obj = PretextObjective(pretext);

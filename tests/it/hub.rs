@@ -954,3 +954,57 @@ fn backbone_init_starts_training_from_published_weights() {
         stderr(&o)
     );
 }
+
+#[test]
+fn export_of_a_fine_tuned_model_keeps_its_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = trained_run(dir.path());
+    let o = run(&mut vssl(&[
+        "eval",
+        run_dir.to_str().unwrap(),
+        "--protocol",
+        "finetune",
+        "--device",
+        "cpu",
+        "--set",
+        "eval.finetune_epochs=1",
+        "--set",
+        "eval.test_every=1",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("tuned");
+    let o = export(
+        &run_dir,
+        &out,
+        &["--finetune", "finetune", "--base-model", "org/tiny"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = tensors(&out.join("model.safetensors"));
+    let classes = t["fc.weight"].dims()[0];
+    assert_eq!(classes, 8, "the synthetic set's 8 classes");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_classes"], 8);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let front = card
+        .strip_prefix("---\n")
+        .unwrap()
+        .split("\n---\n")
+        .next()
+        .unwrap();
+    let y: serde_yaml::Value = serde_yaml::from_str(front).unwrap();
+    assert_eq!(
+        y["pipeline_tag"],
+        serde_yaml::Value::from("video-classification")
+    );
+    assert_eq!(y["base_model"], serde_yaml::Value::from("org/tiny"));
+    let best = tensors(&run_dir.join("eval/finetune/best.safetensors"));
+    assert_bit_identical(&t, &best);
+    // A stem that is not a name is refused.
+    let o = export(
+        &run_dir,
+        &dir.path().join("x"),
+        &["--finetune", "../finetune"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -330,6 +330,27 @@ fn handle(req: &Seen, st: &Arc<Mutex<State>>, base: &str) -> Reply {
             _ => err(404, "object not uploaded"),
         };
     }
+    // The storage an LFS download is redirected to (another host name, so the token
+    // must not follow).
+    if segs.first() == Some(&"cdn") && (m == "GET" || m == "HEAD") {
+        if req.header("authorization").is_some() {
+            return err(400, "the Hub token followed the redirect to storage");
+        }
+        let oid = segs.get(1).copied().unwrap_or_default();
+        let found = s
+            .repos
+            .values()
+            .flat_map(|r| r.files.values())
+            .find(|(b, _)| sha256_hex(b) == oid);
+        return match found {
+            Some((b, _)) => Reply {
+                status: 200,
+                headers: vec![("Content-Length".into(), b.len().to_string())],
+                body: if m == "GET" { b.clone() } else { vec![] },
+            },
+            None => err(404, "no such object"),
+        };
+    }
     // Downloads: /ORG/NAME/resolve/REV/FILE...
     if segs.len() >= 5 && segs[2] == "resolve" && (m == "HEAD" || m == "GET") {
         let repo_id = format!("{}/{}", segs[0], segs[1]);
@@ -374,6 +395,17 @@ fn handle(req: &Seen, st: &Arc<Mutex<State>>, base: &str) -> Reply {
             headers.push(("X-Linked-Etag".into(), format!("\"{etag}\"")));
             headers.push(("X-Linked-Size".into(), size.to_string()));
             headers.push(("ETag".into(), format!("\"{}\"", git_sha1(b"pointer"))));
+            // As the Hub does: LFS files redirect to storage on another host.
+            let cdn = base.replace("127.0.0.1", "localhost");
+            headers.push((
+                "Location".into(),
+                format!("{cdn}/cdn/{}", sha256_hex(bytes)),
+            ));
+            return Reply {
+                status: 302,
+                headers,
+                body: vec![],
+            };
         } else {
             let etag = lie.etag.unwrap_or_else(|| git_sha1(bytes));
             headers.push(("ETag".into(), format!("\"{etag}\"")));

@@ -255,6 +255,7 @@ fn fit_runs_a_caller_built_method_and_resumes_exactly() {
             stop_after,
             recipe: None,
             name: "in-process".into(),
+            force: false,
         };
         let ds = vssl::registry::dataset(&r.data).unwrap();
         fit(
