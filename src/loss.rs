@@ -114,6 +114,24 @@ pub fn nt_xent_masked(z: &Tensor, masks: &PairMasks, temperature: f64) -> Result
     Ok((rows.sum_all()? / anchors)?)
 }
 
+/// SimCLR's NT-Xent between two aligned batches `x1`, `x2` `[B, D]`: row `i` of one is
+/// the positive of row `i` of the other, and each of the `2B` anchors has the other
+/// `2B - 2` rows as negatives; mean over the `2B` anchors. TCLR's public code calls this
+/// on every pair of (view, part) slots of the dense clips. Symmetric in `x1`, `x2`.
+pub fn nt_xent_pair(x1: &Tensor, x2: &Tensor, temperature: f64) -> Result<Tensor> {
+    let b = x1.dim(0)?;
+    if x2.dims() != x1.dims() {
+        return Err(Error::Internal(format!(
+            "nt_xent_pair: {:?} vs {:?}",
+            x1.dims(),
+            x2.dims()
+        )));
+    }
+    let ids: Vec<usize> = (0..2 * b).map(|r| r % b).collect();
+    let masks = PairMasks::instance(&ids, x1.device())?;
+    nt_xent_masked(&Tensor::cat(&[x1, x2], 0)?, &masks, temperature)
+}
+
 /// Global-local loss (TCLR): for each sample `b`, the similarity matrix
 /// `s_ij = <slices[b, i], locals[b, j]> / temperature` of its `S` global time slices
 /// `[B, S, D]` against its `S` local clips `[B, S, D]`, with cross-entropy towards the

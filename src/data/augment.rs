@@ -154,12 +154,28 @@ impl ClipAug {
             } else {
                 0.0
             };
-            aug.jitter = Some(Jitter {
+            let mut jitter = Jitter {
                 brightness,
                 contrast,
                 saturation,
                 hue,
-            });
+            };
+            // Per-op probabilities draw only when below 1, after the factors, so the
+            // default draw sequence is unchanged.
+            let mut skip = |p: f64| p < 1.0 && rng.random::<f64>() >= p;
+            if skip(cfg.brightness_p) {
+                jitter.brightness = 1.0;
+            }
+            if skip(cfg.contrast_p) {
+                jitter.contrast = 1.0;
+            }
+            if skip(cfg.saturation_p) {
+                jitter.saturation = 1.0;
+            }
+            if skip(cfg.hue_p) {
+                jitter.hue = 0.0;
+            }
+            aug.jitter = Some(jitter);
         }
         if cfg.grayscale > 0.0 {
             aug.grayscale = rng.random::<f64>() < cfg.grayscale;

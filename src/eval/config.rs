@@ -127,6 +127,10 @@ impl EvalConfig {
         check(e.train_stride >= 1, "train_stride", || {
             "must be at least 1".into()
         })?;
+        check(e.schedule != ScheduleKind::Plateau, "schedule", || {
+            "\"plateau\" is a pretraining schedule (train.schedule); use constant, cosine or step"
+                .into()
+        })?;
         check(e.finetune_epochs >= 1, "finetune_epochs", || {
             "must be at least 1".into()
         })?;

@@ -282,7 +282,8 @@ pub fn finetune(
     let steps_per_epoch = (n as u64).div_ceil(e.finetune_batch_size as u64);
     let total = e.finetune_epochs * steps_per_epoch;
     // Base rate 1: each group's rate is its own lr times this factor.
-    let sched = Schedule {
+    let mut sched = Schedule {
+        plateau: None,
         kind: e.schedule,
         base_lr: 1.0,
         warmup_steps: e.warmup_steps,
@@ -334,7 +335,7 @@ pub fn finetune(
         run,
         history: Vec::new(),
     };
-    engine::run(&mut obj, &mut groups, &sched, ds, &cfg, run, device)?;
+    engine::run(&mut obj, &mut groups, &mut sched, ds, &cfg, run, device)?;
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("recipe".to_string(), setup.recipe.to_string()),

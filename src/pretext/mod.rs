@@ -51,10 +51,11 @@ pub use geometric::{
     GeometricConfig, GeometricMethod, GeometricPretext, Rotation3d, RotationsPerClip,
 };
 pub use speed_sort::{
-    SpeedLabel, SpeedSortConfig, SpeedSortMethod, SpeedSortPretext, VariableSpeed,
+    SpeedDraw, SpeedLabel, SpeedSortConfig, SpeedSortMethod, SpeedSortPretext, VariableSpeed,
 };
 pub use temporal_contrast::{
-    LlReduction, Tclr, TemporalContrast, TemporalContrastConfig, TemporalContrastMethod,
+    BnBatches, IcDense, LlReduction, Tclr, TemporalContrast, TemporalContrastConfig,
+    TemporalContrastMethod,
 };
 pub use temporal_discriminative::{
     TemporalDiscriminative, TemporalDiscriminativeConfig, TemporalDiscriminativeMethod, Vtdl,

@@ -36,10 +36,14 @@ pub fn ema_update(target: &VarStore, source: &VarStore, m: f64) -> Result<()> {
         ));
     }
     for ((_, tv), (_, sv)) in t.iter().zip(&s) {
-        let next = (tv.as_tensor().affine(m, 0.0)? + sv.as_tensor().affine(1.0 - m, 0.0)?)?;
-        tv.set(&next)?;
+        tv.set(&ema(tv.as_tensor(), sv.as_tensor(), m)?)?;
     }
     Ok(())
+}
+
+/// One EMA step on a tensor of any float dtype: `m * target + (1 - m) * source`.
+pub fn ema(target: &Tensor, source: &Tensor, m: f64) -> Result<Tensor> {
+    Ok((target.affine(m, 0.0)? + source.affine(1.0 - m, 0.0)?)?)
 }
 
 /// Copies every tensor (parameters and buffers) of `source` into `target`.

@@ -1,7 +1,9 @@
 //! The speed-sort family: variable playback speed (METHODS.md section 2; no public
 //! code, this is the reconstruction). Each video gives `n_clips` clips at distinct
-//! speeds (speed s = frame stride s), each possibly played backwards, at random
-//! independent starts, in shuffled order ([`speed_sort_plan`]). The family trait
+//! signed speeds (speed s = frame stride s, backwards negative; by default 1x and -1x
+//! may meet, as the authors' figure 1 shows; `distinct = "magnitude"` keeps the speed
+//! magnitudes distinct instead), at random independent starts, in shuffled order
+//! ([`speed_sort_plan`]). The family trait
 //! [`SpeedSortPretext`] holds what varies: the speed set, the direction rule and the
 //! label rule (one class per video from a pairwise head, or one per clip); the adapter
 //! [`SpeedSortMethod`] plans the clips from them and runs the head and loss once for every
@@ -37,6 +39,18 @@ pub enum SpeedLabel {
     PerClip,
 }
 
+/// Which playbacks the clips of one video must not share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpeedDraw {
+    /// Distinct *signed* speeds drawn from `speeds x {forward, reverse}`, so one video
+    /// can hold 1x and -1x, as the authors' figure 1 shows (default).
+    Signed,
+    /// Distinct speed magnitudes, then a direction per clip (earlier versions): a
+    /// speed never meets its own reverse.
+    Magnitude,
+}
+
 /// `[method] kind = "speed_sort"`: sort clips of one video by playback speed
 /// ([`VariableSpeed`] in the [`SpeedSortMethod`] adapter; see METHODS.md section 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,11 +65,17 @@ pub struct SpeedSortConfig {
     pub speeds: Vec<usize>,
     /// Allow backward playback (each clip reversed with probability 0.5).
     pub reverse: bool,
+    /// What must be distinct among a video's clips ([`SpeedDraw`]).
+    pub distinct: SpeedDraw,
     pub label: SpeedLabel,
     /// Width of the shared pair layer of the `"sort"` head.
     pub pair_hidden: usize,
     /// Dropout before the final classifier.
     pub dropout: f64,
+    /// With `label = "sort"`: weight of an auxiliary per-clip (speed, direction)
+    /// cross-entropy on the pooled clip features (`pretext.aux`), added to the sort
+    /// loss; 0 (default) is the paper's sort loss alone.
+    pub aux_per_clip: f64,
 }
 
 impl Default for SpeedSortConfig {
@@ -65,9 +85,11 @@ impl Default for SpeedSortConfig {
             n_clips: 3,
             speeds: vec![1, 2, 4, 8],
             reverse: true,
+            distinct: SpeedDraw::Signed,
             label: SpeedLabel::Sort,
             pair_hidden: 512,
             dropout: 0.5,
+            aux_per_clip: 0.0,
         }
     }
 }
@@ -87,11 +109,13 @@ impl SpeedSortConfig {
         check(m.n_clips >= 2, "n_clips", || {
             format!("must be at least 2, got {}", m.n_clips)
         })?;
-        check(m.n_clips <= m.speeds.len(), "n_clips", || {
+        let signed = m.distinct == SpeedDraw::Signed && m.reverse;
+        let available = m.speeds.len() * if signed { 2 } else { 1 };
+        check(m.n_clips <= available, "n_clips", || {
             format!(
-                "{} clips need as many distinct speeds; method.speeds has {}",
+                "{} clips need as many distinct {}; method.speeds gives {available}",
                 m.n_clips,
-                m.speeds.len()
+                if signed { "signed speeds" } else { "speeds" },
             )
         })?;
         if m.label == SpeedLabel::Sort {
@@ -108,6 +132,16 @@ impl SpeedSortConfig {
         check((0.0..1.0).contains(&m.dropout), "dropout", || {
             format!("must be in [0, 1), got {}", m.dropout)
         })?;
+        check(
+            m.aux_per_clip.is_finite() && m.aux_per_clip >= 0.0,
+            "aux_per_clip",
+            || format!("must be >= 0, got {}", m.aux_per_clip),
+        )?;
+        check(
+            m.aux_per_clip == 0.0 || m.label == SpeedLabel::Sort,
+            "aux_per_clip",
+            || "only with method.label = \"sort\" (per_clip is already per clip)".into(),
+        )?;
         Ok(())
     }
 
@@ -123,16 +157,22 @@ impl SpeedSortConfig {
             n_clips: self.n_clips,
             speeds: self.speeds.clone(),
             reverse: self.reverse,
+            distinct: self.distinct,
             label: self.label,
         };
-        SpeedSortMethod::new(
+        let m = SpeedSortMethod::new(
             method,
             frames,
             self.pair_hidden,
             self.dropout,
             backbone,
             head_vars,
-        )
+        )?;
+        if self.aux_per_clip > 0.0 {
+            m.with_aux_per_clip(self.aux_per_clip)
+        } else {
+            Ok(m)
+        }
     }
 }
 
@@ -180,7 +220,7 @@ pub fn permutation_from_index(n: usize, idx: u32) -> Vec<usize> {
 
 /// The order that sorts clips by signed speed ascending: `order[k]` is the position
 /// (in `metas`) of the k-th slowest clip, backward clips first (fastest backward
-/// first). Speeds are distinct, so signed speeds are too.
+/// first). Signed speeds are distinct within a video, so the order is unique.
 pub fn sorting_order(metas: &[ClipMeta]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..metas.len()).collect();
     order.sort_by_key(|&i| metas[i].signed_speed());
@@ -241,6 +281,23 @@ pub trait SpeedSortPretext: Send + Sync + 'static {
     /// Direction rule: whether one clip plays backwards, drawn from the video's plan
     /// `rng` (called once per clip, after the speeds are drawn).
     fn backward(&self, rng: &mut dyn RngCore) -> bool;
+    /// The playbacks a video draws its `n_clips` distinct ones from, when clips must
+    /// differ in signed speed; `None` (default) draws distinct speeds, then a direction
+    /// per clip with [`SpeedSortPretext::backward`].
+    fn signed_playbacks(&self) -> Option<Vec<PlaybackSpeed>> {
+        None
+    }
+    /// Number of per-clip classes for an auxiliary per-clip loss beside a per-video
+    /// label ([`SpeedSortPretext::clip_labels`]); `None` (default) offers none.
+    fn clip_classes(&self) -> Option<usize> {
+        None
+    }
+    /// Each clip's own class for the auxiliary loss.
+    fn clip_labels(&self, _metas: &[ClipMeta]) -> Result<Vec<u32>> {
+        Err(Error::Internal(
+            "this speed-sort method has no per-clip classes".into(),
+        ))
+    }
     /// Whether labels are per video or per clip.
     fn target(&self) -> SpeedTarget;
     /// Number of classes.
@@ -258,6 +315,7 @@ pub struct VariableSpeed {
     pub n_clips: usize,
     pub speeds: Vec<usize>,
     pub reverse: bool,
+    pub distinct: SpeedDraw,
     pub label: SpeedLabel,
 }
 
@@ -290,6 +348,21 @@ impl SpeedSortPretext for VariableSpeed {
         self.reverse && rng.random_bool(0.5)
     }
 
+    fn signed_playbacks(&self) -> Option<Vec<PlaybackSpeed>> {
+        (self.distinct == SpeedDraw::Signed).then(|| self.playbacks())
+    }
+
+    fn clip_classes(&self) -> Option<usize> {
+        Some(per_clip_classes(&self.speeds, self.reverse))
+    }
+
+    fn clip_labels(&self, metas: &[ClipMeta]) -> Result<Vec<u32>> {
+        metas
+            .iter()
+            .map(|m| per_clip_label(m, &self.speeds, self.reverse))
+            .collect()
+    }
+
     fn target(&self) -> SpeedTarget {
         match self.label {
             SpeedLabel::Sort => SpeedTarget::PerVideo,
@@ -316,35 +389,49 @@ impl SpeedSortPretext for VariableSpeed {
 }
 
 /// The clips of one video of `len` frames for a speed-sort method, in the (shuffled)
-/// order they go into the batch. Draws, in this order: `n_clips` distinct speeds, then
-/// per clip a direction ([`SpeedSortPretext::backward`]) and a start (inside the video
-/// when the span `(frames - 1) * speed + 1` fits, else anywhere with wrap-around), then
-/// the shuffle.
+/// order they go into the batch. Draws, in this order: `n_clips` distinct signed
+/// playbacks ([`SpeedSortPretext::signed_playbacks`]) and per clip a start, or, when
+/// the method gives none, `n_clips` distinct speeds and per clip a direction
+/// ([`SpeedSortPretext::backward`]) and a start; then the shuffle. A start lies inside
+/// the video when the span `(frames - 1) * speed + 1` fits, else anywhere with
+/// wrap-around. With `reverse = false` both draws are the same.
 pub fn speed_sort_plan<M: SpeedSortPretext + ?Sized>(
     len: usize,
     frames: usize,
     method: &M,
     rng: &mut dyn RngCore,
 ) -> Vec<PlannedClip> {
-    let mut speeds = method.speeds().to_vec();
-    let n = method.n_clips().min(speeds.len());
-    let (chosen, _) = speeds.partial_shuffle(rng, n);
-    let mut clips: Vec<PlannedClip> = chosen
-        .iter()
-        .map(|&speed| {
-            let reverse = method.backward(rng);
-            let start = random_start(len, (frames - 1) * speed + 1, rng);
-            let mut indices = clip_indices(len, frames, speed, start);
-            if reverse {
-                indices.reverse();
-            }
-            PlannedClip {
-                meta: ClipMeta { speed, reverse },
-                start,
-                indices,
-            }
-        })
-        .collect();
+    let clip = |meta: ClipMeta, rng: &mut dyn RngCore| {
+        let start = random_start(len, (frames - 1) * meta.speed + 1, rng);
+        let mut indices = clip_indices(len, frames, meta.speed, start);
+        if meta.reverse {
+            indices.reverse();
+        }
+        PlannedClip {
+            meta,
+            start,
+            indices,
+        }
+    };
+    let mut clips: Vec<PlannedClip> = match method.signed_playbacks() {
+        Some(mut all) => {
+            let n = method.n_clips().min(all.len());
+            let (chosen, _) = all.partial_shuffle(rng, n);
+            chosen.iter().map(|&meta| clip(meta, rng)).collect()
+        }
+        None => {
+            let mut speeds = method.speeds().to_vec();
+            let n = method.n_clips().min(speeds.len());
+            let (chosen, _) = speeds.partial_shuffle(rng, n);
+            chosen
+                .iter()
+                .map(|&speed| {
+                    let reverse = method.backward(rng);
+                    clip(ClipMeta { speed, reverse }, rng)
+                })
+                .collect()
+        }
+    };
     clips.shuffle(rng);
     clips
 }
@@ -376,7 +463,8 @@ impl<T: SpeedSortPretext> ClipPlanner for SpeedSortPlanner<T> {
 
     fn plan(&self, len: usize, rng: &mut dyn RngCore) -> Result<Vec<PlannedClip>> {
         let m = self.method.as_ref();
-        if m.n_clips() > m.speeds().len() || m.speeds().contains(&0) || self.frames == 0 {
+        let available = m.signed_playbacks().map_or(m.speeds().len(), |p| p.len());
+        if m.n_clips() > available || m.speeds().contains(&0) || self.frames == 0 {
             return Err(Error::Internal(format!(
                 "inconsistent speed-sort method: {} clips of {} frames, speeds {:?}",
                 m.n_clips(),
@@ -406,6 +494,8 @@ pub struct SpeedSortMethod<T: SpeedSortPretext> {
     backbone: Box<dyn Backbone>,
     sort_head: Option<SortHead>,
     fc: Option<Linear>,
+    /// Auxiliary per-clip classifier and its weight (per-video targets only).
+    aux: Option<(Linear, f64)>,
     head_vars: VarStore,
 }
 
@@ -421,10 +511,12 @@ impl<T: SpeedSortPretext> SpeedSortMethod<T> {
         head_vars: VarStore,
     ) -> Result<Self> {
         let n = method.n_clips();
-        if n < 2 || n > method.speeds().len() {
+        let available = method
+            .signed_playbacks()
+            .map_or(method.speeds().len(), |p| p.len());
+        if n < 2 || n > available {
             return Err(Error::BadInput(format!(
-                "speed sort needs 2 <= n_clips <= speeds ({}), got {n}",
-                method.speeds().len()
+                "speed sort needs 2 <= n_clips <= {available} distinct playbacks, got {n}"
             )));
         }
         let c = backbone.out_channels();
@@ -458,8 +550,26 @@ impl<T: SpeedSortPretext> SpeedSortMethod<T> {
             backbone,
             sort_head,
             fc,
+            aux: None,
             head_vars,
         })
+    }
+
+    /// Adds an auxiliary per-clip classifier (`pretext.aux`, the method's
+    /// [`SpeedSortPretext::clip_classes`]) whose cross-entropy, times `weight`, joins the
+    /// per-video loss.
+    pub fn with_aux_per_clip(mut self, weight: f64) -> Result<Self> {
+        let classes = match (self.method.target(), self.method.clip_classes()) {
+            (SpeedTarget::PerVideo, Some(k)) => k,
+            _ => {
+                return Err(Error::BadInput(
+                    "an auxiliary per-clip loss needs per-video labels and per-clip classes".into(),
+                ))
+            }
+        };
+        let c = self.backbone.out_channels();
+        self.aux = Some((Linear::new(&self.head_vars.pp("aux"), c, classes)?, weight));
+        Ok(self)
     }
 
     /// The family implementor.
@@ -527,7 +637,19 @@ impl<T: SpeedSortPretext> Pretext for SpeedSortMethod<T> {
         let labels = Tensor::from_vec(targets.clone(), targets.len(), batch.clips.device())?;
         let f = self.backbone.pooled(&batch.clips, train)?;
         let logits = self.logits(&f, batch.videos, train, mix(batch.seed ^ 0x5bd5))?;
-        StepOutput::classification(&logits, &labels)
+        let mut out = StepOutput::classification(&logits, &labels)?;
+        if let Some((fc, w)) = &self.aux {
+            let t = self.method.clip_labels(&batch.clip_meta)?;
+            let t = Tensor::from_vec(t.clone(), t.len(), batch.clips.device())?;
+            let aux = StepOutput::classification(&fc.forward(&f)?, &t)?;
+            out.loss = (out.loss + (aux.loss * *w)?)?;
+            out.scalars.extend(
+                aux.scalars
+                    .into_iter()
+                    .map(|(k, v)| (if k == "acc" { "aux_acc" } else { k }, v)),
+            );
+        }
+        Ok(out)
     }
 
     fn backbone(&self) -> &dyn Backbone {

@@ -8,9 +8,16 @@
 //! across videos), local-local (LL, among the dense clips of one video) and
 //! global-local (GL, the sparse clip's time slices against the dense clips).
 //!
-//! Memory: all clips of the batch (sparse and dense, all views) go through the
-//! backbone as one batch `[B * views * (1 + dense), 3, T, H, W]`, so activations are
-//! held once and batch norm sees every clip.
+//! Memory: by default all clips of the batch (sparse and dense, all views) go through
+//! the backbone as one batch `[B * views * (1 + dense), 3, T, H, W]`, so activations are
+//! held once and batch norm sees every clip; `bn_batches = "per_clip_type"` runs one
+//! pass per clip type and view instead, as the public code does (its batch-norm
+//! statistics are those of one clip type). The projection MLP always runs once over
+//! all rows (the code also projects each sparse time slice on its own; not offered).
+//!
+//! Loss parity with the public code (restated in `tools/loss_parity.py`, checked by
+//! `tests/it/loss_parity.rs`): IC's sparse term, the `"pairwise"` dense term and LL
+//! with `ll_reduction = "sum"` equal the code's; GL is the code's divided by 16.
 
 use std::sync::Arc;
 
@@ -23,7 +30,7 @@ use crate::backbone::Backbone;
 use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
 use crate::data::sampler::{clip_indices, random_start};
 use crate::error::{check, Invalid};
-use crate::loss::{global_local, l2_normalize, nt_xent_masked, PairMasks};
+use crate::loss::{global_local, l2_normalize, nt_xent_masked, nt_xent_pair, PairMasks};
 use crate::nn::{Linear, VarStore};
 use crate::ops::batch_norm3d::BatchNorm3d;
 use crate::{Error, Result};
@@ -39,6 +46,59 @@ pub enum LlReduction {
     Mean,
     /// Sum over videos, as TCLR's public code does: LL weighted by the batch size.
     Sum,
+}
+
+/// Which dense-clip instance term IC adds to the sparse one (METHODS.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IcDense {
+    /// The public code's form: one NT-Xent between every ordered pair of distinct
+    /// (view, part) slots of the dense clips, each with only its two slots' `2(B-1)`
+    /// negatives; the 56 terms (2 views x 4 parts) summed and divided by 4.
+    Pairwise,
+    /// One multi-positive NT-Xent over all dense rows: the other dense clips of the same
+    /// video are positives, every other video's dense clips negatives (default; the
+    /// recipe value `true` of earlier versions).
+    MultiPositive,
+    /// No dense term: IC over the sparse clips only (the recipe value `false`).
+    Off,
+}
+
+/// `ic_dense` accepts the names above and, for recipes written before it was a choice,
+/// `true` (= `"multi_positive"`) and `false` (= `"off"`).
+impl<'de> Deserialize<'de> for IcDense {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Self::MultiPositive),
+            Raw::Bool(false) => Ok(Self::Off),
+            Raw::Name(n) => match n.as_str() {
+                "pairwise" => Ok(Self::Pairwise),
+                "multi_positive" => Ok(Self::MultiPositive),
+                "off" => Ok(Self::Off),
+                other => Err(serde::de::Error::unknown_variant(
+                    other,
+                    &["pairwise", "multi_positive", "off"],
+                )),
+            },
+        }
+    }
+}
+
+/// How the clips of a batch are grouped into backbone passes (and so batch-norm batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnBatches {
+    /// One backbone pass over all clips of the batch (default; batch norm sees every clip).
+    Joint,
+    /// One backbone pass per clip type and view (sparse, dense 0..n, for each view: 10
+    /// passes for TCLR's layout), as the public code runs them.
+    PerClipType,
 }
 
 /// `[method] kind = "temporal_contrast"`: TCLR (METHODS.md section 3). Total loss
@@ -57,16 +117,21 @@ pub struct TemporalContrastConfig {
     pub dense_clips: usize,
     /// Softmax temperature of all three losses.
     pub temperature: f64,
-    /// Weight of the instance loss (IC).
+    /// Weight of the instance loss (IC; the code's is 1).
     pub w_ic: f64,
-    /// Weight of the local-local loss (LL).
+    /// Weight of the dense term inside IC (the code's is 1 with `ic_dense = "pairwise"`).
+    pub w_ic_dense: f64,
+    /// Weight of the local-local loss (LL; the code's is 1 with `ll_reduction = "sum"`,
+    /// i.e. `B` in row-mean units).
     pub w_ll: f64,
-    /// Weight of the global-local loss (GL).
+    /// Weight of the global-local loss (GL, a row mean; the code's is 16: it sums over
+    /// the 4 time slices and the 4 view pairs).
     pub w_gl: f64,
-    /// Add the dense instance term to IC (all dense clips of a video positive to each
-    /// other, other videos' dense clips negative), as the public code does.
-    pub ic_dense: bool,
+    /// The dense instance term added to IC ([`IcDense`]).
+    pub ic_dense: IcDense,
     pub ll_reduction: LlReduction,
+    /// Backbone passes per step ([`BnBatches`]).
+    pub bn_batches: BnBatches,
     /// Projection MLP: C -> proj_hidden, BN, ReLU -> proj_dim, BN, L2 normalise.
     pub proj_hidden: usize,
     pub proj_dim: usize,
@@ -80,10 +145,12 @@ impl Default for TemporalContrastConfig {
             dense_clips: 4,
             temperature: 0.1,
             w_ic: 1.0,
+            w_ic_dense: 1.0,
             w_ll: 1.0,
             w_gl: 1.0,
-            ic_dense: true,
+            ic_dense: IcDense::MultiPositive,
             ll_reduction: LlReduction::Mean,
+            bn_batches: BnBatches::Joint,
             proj_hidden: 512,
             proj_dim: 128,
         }
@@ -116,7 +183,12 @@ impl TemporalContrastConfig {
             "temperature",
             || format!("must be > 0, got {}", m.temperature),
         )?;
-        for (key, w) in [("w_ic", m.w_ic), ("w_ll", m.w_ll), ("w_gl", m.w_gl)] {
+        for (key, w) in [
+            ("w_ic", m.w_ic),
+            ("w_ic_dense", m.w_ic_dense),
+            ("w_ll", m.w_ll),
+            ("w_gl", m.w_gl),
+        ] {
             check(w.is_finite() && w >= 0.0, key, || {
                 format!("must be >= 0 (0 switches the loss off), got {w}")
             })?;
@@ -350,6 +422,10 @@ pub trait TemporalContrast: Send + Sync + 'static {
     fn layout(&self) -> SparseDenseSpec;
     /// Whether the loss terms need the sparse clips' time slices ([`Embeddings::gl`]).
     fn needs_slices(&self) -> bool;
+    /// How the clips are grouped into backbone passes; one joint pass unless overridden.
+    fn bn_batches(&self) -> BnBatches {
+        BnBatches::Joint
+    }
     /// The loss terms of the embeddings of `videos` videos, in logging order (each a
     /// scalar tensor with autograd graph).
     fn terms(&self, e: &Embeddings, videos: usize) -> Result<Vec<LossTerm>>;
@@ -381,12 +457,21 @@ impl Tclr {
         let mut out = TclrLosses::default();
         if cfg.w_ic > 0.0 {
             let ids: Vec<usize> = (0..videos * v).map(|r| r / v).collect();
-            let mut ic = nt_xent_masked(&e.sparse, &PairMasks::instance(&ids, dev)?, tau)?;
-            if cfg.ic_dense {
-                let m = PairMasks::instance(&dense_video, dev)?;
-                ic = (ic + nt_xent_masked(&e.dense, &m, tau)?)?;
-            }
-            out.ic = Some(ic);
+            let ic = nt_xent_masked(&e.sparse, &PairMasks::instance(&ids, dev)?, tau)?;
+            let dense = match cfg.ic_dense {
+                IcDense::Off => None,
+                IcDense::MultiPositive => {
+                    let m = PairMasks::instance(&dense_video, dev)?;
+                    Some(nt_xent_masked(&e.dense, &m, tau)?)
+                }
+                IcDense::Pairwise => Some(pairwise_dense(&e.dense, videos, v * n, tau)?),
+            };
+            out.ic = Some(match dense {
+                None => ic,
+                // A weight of 1 adds the term as it is (bit-identical to earlier versions).
+                Some(d) if cfg.w_ic_dense == 1.0 => (ic + d)?,
+                Some(d) => (ic + (d * cfg.w_ic_dense)?)?,
+            });
         }
         if cfg.w_ll > 0.0 {
             let m = PairMasks::within_group(&dense_video, &dense_part, dev)?;
@@ -428,6 +513,31 @@ impl Tclr {
     }
 }
 
+/// The public code's dense instance term over `dense` `[B * slots, D]` (rows ordered
+/// (video, slot)): [`nt_xent_pair`] between every ordered pair of distinct slots,
+/// summed and divided by 4 (`slots = 8`: 56 terms). NT-Xent is symmetric in its two
+/// batches, so each unordered pair is computed once and counted twice.
+pub fn pairwise_dense(dense: &Tensor, videos: usize, slots: usize, tau: f64) -> Result<Tensor> {
+    let d = dense.dim(1)?;
+    let per_slot = dense.reshape((videos, slots, d))?;
+    let slot = |s: usize| -> Result<Tensor> { Ok(per_slot.narrow(1, s, 1)?.squeeze(1)?) };
+    let mut sum: Option<Tensor> = None;
+    for a in 0..slots {
+        for b in a + 1..slots {
+            let term = nt_xent_pair(&slot(a)?, &slot(b)?, tau)?;
+            sum = Some(match sum {
+                Some(s) => (s + term)?,
+                None => term,
+            });
+        }
+    }
+    match sum {
+        Some(s) => Ok((s * (2.0 / 4.0))?),
+        // One slot has no pair: the term is 0 (kept in the graph).
+        None => Ok(dense.sum_all()?.affine(0.0, 0.0)?),
+    }
+}
+
 impl TemporalContrast for Tclr {
     fn layout(&self) -> SparseDenseSpec {
         SparseDenseSpec {
@@ -439,6 +549,10 @@ impl TemporalContrast for Tclr {
 
     fn needs_slices(&self) -> bool {
         self.cfg.w_gl > 0.0
+    }
+
+    fn bn_batches(&self) -> BnBatches {
+        self.cfg.bn_batches
     }
 
     fn terms(&self, e: &Embeddings, videos: usize) -> Result<Vec<LossTerm>> {
@@ -506,6 +620,37 @@ impl<T: TemporalContrast> TemporalContrastMethod<T> {
         &self.method
     }
 
+    /// Backbone feature maps of `clips` (`k` clips per video, in batch order): one pass
+    /// over all of them, or with [`BnBatches::PerClipType`] one pass per clip slot (the
+    /// `videos` clips of one type and view), put back in batch order.
+    fn backbone_passes(
+        &self,
+        clips: &Tensor,
+        videos: usize,
+        k: usize,
+        train: bool,
+    ) -> Result<Tensor> {
+        if self.method.bn_batches() == BnBatches::Joint {
+            return self.backbone.forward_t(clips, train);
+        }
+        let dev = clips.device();
+        let mut per_slot = Vec::with_capacity(k);
+        for slot in 0..k {
+            let rows: Vec<u32> = (0..videos).map(|b| (b * k + slot) as u32).collect();
+            let idx = Tensor::from_vec(rows, videos, dev)?;
+            per_slot.push(
+                self.backbone
+                    .forward_t(&clips.index_select(&idx, 0)?, train)?,
+            );
+        }
+        // [B, K, C, T', H', W'] is batch order (row b * K + slot).
+        let stacked = Tensor::stack(&per_slot, 1)?;
+        let dims = stacked.dims().to_vec();
+        let mut shape = vec![videos * k];
+        shape.extend_from_slice(&dims[2..]);
+        Ok(stacked.reshape(shape)?)
+    }
+
     /// Embeddings of a batch of `videos` videos in the [`SparseDenseSpec`] order.
     pub fn embed(&self, clips: &Tensor, videos: usize, train: bool) -> Result<Embeddings> {
         let sd = self.method.layout();
@@ -516,8 +661,8 @@ impl<T: TemporalContrast> TemporalContrastMethod<T> {
                 clips.dim(0)?
             )));
         }
-        // One backbone pass over every clip; pool space only: [B*K, C, T'].
-        let fmap = self.backbone.forward_t(clips, train)?;
+        let fmap = self.backbone_passes(clips, videos, k, train)?;
+        // Pool space only: [B*K, C, T'].
         let (_, c, tp, _, _) = fmap.dims5()?;
         let st = fmap.mean(4)?.mean(3)?.reshape((videos, v, 1 + n, c, tp))?;
         let sparse_t = st.narrow(2, 0, 1)?.squeeze(2)?; // [B, V, C, T']

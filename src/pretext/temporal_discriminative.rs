@@ -35,7 +35,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::momentum::copy_store;
-pub use super::momentum::{ema_update, enqueue, random_unit_rows};
+pub use super::momentum::{ema, ema_update, enqueue, random_unit_rows};
 use super::{Pretext, StepOutput};
 use crate::backbone::Backbone;
 use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
@@ -176,8 +176,9 @@ pub fn tca(x: &Tensor, l: &[f64], r: &[usize]) -> Result<Tensor> {
         .map(|i| Ok(x.narrow(0, i, 1)?.narrow(2, r[i], 1)?))
         .collect::<Result<Vec<_>>>()?;
     let refs = Tensor::cat(&refs, 0)?; // [N, C, 1, H, W]
-    let lw: Vec<f32> = l.iter().map(|&v| v as f32).collect();
-    let lw = Tensor::from_vec(lw, (n, 1, 1, 1, 1), x.device())?.to_dtype(x.dtype())?;
+                                       // Built in f64 and cast to the clips' dtype (the same f32 values as before for f32
+                                       // clips; exact weights for f64 ones).
+    let lw = Tensor::from_vec(l.to_vec(), (n, 1, 1, 1, 1), x.device())?.to_dtype(x.dtype())?;
     let keep = lw.affine(-1.0, 1.0)?;
     Ok(x.broadcast_mul(&keep)?
         .broadcast_add(&refs.broadcast_mul(&lw)?)?)

@@ -32,6 +32,13 @@ pub struct TrainConfig {
     pub milestones: Vec<f64>,
     pub gamma: f64,
     pub min_lr: f64,
+    /// Plateau schedule: epochs without a lower mean loss before the rate drops.
+    pub patience: u64,
+    /// Plateau schedule: multiplier of each drop.
+    pub factor: f64,
+    /// Plateau schedule: rate multipliers of the first epochs (TCLR:
+    /// [0.01, 0.05, 0.1, 0.5, 1]); empty for none.
+    pub warmup_multipliers: Vec<f64>,
     /// Global gradient-norm clip; 0 disables.
     pub grad_clip: f64,
     /// Save a resumable checkpoint every this many steps (0: only at the end).
@@ -83,6 +90,9 @@ impl Default for TrainConfig {
             milestones: vec![0.5, 0.75],
             gamma: 0.1,
             min_lr: 0.0,
+            patience: 9,
+            factor: 0.1,
+            warmup_multipliers: vec![],
             grad_clip: 40.0,
             checkpoint_every: 100,
             keep_checkpoints: 2,
@@ -134,6 +144,20 @@ impl TrainConfig {
                 format!("fractions in [0, 1], got {m}")
             })?;
         }
+        check(t.patience >= 1, "patience", || "must be at least 1".into())?;
+        check(t.factor > 0.0 && t.factor <= 1.0, "factor", || {
+            format!("must be in (0, 1], got {}", t.factor)
+        })?;
+        for m in &t.warmup_multipliers {
+            check(m.is_finite() && *m > 0.0, "warmup_multipliers", || {
+                format!("multipliers must be > 0, got {m}")
+            })?;
+        }
+        check(
+            t.warmup_multipliers.is_empty() || t.schedule == ScheduleKind::Plateau,
+            "warmup_multipliers",
+            || "only used by train.schedule = \"plateau\" (use train.warmup_steps)".into(),
+        )?;
         check(t.grad_clip >= 0.0, "grad_clip", || {
             "must be >= 0 (0 disables)".into()
         })?;

@@ -236,7 +236,7 @@ pub fn step_metadata(cfg: &LoopConfig, step: u64) -> HashMap<String, String> {
 pub fn run(
     obj: &mut dyn Objective,
     groups: &mut [ParamGroup],
-    sched: &Schedule,
+    sched: &mut Schedule,
     dataset: Arc<dyn VideoDataset>,
     cfg: &LoopConfig,
     run: &RunDir,
@@ -256,7 +256,7 @@ pub fn run(
         // No checkpoint yet (killed before the first): start over at step 0, dropping
         // what the killed attempt logged.
         if !run.checkpoints().is_empty() {
-            (start, skipped_at_start) = resume_from(run, obj, groups, device)?;
+            (start, skipped_at_start) = resume_from(run, obj, groups, sched, device)?;
         }
         truncate_metrics(&run.metrics(), start)?;
     }
@@ -303,6 +303,7 @@ pub fn run(
             };
             let grad_norm = match bad {
                 Ok(norm) => {
+                    sched.observe(step, loss);
                     obj.after_step()?;
                     last_loss = loss;
                     norm
@@ -340,7 +341,7 @@ pub fn run(
             mon.measured(done, "test", &measured)?;
             let ckpt_due = cfg.checkpoint_every > 0 && done.is_multiple_of(cfg.checkpoint_every);
             if ckpt_due || done == cfg.end {
-                save_checkpoint(run, cfg, obj, groups, done, skipped_steps)?;
+                save_checkpoint(run, cfg, obj, groups, sched, done, skipped_steps)?;
             }
             mon.tick(done)?;
         }
@@ -361,6 +362,7 @@ fn save_checkpoint(
     cfg: &LoopConfig,
     obj: &dyn Objective,
     groups: &[ParamGroup],
+    sched: &Schedule,
     step: u64,
     skipped_steps: u64,
 ) -> Result<()> {
@@ -372,6 +374,12 @@ fn save_checkpoint(
     for g in groups {
         tensors.extend(g.state()?);
     }
+    tensors.extend(
+        sched
+            .state()?
+            .into_iter()
+            .map(|(k, v)| (format!("schedule.{k}"), v)),
+    );
     tensors.extend(
         obj.state()?
             .into_iter()
@@ -407,6 +415,7 @@ fn resume_from(
     run: &RunDir,
     obj: &mut dyn Objective,
     groups: &mut [ParamGroup],
+    sched: &mut Schedule,
     device: &Device,
 ) -> Result<(u64, u64)> {
     let mut last_err = None;
@@ -439,6 +448,9 @@ fn resume_from(
                         .map_err(|e| Error::checkpoint(path, e.to_string()))?;
                 }
                 obj.load_state(&part("method."))?;
+                sched
+                    .load_state(&part("schedule."))
+                    .map_err(|e| Error::checkpoint(path, e.to_string()))?;
                 obj.load_metadata(&meta, path)?;
                 let meta_step: Option<u64> = meta.get("step").and_then(|s| s.parse().ok());
                 if meta_step != Some(*step) {

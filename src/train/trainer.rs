@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use super::config::TrainConfig;
 use super::engine::{self, LoaderConfig, LoopConfig, Objective, ParamGroup};
 use super::optim::{Optimizer, OptimizerConfig};
-use super::schedule::Schedule;
+use super::schedule::{PlateauConfig, PlateauState, Schedule, ScheduleKind};
 use crate::data::clip::{Batch, ClipPlanner};
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::HostBatch;
@@ -59,9 +59,20 @@ pub fn total_steps(t: &TrainConfig, train_videos: usize) -> u64 {
     }
 }
 
-/// The learning-rate schedule of a `[train]` table.
-pub fn schedule(t: &TrainConfig, total: u64) -> Schedule {
+/// The learning-rate schedule of a `[train]` table for a run of `total` steps over
+/// `train_videos` videos (an epoch is `ceil(train_videos / batch_size)` steps).
+pub fn schedule(t: &TrainConfig, total: u64, train_videos: usize) -> Schedule {
+    let plateau = (t.schedule == ScheduleKind::Plateau).then(|| {
+        let cfg = PlateauConfig {
+            steps_per_epoch: (train_videos as u64).div_ceil(t.batch_size as u64).max(1),
+            patience: t.patience,
+            factor: t.factor,
+            warmup: t.warmup_multipliers.clone(),
+        };
+        (cfg, PlateauState::default())
+    });
     Schedule {
+        plateau,
         kind: t.schedule,
         base_lr: t.lr,
         warmup_steps: t.warmup_steps,
@@ -255,7 +266,7 @@ pub fn fit(
         params.clone(),
     )?;
     let total = total_steps(t, dataset.len(Split::Train));
-    let sched = schedule(t, total);
+    let mut sched = schedule(t, total, dataset.len(Split::Train));
     tracing::info!(
         "training {} on {}: {total} steps, {} parameters",
         opts.name,
@@ -281,7 +292,15 @@ pub fn fit(
     };
     let mut groups = [ParamGroup::single(optimizer)];
     let mut obj = PretextObjective(pretext);
-    let s = engine::run(&mut obj, &mut groups, &sched, dataset, &cfg, run, device)?;
+    let s = engine::run(
+        &mut obj,
+        &mut groups,
+        &mut sched,
+        dataset,
+        &cfg,
+        run,
+        device,
+    )?;
     if s.steps_done == total {
         let path = run.model();
         write_safetensors_atomic(

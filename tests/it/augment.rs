@@ -564,3 +564,50 @@ fn bad_augment_keys_name_the_key() {
     // The resolved recipe round-trips the new table.
     assert!(r.to_toml().contains("[data.augment]"));
 }
+
+/// Per-op colour probabilities (TCLR's): each op is applied to its share of the clips,
+/// independently; at 1 (default) nothing extra is drawn, so the draws of a config that
+/// does not set them are those of earlier versions.
+#[test]
+fn per_op_colour_probabilities() {
+    let cfg = AugmentConfig {
+        brightness: 0.25,
+        contrast: 0.25,
+        saturation: 0.25,
+        hue: 0.1,
+        brightness_p: 0.3,
+        contrast_p: 0.25,
+        saturation_p: 0.3,
+        hue_p: 0.3,
+        ..AugmentConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let n = 2000;
+    let js: Vec<Jitter> = (0..n)
+        .map(|_| ClipAug::draw(&cfg, 40, 50, 16, &mut rng).jitter.unwrap())
+        .collect();
+    let rate = |f: &dyn Fn(&Jitter) -> bool| js.iter().filter(|j| f(j)).count() as f64 / n as f64;
+    assert!((rate(&|j| j.brightness != 1.0) - 0.3).abs() < 0.045);
+    assert!((rate(&|j| j.contrast != 1.0) - 0.25).abs() < 0.045);
+    assert!((rate(&|j| j.saturation != 1.0) - 0.3).abs() < 0.045);
+    assert!((rate(&|j| j.hue != 0.0) - 0.3).abs() < 0.045);
+    let both = rate(&|j| j.brightness != 1.0 && j.hue != 0.0);
+    assert!((both - 0.09).abs() < 0.03, "P(brightness, hue) = {both}");
+    // Probabilities of 1 change nothing: the same draws as without the keys.
+    let plain = full_cfg();
+    let explicit = AugmentConfig {
+        brightness_p: 1.0,
+        hue_p: 1.0,
+        ..full_cfg()
+    };
+    let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
+    for _ in 0..50 {
+        let x = ClipAug::draw(&plain, 40, 50, 16, &mut a);
+        assert_eq!(x, ClipAug::draw(&explicit, 40, 50, 16, &mut b));
+    }
+    let bad = AugmentConfig {
+        hue_p: 1.5,
+        ..AugmentConfig::default()
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "hue_p");
+}

@@ -5,7 +5,7 @@
 use vssl::data::clip::ClipPlanner;
 use vssl::data::sampler::{clip_indices, clip_indices_clamped, uniform_starts, StridedPlanner};
 use vssl::pretext::speed_sort::SpeedSortPlanner;
-use vssl::pretext::{SpeedLabel, VariableSpeed};
+use vssl::pretext::{SpeedDraw, SpeedLabel, VariableSpeed};
 
 #[test]
 fn clip_index_modes() {
@@ -42,6 +42,7 @@ fn clip_index_modes() {
             n_clips: 3,
             speeds: vec![1, 2, 3],
             reverse: true,
+            distinct: SpeedDraw::Magnitude,
             label: SpeedLabel::Sort,
         },
         4,

@@ -19,7 +19,9 @@ use vssl::pretext::speed_sort::{
     factorial, per_clip_classes, per_clip_label, permutation_from_index, permutation_index,
     sort_label, sorting_order, speed_sort_plan, SpeedSortPlanner,
 };
-use vssl::pretext::{Pretext, SpeedLabel, SpeedSortConfig, SpeedSortMethod, VariableSpeed};
+use vssl::pretext::{
+    Pretext, SpeedDraw, SpeedLabel, SpeedSortConfig, SpeedSortMethod, VariableSpeed,
+};
 use vssl::recipe::{BackboneConfig, NormKind};
 
 use super::common::{
@@ -279,6 +281,7 @@ fn plan_draws_distinct_speeds_and_matching_indices() {
         speeds: vec![1, 2, 4, 8],
         n_clips: 3,
         reverse: true,
+        distinct: SpeedDraw::Magnitude,
         label: SpeedLabel::Sort,
     };
     let (len, frames) = (40usize, 6usize);
@@ -369,6 +372,7 @@ fn loader_clips_follow_drawn_speed_and_direction() {
         speeds: vec![1, 2, 4, 8],
         n_clips: 3,
         reverse: true,
+        distinct: SpeedDraw::Magnitude,
         label: SpeedLabel::Sort,
     };
     let plan = BatchPlan {
@@ -480,7 +484,16 @@ fn recipe_checks_name_the_key() {
             "{sets:?}: {err}"
         );
     };
-    bad(&["method.n_clips=4"], "method.n_clips"); // 3 speeds
+    // 3 speeds: 6 signed ones, or 3 magnitudes with distinct = "magnitude".
+    bad(
+        &["method.n_clips=7", "method.label=\"per_clip\""],
+        "method.n_clips",
+    );
+    bad(
+        &["method.n_clips=4", "method.distinct=\"magnitude\""],
+        "method.n_clips",
+    );
+    bad(&["method.distinct=\"sign\""], "method.distinct");
     bad(&["method.n_clips=1"], "method.n_clips");
     bad(&["method.speeds=[1, 2, 2]"], "method.speeds");
     bad(&["method.speeds=[0, 1, 2]"], "method.speeds");
@@ -505,4 +518,124 @@ fn recipe_checks_name_the_key() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("kind = \"speed_sort\"") && text.contains("label = \"per_clip\""));
+}
+
+/// The default draw (`distinct = "signed"`) picks distinct signed speeds from
+/// `speeds x {forward, reverse}`: a speed can meet its own reverse (1x with -1x), every
+/// signed speed and pair of them turns up, and the sort label stays well defined.
+/// Without backward play it draws exactly what `"magnitude"` draws.
+#[test]
+fn signed_draw_lets_a_speed_meet_its_reverse() {
+    let spec = |distinct, reverse| VariableSpeed {
+        speeds: vec![1, 2, 4],
+        n_clips: 3,
+        reverse,
+        distinct,
+        label: SpeedLabel::Sort,
+    };
+    let signed = spec(SpeedDraw::Signed, true);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (mut own_reverse, mut seen) = (0, BTreeSet::new());
+    let n = 600;
+    for _ in 0..n {
+        let plan = speed_sort_plan(40, 6, &signed, &mut rng);
+        let s: BTreeSet<i64> = plan.iter().map(|c| c.meta.signed_speed()).collect();
+        assert_eq!(s.len(), 3, "distinct signed speeds: {plan:?}");
+        own_reverse += s.iter().any(|v| *v > 0 && s.contains(&-v)) as usize;
+        seen.extend(s);
+        let metas: Vec<ClipMeta> = plan.iter().map(|c| c.meta).collect();
+        assert!(sort_label(&metas) < 6);
+    }
+    assert_eq!(seen.len(), 6, "every signed speed drawn: {seen:?}");
+    // P(some speed meets its reverse) = 1 - P(3 distinct magnitudes) = 1 - 8/20 = 0.6.
+    let share = own_reverse as f64 / n as f64;
+    assert!(
+        (share - 0.6).abs() < 0.08,
+        "share with a speed and its reverse: {share}"
+    );
+    // The old draw never pairs them.
+    let magnitude = spec(SpeedDraw::Magnitude, true);
+    for _ in 0..200 {
+        let plan = speed_sort_plan(40, 6, &magnitude, &mut rng);
+        let s: BTreeSet<usize> = plan.iter().map(|c| c.meta.speed).collect();
+        assert_eq!(s.len(), 3);
+    }
+    // Forward only: both draws consume the rng alike and give the same plans.
+    let (mut a, mut b) = (
+        rand_chacha::ChaCha8Rng::seed_from_u64(4),
+        rand_chacha::ChaCha8Rng::seed_from_u64(4),
+    );
+    for _ in 0..50 {
+        let pa = speed_sort_plan(40, 6, &spec(SpeedDraw::Signed, false), &mut a);
+        let pb = speed_sort_plan(40, 6, &spec(SpeedDraw::Magnitude, false), &mut b);
+        assert_eq!(pa, pb);
+    }
+    // With signed speeds 3 clips fit 2 speeds, with magnitudes they do not.
+    let cfg = |distinct| SpeedSortConfig {
+        speeds: vec![1, 2],
+        distinct,
+        ..Default::default()
+    };
+    assert!(cfg(SpeedDraw::Signed).validate().is_ok());
+    // ... and the method builds and plans them.
+    let four = SpeedSortConfig {
+        n_clips: 4,
+        speeds: vec![1, 2],
+        label: SpeedLabel::PerClip,
+        pair_hidden: 6,
+        ..Default::default()
+    };
+    let heads = VarStore::new(&Device::Cpu, 9);
+    let m = four.init(4, tiny_backbone(NormKind::Bn, 4), heads).unwrap();
+    let plan = m.planner().plan(40, &mut rng).unwrap();
+    let s: BTreeSet<i64> = plan.iter().map(|c| c.meta.signed_speed()).collect();
+    assert_eq!(s, BTreeSet::from([-2, -1, 1, 2]));
+    assert_eq!(
+        cfg(SpeedDraw::Magnitude).validate().unwrap_err().0,
+        "n_clips"
+    );
+}
+
+/// `aux_per_clip`: with all head weights zero the sort head gives ln 6 and the auxiliary
+/// per-clip head (`pretext.aux`, 8 classes for 4 speeds x 2 directions) ln 8, so the
+/// loss is ln 6 + w ln 8; the key is refused with `label = "per_clip"`.
+#[test]
+fn auxiliary_per_clip_loss_adds_its_weighted_cross_entropy() {
+    let cfg = SpeedSortConfig {
+        n_clips: 3,
+        speeds: vec![1, 2, 4, 8],
+        label: SpeedLabel::Sort,
+        pair_hidden: 6,
+        aux_per_clip: 0.5,
+        ..Default::default()
+    };
+    let heads = VarStore::new(&Device::Cpu, 9);
+    let mut p = cfg.init(4, tiny_backbone(NormKind::Bn, 4), heads).unwrap();
+    let mut t = BTreeMap::new();
+    for (k, v) in p.head_vars().all() {
+        t.insert(
+            k,
+            Tensor::zeros(v.dims(), DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    assert!(t.contains_key("aux.weight") && t.contains_key("aux.bias"));
+    p.head_vars().load(&t).unwrap();
+    let metas = vec![
+        m(1, false),
+        m(4, true),
+        m(2, false),
+        m(8, false),
+        m(1, true),
+        m(2, true),
+    ];
+    let out = p.step(&batch(metas, 2), false).unwrap();
+    let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
+    let want = 6f64.ln() + 0.5 * 8f64.ln();
+    assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    assert!(out.scalars.iter().any(|(k, _)| *k == "aux_acc"));
+    let bad = SpeedSortConfig {
+        label: SpeedLabel::PerClip,
+        ..cfg
+    };
+    assert_eq!(bad.validate().unwrap_err().0, "aux_per_clip");
 }

@@ -12,7 +12,9 @@ use vssl::pretext::temporal_contrast::{
     gl_slices, sparse_dense_plan, time_groups, weighted_sum, Embeddings, SparseDensePlanner,
     SparseDenseSpec, TemporalContrast, VIEWS,
 };
-use vssl::pretext::{LlReduction, Pretext, Tclr, TemporalContrastConfig, TemporalContrastMethod};
+use vssl::pretext::{
+    BnBatches, IcDense, LlReduction, Pretext, Tclr, TemporalContrastConfig, TemporalContrastMethod,
+};
 use vssl::recipe::BackboneConfig;
 
 use super::common::{
@@ -351,16 +353,23 @@ fn tclr(cfg: TemporalContrastConfig) -> TemporalContrastMethod<Tclr> {
     cfg.init(8, net, VarStore::new(&CPU, 9)).unwrap()
 }
 
-#[test]
-fn method_switches_losses_by_weight_and_reduction() {
-    let base = TemporalContrastConfig {
+/// A small TCLR config (sparse stride 2, 8 -> 4 projection) and a batch of `b` videos'
+/// clips for it.
+fn small_tclr(b: usize) -> (TemporalContrastConfig, Tensor) {
+    let cfg = TemporalContrastConfig {
         sparse_stride: 2,
         proj_hidden: 8,
         proj_dim: 4,
         ..Default::default()
     };
-    let b = 3;
     let clips = Tensor::randn(0f32, 1.0, (b * 10, 3, 8, 16, 16), &CPU).unwrap();
+    (cfg, clips)
+}
+
+#[test]
+fn method_switches_losses_by_weight_and_reduction() {
+    let b = 3;
+    let (base, clips) = small_tclr(b);
     let m = tclr(base.clone());
     assert_eq!(m.planner().clips_per_video(), 10);
     let e = m.embed(&clips, b, false).unwrap();
@@ -404,7 +413,7 @@ fn method_switches_losses_by_weight_and_reduction() {
     assert!((scalar(l.ic.as_ref().unwrap()) - ic).abs() < 1e-6);
     // Without the dense term IC is the sparse NT-Xent alone.
     let sparse_only = tclr(TemporalContrastConfig {
-        ic_dense: false,
+        ic_dense: IcDense::Off,
         ..base.clone()
     });
     let ids: Vec<usize> = (0..b * VIEWS).map(|r| r / VIEWS).collect();
@@ -507,4 +516,77 @@ fn recipe_checks_name_the_key() {
         "method.w_gl=0",
     ]));
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `bn_batches = "per_clip_type"` runs one backbone pass per clip type and view: in eval
+/// mode (running statistics) it is the same function as one joint pass, in training mode
+/// each pass normalises with its own batch statistics, so the embeddings differ; every
+/// clip still lands in its own row.
+#[test]
+fn per_clip_type_bn_batches_change_only_the_batch_statistics() {
+    let b = 3;
+    let (base, clips) = small_tclr(b);
+    let joint = tclr(base.clone());
+    let split = tclr(TemporalContrastConfig {
+        bn_batches: BnBatches::PerClipType,
+        ..base
+    });
+    let diff = |a: &Tensor, c: &Tensor| scalar(&(a - c).unwrap().abs().unwrap().max_all().unwrap());
+    let (ej, es) = (
+        joint.embed(&clips, b, false).unwrap(),
+        split.embed(&clips, b, false).unwrap(),
+    );
+    assert!(diff(&ej.sparse, &es.sparse) < 1e-5 && diff(&ej.dense, &es.dense) < 1e-5);
+    let (ej, es) = (
+        joint.embed(&clips, b, true).unwrap(),
+        split.embed(&clips, b, true).unwrap(),
+    );
+    assert!(
+        diff(&ej.dense, &es.dense) > 1e-3,
+        "per-clip-type BN batches had no effect"
+    );
+}
+
+/// The dense instance term's three forms: "off" adds nothing, "pairwise" (the code's)
+/// weighs about 14x "multi_positive" at this batch, and `w_ic_dense` scales the added term.
+#[test]
+fn ic_dense_forms_and_weight() {
+    let cfg = |ic_dense, w_ic_dense| {
+        Tclr::new(&TemporalContrastConfig {
+            sparse_stride: 2,
+            ic_dense,
+            w_ic_dense,
+            w_ll: 0.0,
+            w_gl: 0.0,
+            ..Default::default()
+        })
+    };
+    let (b, d) = (4, 6);
+    let unit = |n| l2_normalize(&Tensor::randn(0f32, 1.0, (n, d), &CPU).unwrap()).unwrap();
+    let e = Embeddings {
+        sparse: unit(b * VIEWS),
+        dense: unit(b * VIEWS * 4),
+        gl: None,
+    };
+    let ic = |c: Tclr| scalar(c.losses(&e, b).unwrap().ic.as_ref().unwrap());
+    let off = ic(cfg(IcDense::Off, 1.0));
+    let pw = ic(cfg(IcDense::Pairwise, 1.0)) - off;
+    let half = ic(cfg(IcDense::Pairwise, 0.5)) - off;
+    let multi = ic(cfg(IcDense::MultiPositive, 1.0)) - off;
+    assert!((half - 0.5 * pw).abs() < 1e-4, "{half} vs {pw} / 2");
+    assert!(
+        pw > 5.0 * multi && multi > 0.0,
+        "pairwise {pw}, multi {multi}"
+    );
+    // Recipes written before ic_dense was a choice keep their meaning.
+    #[derive(serde::Deserialize)]
+    struct M {
+        ic_dense: IcDense,
+    }
+    let parse = |s: &str| toml::from_str::<M>(s).map(|m| m.ic_dense);
+    assert_eq!(parse("ic_dense = true").unwrap(), IcDense::MultiPositive);
+    assert_eq!(parse("ic_dense = false").unwrap(), IcDense::Off);
+    assert_eq!(parse("ic_dense = \"pairwise\"").unwrap(), IcDense::Pairwise);
+    let err = parse("ic_dense = \"pairs\"").unwrap_err().to_string();
+    assert!(err.contains("multi_positive"), "{err}");
 }

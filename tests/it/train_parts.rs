@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, Var};
 use vssl::io::{read_safetensors, write_safetensors_atomic};
+use vssl::run_dir::RunDir;
 use vssl::train::optim::{clip_grad_norm, Optimizer, OptimizerConfig, OptimizerKind};
-use vssl::train::schedule::{Schedule, ScheduleKind};
+use vssl::train::schedule::{PlateauConfig, PlateauState, Schedule, ScheduleKind};
 
 type R<T = ()> = vssl::Result<T>;
 
@@ -467,6 +468,7 @@ fn clip_grad_norm_scales_large_grads_and_leaves_small_ones() -> R {
 
 fn schedule(kind: ScheduleKind, warmup_steps: u64) -> Schedule {
     Schedule {
+        plateau: None,
         kind,
         base_lr: 1.0,
         warmup_steps,
@@ -677,4 +679,107 @@ fn update_clips_over_all_groups_and_steps_each_at_its_rate() -> R {
         "lr 1 on 0.5 p^2 lands on 0, got {after}"
     );
     Ok(())
+}
+
+fn plateau(patience: u64, warmup: Vec<f64>) -> Schedule {
+    Schedule {
+        plateau: Some((
+            PlateauConfig {
+                steps_per_epoch: 2,
+                patience,
+                factor: 0.1,
+                warmup,
+            },
+            PlateauState::default(),
+        )),
+        ..schedule(ScheduleKind::Plateau, 0)
+    }
+}
+
+/// Feeds `epoch_means` (two steps of each epoch, `mean +- 0.5`) from epoch `from` on and
+/// returns the rate of the first step of every following epoch.
+fn feed(s: &mut Schedule, from: u64, epoch_means: &[f64]) -> Vec<f64> {
+    let mut rates = vec![];
+    for (i, m) in epoch_means.iter().enumerate() {
+        let step = (from + i as u64) * 2;
+        s.observe(step, m - 0.5);
+        s.observe(step + 1, m + 0.5);
+        rates.push(s.lr_at(step + 2));
+    }
+    rates
+}
+
+#[test]
+fn plateau_warms_up_then_drops_by_factor_after_patience_bad_epochs() {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    let mut s = plateau(2, vec![0.01, 0.1, 1.0]);
+    assert!(
+        close(s.lr_at(0), 0.01) && close(s.lr_at(1), 0.01),
+        "warm-up epoch 0"
+    );
+    // Epoch means: 5 (best), 4 (best), 4 (equal: not bad), 4.5 (bad 1), 4.2 (bad 2: drop),
+    // 4.1 (bad 1 against 4), 3 (best), 3.5, 3.5 (bad 2: second drop).
+    let rates = feed(&mut s, 0, &[5.0, 4.0, 4.0, 4.5, 4.2, 4.1, 3.0, 3.5, 3.5]);
+    let want = [0.1, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.01];
+    for (e, (r, w)) in rates.iter().zip(want).enumerate() {
+        assert!(close(*r, w), "epoch {}: lr {r}, want {w}", e + 1);
+    }
+    // Within an epoch the rate does not move.
+    assert!(close(s.lr_at(19), s.lr_at(18)));
+}
+
+#[test]
+fn plateau_state_round_trips_so_resume_is_exact() {
+    let means = [5.0, 4.0, 4.5, 4.6, 3.0, 3.1, 3.2, 3.3];
+    let mut straight = plateau(2, vec![0.5]);
+    let all = feed(&mut straight, 0, &means);
+    // Stop in the middle of epoch 3 (one of its two steps seen), restore, continue.
+    let mut first = plateau(2, vec![0.5]);
+    let mut rates = feed(&mut first, 0, &means[..3]);
+    first.observe(6, means[3] - 0.5);
+    let state: BTreeMap<String, Tensor> = first.state().unwrap().into_iter().collect();
+    let mut resumed = plateau(2, vec![0.5]);
+    resumed.load_state(&state).unwrap();
+    assert_eq!(resumed.plateau, first.plateau, "state restored intact");
+    resumed.observe(7, means[3] + 0.5);
+    rates.push(resumed.lr_at(8));
+    rates.extend(feed(&mut resumed, 4, &means[4..]));
+    assert_eq!(rates, all);
+    assert_eq!(resumed.plateau, straight.plateau);
+    assert!(all.iter().any(|&r| r < 1.0), "a drop happened: {all:?}");
+    // A plateau run cannot resume from a checkpoint without the state.
+    assert!(plateau(2, vec![]).load_state(&BTreeMap::new()).is_err());
+    // The stateless kinds save nothing (their checkpoints are unchanged).
+    assert!(schedule(ScheduleKind::Cosine, 0)
+        .state()
+        .unwrap()
+        .is_empty());
+}
+
+/// `train.schedule = "plateau"` through the CLI: the checkpoint carries the schedule's
+/// state and a run stopped mid-epoch and resumed logs the same rates and losses and
+/// ends with the same weights as the straight run.
+#[test]
+fn plateau_run_resumes_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    // 16 videos at batch 8: 2 steps per epoch; 3 steps stop inside epoch 1.
+    let extra = "[train]\nschedule = \"plateau\"\nwarmup_steps = 0\nbatch_size = 8\nsteps = 8\n\
+                 patience = 1\nwarmup_multipliers = [0.1, 1.0]\nlr = 0.5";
+    let r = super::common::tiny_recipe(d.path(), extra);
+    let (straight, resumed) = super::common::straight_and_resumed(d.path(), &r, "plateau");
+    let ckpt = RunDir::new(&resumed).checkpoints();
+    let t = super::common::tensors(&ckpt.last().unwrap().1);
+    assert!(t.contains_key("schedule.plateau"), "{:?}", t.keys());
+    let col = |run: &std::path::Path, k: &str| super::common::metric_column(run, k);
+    assert_eq!(col(&straight, "lr"), col(&resumed, "lr"));
+    assert_eq!(col(&straight, "loss"), col(&resumed, "loss"));
+    let lr = col(&straight, "lr");
+    assert!(
+        (lr[0] - 0.05).abs() < 1e-12 && (lr[2] - 0.5).abs() < 1e-12,
+        "{lr:?}"
+    );
+    super::common::assert_bit_identical(
+        &super::common::tensors(&straight.join("model.safetensors")),
+        &super::common::tensors(&resumed.join("model.safetensors")),
+    );
 }

@@ -47,6 +47,13 @@ pub struct AugmentConfig {
     pub saturation: f64,
     /// Hue shift uniform in `[-h, h]` turns of the colour wheel, `h <= 0.5`.
     pub hue: f64,
+    /// Probability of each colour op within a jittered clip (TCLR draws each op on its
+    /// own: brightness .3, contrast .25, saturation .3, hue .3). 1 (default) applies every
+    /// op whose strength is above 0 and draws nothing extra.
+    pub brightness_p: f64,
+    pub contrast_p: f64,
+    pub saturation_p: f64,
+    pub hue_p: f64,
     /// Probability of turning the clip gray (ITU-R 601 luma in all three channels).
     pub grayscale: f64,
     /// Probability of dropping one random channel (set to the dataset mean, 0 after normalisation).
@@ -77,6 +84,10 @@ impl Default for AugmentConfig {
             contrast: 0.0,
             saturation: 0.0,
             hue: 0.0,
+            brightness_p: 1.0,
+            contrast_p: 1.0,
+            saturation_p: 1.0,
+            hue_p: 1.0,
             grayscale: 0.0,
             channel_drop: 0.0,
             erase: 0.0,
@@ -102,6 +113,10 @@ impl AugmentConfig {
         for (k, p) in [
             ("hflip", self.hflip),
             ("color_jitter", self.color_jitter),
+            ("brightness_p", self.brightness_p),
+            ("contrast_p", self.contrast_p),
+            ("saturation_p", self.saturation_p),
+            ("hue_p", self.hue_p),
             ("grayscale", self.grayscale),
             ("channel_drop", self.channel_drop),
             ("erase", self.erase),
