@@ -19,10 +19,12 @@ pub enum Error {
     },
 
     /// A file the user pointed at is missing or unreadable.
-    #[error("{}: {source}", path.display())]
+    // `error`, not `source`: the message already holds it, so `{:#}` chains do not
+    // print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A checkpoint or weights file is malformed or does not fit the model.
@@ -83,7 +85,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -39,6 +39,9 @@ enum Executor {
 
 /// The points run as child `vssl` processes, each given `--device` as written.
 pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
+    if a.jobs == 0 {
+        return Err(vssl::Error::BadInput("--jobs must be at least 1".into()).into());
+    }
     let sweep = vssl::sweep::load(&a.file, &a.sets, a.out.as_deref())?;
     if a.dry_run {
         print!("{}", vssl::sweep::plan_table(&sweep));

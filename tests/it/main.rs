@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, one module per concern.
 mod augment;
 mod backbone;
+mod bad_input;
 mod cache;
 mod clip_sampling;
 mod common;

@@ -30,6 +30,30 @@ pub struct ConvBenchOptions {
 /// printable report.
 pub fn run_conv(o: &ConvBenchOptions, dev: &Device) -> Result<String> {
     use crate::ops::conv3d::{conv3d, Conv3dConfig};
+    let sizes = [
+        ("--batch", o.batch),
+        ("--in", o.cin),
+        ("--out", o.cout),
+        ("--frames", o.frames),
+        ("--size", o.size),
+        ("--kernel", o.kernel),
+        ("--stride", o.stride),
+        ("--reps", o.reps),
+    ];
+    if let Some((flag, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        return Err(crate::Error::BadInput(format!(
+            "bench conv3d: {flag} must be at least 1"
+        )));
+    }
+    let (span, padded) = (o.kernel, o.frames.min(o.size) + 2 * o.pad);
+    if span > padded {
+        return Err(crate::Error::BadInput(format!(
+            "bench conv3d: a {span}-wide kernel does not fit a {}x{s}x{s} input padded by {}",
+            o.frames,
+            o.pad,
+            s = o.size
+        )));
+    }
     let cfg = Conv3dConfig {
         stride: [o.stride; 3],
         padding: [o.pad; 3],
