@@ -95,6 +95,25 @@ pub fn write_safetensors_atomic(
     tensors: &[(String, Tensor)],
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
+    write_tensors(path, tensors, metadata, false)
+}
+
+/// [`write_safetensors_atomic`] for checkpoints: also stores [`tensors_checksum`]
+/// under [`CHECKSUM_KEY`], computed from the bytes being written.
+pub fn write_checkpoint_atomic(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    write_tensors(path, tensors, metadata, true)
+}
+
+fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+    checksum: bool,
+) -> Result<()> {
     if path.file_name().is_none() {
         return Err(Error::checkpoint(path, "not a file path"));
     }
@@ -110,10 +129,14 @@ pub fn write_safetensors_atomic(
             ));
         }
     }
+    let mut metadata = metadata.clone();
+    if checksum {
+        metadata.insert(CHECKSUM_KEY.to_string(), host_checksum(&host));
+    }
     let meta = if metadata.is_empty() {
         None
     } else {
-        Some(metadata.clone())
+        Some(metadata)
     };
     let bytes = safetensors::serialize(host.iter().map(|(k, v)| (*k, v)), meta)
         .map_err(|e| Error::checkpoint(path, format!("cannot serialize: {e}")))?;
@@ -163,19 +186,25 @@ pub const CHECKSUM_KEY: &str = "tensors_sha256";
 pub fn tensors_checksum<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
 ) -> Result<String> {
+    let mut host = BTreeMap::new();
+    for (name, t) in tensors {
+        host.insert(name, to_host(Path::new(name), name, t)?);
+    }
+    Ok(host_checksum(&host))
+}
+
+/// The checksum of host tensors, in name order (a `BTreeMap` iterates sorted).
+fn host_checksum(host: &BTreeMap<&str, HostTensor>) -> String {
     use sha2::Digest;
-    let mut sorted: Vec<(&str, &Tensor)> = tensors.into_iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = sha2::Sha256::new();
-    for (name, t) in sorted {
-        let host = to_host(Path::new(name), name, t)?;
+    for (name, t) in host {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
-        h.update(format!("{:?}{:?}", host.dtype, host.shape).as_bytes());
-        h.update((host.bytes.len() as u64).to_le_bytes());
-        h.update(&host.bytes);
+        h.update(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
+        h.update((t.bytes.len() as u64).to_le_bytes());
+        h.update(&t.bytes);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Makes the rename durable: fsync the directory holding `path` (Unix only).

@@ -86,6 +86,19 @@ impl RunDir {
         self.root.join(RECIPE_FILE)
     }
 
+    /// The resolved recipe's path, or an error saying the directory is not a run.
+    pub fn existing_recipe(&self) -> crate::Result<PathBuf> {
+        let f = self.recipe();
+        if f.is_file() {
+            return Ok(f);
+        }
+        Err(crate::Error::BadInput(format!(
+            "{}: missing; is {} a vssl run directory?",
+            f.display(),
+            self.root.display()
+        )))
+    }
+
     pub fn model(&self) -> PathBuf {
         self.root.join(MODEL_FILE)
     }

@@ -60,14 +60,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Vec<serde_json::Value>> {
     let run = &target.run_dir;
-    let recipe_file = run.recipe();
-    if !recipe_file.is_file() {
-        return Err(Error::BadInput(format!(
-            "{}: missing; is {} a vssl run directory?",
-            recipe_file.display(),
-            run.path().display()
-        )));
-    }
+    let recipe_file = run.existing_recipe()?;
     let _lock = crate::lock::RunLock::acquire(run.path(), "vssl eval")?;
     let base: Recipe = recipe::load(&RecipeSource::with_sets(recipe_file, opts.sets.clone()))?;
     let eval_dir = run.eval_dir();

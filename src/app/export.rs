@@ -372,14 +372,7 @@ fn card(c: &CardInput) -> String {
 /// Exports a run (see the module docs).
 pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let run = RunDir::new(&opts.run);
-    let recipe_file = run.recipe();
-    if !recipe_file.is_file() {
-        return Err(Error::BadInput(format!(
-            "{}: missing; is {} a vssl run directory?",
-            recipe_file.display(),
-            run.path().display()
-        )));
-    }
+    let recipe_file = run.existing_recipe()?;
     let model_file = run.model();
     if !model_file.is_file() {
         return Err(Error::BadInput(format!(

@@ -25,12 +25,8 @@ pub struct TrainOptions {
 /// Trains the recipe's method into `opts.out`.
 pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<TrainSummary> {
     let run = RunDir::new(&opts.out);
-    if opts.resume && !run.path().is_dir() {
-        return Err(crate::Error::BadInput(format!(
-            "--resume: {} does not exist (drop --resume to start a run there)",
-            run.path().display()
-        )));
-    }
+    // Before the lock, which creates the directory.
+    crate::train::trainer::check_resume_dir(&run, opts.resume)?;
     let _lock = crate::lock::RunLock::acquire(run.path(), "vssl train")?;
     let dataset = registry::dataset(&recipe.data)?;
     let mut pretext = registry::pretext(

@@ -198,8 +198,13 @@ impl Hasher {
             Hasher::Sha256(h) => h.finalize().to_vec(),
             Hasher::GitSha1(h) => h.finalize().to_vec(),
         };
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+        to_hex(&bytes)
     }
+}
+
+/// Lowercase hex of a digest.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Streams the file into a temp file in `blobs/`, checks size and hash, then stores it.
@@ -292,5 +297,5 @@ pub fn sha256_file(path: &std::path::Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(to_hex(&h.finalize()))
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
-use sha2::Digest;
+use std::io::Read;
 
 use super::env::HubEnv;
 use super::http::{Auth, Client};
@@ -102,15 +102,18 @@ fn collect(dir: &Path) -> Result<Vec<LocalFile>> {
                 .collect::<Vec<_>>()
                 .join("/");
             id::check_file(&rel)?;
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            // Hash streaming; only the first 512 bytes (the preupload sample) are kept.
+            let mut sample = Vec::with_capacity(512);
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(512).read_to_end(&mut sample))
+                .map_err(|e| Error::io(&path, e))?;
             out.push(LocalFile {
                 rel,
-                size: bytes.len() as u64,
-                sha256: sha2::Sha256::digest(&bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
-                sample: bytes[..bytes.len().min(512)].to_vec(),
+                size: std::fs::metadata(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .len(),
+                sha256: super::download::sha256_file(&path)?,
+                sample,
                 path,
             });
         }

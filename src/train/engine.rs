@@ -24,7 +24,7 @@ use crate::data::clip::ClipPlanner;
 use crate::data::datasets::VideoDataset;
 use crate::data::loader::{BatchPlan, HostBatch, Loader};
 use crate::data::DataConfig;
-use crate::io::{read_safetensors, write_safetensors_atomic};
+use crate::io::read_safetensors;
 use crate::pretext::StepOutput;
 use crate::run_dir::{replace_file, RunDir};
 use crate::{Error, Result};
@@ -390,11 +390,7 @@ fn save_checkpoint(
     if skipped_steps > 0 {
         meta.insert(SKIPPED_KEY.into(), skipped_steps.to_string());
     }
-    meta.insert(
-        crate::io::CHECKSUM_KEY.to_string(),
-        crate::io::tensors_checksum(tensors.iter().map(|(k, t)| (k.as_str(), t)))?,
-    );
-    write_safetensors_atomic(&run.checkpoint(step), &tensors, &meta)?;
+    crate::io::write_checkpoint_atomic(&run.checkpoint(step), &tensors, &meta)?;
     let all = run.checkpoints();
     for (_, old) in all
         .iter()

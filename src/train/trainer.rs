@@ -170,6 +170,18 @@ impl Objective for PretextObjective<'_> {
     }
 }
 
+/// `--resume` into a directory that does not exist is a mistake (a typo in `--out`),
+/// not a run to start: an error naming it.
+pub fn check_resume_dir(run: &RunDir, resume: bool) -> Result<()> {
+    if resume && !run.path().is_dir() {
+        return Err(Error::BadInput(format!(
+            "--resume: {} does not exist (drop --resume to start a run there)",
+            run.path().display()
+        )));
+    }
+    Ok(())
+}
+
 /// Pretrains `pretext` on the train split of `dataset` into `run`, as `[train]` says.
 pub fn fit(
     pretext: &mut dyn Pretext,
@@ -191,12 +203,7 @@ pub fn fit(
     }
     let resume = opts.resume;
     if resume && existing.is_empty() {
-        if !run.path().is_dir() {
-            return Err(Error::BadInput(format!(
-                "--resume: {} does not exist (drop --resume to start a run there)",
-                run.path().display()
-            )));
-        }
+        check_resume_dir(run, resume)?;
         if run.model().exists() {
             return Err(Error::BadInput(format!(
                 "--resume: {} holds a finished run ({}) and no checkpoint to continue from",
