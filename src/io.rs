@@ -235,8 +235,12 @@ pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>>
     f.read_exact(&mut len)
         .map_err(|_| corrupt("no header length"))?;
     let n = u64::from_le_bytes(len);
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if n > 100_000_000 {
         return Err(corrupt("header length too large"));
+    }
+    if n > file_len.saturating_sub(8) {
+        return Err(corrupt("truncated header"));
     }
     let mut head = vec![0u8; n as usize];
     f.read_exact(&mut head)
@@ -288,8 +292,11 @@ pub fn read_safetensors(
                 ));
             }
         };
-        let expected = view.shape().iter().product::<usize>() * dtype.size_in_bytes();
-        if view.data().len() != expected {
+        let expected = view
+            .shape()
+            .iter()
+            .try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d));
+        if expected != Some(view.data().len()) {
             return Err(Error::checkpoint(
                 path,
                 format!(
@@ -318,10 +325,11 @@ mod crash_test {
 
     pub fn kill_now() -> bool {
         let n = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
-        std::env::var("VSSL_CRASH_AT_WRITE")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            == Some(n)
+        wanted("VSSL_CRASH_AT_WRITE", n)
+    }
+
+    pub fn wanted(var: &str, n: u64) -> bool {
+        std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) == Some(n)
     }
 
     pub fn sigkill_self() -> ! {
@@ -332,4 +340,20 @@ mod crash_test {
         }
         std::process::abort()
     }
+}
+
+/// A named crash point for the SIGKILL tests: with the `crash-hook` feature and
+/// `<var>=<n>` in the environment, the process kills itself with SIGKILL here, so a
+/// test can interrupt a run at an exact moment (`VSSL_CRASH_AT_STEP`: right after
+/// step `n`'s update, before anything of it is written; `VSSL_CRASH_AT_CACHE_VIDEO`:
+/// after the `n`-th video of a cache build reached the partial frame file). Without
+/// the feature it compiles to nothing.
+#[inline]
+pub fn crash_point(var: &str, n: u64) {
+    #[cfg(feature = "crash-hook")]
+    if crash_test::wanted(var, n) {
+        crash_test::sigkill_self();
+    }
+    #[cfg(not(feature = "crash-hook"))]
+    let _ = (var, n);
 }

@@ -136,20 +136,47 @@ pub fn load_or_skip(
     skipped: &mut Vec<String>,
 ) -> Result<Video> {
     let n = ds.len(split);
+    let mut last = String::new();
     for _ in 0..n {
-        match ds.video(split, *idx) {
+        match read_video(ds, split, *idx) {
             Ok(v) => return Ok(v),
             Err(e) => {
                 // The trainer warns once per distinct video (bad_videos.txt).
                 tracing::debug!("skipping unreadable video: {e}");
-                skipped.push(e.to_string());
+                last = e.to_string();
+                skipped.push(last.clone());
                 *idx = (*idx + 1) % n;
             }
         }
     }
-    Err(Error::BadInput(
-        "no video of the split could be read".into(),
-    ))
+    Err(Error::BadInput(format!(
+        "none of the {n} videos of the {split:?} split could be read ({}); the last error: {last}",
+        ds.describe()
+    )))
+}
+
+/// One video; a decoder that panics on a malformed file makes that video bad input
+/// (skipped and listed like any unreadable video) instead of killing the worker.
+pub fn read_video(ds: &dyn VideoDataset, split: Split, idx: usize) -> Result<Video> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ds.video(split, idx))).unwrap_or_else(
+        |p| {
+            let what = ds.source_path(split, idx).map_or_else(
+                || format!("{split:?} video {idx}"),
+                |p| p.display().to_string(),
+            );
+            Err(Error::BadInput(format!(
+                "{what}: the decoder failed ({})",
+                panic_message(p.as_ref())
+            )))
+        },
+    )
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// `n` uniformly spaced, centre-cropped evaluation clips of one video, `[n, 3, T, S, S]`,
@@ -208,8 +235,20 @@ impl Loader {
             handles.push(std::thread::spawn(move || {
                 let mut step = start + w;
                 while step < end {
-                    if tx.send(make_batch(ds.as_ref(), &plan, step)).is_err() {
-                        return; // consumer gone
+                    // A panic outside a video read (augmentation, planning) ends this
+                    // worker with an error the consumer sees, never a silent hang.
+                    let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        make_batch(ds.as_ref(), &plan, step)
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(Error::Internal(format!(
+                            "the batch worker failed building step {step}: {}",
+                            panic_message(p.as_ref())
+                        )))
+                    });
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return; // consumer gone, or this worker's error delivered
                     }
                     step += workers as u64;
                 }

@@ -9,7 +9,7 @@ use super::{EvalSetup, Pooling};
 use crate::backbone::Backbone;
 use crate::data::augment::Normalize;
 use crate::data::datasets::VideoDataset;
-use crate::data::loader::eval_clips;
+use crate::data::loader::{eval_clips, read_video};
 use crate::data::Split;
 use crate::{Error, Result};
 
@@ -76,7 +76,7 @@ pub fn map_split(
     let n = ds.len(split);
     for i in 0..n {
         if let Some(label) = ds.label(split, i) {
-            match ds.video(split, i) {
+            match read_video(ds, split, i) {
                 Ok(v) => {
                     pending.extend(video_clips(&v, setup));
                     labels.push(label);

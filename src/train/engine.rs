@@ -327,6 +327,7 @@ pub fn run(
                 out.scalars.push(("skipped_steps", skipped_steps as f64));
             }
             done = step + 1;
+            crate::io::crash_point("VSSL_CRASH_AT_STEP", done);
             if done.is_multiple_of(cfg.log_every) || done == cfg.total {
                 mon.log(&StepLog {
                     step: done,

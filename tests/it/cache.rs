@@ -363,37 +363,25 @@ fn an_interrupted_build_never_reads_as_valid() {
 #[test]
 fn a_killed_cache_command_leaves_no_valid_cache() {
     let d = tempfile::tempdir().unwrap();
-    // Big enough that the build takes a while (about 100 MB of 64x64 frames).
     let recipe = tiny_recipe(
         d.path(),
-        "[data.synthetic]\ntrain_videos = 96\ntest_videos = 32\nvideo_frames = 64\nsize = 64\n",
+        "[data.synthetic]\ntrain_videos = 24\ntest_videos = 8\nvideo_frames = 16\nsize = 32\n",
     );
     let dir = d.path().join("frames");
     let set = format!("data.cache=\"{}\"", dir.display());
-    let mut child = vssl(&["data", "cache", recipe.to_str().unwrap(), "--set", &set])
-        .spawn()
+    // SIGKILL once the 10th video reached the partial frame file (crash-hook
+    // feature): the kill always lands inside the build.
+    let o = vssl(&["data", "cache", recipe.to_str().unwrap(), "--set", &set])
+        .env("VSSL_CRASH_AT_CACHE_VIDEO", "10")
+        .output()
         .unwrap();
-    // Kill it once the partial frame file has some data.
-    let t0 = std::time::Instant::now();
-    let killed = loop {
-        let partial = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().contains(".partial-"));
-        let started = partial
-            .map(|p| std::fs::metadata(p.join(cache::FRAMES)).map_or(0, |m| m.len()) > 0)
-            .unwrap_or(false);
-        if started {
-            child.kill().unwrap();
-            break true;
-        }
-        if child.try_wait().unwrap().is_some() || t0.elapsed().as_secs() > 60 {
-            break false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    child.wait().unwrap();
-    assert!(killed, "the build finished before it could be interrupted");
+    assert_eq!(o.status.code(), None, "not killed: {}", stderr(&o));
+    let partial: Vec<PathBuf> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".partial-"))
+        .collect();
+    assert_eq!(partial.len(), 1, "the build was interrupted inside");
     assert!(!dir.exists());
     let o = train(&recipe, &d.path().join("run"), &["--set", &set]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

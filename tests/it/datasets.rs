@@ -17,7 +17,7 @@ use vssl::recipe::{DataConfig, DataKind};
 use crate::common::{run, stderr, stdout, tiny_recipe, train, vssl};
 
 /// Writes a `w`x`h` test-pattern video of `frames` frames with the ffmpeg CLI.
-fn make_video(path: &Path, codec: &str, frames: usize, w: usize, h: usize) {
+pub(crate) fn make_video(path: &Path, codec: &str, frames: usize, w: usize, h: usize) {
     let codec_args: &[&str] = match codec {
         "xvid" => &["-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "5"],
         // With B-frames, as many UCF101 files: decode order differs from display order.

@@ -13,6 +13,7 @@ mod hub;
 mod hub_server;
 mod import_extract;
 mod layers;
+mod loader_faults;
 mod loss_parity;
 mod nonfinite;
 mod ops;

@@ -123,6 +123,8 @@ impl Writer {
                     error: None,
                 };
                 self.offset += e.bytes();
+                let pushed = (self.train.len() + self.test.len() + 1) as u64;
+                crate::io::crash_point("VSSL_CRASH_AT_CACHE_VIDEO", pushed);
                 e
             }
             Err(err) => {
