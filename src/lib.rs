@@ -29,6 +29,7 @@
 //! | 10 | `app` | recipe-driven commands: train and evaluate from a recipe, bench, import, extract, export, cache building |
 //! | 11 | `report` | comparison tables and plots over run directories |
 //! | 12 | `sweep` | grid/zip expansion, local and Slurm executors |
+//! | 13 | `fuzzing` | one entry point per `cargo fuzz` target (`fuzz/`), shared with their replay test |
 //!
 //! `nn` sits below `ops` because the layers in `ops` own their parameters through the
 //! `nn` store; `registry` sits below `recipe` so that it builds components from their
@@ -40,6 +41,8 @@ pub mod backbone;
 pub mod data;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod io;
 pub mod lock;

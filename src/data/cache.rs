@@ -98,6 +98,13 @@ impl Entry {
     fn bytes(&self) -> u64 {
         (self.frames * self.height * self.width * 3) as u64
     }
+
+    /// [`Entry::bytes`] without overflow (`None` when it would).
+    fn checked_bytes(&self) -> Option<u64> {
+        [self.height, self.width, 3]
+            .iter()
+            .try_fold(self.frames as u64, |n, &d| n.checked_mul(d as u64))
+    }
 }
 
 /// `index.json`.
@@ -174,6 +181,35 @@ fn read_index(dir: &Path) -> std::result::Result<Option<Index>, String> {
     Ok(Some(index))
 }
 
+/// Every readable entry must be a non-empty video lying inside the frame file (a
+/// damaged or hand-edited index must not make a read overflow or allocate wildly).
+fn check_extents(dir: &Path, index: &Index) -> std::result::Result<(), String> {
+    for split in [Split::Train, Split::Test] {
+        for (i, e) in index.entries(split).iter().enumerate() {
+            if e.error.is_some() {
+                continue;
+            }
+            let end = e
+                .checked_bytes()
+                .filter(|&n| n > 0)
+                .and_then(|n| e.offset.checked_add(n));
+            if end.is_none_or(|end| end > index.bytes) {
+                return Err(format!(
+                    "{} is damaged: {split:?} video {i} ({} frames of {}x{} at byte {}) does \
+                     not lie inside the {} bytes of {FRAMES}",
+                    dir.join(INDEX).display(),
+                    e.frames,
+                    e.height,
+                    e.width,
+                    e.offset,
+                    index.bytes
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the index against the source dataset and the frame file; `Ok(None)` when
 /// there is no index, `Err(why)` when it cannot be used.
 fn validate(
@@ -231,6 +267,7 @@ fn validate(
             }
         }
     }
+    check_extents(dir, &index)?;
     let frames = dir.join(FRAMES);
     let len = fs::metadata(&frames).map(|m| m.len()).unwrap_or(0);
     if len != index.bytes {

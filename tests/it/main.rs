@@ -9,6 +9,7 @@ mod compare;
 mod datasets;
 mod eval;
 mod eval_protocols;
+mod fuzz_replay;
 mod hub;
 mod hub_server;
 mod import_extract;
