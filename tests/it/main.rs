@@ -21,6 +21,7 @@ mod ops;
 mod outside_method;
 mod paper_recipes;
 mod pretext;
+mod properties;
 mod recipe;
 mod resume_safety;
 mod run_lock;

@@ -498,22 +498,27 @@ fn conv_data(c: &ConvCase, seed: u64) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) 
 fn conv3d_forward_matches_naive_reference() {
     for (i, c) in conv_cases().iter().enumerate() {
         let (x, w, b) = conv_data(c, 10 * i as u64);
-        let want = conv_ref(c, &x, &w, b.as_deref());
-        let xt = tensor(&x, &c.x, DType::F32);
-        let wt = tensor(&w, &c.w(), DType::F32);
-        let bt = b.as_ref().map(|b| tensor(b, &[c.o], DType::F32));
-        for (name, y) in [
-            ("custom", conv3d(&xt, &wt, bt.as_ref(), &c.cfg).unwrap()),
-            (
-                "generic",
-                conv3d_generic(&xt, &wt, bt.as_ref(), &c.cfg).unwrap(),
-            ),
-        ] {
-            assert_eq!(y.dims(), c.out(), "case {i} {name}: output shape");
-            assert_eq!(y.dtype(), DType::F32);
-            let diff = max_abs_diff(&values(&y), &want);
-            assert!(diff <= 1e-4, "case {i} {c:?} {name}: max abs diff {diff}");
-        }
+        check_conv_forward(i as u64, c, &x, &w, b.as_deref());
+    }
+}
+
+/// Both conv3d implementations' forward against the naive reference (1e-4).
+fn check_conv_forward(i: u64, c: &ConvCase, x: &[f64], w: &[f64], b: Option<&[f64]>) {
+    let want = conv_ref(c, x, w, b);
+    let xt = tensor(x, &c.x, DType::F32);
+    let wt = tensor(w, &c.w(), DType::F32);
+    let bt = b.map(|b| tensor(b, &[c.o], DType::F32));
+    for (name, y) in [
+        ("custom", conv3d(&xt, &wt, bt.as_ref(), &c.cfg).unwrap()),
+        (
+            "generic",
+            conv3d_generic(&xt, &wt, bt.as_ref(), &c.cfg).unwrap(),
+        ),
+    ] {
+        assert_eq!(y.dims(), c.out(), "case {i} {name}: output shape");
+        assert_eq!(y.dtype(), DType::F32);
+        let diff = max_abs_diff(&values(&y), &want);
+        assert!(diff <= 1e-4, "case {i} {c:?} {name}: max abs diff {diff}");
     }
 }
 
@@ -1152,5 +1157,53 @@ fn conv3d_speed() {
         println!(
             "rep {rep}: conv3d [8,64,8,28,28] -> 64, k3 p1: forward {fwd:.0} ms, backward {bwd:.0} ms (weight grad alone {bwd_w:.0} ms)"
         );
+    }
+}
+
+/// A random valid convolution geometry (every output dimension at least 1).
+fn random_conv_case(rng: &mut impl rand::Rng) -> ConvCase {
+    loop {
+        let mut r = |lo: usize, hi: usize| rng.random_range(lo..=hi);
+        let x = [r(1, 3), r(1, 5), r(1, 7), r(1, 9), r(1, 9)];
+        let (o, k) = (r(1, 5), [r(1, 3), r(1, 3), r(1, 3)]);
+        let stride = [r(1, 3), r(1, 3), r(1, 3)];
+        let dilation = [r(1, 2), r(1, 2), r(1, 2)];
+        let padding = [r(0, 2), r(0, 2), r(0, 2)];
+        let c = conv_case(x, o, k, stride, padding, dilation, r(0, 1) == 1);
+        let fits = (0..3).all(|a| x[2 + a] + 2 * padding[a] > dilation[a] * (k[a] - 1));
+        if fits {
+            return c;
+        }
+    }
+}
+
+#[test]
+fn conv3d_matches_the_naive_reference_on_random_geometries() {
+    // Property test over 60 random geometries (fixed seed; the message names the case):
+    // both implementations' forward against the naive reference, and their input,
+    // weight and bias gradients against finite differences of it.
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for i in 0..60u64 {
+        let c = random_conv_case(&mut rng);
+        let (x, w, b) = conv_data(&c, 5000 + 10 * i);
+        check_conv_forward(i, &c, &x, &w, b.as_deref());
+        let r = rand_vec(numel(&c.out()), 7000 + i);
+        let bref = b.as_deref();
+        for generic in [false, true] {
+            let [gx, gw, gb] = conv_grads(&c, &x, &w, bref, &r, generic);
+            let what = |s: &str| format!("case {i} {c:?} generic={generic} {s}");
+            check_fd(&what("dx"), &x, &gx, 1e-3, 16, |xp| {
+                dot(&conv_ref(&c, xp, &w, bref), &r)
+            });
+            check_fd(&what("dw"), &w, &gw, 1e-3, 16, |wp| {
+                dot(&conv_ref(&c, &x, wp, bref), &r)
+            });
+            if let Some(b) = &b {
+                check_fd(&what("db"), b, &gb, 1e-3, 8, |bp| {
+                    dot(&conv_ref(&c, &x, &w, Some(bp)), &r)
+                });
+            }
+        }
     }
 }
