@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 cargo fmt --all -- --check
+# Compile-only: the library and binary without ffmpeg (`video` off). Dependencies are
+# shared with the builds below, so this recompiles only vssl itself.
+cargo build --release --no-default-features --quiet
 # The SIGKILL tests need the crash-injection hook (and fail without it).
 cargo clippy --release --all-targets --features crash-hook --quiet -- -D warnings
 cargo test --release --features crash-hook
