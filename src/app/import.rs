@@ -243,9 +243,19 @@ pub fn read_pth(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             format!("not a readable PyTorch checkpoint (zip-based torch.save file expected): {e}"),
         )
     };
+    // Lengths and shapes are checked before candle's reader trusts them.
+    let sizes = super::pth_scan::scan(path).map_err(|e| not_pth(&e))?;
     let read = |key: Option<&str>| -> std::result::Result<Vec<(String, Tensor)>, String> {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            candle_core::pickle::read_all_with_key(path, key)
+            let pth = candle_core::pickle::PthTensors::new(path, key)?;
+            let mut out = Vec::new();
+            for (name, info) in pth.tensor_infos() {
+                super::pth_scan::check_tensor(&sizes, info).map_err(candle_core::Error::Msg)?;
+                if let Some(t) = pth.get(name)? {
+                    out.push((name.clone(), t));
+                }
+            }
+            candle_core::Result::Ok(out)
         }));
         match caught {
             Ok(r) => r.map_err(|e| e.to_string()),

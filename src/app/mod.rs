@@ -19,5 +19,6 @@ pub mod eval;
 pub mod export;
 pub mod extract;
 pub mod import;
+pub mod pth_scan;
 pub mod summary;
 pub mod train;
