@@ -22,7 +22,9 @@ kills instead.
   python3 tools/soak.py --train 20 --finetune 10 --sweep 5
   python3 tools/soak.py --train 2 --finetune 1 --sweep 1 --steps 12   # a quick look
 
-Prints one line per trial and a tally; exits 1 if any trial differs or fails.
+Every counted trial has at least one kill (a job that finishes before its first
+kill is redone). Prints one line per trial and a tally; exits 1 if any trial differs
+or fails.
 Needs only the Python standard library.
 """
 import argparse
@@ -199,8 +201,19 @@ def main():
     tally = {"train": [0, 0, 0], "finetune": [0, 0, 0], "sweep": [0, 0, 0]}
     bad = []
 
-    def trial(kind, i, out, first, again, ref_fp, ref_s, steps):
-        kills, err = r.until_done(first, again, ref_s, steps, retry_failed=kind == "sweep")
+    def trial(kind, i, out, first, again, ref_fp, ref_s, steps, prepare=None):
+        # A trial counts only if at least one kill landed: a job that finished before
+        # its first kill is redone from scratch.
+        for _ in range(10):
+            if out.exists():
+                shutil.rmtree(out)
+            if prepare:
+                prepare(out)
+            kills, err = r.until_done(first, again, ref_s, steps,
+                                      retry_failed=kind == "sweep")
+            if kills or err:
+                break
+            print(f"{kind} trial {i + 1}: finished before any kill landed; redone", flush=True)
         same = err is None and fingerprint(out) == ref_fp
         t = tally[kind]
         t[0] += 1
@@ -238,9 +251,9 @@ def main():
         print(f"reference fine-tuning: {ref_s:.1f} s, {ft_steps} steps", flush=True)
         for i in range(args.finetune):
             out = work / f"finetune-{i}"
-            shutil.copytree(pre, out)
             cmd = [r.bin, "eval", str(out)] + ft
-            trial("finetune", i, out, cmd, cmd + ["--resume"], ref_fp, ref_s, ft_steps)
+            trial("finetune", i, out, cmd, cmd + ["--resume"], ref_fp, ref_s, ft_steps,
+                  prepare=lambda o: shutil.copytree(pre, o))
     if args.sweep:
         spec = work / "soak_sweep.toml"
         spec.write_text(
