@@ -22,7 +22,7 @@ use vssl::data::{Split, Video};
 use vssl::recipe::{DataConfig, DataKind};
 use vssl::{Error, Result};
 
-use super::common::{stderr, tiny_recipe, vssl};
+use super::common::{stderr, tiny_recipe, train};
 use super::datasets::make_video;
 
 /// Runs `f` on a thread and fails the test if it does not return within `secs`.
@@ -39,18 +39,7 @@ fn bounded<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static)
 fn train_bounded(recipe: &Path, out: &Path, secs: u64) -> std::process::Output {
     let (recipe, out) = (recipe.to_path_buf(), out.to_path_buf());
     bounded(secs, move || {
-        vssl(&[
-            "train",
-            recipe.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--set",
-            "data.workers=2",
-        ])
-        .output()
-        .unwrap()
+        train(&recipe, &out, &["--set", "data.workers=2"])
     })
 }
 
