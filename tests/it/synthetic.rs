@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use vssl::data::synthetic::{reverse_pairs, Synthetic, SyntheticConfig, CLASS_NAMES};
+use vssl::data::synthetic::{
+    reverse_pairs, Pattern, Shape, Synthetic, SyntheticConfig, CLASS_NAMES,
+};
 use vssl::data::{Split, Video};
 
 fn synth(cfg: SyntheticConfig) -> Synthetic {
@@ -96,6 +98,27 @@ fn config_defaults_validation_and_serde() {
                 ..d.clone()
             },
         ),
+        (
+            "shapes",
+            SyntheticConfig {
+                shapes: vec![],
+                ..d.clone()
+            },
+        ),
+        (
+            "object_scale",
+            SyntheticConfig {
+                object_scale: 2.0,
+                ..d.clone()
+            },
+        ),
+        (
+            "motion_scale",
+            SyntheticConfig {
+                motion_scale: f32::INFINITY,
+                ..d.clone()
+            },
+        ),
     ];
     for (key, cfg) in bad {
         let (k, msg) = cfg.validate().expect_err(key);
@@ -114,6 +137,13 @@ fn config_defaults_validation_and_serde() {
         }
     );
     assert!(serde_json::from_str::<SyntheticConfig>(r#"{"sede": 3}"#).is_err());
+    let cfg: SyntheticConfig =
+        serde_json::from_str(r#"{"shapes": ["ring", "cross"], "pattern": "checks"}"#).unwrap();
+    assert_eq!(
+        (cfg.shapes, cfg.pattern),
+        (vec![Shape::Ring, Shape::Cross], Pattern::Checks)
+    );
+    assert!(serde_json::from_str::<SyntheticConfig>(r#"{"shapes": ["blob"]}"#).is_err());
     let json = serde_json::to_string(&d).unwrap();
     assert_eq!(serde_json::from_str::<SyntheticConfig>(&json).unwrap(), d);
 }
@@ -397,7 +427,12 @@ fn check(label: u32, m: &Measured) -> Result<(), String> {
 /// classes fail here.
 #[test]
 fn labels_match_measured_motion_and_reverse() {
-    let s = synth(clean_cfg());
+    assert_labels_match_motion(&synth(clean_cfg()));
+}
+
+/// Every video of both splits measures as its label, and played backwards as the
+/// reverse class.
+fn assert_labels_match_motion(s: &Synthetic) {
     let mut failures = vec![];
     for split in [Split::Train, Split::Test] {
         for i in 0..s.len(split) {
@@ -417,6 +452,81 @@ fn labels_match_measured_motion_and_reverse() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The other world's knobs keep the labels honest: other shapes (ring, cross, diamond,
+/// ellipse), smaller objects, faster motions and a larger frame still measure as their
+/// class, and reversed as the reverse class.
+#[test]
+fn other_shapes_sizes_and_speeds_keep_labels_matching_motion() {
+    assert_labels_match_motion(&synth(SyntheticConfig {
+        size: 40,
+        shapes: vec![Shape::Ring, Shape::Cross, Shape::Diamond, Shape::Ellipse],
+        object_scale: 0.8,
+        motion_scale: 1.5,
+        ..clean_cfg()
+    }));
+}
+
+/// Each shape draws a distinct silhouette, and the three background patterns give
+/// different textures whose mean colour is the same kind of thing (no pattern is blank).
+#[test]
+fn shapes_and_patterns_render_differently() {
+    let area = |shape: Shape| {
+        let s = synth(SyntheticConfig {
+            shapes: vec![shape],
+            ..clean_cfg()
+        });
+        // Class 4 (rotation) keeps the object whole inside the frame.
+        let v = s.render(7, 4).unwrap();
+        let bg = &v.data[v.offset(0, 0, 0)..v.offset(0, 0, 0) + 3];
+        (0..v.height * v.width)
+            .filter(|&p| {
+                let o = p * 3;
+                (0..3)
+                    .map(|c| (v.data[o + c] as i32 - bg[c] as i32).abs())
+                    .sum::<i32>()
+                    > 40
+            })
+            .count()
+    };
+    let shapes = [
+        Shape::Disc,
+        Shape::Square,
+        Shape::Triangle,
+        Shape::Bar,
+        Shape::Ring,
+        Shape::Cross,
+        Shape::Diamond,
+        Shape::Ellipse,
+    ];
+    let areas: Vec<usize> = shapes.iter().map(|&sh| area(sh)).collect();
+    for (i, a) in areas.iter().enumerate() {
+        assert!(*a > 10, "{:?} covers {a} pixels", shapes[i]);
+    }
+    let distinct: BTreeSet<usize> = areas.iter().copied().collect();
+    assert!(distinct.len() >= 6, "areas {areas:?}");
+    // The ring has a hole: it covers less than the disc of the same radius.
+    assert!(areas[4] < areas[0], "{areas:?}");
+
+    let first_frame = |pattern: Pattern| {
+        let s = synth(SyntheticConfig {
+            pattern,
+            distractors: 0,
+            noise: 0.0,
+            ..SyntheticConfig::default()
+        });
+        s.render(3, 4).unwrap().frame(0).to_vec()
+    };
+    let frames = [Pattern::Noise, Pattern::Stripes, Pattern::Checks].map(first_frame);
+    assert_ne!(frames[0], frames[1]);
+    assert_ne!(frames[1], frames[2]);
+    for f in &frames {
+        let mean = f.iter().map(|&b| b as f64).sum::<f64>() / f.len() as f64;
+        let std =
+            (f.iter().map(|&b| (b as f64 - mean).powi(2)).sum::<f64>() / f.len() as f64).sqrt();
+        assert!(std > 10.0, "a flat texture: std {std}");
+    }
 }
 
 #[cfg(feature = "video")]

@@ -123,6 +123,44 @@ pub struct SyntheticConfig {
     /// The foreground object also sinks down the screen at this speed (pixels/frame at
     /// 32-pixel frames), in playback time in every class, like things under gravity.
     pub sink: f32,
+    /// Foreground shapes, drawn uniformly per video; distractors take the first two
+    /// (the first only, if there is one). The default is the built-in world's set.
+    pub shapes: Vec<Shape>,
+    /// Multiplies the foreground object's size (1: radius 14-20% of the frame side).
+    pub object_scale: f32,
+    /// Multiplies the speed of every class motion (translation, spin, growth).
+    pub motion_scale: f32,
+    /// Background pattern when `texture` is on.
+    pub pattern: Pattern,
+}
+
+/// A foreground (or distractor) shape. The first four make the built-in world; the
+/// others exist so a second, differently built world can test that a recipe is not
+/// tuned to the first one's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    Disc,
+    Square,
+    Triangle,
+    Bar,
+    Ring,
+    Cross,
+    Diamond,
+    Ellipse,
+}
+
+/// The background texture's pattern (periodic, so the drifting camera wraps around).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// Smooth two-octave value noise (isotropic).
+    Noise,
+    /// A sinusoidal grating with a random whole number of periods across the frame on
+    /// each axis.
+    Stripes,
+    /// Soft checks: the product of two such gratings.
+    Checks,
 }
 
 impl Default for SyntheticConfig {
@@ -139,6 +177,10 @@ impl Default for SyntheticConfig {
             noise: 6.0,
             fall: 0.4,
             sink: 0.4,
+            shapes: vec![Shape::Disc, Shape::Square, Shape::Triangle, Shape::Bar],
+            object_scale: 1.0,
+            motion_scale: 1.0,
+            pattern: Pattern::Noise,
         }
     }
 }
@@ -188,6 +230,21 @@ impl SyntheticConfig {
         }
         if !self.fall.is_finite() || !(0.0..=4.0).contains(&self.fall) {
             return err("fall", format!("must be in 0..=4, got {}", self.fall));
+        }
+        if self.shapes.is_empty() {
+            return err("shapes", "must name at least one shape".into());
+        }
+        if !self.object_scale.is_finite() || !(0.25..=1.5).contains(&self.object_scale) {
+            return err(
+                "object_scale",
+                format!("must be in 0.25..=1.5, got {}", self.object_scale),
+            );
+        }
+        if !self.motion_scale.is_finite() || !(0.25..=4.0).contains(&self.motion_scale) {
+            return err(
+                "motion_scale",
+                format!("must be in 0.25..=4, got {}", self.motion_scale),
+            );
         }
         Ok(())
     }

@@ -6,16 +6,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::SyntheticConfig;
+use super::{Pattern, Shape, SyntheticConfig};
 use crate::seed::mix;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Shape {
-    Disc,
-    Square,
-    Triangle,
-    Bar,
-}
 
 /// Foreground motion, in forward time (the even class of the pair).
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +137,12 @@ impl Scene {
                     -a
                 }
             });
-            let noise = value_noise(&mut rng, s);
+            let noise = match cfg.pattern {
+                Pattern::Noise => value_noise(&mut rng, s),
+                Pattern::Stripes | Pattern::Checks => {
+                    grating(&mut rng, s, cfg.pattern == Pattern::Checks)
+                }
+            };
             for (i, &v) in noise.iter().enumerate() {
                 for c in 0..3 {
                     texture[i * 3 + c] = base[c] + amp[c] * 2.0 * (v - 0.5);
@@ -193,10 +190,11 @@ impl Scene {
                 let r = (uniform(&mut rng, 0.05, 0.09) * sf).max(1.0);
                 let dir = uniform(&mut rng, 0.0, std::f32::consts::TAU);
                 let speed = uniform(&mut rng, 0.1, 0.5) * px;
+                // `random::<bool>()` first, as the built-in world (disc or square) always drew.
                 let shape = if rng.random::<bool>() {
-                    Shape::Disc
+                    cfg.shapes[0]
                 } else {
-                    Shape::Square
+                    cfg.shapes[1 % cfg.shapes.len()]
                 };
                 let color = random_color(&mut rng);
                 let p0 = (uniform(&mut rng, r, sf - r), uniform(&mut rng, r, sf - r));
@@ -221,8 +219,7 @@ impl Scene {
         // Foreground object. Its colour keeps a clear contrast with the background colour,
         // both on the lit part and on the dark orientation band.
         let mut rng = stream(5);
-        let shape =
-            [Shape::Disc, Shape::Square, Shape::Triangle, Shape::Bar][rng.random_range(0..4)];
+        let shape = cfg.shapes[rng.random_range(0..cfg.shapes.len())];
         let mut color = [0.0; 3];
         let mut best = f32::MIN;
         for _ in 0..64 {
@@ -241,11 +238,12 @@ impl Scene {
         let mut rng = stream(6);
         let margin = 2.0;
         let angle = uniform(&mut rng, 0.0, std::f32::consts::TAU);
-        let r = uniform(&mut rng, 0.14, 0.2) * sf;
-        let speed = uniform(&mut rng, 0.25, 0.55) * px;
-        let w = uniform(&mut rng, 0.06, 0.14);
-        let r0 = uniform(&mut rng, 0.07, 0.11) * sf;
-        let k = uniform(&mut rng, 0.12, 0.25) * px;
+        let (size_k, speed_k) = (cfg.object_scale, cfg.motion_scale);
+        let r = uniform(&mut rng, 0.14, 0.2) * sf * size_k;
+        let speed = uniform(&mut rng, 0.25, 0.55) * px * speed_k;
+        let w = uniform(&mut rng, 0.06, 0.14) * speed_k;
+        let r0 = uniform(&mut rng, 0.07, 0.11) * sf * size_k;
+        let k = uniform(&mut rng, 0.12, 0.25) * px * speed_k;
         let (u1, u2) = (rng.random::<f32>(), rng.random::<f32>());
         // The sink moves the object by `sink_travel` over the video, centred on the middle
         // frame: keep that much room above and below the class motion.
@@ -296,7 +294,7 @@ impl Scene {
                 }
             }
             _ => {
-                let r_max = 0.32 * sf;
+                let r_max = 0.32 * sf * size_k;
                 let k = k.min((r_max - r0) / span);
                 let r1 = r0 + k * span;
                 let (lo, hi) = (r1 + margin, sf - r1 - margin);
@@ -478,6 +476,36 @@ fn value_noise(rng: &mut ChaCha8Rng, s: usize) -> Vec<f32> {
     out
 }
 
+/// A periodic grating in `[0, 1]`, `[s, s]`: `0.5 + 0.5 sin` along a wave vector of whole
+/// periods per frame side (1..=3 on each axis, random signs), or with `checks` the product
+/// of two such gratings along the axes.
+fn grating(rng: &mut ChaCha8Rng, s: usize, checks: bool) -> Vec<f32> {
+    let mut periods = || {
+        let n = rng.random_range(1..=3) as f32;
+        if rng.random::<bool>() {
+            n
+        } else {
+            -n
+        }
+    };
+    let (kx, ky) = (periods(), periods());
+    let phase = uniform(rng, 0.0, std::f32::consts::TAU);
+    let w = std::f32::consts::TAU / s as f32;
+    let mut out = vec![0f32; s * s];
+    for y in 0..s {
+        for x in 0..s {
+            let (xf, yf) = (x as f32 * w, y as f32 * w);
+            let v = if checks {
+                (kx.abs() * xf + phase).sin() * (ky.abs() * yf).sin()
+            } else {
+                (kx * xf + ky * yf + phase).sin()
+            };
+            out[y * s + x] = 0.5 + 0.5 * v;
+        }
+    }
+    out
+}
+
 /// Signed distance (radius units, negative inside) of a unit-radius shape in its own frame.
 #[inline]
 fn sdf(shape: Shape, x: f32, y: f32) -> f32 {
@@ -507,6 +535,16 @@ fn sdf(shape: Shape, x: f32, y: f32) -> f32 {
             } else {
                 d
             }
+        }
+        Shape::Ring => ((x * x + y * y).sqrt() - 0.72).abs() - 0.28,
+        Shape::Cross => sd_box(x, y, 0.95, 0.28).min(sd_box(x, y, 0.28, 0.95)),
+        // |x| + |y| <= 1, a square standing on a corner: distance to the edge x + y = 1.
+        Shape::Diamond => (x.abs() + y.abs() - 1.0) * std::f32::consts::FRAC_1_SQRT_2,
+        // Semi-axes 1 and 0.55: the disc's distance in the stretched frame, scaled by
+        // the short semi-axis (a bound, exact on the minor axis; fine for a 1-pixel ramp).
+        Shape::Ellipse => {
+            let (ex, ey) = (x, y / 0.55);
+            ((ex * ex + ey * ey).sqrt() - 1.0) * 0.55
         }
     }
 }
