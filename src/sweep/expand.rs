@@ -103,6 +103,14 @@ fn grid_points(spec: &SweepSpec) -> Vec<Vec<(String, toml::Value, Origin)>> {
     points
 }
 
+/// The sweep's `[set]` overrides, which every point starts from.
+fn common(spec: &SweepSpec) -> Vec<(String, toml::Value, Origin)> {
+    spec.set
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone(), Origin("[set]".into())))
+        .collect()
+}
+
 fn drafts(spec: &SweepSpec) -> Vec<Draft> {
     let mut out = Vec::new();
     let has_axes = !spec.grid.is_empty() || !spec.zip.is_empty();
@@ -234,7 +242,10 @@ pub fn expand(spec: &SweepSpec, sets: &[String], out: &Path) -> Result<Vec<Point
                 toml::Value::String(label.clone()),
                 Origin("(run name)".into()),
             ));
-            let recipe = resolve(spec, d, &overrides, sets, &label)?;
+            // `[set]` goes first, so a point's own override of the same key wins.
+            let mut layered = common(spec);
+            layered.extend(overrides.iter().cloned());
+            let recipe = resolve(spec, d, &layered, sets, &label)?;
             let mut text = recipe.to_toml();
             if !d.pretrain {
                 text.push_str("\n# pretrain = false\n");

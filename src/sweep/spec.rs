@@ -55,6 +55,9 @@ pub struct SweepSpec {
     pub zip: Vec<(String, Vec<toml::Value>)>,
     /// `seeds` (each point runs once per seed as `train.seed`); None: the recipe's seed.
     pub seeds: Option<Vec<u64>>,
+    /// `[set]`: overrides applied to every point, under the point's own (dotted key,
+    /// TOML value, sorted by key); common to all points, so not part of run names.
+    pub set: Vec<(String, toml::Value)>,
     pub runs: Vec<RunSpec>,
     /// Protocols evaluated after each pretraining.
     pub eval: Vec<Protocol>,
@@ -69,6 +72,8 @@ struct RawSweep {
     grid: Option<toml::Table>,
     zip: Option<toml::Table>,
     seeds: Option<Vec<u64>>,
+    #[serde(default)]
+    set: toml::Table,
     #[serde(default)]
     runs: Vec<RawRun>,
     #[serde(default)]
@@ -246,6 +251,19 @@ pub fn parse(file: &Path) -> Result<SweepSpec> {
             ));
         }
     }
+    let mut common = Vec::new();
+    flatten("", &raw.set, &mut common);
+    common.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some((k, _)) = common
+        .iter()
+        .find(|(k, _)| k == "train.seed" || grid.iter().chain(&zip).any(|(g, _)| g == k))
+    {
+        return Err(err(
+            file,
+            &format!("set.{k}"),
+            "is also varied (in [grid], [zip] or `seeds`): a key in [set] is the same for every point",
+        ));
+    }
     let mut runs = Vec::new();
     for (i, r) in raw.runs.into_iter().enumerate() {
         let key = format!("runs[{i}]");
@@ -325,6 +343,7 @@ pub fn parse(file: &Path) -> Result<SweepSpec> {
         grid,
         zip,
         seeds: raw.seeds,
+        set: common,
         runs,
         eval,
         slurm: raw.slurm,

@@ -138,6 +138,63 @@ pretrain = false
     assert_ne!(s.points[3].hash, s.points[2].hash);
 }
 
+/// `[set]` reaches every point (grid points and runs, the random-init arm too), stays
+/// out of the run names, and a point's own override of the same key wins.
+#[test]
+fn common_set_applies_to_every_point_under_its_own_overrides() {
+    let d = tempfile::tempdir().unwrap();
+    let f = sweep_file(
+        d.path(),
+        r#"base = "tiny.toml"
+eval = ["knn"]
+[set]
+"train.lr" = 0.03
+[set.eval.data]
+kind = "synthetic"
+frames = 4
+[set.eval.data.synthetic]
+size = 40
+shapes = ["ring", "cross"]
+[[runs]]
+name = "a"
+[[runs]]
+name = "b"
+set = { "train.lr" = 0.07 }
+[[runs]]
+name = "random_init"
+pretrain = false
+"#,
+    );
+    let s = vssl::sweep::load(&f, &[], Some(&d.path().join("o"))).unwrap();
+    let labels: Vec<&str> = s.points.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["a", "b,lr=0.07", "random_init"]);
+    let lrs: Vec<f64> = s.points.iter().map(|p| p.recipe.train.lr).collect();
+    assert_eq!(lrs, [0.03, 0.07, 0.03]);
+    for p in &s.points {
+        let e = p
+            .recipe
+            .eval
+            .data
+            .as_ref()
+            .expect("[set.eval.data] reaches the point");
+        assert_eq!((e.frames, e.synthetic.size), (4, 40), "{}", p.label);
+        assert_eq!(
+            e.synthetic.shapes,
+            [
+                vssl::data::synthetic::Shape::Ring,
+                vssl::data::synthetic::Shape::Cross
+            ]
+        );
+        // The pretraining data is untouched.
+        assert_eq!(p.recipe.data.synthetic.size, 16);
+    }
+    // A key both common and varied is refused, naming it.
+    rejects(
+        "base = \"tiny.toml\"\n[set]\n\"train.lr\" = 0.1\n[grid]\n\"train.lr\" = [0.1, 0.2]\n",
+        &["set.train.lr", "also varied"],
+    );
+}
+
 /// Expects exit code 2, every `needles` in stderr, and no run directory created.
 fn rejects(body: &str, needles: &[&str]) {
     let d = tempfile::tempdir().unwrap();
