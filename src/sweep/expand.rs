@@ -206,6 +206,7 @@ pub fn expand(spec: &SweepSpec, sets: &[String], out: &Path) -> Result<Vec<Point
         Some(s) => s.iter().map(|&x| Some(x)).collect(),
         None => vec![None],
     };
+    let common = common(spec);
     let mut points = Vec::new();
     // Seeds outermost: a first full comparison (every arm at the first seed) comes early.
     for seed in &seeds {
@@ -243,7 +244,7 @@ pub fn expand(spec: &SweepSpec, sets: &[String], out: &Path) -> Result<Vec<Point
                 Origin("(run name)".into()),
             ));
             // `[set]` goes first, so a point's own override of the same key wins.
-            let mut layered = common(spec);
+            let mut layered = common.clone();
             layered.extend(overrides.iter().cloned());
             let recipe = resolve(spec, d, &layered, sets, &label)?;
             let mut text = recipe.to_toml();

@@ -121,6 +121,14 @@ fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) 
     }
 }
 
+/// A table's leaves as (dotted key, value), sorted by key.
+fn flat_sorted(t: &toml::Table) -> Vec<(String, toml::Value)> {
+    let mut flat = Vec::new();
+    flatten("", t, &mut flat);
+    flat.sort_by(|a, b| a.0.cmp(&b.0));
+    flat
+}
+
 /// `[grid]` or `[zip]` as (key, values); every value must be a non-empty list.
 fn axes(file: &Path, section: &str, t: &toml::Table) -> Result<Vec<(String, Vec<toml::Value>)>> {
     if t.is_empty() {
@@ -130,10 +138,8 @@ fn axes(file: &Path, section: &str, t: &toml::Table) -> Result<Vec<(String, Vec<
             "is empty: list at least one dotted key with its values, or remove the table",
         ));
     }
-    let mut flat = Vec::new();
-    flatten("", t, &mut flat);
-    flat.sort_by(|a, b| a.0.cmp(&b.0));
-    flat.into_iter()
+    flat_sorted(t)
+        .into_iter()
         .map(|(k, v)| match v {
             toml::Value::Array(vs) if !vs.is_empty() => Ok((k, vs)),
             toml::Value::Array(_) => Err(err(
@@ -251,13 +257,11 @@ pub fn parse(file: &Path) -> Result<SweepSpec> {
             ));
         }
     }
-    let mut common = Vec::new();
-    flatten("", &raw.set, &mut common);
-    common.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some((k, _)) = common
-        .iter()
-        .find(|(k, _)| k == "train.seed" || grid.iter().chain(&zip).any(|(g, _)| g == k))
-    {
+    let common = flat_sorted(&raw.set);
+    let seeded = raw.seeds.is_some();
+    if let Some((k, _)) = common.iter().find(|(k, _)| {
+        (seeded && k == "train.seed") || grid.iter().chain(&zip).any(|(g, _)| g == k)
+    }) {
         return Err(err(
             file,
             &format!("set.{k}"),
@@ -297,13 +301,10 @@ pub fn parse(file: &Path) -> Result<SweepSpec> {
                 format!("`{name}` names two runs"),
             ));
         }
-        let mut set = Vec::new();
-        flatten("", &r.set, &mut set);
-        set.sort_by(|a, b| a.0.cmp(&b.0));
         runs.push(RunSpec {
             name,
             base: base_path,
-            set,
+            set: flat_sorted(&r.set),
             pretrain: r.pretrain,
         });
     }
