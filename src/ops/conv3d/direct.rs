@@ -284,7 +284,8 @@ fn phase_split(g: &Geom, x: &[f32], used: &[bool]) -> Vec<f32> {
                 for hi in 0..h {
                     let row = &src[(ti * h + hi) * w..][..w];
                     let base = ((ti / s0) * oh + hi / s1) * ow;
-                    for p2 in 0..s2 {
+                    // A row narrower than the stride has no columns in its later phases.
+                    for p2 in 0..s2.min(w) {
                         let p = ((ti % s0) * s1 + hi % s1) * s2 + p2;
                         if !used[p] {
                             continue;
