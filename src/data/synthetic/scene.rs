@@ -551,7 +551,8 @@ fn sdf(shape: Shape, x: f32, y: f32) -> f32 {
 
 /// Composites an anti-aliased shape of radius `r` pixels centred at `(cx, cy)` and rotated
 /// by `angle` (clockwise on screen) into `buf`, flat-coloured (no shading, so nothing static
-/// tells up from down). With `band`, one side of the shape (in its own frame) is darkened so its orientation shows.
+/// tells up from down). With `band`, one side of the shape (in its own frame) is darkened
+/// so its orientation shows.
 #[allow(clippy::too_many_arguments)]
 fn draw_shape(
     buf: &mut [f32],
