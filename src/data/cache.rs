@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use build::{BuildSummary, Writer};
 
+use crate::data::clip::{frames_needed, index_into, PlanFn, PlannedClip};
 use crate::data::datasets::VideoDataset;
 use crate::data::{DataConfig, Split, Video};
 use crate::seed::hash_str;
@@ -134,7 +135,7 @@ impl Index {
 pub fn config_hash(cfg: &DataConfig) -> String {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {
-        for k in ["frames", "size", "workers", "augment", "cache"] {
+        for k in ["frames", "size", "workers", "augment", "cache", "clip_only"] {
             m.remove(k);
         }
     }
@@ -324,6 +325,18 @@ impl CachedDataset {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The index entry of a readable video (an unreadable one errors as its source did).
+    fn entry(&self, split: Split, index: usize) -> Result<&Entry> {
+        let e = self.index.entries(split).get(index).ok_or_else(|| {
+            Error::Internal(format!("{split:?} video {index} is not in the cache"))
+        })?;
+        if let Some(msg) = &e.error {
+            // The same message as reading the source gave, so skips read the same.
+            return Err(Error::BadInput(msg.clone()));
+        }
+        Ok(e)
+    }
 }
 
 #[cfg(unix)]
@@ -357,13 +370,7 @@ impl VideoDataset for CachedDataset {
         self.source.num_classes()
     }
     fn video(&self, split: Split, index: usize) -> Result<Video> {
-        let e = self.index.entries(split).get(index).ok_or_else(|| {
-            Error::Internal(format!("{split:?} video {index} is not in the cache"))
-        })?;
-        if let Some(msg) = &e.error {
-            // The same message as reading the source gave, so skips read the same.
-            return Err(Error::BadInput(msg.clone()));
-        }
+        let e = self.entry(split, index)?;
         let mut data = vec![0u8; e.bytes() as usize];
         let frames = self.dir.join(FRAMES);
         read_exact_at(&self.file, &mut data, e.offset).map_err(|err| Error::io(&frames, err))?;
@@ -373,6 +380,43 @@ impl VideoDataset for CachedDataset {
             width: e.width,
             data,
         })
+    }
+    /// Reads only the frames the clips show (one read per run of consecutive frames).
+    fn planned_video(
+        &self,
+        split: Split,
+        index: usize,
+        plan: &mut PlanFn<'_>,
+    ) -> Result<(Video, Vec<PlannedClip>)> {
+        let e = self.entry(split, index)?;
+        let mut clips = plan(e.frames)?;
+        let wanted = frames_needed(&clips);
+        let frame = e.bytes() / e.frames.max(1) as u64;
+        let mut data = vec![0u8; wanted.len() * frame as usize];
+        let path = self.dir.join(FRAMES);
+        let mut k = 0;
+        while k < wanted.len() {
+            // A run of consecutive frames is one contiguous read.
+            let mut run = 1;
+            while k + run < wanted.len() && wanted[k + run] == wanted[k] + run {
+                run += 1;
+            }
+            let (lo, hi) = (k * frame as usize, (k + run) * frame as usize);
+            let at = e.offset + wanted[k] as u64 * frame;
+            read_exact_at(&self.file, &mut data[lo..hi], at)
+                .map_err(|err| Error::io(&path, err))?;
+            k += run;
+        }
+        index_into(&mut clips, &wanted);
+        Ok((
+            Video {
+                frames: wanted.len(),
+                height: e.height,
+                width: e.width,
+                data,
+            },
+            clips,
+        ))
     }
     fn describe(&self) -> String {
         format!(

@@ -71,3 +71,28 @@ pub trait ClipPlanner: Send + Sync {
     /// (`clips_per_video` of them, `frames` indices each).
     fn plan(&self, len: usize, rng: &mut dyn rand::RngCore) -> Result<Vec<PlannedClip>>;
 }
+
+/// The frames a set of clips shows: sorted, each once.
+pub fn frames_needed(clips: &[PlannedClip]) -> Vec<usize> {
+    let mut f: Vec<usize> = clips
+        .iter()
+        .flat_map(|c| c.indices.iter().copied())
+        .collect();
+    f.sort_unstable();
+    f.dedup();
+    f
+}
+
+/// Rewrites each clip's frame indices as positions in `frames` (from
+/// [`frames_needed`] of the same clips): for a video holding only those frames.
+pub fn index_into(clips: &mut [PlannedClip], frames: &[usize]) {
+    for c in clips {
+        for i in &mut c.indices {
+            *i = frames.binary_search(i).expect("frame of a planned clip");
+        }
+    }
+}
+
+/// The planning hook a dataset calls with a video's frame count (possibly twice, when
+/// the count it first planned on turns out wrong).
+pub type PlanFn<'a> = dyn FnMut(usize) -> Result<Vec<PlannedClip>> + 'a;

@@ -49,6 +49,11 @@ pub struct DataConfig {
     /// a long video takes in a loader worker. Default: every frame.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_frames: Option<usize>,
+    /// Decode a training video only up to the last frame its clips need, starting at
+    /// the key frame before the first one where that is exact, and convert only those
+    /// frames (the frames are bit-identical to a full decode's). `false` decodes every
+    /// frame first, as earlier versions did (A/B timing in `vssl bench data`).
+    pub clip_only: bool,
     /// Frames per clip fed to the model.
     pub frames: usize,
     /// Spatial size (square crop) fed to the model.
@@ -75,6 +80,7 @@ impl Default for DataConfig {
             test_list: None,
             short_side: None,
             max_frames: None,
+            clip_only: true,
             frames: 8,
             size: 32,
             workers: 2,

@@ -3,6 +3,7 @@
 //! folders) are [`FileDataset`]s (`data::files`); the built-in synthetic set lives
 //! here so every recipe runs with nothing downloaded.
 
+use crate::data::clip::{PlanFn, PlannedClip};
 use crate::data::files::FileDataset;
 use crate::data::synthetic::Synthetic;
 use crate::data::{DataConfig, DataKind, Split, Video};
@@ -22,6 +23,21 @@ pub trait VideoDataset: Send + Sync {
     fn num_classes(&self) -> usize;
     /// Frames of a video. An unreadable video is an error the caller may skip.
     fn video(&self, split: Split, index: usize) -> Result<Video>;
+    /// The frames one training sample needs: `plan` maps the video's frame count to its
+    /// clips, and the result is a video holding (at least) the frames those clips show,
+    /// with the clips' indices pointing into it. Datasets that can read part of a video
+    /// (files decoded up to the last needed frame, the frame cache) override this; the
+    /// batch must be the same as planning on [`VideoDataset::video`]'s frames.
+    fn planned_video(
+        &self,
+        split: Split,
+        index: usize,
+        plan: &mut PlanFn<'_>,
+    ) -> Result<(Video, Vec<PlannedClip>)> {
+        let v = self.video(split, index)?;
+        let clips = plan(v.frames)?;
+        Ok((v, clips))
+    }
     /// A short description for logs.
     fn describe(&self) -> String;
     /// The file a video is decoded from, if it comes from one (used to key caches).

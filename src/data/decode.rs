@@ -70,7 +70,193 @@ pub fn decode_video_limited(
         return Err(fail("no such file".into()));
     }
     init_ffmpeg();
-    decode_frames(path, short_side, max_frames.unwrap_or(usize::MAX)).map_err(fail)
+    let want = Want {
+        frames: None,
+        max_frames: max_frames.unwrap_or(usize::MAX),
+        seek: None,
+    };
+    decode_frames(path, short_side, want)
+        .map(|(v, ..)| v)
+        .map_err(fail)
+}
+
+/// What a demux-only pass over a video's best video stream tells without decoding:
+/// how many frames a decode should give, and where a decode may start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamScan {
+    /// Video packets read: the frame count a full decode gives for every cleanly
+    /// demuxed file we have seen (one frame per packet), so clips can be planned
+    /// before decoding.
+    pub packets: usize,
+    /// False when the demuxer met corrupt or partial packets (a truncated file): the
+    /// packet count then says little about the frames, and only a full decode does.
+    pub clean: bool,
+    /// Key packets a decode may start from, as (frame index, pts), ascending; empty
+    /// when this stream cannot be entered mid-way exactly (see [`scan_video`]).
+    keys: Vec<(usize, i64)>,
+    /// Every packet's pts, sorted: a frame's index is the rank of its pts.
+    order: Vec<i64>,
+}
+
+/// Codecs whose key packets reset the decoder: frames from a key frame on decode
+/// the same whether decoding started there or at the first packet. (H.264/HEVC key
+/// packets are IDR or recovery-point pictures in the containers we read.)
+fn restartable(id: ffmpeg::codec::Id) -> bool {
+    use ffmpeg::codec::Id;
+    matches!(
+        id,
+        Id::MPEG4
+            | Id::MSMPEG4V1
+            | Id::MSMPEG4V2
+            | Id::MSMPEG4V3
+            | Id::H263
+            | Id::MJPEG
+            | Id::MPEG1VIDEO
+            | Id::MPEG2VIDEO
+            | Id::H264
+            | Id::HEVC
+            | Id::VP8
+            | Id::VP9
+            | Id::AV1
+    )
+}
+
+/// Reads every packet of the best video stream of `path` without decoding. Seeking
+/// is offered only where frame indices can be recovered exactly after a seek: every
+/// packet has a distinct pts (so a frame's index is its pts rank), the codec is
+/// [`restartable`], and the key packet's pts is known. AVI files without
+/// presentation timestamps are always decoded from their first packet.
+pub fn scan_video(path: &Path) -> Result<StreamScan> {
+    let fail = |message: String| Error::Video {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(fail("no such file".into()));
+    }
+    init_ffmpeg();
+    use ffmpeg::{format, media, Packet};
+    let mut ictx = format::input(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let (index, id) = {
+        let stream = ictx
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| fail("no video stream".into()))?;
+        (stream.index(), stream.parameters().id())
+    };
+    let mut packets = 0usize;
+    let mut pts: Vec<Option<i64>> = Vec::new();
+    let mut keys: Vec<Option<i64>> = Vec::new();
+    let mut corrupt = 0usize;
+    loop {
+        let mut packet = Packet::empty();
+        match packet.read(&mut ictx) {
+            Ok(()) => {}
+            Err(ffmpeg::Error::Eof) => break,
+            Err(ffmpeg::Error::InvalidData) => {
+                corrupt += 1;
+                if corrupt > 1000 {
+                    return Err(fail("too many corrupt packets".into()));
+                }
+                continue;
+            }
+            Err(e) => return Err(fail(format!("read error after {packets} packets: {e}"))),
+        }
+        if packet.stream() != index {
+            continue;
+        }
+        if packet.is_corrupt() || packet.size() == 0 {
+            corrupt += 1;
+        }
+        if packet.is_key() {
+            keys.push(packet.pts());
+        }
+        pts.push(packet.pts());
+        packets += 1;
+    }
+    let mut order: Vec<i64> = pts.iter().flatten().copied().collect();
+    order.sort_unstable();
+    order.dedup();
+    let exact = restartable(id) && corrupt == 0 && order.len() == packets;
+    let keys = if exact {
+        keys.into_iter()
+            .filter_map(|p| Some((order.binary_search(&p?).ok()?, p?)))
+            .collect()
+    } else {
+        order.clear();
+        Vec::new()
+    };
+    Ok(StreamScan {
+        packets,
+        clean: corrupt == 0,
+        keys,
+        order,
+    })
+}
+
+/// The frames of one video that clips need, decoded as [`decode_video`] would decode
+/// them (bit-identical), and nothing past the last one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selected {
+    /// The frames asked for, in the order asked for (fewer when the video ended first).
+    pub video: Video,
+    /// Frames the video has, when the decode ran to its end (`None`: it stopped early).
+    pub total: Option<usize>,
+    /// Index of the frame decoding started at: 0, or the key frame it seeked to.
+    pub started_at: usize,
+}
+
+/// Decodes frames `wanted` (sorted, distinct indices in decode order) of `path`: from
+/// the last key packet at or before the first of them when `scan` allows it, else from
+/// the first packet, and stops once the last one is converted. Frames not asked for
+/// are decoded but never converted or copied.
+pub fn decode_selected(
+    path: &Path,
+    short_side: Option<usize>,
+    wanted: &[usize],
+    scan: &StreamScan,
+) -> Result<Selected> {
+    let fail = |message: String| Error::Video {
+        path: path.to_path_buf(),
+        message,
+    };
+    if short_side == Some(0) {
+        return Err(fail("the requested shorter side must be at least 1".into()));
+    }
+    if wanted.is_empty() || wanted.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::Internal(format!(
+            "{}: frames to decode must be sorted, distinct and at least one",
+            path.display()
+        )));
+    }
+    init_ffmpeg();
+    let key = scan
+        .keys
+        .iter()
+        .rev()
+        .find(|(f, _)| *f > 0 && *f <= wanted[0]);
+    let mut want = Want {
+        frames: Some(wanted),
+        max_frames: usize::MAX,
+        seek: key.map(|&(_, pts)| (pts, scan)),
+    };
+    let got = match decode_frames(path, short_side, want) {
+        Err(e) if e == RESTART => {
+            tracing::debug!(
+                "{}: seek not exact, decoding from the start",
+                path.display()
+            );
+            want.seek = None;
+            decode_frames(path, short_side, want)
+        }
+        other => other,
+    };
+    let (video, frames, reached_end, started_at) = got.map_err(fail)?;
+    Ok(Selected {
+        video,
+        total: reached_end.then_some(frames),
+        started_at,
+    })
 }
 
 /// The RGB24 converter for one input geometry.
@@ -129,11 +315,27 @@ impl Converter {
     }
 }
 
+/// Which frames of a decode to keep, and where the decode may start.
+#[derive(Clone, Copy)]
+struct Want<'a> {
+    /// Frame indices to keep (sorted, distinct); `None` keeps every frame.
+    frames: Option<&'a [usize]>,
+    /// Stop after this many frames (full decodes).
+    max_frames: usize,
+    /// Seek to this pts (backwards to a key packet) instead of starting at the first
+    /// packet; the scan says which frame each key packet and pts is.
+    seek: Option<(i64, &'a StreamScan)>,
+}
+
+/// Why a decode that started at a key packet gave up (the caller decodes from the
+/// start instead, which is always exact).
+const RESTART: &str = "\u{0}restart";
+
 fn decode_frames(
     path: &Path,
     short_side: Option<usize>,
-    max_frames: usize,
-) -> std::result::Result<Video, String> {
+    want: Want<'_>,
+) -> std::result::Result<(Video, usize, bool, usize), String> {
     use ffmpeg::{format, media, Packet};
     let mut ictx = format::input(path).map_err(|e| format!("cannot open: {e}"))?;
     let (index, params) = {
@@ -151,6 +353,20 @@ fn decode_frames(
             c.decoder().video()
         })
         .map_err(|e| format!("cannot open the video decoder: {e}"))?;
+    if let Some((pts, _)) = want.seek {
+        // SAFETY: `ictx` is an open input context and `index` one of its streams.
+        let ret = unsafe {
+            ffmpeg::ffi::av_seek_frame(
+                ictx.as_mut_ptr(),
+                index as i32,
+                pts,
+                ffmpeg::ffi::AVSEEK_FLAG_BACKWARD,
+            )
+        };
+        if ret < 0 {
+            return Err(RESTART.into());
+        }
+    }
 
     let mut out = FrameSink {
         short_side,
@@ -160,13 +376,25 @@ fn decode_frames(
         rgb: ffmpeg::frame::Video::empty(),
         data: crate::data::spare_buffer(),
         frames: 0,
+        kept: 0,
+        want: want.frames,
+        order: None,
+    };
+    let mut landed = want.seek.is_none();
+    let done = |out: &FrameSink| match want.frames {
+        Some(f) => out.kept >= f.len(),
+        None => out.frames >= want.max_frames,
     };
     let mut corrupt = 0usize;
+    let mut reached_end = false;
     loop {
         let mut packet = Packet::empty();
         match packet.read(&mut ictx) {
             Ok(()) => {}
-            Err(ffmpeg::Error::Eof) => break,
+            Err(ffmpeg::Error::Eof) => {
+                reached_end = true;
+                break;
+            }
             // A demuxer resyncs past one corrupt packet; give up on a file made of them.
             Err(ffmpeg::Error::InvalidData) => {
                 corrupt += 1;
@@ -180,6 +408,20 @@ fn decode_frames(
         if packet.stream() != index {
             continue;
         }
+        // A seek must land on a key packet the scan knows, at or before the first
+        // frame wanted; its frame index is where counting starts.
+        if !landed {
+            let (_, scan) = want.seek.expect("seeking");
+            let first = want.frames.and_then(|f| f.first()).copied().unwrap_or(0);
+            let key = scan
+                .keys
+                .iter()
+                .find(|k| packet.is_key() && Some(k.1) == packet.pts() && k.0 <= first)
+                .ok_or(RESTART)?;
+            out.frames = key.0;
+            out.order = Some((key.0, scan.order.as_slice()));
+            landed = true;
+        }
         match decoder.send_packet(&packet) {
             Ok(()) => {}
             Err(ffmpeg::Error::InvalidData) => {
@@ -192,46 +434,63 @@ fn decode_frames(
             Err(e) => return Err(format!("decode error after {} frames: {e}", out.frames)),
         }
         out.drain(&mut decoder)?;
-        if out.frames >= max_frames {
+        if done(&out) {
             break;
         }
     }
     // Flush the frames the decoder still holds.
-    if out.frames < max_frames && decoder.send_eof().is_ok() {
+    if reached_end && decoder.send_eof().is_ok() {
         out.drain(&mut decoder)?;
     }
     // A decoder may hand out several frames per packet: keep exactly the first `max_frames`.
-    if out.frames > max_frames {
+    if want.frames.is_none() && out.frames > want.max_frames {
         if let Some((w, h)) = out.dims {
-            out.data.truncate(max_frames * w * h * 3);
+            out.data.truncate(want.max_frames * w * h * 3);
         }
-        out.frames = max_frames;
+        out.frames = want.max_frames;
     }
     let Some((w, h)) = out.dims else {
         return Err("no decodable video frame".into());
     };
-    Ok(Video {
-        frames: out.frames,
-        height: h,
-        width: w,
-        data: out.data,
-    })
+    let kept = match want.frames {
+        Some(_) => out.kept,
+        None => out.frames,
+    };
+    let started_at = out.order.map_or(0, |(first, _)| first);
+    Ok((
+        Video {
+            frames: kept,
+            height: h,
+            width: w,
+            data: out.data,
+        },
+        out.frames,
+        reached_end,
+        started_at,
+    ))
 }
 
 /// Accumulates decoded frames as RGB24 at a fixed output size.
-struct FrameSink {
+struct FrameSink<'a> {
     short_side: Option<usize>,
-    /// Output (width, height), fixed by the first frame.
+    /// Output (width, height), fixed by the first decoded frame.
     dims: Option<(usize, usize)>,
     conv: Option<Converter>,
     /// Decoder output and RGB frames, reused for every frame (no allocation per frame).
     decoded: ffmpeg::frame::Video,
     rgb: ffmpeg::frame::Video,
     data: Vec<u8>,
+    /// Index of the next frame the decoder hands out, counted from the video's start.
     frames: usize,
+    /// Frames kept so far.
+    kept: usize,
+    /// Frames to keep (sorted); `None`: all.
+    want: Option<&'a [usize]>,
+    /// After a seek: the key frame's index and every packet's pts, sorted.
+    order: Option<(usize, &'a [i64])>,
 }
 
-impl FrameSink {
+impl FrameSink<'_> {
     /// Receives every frame the decoder has ready.
     fn drain(&mut self, decoder: &mut ffmpeg::decoder::Video) -> std::result::Result<(), String> {
         loop {
@@ -249,6 +508,28 @@ impl FrameSink {
     }
 
     fn push(&mut self) -> std::result::Result<(), String> {
+        if let Some((first, order)) = self.order {
+            // After a seek a frame's index is the rank of its pts. Leading frames shown
+            // before the key frame (open GOPs) are dropped; after that, indices must run
+            // on without a gap, or the decode restarts from the first packet.
+            let rank = self
+                .decoded
+                .pts()
+                .and_then(|p| order.binary_search(&p).ok())
+                .ok_or(RESTART)?;
+            if self.frames == first && self.kept == 0 && rank < first {
+                return Ok(());
+            }
+            if rank != self.frames {
+                return Err(RESTART.into());
+            }
+        }
+        let index = self.frames;
+        self.frames += 1;
+        let keep = match self.want {
+            Some(f) => f.get(self.kept) == Some(&index),
+            None => true,
+        };
         let frame = &self.decoded;
         let (sw, sh) = (frame.width(), frame.height());
         if sw == 0 || sh == 0 {
@@ -257,6 +538,9 @@ impl FrameSink {
         let (w, h) = *self
             .dims
             .get_or_insert_with(|| resized_dims(sw as usize, sh as usize, self.short_side));
+        if !keep {
+            return Ok(());
+        }
         let src = (frame.format(), sw, sh);
         if self.conv.as_ref().is_none_or(|c| c.src != src) {
             let conv = Converter::new(src, w as u32, h as u32)
@@ -266,22 +550,19 @@ impl FrameSink {
         let conv = self.conv.as_mut().expect("converter set above");
         let rgb = &mut self.rgb;
         conv.run(frame, rgb)
-            .map_err(|e| format!("cannot convert frame {}: {e}", self.frames))?;
+            .map_err(|e| format!("cannot convert frame {index}: {e}"))?;
         let row = w * 3;
         let stride = rgb.stride(0);
         let plane = rgb.data(0);
         if stride < row || plane.len() < stride * (h - 1) + row {
-            return Err(format!(
-                "frame {}: unexpected RGB plane layout",
-                self.frames
-            ));
+            return Err(format!("frame {index}: unexpected RGB plane layout"));
         }
         self.data.reserve(row * h);
         for y in 0..h {
             self.data
                 .extend_from_slice(&plane[y * stride..y * stride + row]);
         }
-        self.frames += 1;
+        self.kept += 1;
         Ok(())
     }
 }

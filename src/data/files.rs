@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use crate::data::clip::{PlanFn, PlannedClip};
 use crate::data::datasets::VideoDataset;
 use crate::data::splits::{self, Listing};
 use crate::data::{DataConfig, DataKind, Split, Video};
@@ -21,6 +22,9 @@ pub struct FileDataset {
     max_frames: Option<usize>,
     /// Videos with fewer decoded frames than this are bad input (a clip needs them).
     min_frames: usize,
+    /// Decode training videos only up to the last frame their clips need
+    /// (`data.clip_only`).
+    clip_only: bool,
 }
 
 impl FileDataset {
@@ -57,12 +61,104 @@ impl FileDataset {
             short_side: cfg.short_side.unwrap_or(cfg.size),
             max_frames: cfg.max_frames,
             min_frames: cfg.frames,
+            clip_only: cfg.clip_only,
         })
     }
 
     /// The class names (index = label).
     pub fn classes(&self) -> &[String] {
         &self.listing.classes
+    }
+
+    fn entry(&self, split: Split, index: usize) -> Result<&splits::Entry> {
+        self.entries(split)
+            .get(index)
+            .ok_or_else(|| Error::Internal(format!("{split:?} video {index} out of range")))
+    }
+
+    fn long_enough(&self, entry: &splits::Entry, frames: usize) -> Result<()> {
+        if frames < self.min_frames {
+            return Err(Error::Video {
+                path: entry.path.clone(),
+                message: format!(
+                    "too short: {frames} decoded frames, a clip needs data.frames = {}",
+                    self.min_frames
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Clip-only decoding: plan on the packet count, decode up to the last frame the
+    /// clips need (from the key frame before the first, where that is exact), and
+    /// plan again on the true count if the decode ran out first (a stream whose packet
+    /// count is not its frame count), so the clips are those a full decode gives.
+    #[cfg(feature = "video")]
+    fn clip_frames(
+        &self,
+        entry: &splits::Entry,
+        plan: &mut PlanFn<'_>,
+    ) -> Result<(Video, Vec<PlannedClip>)> {
+        use crate::data::clip::{frames_needed, index_into};
+        use crate::data::decode::{decode_selected, scan_video};
+        let cap = |n: usize| self.max_frames.map_or(n, |m| n.min(m));
+        let scan = scan_video(&entry.path)?;
+        let mut len = cap(scan.packets);
+        if len < self.min_frames || !scan.clean {
+            // Too short by its packets, or damaged: a full decode decides the count.
+            return self.whole(entry, plan);
+        }
+        for _ in 0..2 {
+            let mut clips = plan(len)?;
+            let wanted = frames_needed(&clips);
+            let sel = decode_selected(&entry.path, Some(self.short_side), &wanted, &scan)?;
+            match sel.total.map(cap) {
+                Some(total) if total != len => {
+                    tracing::debug!(
+                        "{}: {} packets but {total} frames; clips planned again",
+                        entry.path.display(),
+                        scan.packets
+                    );
+                    self.long_enough(entry, total)?;
+                    len = total;
+                }
+                _ if sel.video.frames == wanted.len() => {
+                    index_into(&mut clips, &wanted);
+                    return Ok((sel.video, clips));
+                }
+                _ => break,
+            }
+        }
+        Err(Error::Video {
+            path: entry.path.clone(),
+            message: "the frames planned on the decoded frame count were not all decoded".into(),
+        })
+    }
+
+    #[cfg(not(feature = "video"))]
+    fn clip_frames(
+        &self,
+        entry: &splits::Entry,
+        plan: &mut PlanFn<'_>,
+    ) -> Result<(Video, Vec<PlannedClip>)> {
+        self.whole(entry, plan)
+    }
+
+    /// Every frame, and the clips planned on their count.
+    fn whole(
+        &self,
+        entry: &splits::Entry,
+        plan: &mut PlanFn<'_>,
+    ) -> Result<(Video, Vec<PlannedClip>)> {
+        let v = self.video_of(entry)?;
+        let clips = plan(v.frames)?;
+        Ok((v, clips))
+    }
+
+    fn video_of(&self, entry: &splits::Entry) -> Result<Video> {
+        let v = decode(&entry.path, self.short_side, self.max_frames)?;
+        self.long_enough(entry, v.frames)?;
+        Ok(v)
     }
 
     fn entries(&self, split: Split) -> &[splits::Entry] {
@@ -84,21 +180,19 @@ impl VideoDataset for FileDataset {
         self.listing.classes.len()
     }
     fn video(&self, split: Split, index: usize) -> Result<Video> {
-        let entry = self
-            .entries(split)
-            .get(index)
-            .ok_or_else(|| Error::Internal(format!("{split:?} video {index} out of range")))?;
-        let v = decode(&entry.path, self.short_side, self.max_frames)?;
-        if v.frames < self.min_frames {
-            return Err(Error::Video {
-                path: entry.path.clone(),
-                message: format!(
-                    "too short: {} decoded frames, a clip needs data.frames = {}",
-                    v.frames, self.min_frames
-                ),
-            });
+        self.video_of(self.entry(split, index)?)
+    }
+    fn planned_video(
+        &self,
+        split: Split,
+        index: usize,
+        plan: &mut PlanFn<'_>,
+    ) -> Result<(Video, Vec<PlannedClip>)> {
+        let entry = self.entry(split, index)?;
+        if !self.clip_only {
+            return self.whole(entry, plan);
         }
-        Ok(v)
+        self.clip_frames(entry, plan)
     }
     fn source_path(&self, split: Split, index: usize) -> Option<PathBuf> {
         Some(self.entries(split).get(index)?.path.clone())

@@ -78,7 +78,44 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
     let norm = Normalize::from_cfg(&plan.augment);
     for j in 0..plan.batch_size {
         let mut idx = video_for(n, plan, step, j);
-        let video = load_or_skip(ds, Split::Train, &mut idx, &mut skipped)?;
+        let seed = mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b)));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Every planning attempt starts from the same seed, so a re-plan (or a skipped
+        // video) draws as if it were the first; `rng` then goes on to the augmentation.
+        // A planner that fails or panics is a bug, not a bad video: it is kept aside,
+        // ends the skip loop, and is raised here (a panic reaches the worker's guard).
+        let failure = std::cell::RefCell::new(None);
+        let mut plan_fn = |len: usize| {
+            rng = ChaCha8Rng::seed_from_u64(seed);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                planner.plan(len, &mut rng)
+            })) {
+                Ok(Ok(clips)) => Ok(clips),
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    *failure.borrow_mut() = Some(PlannerFailure::Error(e));
+                    Err(Error::Internal(msg))
+                }
+                Err(p) => {
+                    *failure.borrow_mut() = Some(PlannerFailure::Panic(p));
+                    Err(Error::Internal("the clip planner panicked".into()))
+                }
+            }
+        };
+        let read = load_or_skip_with(ds, Split::Train, &mut idx, &mut skipped, |i| {
+            let r = guarded(ds, Split::Train, i, || {
+                ds.planned_video(Split::Train, i, &mut plan_fn)
+            });
+            match failure.borrow_mut().take() {
+                Some(f) => Err(f),
+                None => Ok(r),
+            }
+        });
+        let (video, planned) = match read {
+            Ok(v) => v?,
+            Err(PlannerFailure::Panic(p)) => std::panic::resume_unwind(p),
+            Err(PlannerFailure::Error(e)) => return Err(e),
+        };
         labels.push(ds.label(Split::Train, idx));
         // A resized crop resamples any window to `s`; the others cut `s` pixels.
         if plan.augment.crop != CropMode::Resized && (video.height < s || video.width < s) {
@@ -87,10 +124,7 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
                 video.height, video.width
             )));
         }
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b))));
         let base = j * per_video;
-        let planned = planner.plan(video.frames, &mut rng)?;
         if planned.len() != per_video || planned.iter().any(|pc| pc.indices.len() != t) {
             return Err(Error::Internal(format!(
                 "the clip planner promised {per_video} clips of {t} frames, planned {:?}",
@@ -135,11 +169,34 @@ pub fn load_or_skip(
     idx: &mut usize,
     skipped: &mut Vec<String>,
 ) -> Result<Video> {
+    match load_or_skip_with(ds, split, idx, skipped, |i| {
+        Ok::<_, std::convert::Infallible>(read_video(ds, split, i))
+    }) {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Why planning a video's clips failed: the planner's own error, or its panic.
+enum PlannerFailure {
+    Error(Error),
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+/// [`load_or_skip`] with any way of reading video `i`: `read` gives `Err(F)` to stop
+/// at once (handed back as the outer error), `Ok(Err(_))` for a video to skip.
+fn load_or_skip_with<T, F>(
+    ds: &dyn VideoDataset,
+    split: Split,
+    idx: &mut usize,
+    skipped: &mut Vec<String>,
+    mut read: impl FnMut(usize) -> std::result::Result<Result<T>, F>,
+) -> std::result::Result<Result<T>, F> {
     let n = ds.len(split);
     let mut last = String::new();
     for _ in 0..n {
-        match read_video(ds, split, *idx) {
-            Ok(v) => return Ok(v),
+        match read(*idx)? {
+            Ok(v) => return Ok(Ok(v)),
             Err(e) => {
                 // The trainer warns once per distinct video (bad_videos.txt).
                 tracing::debug!("skipping unreadable video: {e}");
@@ -149,27 +206,35 @@ pub fn load_or_skip(
             }
         }
     }
-    Err(Error::BadInput(format!(
+    Ok(Err(Error::BadInput(format!(
         "none of the {n} videos of the {split:?} split could be read ({}); the last error: {last}",
         ds.describe()
-    )))
+    ))))
 }
 
 /// One video; a decoder that panics on a malformed file makes that video bad input
 /// (skipped and listed like any unreadable video) instead of killing the worker.
 pub fn read_video(ds: &dyn VideoDataset, split: Split, idx: usize) -> Result<Video> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ds.video(split, idx))).unwrap_or_else(
-        |p| {
-            let what = ds.source_path(split, idx).map_or_else(
-                || format!("{split:?} video {idx}"),
-                |p| p.display().to_string(),
-            );
-            Err(Error::BadInput(format!(
-                "{what}: the decoder failed ({})",
-                panic_message(p.as_ref())
-            )))
-        },
-    )
+    guarded(ds, split, idx, || ds.video(split, idx))
+}
+
+/// Runs `read` (a read of video `idx`), turning a panic into bad input naming the video.
+fn guarded<T>(
+    ds: &dyn VideoDataset,
+    split: Split,
+    idx: usize,
+    read: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|p| {
+        let what = ds.source_path(split, idx).map_or_else(
+            || format!("{split:?} video {idx}"),
+            |p| p.display().to_string(),
+        );
+        Err(Error::BadInput(format!(
+            "{what}: the decoder failed ({})",
+            panic_message(p.as_ref())
+        )))
+    })
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

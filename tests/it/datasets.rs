@@ -528,6 +528,17 @@ fn bench_data_compares_with_the_ffmpeg_cli() {
     assert!((j["decode_ratio"].as_f64().unwrap() - v / f).abs() < 1e-9 * (v / f));
     assert!(text.contains("ratio vssl/ffmpeg"), "{text}");
     assert!(j["on_the_fly_clips_per_s"].as_f64().unwrap() > 0.0);
+    // The full-decode loader and the worker counts 1..=2 are measured beside it.
+    assert!(j["full_decode_clips_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["clip_only_ratio"].as_f64().unwrap() > 0.0);
+    let scaling = j["scaling"].as_array().unwrap();
+    let counts: Vec<u64> = scaling
+        .iter()
+        .map(|f| f["workers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 2]);
+    assert_eq!(scaling[0]["speedup"].as_f64(), Some(1.0));
+    assert!(text.contains("loader with 2 worker(s)"), "{text}");
 
     // The in-memory synthetic set has no files to benchmark: bad input.
     let synth = tiny_recipe(dir.path(), "");

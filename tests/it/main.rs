@@ -3,6 +3,7 @@ mod augment;
 mod backbone;
 mod bad_input;
 mod cache;
+mod clip_decode;
 mod clip_sampling;
 mod common;
 mod compare;

@@ -1,7 +1,8 @@
 //! `vssl bench data`: how fast the data pipeline feeds the trainer, measured on the
 //! recipe's own video files in one run: decoded frames/s of vssl's decoder against
 //! the ffmpeg command-line tool on the same files (both on one core), and clips/s of
-//! the loader decoding on the fly (and reading the frame cache, when configured).
+//! the loader decoding on the fly (clip-only and full decodes, 1..N workers) and
+//! reading the frame cache, when configured.
 //! Each figure is the median of `repeat` runs.
 
 use std::path::{Path, PathBuf};
@@ -49,8 +50,23 @@ pub struct BenchReport {
     /// Loader clips/s decoding on the fly with `data.workers` threads.
     pub workers: usize,
     pub on_the_fly_clips_per_s: f64,
+    /// The same loader decoding every frame of each video (`data.clip_only = false`).
+    pub full_decode_clips_per_s: f64,
+    /// Median over runs of (on the fly) / (full decode), measured back to back.
+    pub clip_only_ratio: f64,
+    /// Loader clips/s decoding on the fly with 1..=max(2, `data.workers`) workers.
+    pub scaling: Vec<WorkerFigure>,
     pub cache_clips_per_s: Option<f64>,
     pub cache_ratio: Option<f64>,
+}
+
+/// Loader speed with one worker count.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerFigure {
+    pub workers: usize,
+    pub clips_per_s: f64,
+    /// Median over runs of this count's clips/s over one worker's, measured back to back.
+    pub speedup: f64,
 }
 
 /// Runs `ffmpeg` with `args`, returns the wall time; a failure is an error naming it.
@@ -185,6 +201,15 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         augment: recipe.data.augment.clone(),
     };
     let workers = recipe.data.workers.max(1);
+    let full_ds: Arc<dyn VideoDataset> =
+        Arc::from(crate::data::datasets::build(&crate::data::DataConfig {
+            clip_only: false,
+            ..recipe.data.clone()
+        })?);
+    let counts: Vec<usize> = (1..=workers.max(2)).collect();
+    let (mut full, mut clip_ratios) = (Vec::new(), Vec::new());
+    let mut by_count: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    let mut speedups: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
     // Interleave the measurements so a change in machine load hits all of them.
     for _ in 0..repeat {
         let t = Instant::now();
@@ -211,6 +236,25 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         ff_fps.push(frames as f64 / secs.max(1e-9));
         ratios.push(vssl_fps[vssl_fps.len() - 1] / ff_fps[ff_fps.len() - 1]);
         otf.push(loader_clips_per_s(ds.clone(), &plan, opts.steps, workers)?);
+        full.push(loader_clips_per_s(
+            full_ds.clone(),
+            &plan,
+            opts.steps,
+            workers,
+        )?);
+        clip_ratios.push(otf[otf.len() - 1] / full[full.len() - 1]);
+        for (k, &w) in counts.iter().enumerate() {
+            let c = if w == workers {
+                otf[otf.len() - 1]
+            } else {
+                loader_clips_per_s(ds.clone(), &plan, opts.steps, w)?
+            };
+            by_count[k].push(c);
+        }
+        for k in 0..counts.len() {
+            let one = by_count[0][by_count[0].len() - 1];
+            speedups[k].push(by_count[k][by_count[k].len() - 1] / one);
+        }
     }
     let _ = std::fs::remove_file(&list);
     let (vssl_frames_per_s, ffmpeg_frames_per_s) = (median(&vssl_fps), median(&ff_fps));
@@ -235,6 +279,17 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         decode_ratio: median(&ratios),
         workers,
         on_the_fly_clips_per_s: on_the_fly,
+        full_decode_clips_per_s: median(&full),
+        clip_only_ratio: median(&clip_ratios),
+        scaling: counts
+            .iter()
+            .enumerate()
+            .map(|(k, &w)| WorkerFigure {
+                workers: w,
+                clips_per_s: median(&by_count[k]),
+                speedup: median(&speedups[k]),
+            })
+            .collect(),
         cache_clips_per_s: cache,
         cache_ratio: cache.map(|c| c / on_the_fly),
     })
@@ -261,6 +316,16 @@ impl BenchReport {
             "loader on the fly: {:.1} clips/s ({} workers)\n",
             self.on_the_fly_clips_per_s, self.workers
         );
+        s += &format!(
+            "loader decoding every frame (data.clip_only = false): {:.1} clips/s, ratio on-the-fly/full {:.2}x\n",
+            self.full_decode_clips_per_s, self.clip_only_ratio
+        );
+        for f in &self.scaling {
+            s += &format!(
+                "loader with {} worker(s): {:.1} clips/s, {:.2}x one worker\n",
+                f.workers, f.clips_per_s, f.speedup
+            );
+        }
         match (self.cache_clips_per_s, self.cache_ratio) {
             (Some(c), Some(x)) => {
                 s += &format!("loader from cache: {c:.1} clips/s, ratio {x:.1}x on-the-fly\n")

@@ -1,0 +1,242 @@
+//! Clip-only decoding (`data.clip_only`): the frames a partial decode delivers, from
+//! the first packet or after a seek to a key frame, are bit-identical to the same
+//! frames of a full decode, over B-frames, open GOPs, variable frame rate and several
+//! containers; and the loader's batches are the same with it on or off.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use vssl::data::datasets::{self, VideoDataset};
+use vssl::data::decode::{decode_selected, decode_video, scan_video};
+use vssl::data::loader::{BatchPlan, HostBatch, Loader};
+use vssl::data::sampler::StridedPlanner;
+use vssl::data::Video;
+use vssl::recipe::{DataConfig, DataKind};
+
+/// Writes `frames` frames of a moving, noisy test pattern with the ffmpeg CLI.
+fn ffmpeg(path: &Path, frames: usize, filter: &str, args: &[&str]) {
+    let src = format!("testsrc2=size=96x72:rate=25,noise=alls=12:allf=t{filter}");
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", &src])
+        .args(["-frames:v", &frames.to_string()])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("the ffmpeg CLI must be installed (tools/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (file name, extra filter, encoder arguments, whether a seek is expected).
+const CASES: &[(&str, &str, &[&str], bool)] = &[
+    // ffmpeg's MPEG-4 part 2 defaults (GOP 12, no B-frames), as UCF101's XviD files.
+    (
+        "xvid.avi",
+        "",
+        &["-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "5"],
+        true,
+    ),
+    // AVI with B-frames has no presentation timestamps: decoded from the first packet.
+    (
+        "xvid_b.avi",
+        "",
+        &["-c:v", "mpeg4", "-vtag", "xvid", "-bf", "2", "-g", "12"],
+        false,
+    ),
+    (
+        "mpeg4_b.mp4",
+        "",
+        &["-c:v", "mpeg4", "-bf", "2", "-g", "12"],
+        true,
+    ),
+    (
+        "h264_b.mp4",
+        "",
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-g", "10", "-bf", "3", "-pix_fmt", "yuv420p",
+        ],
+        true,
+    ),
+    (
+        "h264_open_gop.mkv",
+        "",
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-x264-params",
+            "keyint=10:min-keyint=10:open-gop=1:bframes=3",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        true,
+    ),
+    // Variable frame rate: every third frame lasts three times as long.
+    (
+        "h264_vfr.mkv",
+        ",setpts='(N+2*floor(N/3))/(25*TB)'",
+        &[
+            "-fps_mode",
+            "vfr",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "8",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        true,
+    ),
+    (
+        "vp9.webm",
+        "",
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-b:v",
+            "300k",
+            "-g",
+            "10",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+        ],
+        true,
+    ),
+    ("mjpeg.avi", "", &["-c:v", "mjpeg", "-q:v", "5"], true),
+];
+
+fn same_frames(full: &Video, part: &Video, wanted: &[usize]) -> bool {
+    part.frames == wanted.len()
+        && (part.height, part.width) == (full.height, full.width)
+        && wanted
+            .iter()
+            .enumerate()
+            .all(|(k, &i)| part.frame(k) == full.frame(i))
+}
+
+#[test]
+fn clip_frames_are_bit_identical_to_a_full_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 60;
+    for &(name, filter, args, seeks) in CASES {
+        let path = dir.path().join(name);
+        ffmpeg(&path, n, filter, args);
+        let full = decode_video(&path, Some(40)).unwrap();
+        assert_eq!(full.frames, n, "{name}");
+        let scan = scan_video(&path).unwrap();
+        assert_eq!(scan.packets, n, "{name}: packets");
+        // Early, late, strided, single-frame, reversed-and-sorted and scattered picks.
+        let picks: Vec<Vec<usize>> = vec![
+            (0..16).collect(),
+            (n - 16..n).collect(),
+            (0..16).map(|i| 21 + 2 * i).collect(),
+            vec![n - 1],
+            vec![37],
+            (0..8).map(|i| 5 + 7 * i).collect(),
+            vec![1, 2, 3, 40, 41, 59],
+        ];
+        let mut seeked = false;
+        for wanted in &picks {
+            let sel = decode_selected(&path, Some(40), wanted, &scan).unwrap();
+            assert!(
+                same_frames(&full, &sel.video, wanted),
+                "{name}: frames {wanted:?} differ from the full decode (started at {})",
+                sel.started_at
+            );
+            assert!(sel.started_at <= wanted[0], "{name}");
+            seeked |= sel.started_at > 0;
+            // The decode stops at the last frame asked for, unless that is the last one.
+            if *wanted.last().unwrap() < n - 2 {
+                assert_eq!(sel.total, None, "{name}: {wanted:?} decoded to the end");
+            }
+        }
+        assert_eq!(seeked, seeks, "{name}: seek taken");
+    }
+}
+
+#[test]
+fn loader_batches_are_the_same_with_clip_only_decoding_on_and_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    let mut list = String::new();
+    for (i, &(name, filter, args, _)) in CASES.iter().enumerate() {
+        let class = format!("c{}", i % 3);
+        std::fs::create_dir_all(videos.join(&class)).unwrap();
+        let path = videos.join(&class).join(name);
+        ffmpeg(&path, 40 + 7 * i, filter, args);
+        list.push_str(&format!("{},{}\n", path.display(), i % 3));
+    }
+    // A truncated file: its last packets are cut, so fewer frames decode than the
+    // header promises and a plan on the packet count must be redone.
+    let cut = videos.join("c0/cut.mp4");
+    ffmpeg(
+        &cut,
+        80,
+        "",
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ],
+    );
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).unwrap();
+    list.push_str(&format!("{},0\n", cut.display()));
+    let list_path = dir.path().join("train.csv");
+    std::fs::write(&list_path, list).unwrap();
+    let cfg = |clip_only| DataConfig {
+        kind: DataKind::Csv,
+        list: Some(list_path.clone()),
+        frames: 8,
+        size: 32,
+        short_side: Some(36),
+        clip_only,
+        ..DataConfig::default()
+    };
+    let plan = BatchPlan {
+        planner: Arc::new(StridedPlanner::new(2, 8, (1, 4))),
+        size: 32,
+        batch_size: 4,
+        seed: 5,
+        augment: Default::default(),
+    };
+    let batches = |clip_only| -> Vec<HostBatch> {
+        let ds: Arc<dyn VideoDataset> = Arc::from(datasets::build(&cfg(clip_only)).unwrap());
+        Loader::spawn(ds, plan.clone(), 0, 8, 2)
+            .map(|b| b.unwrap())
+            .collect()
+    };
+    let (full, part) = (batches(false), batches(true));
+    assert_eq!(full.len(), 8);
+    for (a, b) in full.iter().zip(&part) {
+        assert_eq!(a.labels, b.labels, "step {}", a.step);
+        assert_eq!(a.clip_meta, b.clip_meta, "step {}", a.step);
+        assert_eq!(a.skipped, b.skipped, "step {}", a.step);
+        assert!(
+            a.data
+                .iter()
+                .zip(&b.data)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {}: clip pixels differ",
+            a.step
+        );
+    }
+    assert_ne!(full[0].data, full[1].data);
+}
