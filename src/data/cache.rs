@@ -135,7 +135,15 @@ impl Index {
 pub fn config_hash(cfg: &DataConfig) -> String {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {
-        for k in ["frames", "size", "workers", "augment", "cache", "clip_only"] {
+        for k in [
+            "frames",
+            "size",
+            "workers",
+            "augment",
+            "cache",
+            "clip_only",
+            "skip_unused",
+        ] {
             m.remove(k);
         }
     }

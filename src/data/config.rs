@@ -54,6 +54,11 @@ pub struct DataConfig {
     /// frames (the frames are bit-identical to a full decode's). `false` decodes every
     /// frame first, as earlier versions did (A/B timing in `vssl bench data`).
     pub clip_only: bool,
+    /// With `clip_only`: leave undecoded the non-reference frames (B-frames, mostly) no
+    /// clip shows, where pts ranks identify every frame. Nothing references them, so the
+    /// frames delivered stay bit-identical. `false` decodes every frame up to the last
+    /// one needed.
+    pub skip_unused: bool,
     /// Frames per clip fed to the model.
     pub frames: usize,
     /// Spatial size (square crop) fed to the model.
@@ -81,6 +86,7 @@ impl Default for DataConfig {
             short_side: None,
             max_frames: None,
             clip_only: true,
+            skip_unused: true,
             frames: 8,
             size: 32,
             workers: 2,

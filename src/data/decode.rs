@@ -74,6 +74,7 @@ pub fn decode_video_limited(
         frames: None,
         max_frames: max_frames.unwrap_or(usize::MAX),
         seek: None,
+        skip: None,
     };
     decode_frames(path, short_side, want)
         .map(|(v, ..)| v)
@@ -204,6 +205,8 @@ pub struct Selected {
     pub total: Option<usize>,
     /// Index of the frame decoding started at: 0, or the key frame it seeked to.
     pub started_at: usize,
+    /// Frames the decoder produced (kept or not; skipped frames are not produced).
+    pub decoded: usize,
 }
 
 /// Decodes frames `wanted` (sorted, distinct indices in decode order) of `path`: from
@@ -215,6 +218,7 @@ pub fn decode_selected(
     short_side: Option<usize>,
     wanted: &[usize],
     scan: &StreamScan,
+    skip_unused: bool,
 ) -> Result<Selected> {
     let fail = |message: String| Error::Video {
         path: path.to_path_buf(),
@@ -239,23 +243,26 @@ pub fn decode_selected(
         frames: Some(wanted),
         max_frames: usize::MAX,
         seek: key.map(|&(_, pts)| (pts, scan)),
+        skip: (skip_unused && !scan.order.is_empty()).then_some(scan),
     };
     let got = match decode_frames(path, short_side, want) {
         Err(e) if e == RESTART => {
             tracing::debug!(
-                "{}: seek not exact, decoding from the start",
+                "{}: seek or skip not exact, decoding from the start",
                 path.display()
             );
             want.seek = None;
+            want.skip = None;
             decode_frames(path, short_side, want)
         }
         other => other,
     };
-    let (video, frames, reached_end, started_at) = got.map_err(fail)?;
+    let (video, frames, reached_end, started_at, decoded) = got.map_err(fail)?;
     Ok(Selected {
         video,
         total: reached_end.then_some(frames),
         started_at,
+        decoded,
     })
 }
 
@@ -325,6 +332,9 @@ struct Want<'a> {
     /// Seek to this pts (backwards to a key packet) instead of starting at the first
     /// packet; the scan says which frame each key packet and pts is.
     seek: Option<(i64, &'a StreamScan)>,
+    /// Skip decoding the non-reference frames that are not wanted (their packets' pts
+    /// ranks say which), indexing every frame by its pts rank.
+    skip: Option<&'a StreamScan>,
 }
 
 /// Why a decode that started at a key packet gave up (the caller decodes from the
@@ -335,7 +345,7 @@ fn decode_frames(
     path: &Path,
     short_side: Option<usize>,
     want: Want<'_>,
-) -> std::result::Result<(Video, usize, bool, usize), String> {
+) -> std::result::Result<(Video, usize, bool, usize, usize), String> {
     use ffmpeg::{format, media, Packet};
     let mut ictx = format::input(path).map_err(|e| format!("cannot open: {e}"))?;
     let (index, params) = {
@@ -379,8 +389,16 @@ fn decode_frames(
         kept: 0,
         want: want.frames,
         order: None,
+        gaps: false,
+        received: 0,
     };
     let mut landed = want.seek.is_none();
+    if let Some(scan) = want.skip {
+        out.gaps = true;
+        if out.order.is_none() {
+            out.order = Some((0, scan.order.as_slice()));
+        }
+    }
     let done = |out: &FrameSink| match want.frames {
         Some(f) => out.kept >= f.len(),
         None => out.frames >= want.max_frames,
@@ -422,6 +440,17 @@ fn decode_frames(
             out.order = Some((key.0, scan.order.as_slice()));
             landed = true;
         }
+        if let (Some(scan), Some(wanted)) = (want.skip, want.frames) {
+            // Decided per packet: a frame no clip shows may go undecoded if nothing
+            // references it (the decoder knows which; a reference frame is decoded).
+            let rank = packet.pts().and_then(|p| scan.order.binary_search(&p).ok());
+            let unused = rank.is_some_and(|r| wanted.binary_search(&r).is_err());
+            decoder.skip_frame(if unused {
+                ffmpeg::codec::discard::Discard::NonReference
+            } else {
+                ffmpeg::codec::discard::Discard::Default
+            });
+        }
         match decoder.send_packet(&packet) {
             Ok(()) => {}
             Err(ffmpeg::Error::InvalidData) => {
@@ -441,6 +470,11 @@ fn decode_frames(
     // Flush the frames the decoder still holds.
     if reached_end && decoder.send_eof().is_ok() {
         out.drain(&mut decoder)?;
+    }
+    // With frames skipped, the end of the stream does not tell how many frames a full
+    // decode gives, and a wanted frame the decoder dropped shows only here.
+    if out.gaps && (reached_end || want.frames.is_some_and(|f| out.kept < f.len())) {
+        return Err(RESTART.into());
     }
     // A decoder may hand out several frames per packet: keep exactly the first `max_frames`.
     if want.frames.is_none() && out.frames > want.max_frames {
@@ -467,6 +501,7 @@ fn decode_frames(
         out.frames,
         reached_end,
         started_at,
+        out.received,
     ))
 }
 
@@ -488,6 +523,10 @@ struct FrameSink<'a> {
     want: Option<&'a [usize]>,
     /// After a seek: the key frame's index and every packet's pts, sorted.
     order: Option<(usize, &'a [i64])>,
+    /// Frames may be missing (skipped): indices may jump forward, never back.
+    gaps: bool,
+    /// Frames received from the decoder.
+    received: usize,
 }
 
 impl FrameSink<'_> {
@@ -508,6 +547,7 @@ impl FrameSink<'_> {
     }
 
     fn push(&mut self) -> std::result::Result<(), String> {
+        self.received += 1;
         if let Some((first, order)) = self.order {
             // After a seek a frame's index is the rank of its pts. Leading frames shown
             // before the key frame (open GOPs) are dropped; after that, indices must run
@@ -520,9 +560,10 @@ impl FrameSink<'_> {
             if self.frames == first && self.kept == 0 && rank < first {
                 return Ok(());
             }
-            if rank != self.frames {
+            if rank != self.frames && !(self.gaps && rank > self.frames) {
                 return Err(RESTART.into());
             }
+            self.frames = rank;
         }
         let index = self.frames;
         self.frames += 1;

@@ -25,6 +25,8 @@ pub struct FileDataset {
     /// Decode training videos only up to the last frame their clips need
     /// (`data.clip_only`).
     clip_only: bool,
+    /// Leave unneeded non-reference frames undecoded (`data.skip_unused`).
+    skip_unused: bool,
 }
 
 impl FileDataset {
@@ -62,6 +64,7 @@ impl FileDataset {
             max_frames: cfg.max_frames,
             min_frames: cfg.frames,
             clip_only: cfg.clip_only,
+            skip_unused: cfg.skip_unused,
         })
     }
 
@@ -111,7 +114,13 @@ impl FileDataset {
         for _ in 0..2 {
             let mut clips = plan(len)?;
             let wanted = frames_needed(&clips);
-            let sel = decode_selected(&entry.path, Some(self.short_side), &wanted, &scan)?;
+            let sel = decode_selected(
+                &entry.path,
+                Some(self.short_side),
+                &wanted,
+                &scan,
+                self.skip_unused,
+            )?;
             match sel.total.map(cap) {
                 Some(total) if total != len => {
                     tracing::debug!(

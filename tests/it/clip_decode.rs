@@ -32,14 +32,23 @@ fn ffmpeg(path: &Path, frames: usize, filter: &str, args: &[&str]) {
     );
 }
 
-/// (file name, extra filter, encoder arguments, whether a seek is expected).
-const CASES: &[(&str, &str, &[&str], bool)] = &[
+/// (file name, extra filter, encoder arguments, whether a seek is expected, whether
+/// unneeded non-reference frames are expected to be skipped).
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    bool,
+    bool,
+);
+const CASES: &[Case] = &[
     // ffmpeg's MPEG-4 part 2 defaults (GOP 12, no B-frames), as UCF101's XviD files.
     (
         "xvid.avi",
         "",
         &["-c:v", "mpeg4", "-vtag", "xvid", "-q:v", "5"],
         true,
+        false,
     ),
     // AVI with B-frames has no presentation timestamps: decoded from the first packet.
     (
@@ -47,11 +56,13 @@ const CASES: &[(&str, &str, &[&str], bool)] = &[
         "",
         &["-c:v", "mpeg4", "-vtag", "xvid", "-bf", "2", "-g", "12"],
         false,
+        false,
     ),
     (
         "mpeg4_b.mp4",
         "",
         &["-c:v", "mpeg4", "-bf", "2", "-g", "12"],
+        true,
         true,
     ),
     (
@@ -60,6 +71,7 @@ const CASES: &[(&str, &str, &[&str], bool)] = &[
         &[
             "-c:v", "libx264", "-preset", "veryfast", "-g", "10", "-bf", "3", "-pix_fmt", "yuv420p",
         ],
+        true,
         true,
     ),
     (
@@ -75,6 +87,7 @@ const CASES: &[(&str, &str, &[&str], bool)] = &[
             "-pix_fmt",
             "yuv420p",
         ],
+        true,
         true,
     ),
     // Variable frame rate: every third frame lasts three times as long.
@@ -94,6 +107,7 @@ const CASES: &[(&str, &str, &[&str], bool)] = &[
             "yuv420p",
         ],
         true,
+        true,
     ),
     (
         "vp9.webm",
@@ -111,8 +125,15 @@ const CASES: &[(&str, &str, &[&str], bool)] = &[
             "8",
         ],
         true,
+        false,
     ),
-    ("mjpeg.avi", "", &["-c:v", "mjpeg", "-q:v", "5"], true),
+    (
+        "mjpeg.avi",
+        "",
+        &["-c:v", "mjpeg", "-q:v", "5"],
+        true,
+        false,
+    ),
 ];
 
 fn same_frames(full: &Video, part: &Video, wanted: &[usize]) -> bool {
@@ -128,7 +149,7 @@ fn same_frames(full: &Video, part: &Video, wanted: &[usize]) -> bool {
 fn clip_frames_are_bit_identical_to_a_full_decode() {
     let dir = tempfile::tempdir().unwrap();
     let n = 60;
-    for &(name, filter, args, seeks) in CASES {
+    for &(name, filter, args, seeks, skips) in CASES {
         let path = dir.path().join(name);
         ffmpeg(&path, n, filter, args);
         let full = decode_video(&path, Some(40)).unwrap();
@@ -145,22 +166,31 @@ fn clip_frames_are_bit_identical_to_a_full_decode() {
             (0..8).map(|i| 5 + 7 * i).collect(),
             vec![1, 2, 3, 40, 41, 59],
         ];
-        let mut seeked = false;
-        for wanted in &picks {
-            let sel = decode_selected(&path, Some(40), wanted, &scan).unwrap();
+        let (mut seeked, mut skipped) = (false, false);
+        for (wanted, skip) in picks.iter().flat_map(|w| [(w, false), (w, true)]) {
+            let sel = decode_selected(&path, Some(40), wanted, &scan, skip).unwrap();
             assert!(
                 same_frames(&full, &sel.video, wanted),
-                "{name}: frames {wanted:?} differ from the full decode (started at {})",
+                "{name}: frames {wanted:?} differ from the full decode (started at {}, skip {skip})",
                 sel.started_at
             );
             assert!(sel.started_at <= wanted[0], "{name}");
             seeked |= sel.started_at > 0;
+            // Frames left undecoded: fewer came out of the decoder than it ran over.
+            let ran_over = wanted.last().unwrap() + 1 - sel.started_at;
+            assert!(sel.decoded <= ran_over, "{name}");
+            assert!(
+                skip || sel.decoded == ran_over,
+                "{name}: {wanted:?} without skipping"
+            );
+            skipped |= sel.decoded < ran_over;
             // The decode stops at the last frame asked for, unless that is the last one.
             if *wanted.last().unwrap() < n - 2 {
                 assert_eq!(sel.total, None, "{name}: {wanted:?} decoded to the end");
             }
         }
         assert_eq!(seeked, seeks, "{name}: seek taken");
+        assert_eq!(skipped, skips, "{name}: non-reference frames skipped");
     }
 }
 
@@ -169,7 +199,7 @@ fn loader_batches_are_the_same_with_clip_only_decoding_on_and_off() {
     let dir = tempfile::tempdir().unwrap();
     let videos = dir.path().join("videos");
     let mut list = String::new();
-    for (i, &(name, filter, args, _)) in CASES.iter().enumerate() {
+    for (i, &(name, filter, args, _, _)) in CASES.iter().enumerate() {
         let class = format!("c{}", i % 3);
         std::fs::create_dir_all(videos.join(&class)).unwrap();
         let path = videos.join(&class).join(name);
