@@ -7,9 +7,9 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::data::cache::{check, BuildSummary, SourceKey, Status, Writer};
+use crate::data::cache::{check, encode, BuildSummary, Chunk, SourceKey, Status, Writer};
 use crate::data::datasets::VideoDataset;
-use crate::data::{Split, Video};
+use crate::data::Split;
 use crate::recipe::{DataConfig, Recipe};
 use crate::{Error, Result};
 
@@ -25,7 +25,7 @@ pub fn build(
     cfg: &DataConfig,
     progress: &dyn Fn(usize, usize),
 ) -> Result<BuildSummary> {
-    let mut writer = Writer::create(dir)?;
+    let mut writer = Writer::create(dir, cfg.cache_format)?;
     let total = source.len(Split::Train) + source.len(Split::Test);
     let mut done = 0usize;
     for split in [Split::Train, Split::Test] {
@@ -33,11 +33,15 @@ pub fn build(
         for start in (0..n).step_by(CHUNK) {
             // Key the source before reading it: a file changed mid-build then shows
             // up as stale on the next open instead of being trusted.
-            let read: Vec<(Option<SourceKey>, Result<Video>)> = (start..(start + CHUNK).min(n))
+            // Frames are encoded (JPEG) in the same parallel pass.
+            let read: Vec<(Option<SourceKey>, Result<Chunk>)> = (start..(start + CHUNK).min(n))
                 .into_par_iter()
                 .map(|i| {
                     let key = source.source_path(split, i).map(|p| SourceKey::of(&p));
-                    (key, source.video(split, i))
+                    let chunk = source
+                        .video(split, i)
+                        .and_then(|v| encode(v, cfg.cache_format, cfg.cache_quality));
+                    (key, chunk)
                 })
                 .collect();
             for (k, (key, video)) in read.into_iter().enumerate() {

@@ -83,6 +83,10 @@ enum Cmd {
         /// Train-split videos decoded per frames/s run.
         #[arg(long, default_value_t = 64)]
         videos: usize,
+        /// Also build a raw and a JPEG frame cache of the recipe's dataset in a
+        /// temporary directory and time the loader reading each (size and clips/s).
+        #[arg(long)]
+        caches: bool,
     },
 }
 
@@ -146,7 +150,8 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
             repeat,
             steps,
             videos,
-        } => data(recipe, sets, repeat, steps, videos)?,
+            caches,
+        } => data(recipe, sets, repeat, steps, videos, caches)?,
     }
     Ok(())
 }
@@ -158,6 +163,7 @@ fn data(
     repeat: usize,
     steps: u64,
     videos: usize,
+    caches: bool,
 ) -> anyhow::Result<()> {
     use vssl::recipe::{self, RecipeSource};
     let r = recipe::load(&RecipeSource::with_sets(recipe, sets))?;
@@ -165,6 +171,7 @@ fn data(
         repeat,
         steps,
         videos,
+        caches,
     };
     let rep = bench::data::bench_data(&r, &opts, &std::env::temp_dir())?;
     print!("{}", rep.render(r.data.short_side.unwrap_or(r.data.size)));
@@ -173,6 +180,6 @@ fn data(
 }
 
 #[cfg(not(feature = "video"))]
-fn data(_: PathBuf, _: Vec<String>, _: usize, _: u64, _: usize) -> anyhow::Result<()> {
+fn data(_: PathBuf, _: Vec<String>, _: usize, _: u64, _: usize, _: bool) -> anyhow::Result<()> {
     Err(vssl::Error::BadInput("`vssl bench data` needs the `video` feature (ffmpeg)".into()).into())
 }

@@ -1,7 +1,8 @@
-//! Frame cache: every video of a dataset decoded once into one file of raw RGB bytes
-//! (`frames.bin`, one contiguous chunk per video, `[T, H, W, 3]` at the decoded size)
-//! plus `index.json` (per video: offset, frame count, height, width, label, and the key
-//! of its source). Training then reads frames with one positioned read per video
+//! Frame cache: every video of a dataset decoded once into one file (`frames.bin`, one
+//! contiguous chunk per video: raw RGB `[T, H, W, 3]` at the decoded size, or JPEG
+//! frames behind a length table, see `codec`) plus `index.json` (per video: offset,
+//! frame count, height, width, label, and the key of its source). Training then reads
+//! the frames its clips show with one positioned read per run of consecutive frames
 //! instead of decoding, which is what makes real-video training I/O-cheap.
 //!
 //! Staleness: each video's source file is keyed by its size and modification time; the
@@ -16,6 +17,7 @@
 //! has no index or a frames file shorter than the index says); the next build removes it.
 
 mod build;
+mod codec;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 pub use build::{BuildSummary, Writer};
+pub use codec::{encode, CacheFormat, Chunk};
 
 use crate::data::clip::{frames_needed, index_into, PlanFn, PlannedClip};
 use crate::data::datasets::VideoDataset;
@@ -93,18 +96,34 @@ struct Entry {
     /// would be without the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Bytes of the stored chunk when it is not raw RGB (JPEG frames and their table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    len: Option<u64>,
 }
 
 impl Entry {
+    /// Bytes one decoded frame takes.
+    fn frame_bytes(&self) -> usize {
+        self.height * self.width * 3
+    }
+
+    /// Bytes the video takes in the frame file.
     fn bytes(&self) -> u64 {
-        (self.frames * self.height * self.width * 3) as u64
+        self.len
+            .unwrap_or((self.frames * self.frame_bytes()) as u64)
     }
 
     /// [`Entry::bytes`] without overflow (`None` when it would).
     fn checked_bytes(&self) -> Option<u64> {
-        [self.height, self.width, 3]
+        let raw = [self.height, self.width, 3]
             .iter()
-            .try_fold(self.frames as u64, |n, &d| n.checked_mul(d as u64))
+            .try_fold(self.frames as u64, |n, &d| n.checked_mul(d as u64));
+        match self.len {
+            // A JPEG chunk holds at least its frame table; decoded frames must still fit
+            // in memory-sized buffers.
+            Some(len) => raw.and_then(|_| (len >= 4 * self.frames as u64).then_some(len)),
+            None => raw,
+        }
     }
 }
 
@@ -118,6 +137,9 @@ struct Index {
     dataset: String,
     /// Length `frames.bin` must have.
     bytes: u64,
+    /// How frames are stored (older caches: raw).
+    #[serde(default, skip_serializing_if = "CacheFormat::is_raw")]
+    frame_format: CacheFormat,
     train: Vec<Entry>,
     test: Vec<Entry>,
 }
@@ -145,6 +167,10 @@ pub fn config_hash(cfg: &DataConfig) -> String {
             "skip_unused",
         ] {
             m.remove(k);
+        }
+        // The quality matters only to a JPEG cache (a raw one serialises no format).
+        if !m.contains_key("cache_format") {
+            m.remove("cache_quality");
         }
     }
     // serde_json objects are sorted maps, so the text is canonical.
@@ -334,6 +360,58 @@ impl CachedDataset {
         &self.dir
     }
 
+    /// Frames `wanted` (sorted, distinct) of the video `e`, in that order; each run of
+    /// consecutive frames is one positioned read.
+    fn read_frames(&self, e: &Entry, wanted: &[usize]) -> Result<Video> {
+        let path = self.dir.join(FRAMES);
+        let io = |err| Error::io(&path, err);
+        let frame = e.frame_bytes();
+        let mut data = vec![0u8; wanted.len() * frame];
+        let runs = runs(wanted);
+        match self.index.frame_format {
+            CacheFormat::Raw => {
+                for (k, run) in runs {
+                    let at = e.offset + (wanted[k] * frame) as u64;
+                    read_exact_at(&self.file, &mut data[k * frame..(k + run) * frame], at)
+                        .map_err(io)?;
+                }
+            }
+            CacheFormat::Jpeg => {
+                let damaged = |what: String| Error::Dataset {
+                    path: path.clone(),
+                    message: format!("damaged frame cache at byte {}: {what}", e.offset),
+                };
+                let mut table = vec![0u8; 4 * e.frames];
+                read_exact_at(&self.file, &mut table, e.offset).map_err(io)?;
+                let ranges = codec::frame_ranges(&table, e.bytes())
+                    .ok_or_else(|| damaged("its frame table overruns the video".into()))?;
+                let mut buf = Vec::new();
+                for (k, run) in runs {
+                    let (lo, hi) = (ranges[wanted[k]].0, ranges[wanted[k] + run - 1].1);
+                    buf.resize((hi - lo) as usize, 0);
+                    read_exact_at(&self.file, &mut buf, e.offset + lo).map_err(io)?;
+                    for j in 0..run {
+                        let (a, b) = ranges[wanted[k] + j];
+                        let out = &mut data[(k + j) * frame..(k + j + 1) * frame];
+                        codec::decode_jpeg(
+                            &buf[(a - lo) as usize..(b - lo) as usize],
+                            e.width,
+                            e.height,
+                            out,
+                        )
+                        .map_err(|err| damaged(format!("frame {}: {err}", wanted[k] + j)))?;
+                    }
+                }
+            }
+        }
+        Ok(Video {
+            frames: wanted.len(),
+            height: e.height,
+            width: e.width,
+            data,
+        })
+    }
+
     /// The index entry of a readable video (an unreadable one errors as its source did).
     fn entry(&self, split: Split, index: usize) -> Result<&Entry> {
         let e = self.index.entries(split).get(index).ok_or_else(|| {
@@ -345,6 +423,21 @@ impl CachedDataset {
         }
         Ok(e)
     }
+}
+
+/// Runs of consecutive values in sorted `v`, as (start position, length).
+fn runs(v: &[usize]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < v.len() {
+        let mut run = 1;
+        while k + run < v.len() && v[k + run] == v[k] + run {
+            run += 1;
+        }
+        out.push((k, run));
+        k += run;
+    }
+    out
 }
 
 #[cfg(unix)]
@@ -379,15 +472,8 @@ impl VideoDataset for CachedDataset {
     }
     fn video(&self, split: Split, index: usize) -> Result<Video> {
         let e = self.entry(split, index)?;
-        let mut data = vec![0u8; e.bytes() as usize];
-        let frames = self.dir.join(FRAMES);
-        read_exact_at(&self.file, &mut data, e.offset).map_err(|err| Error::io(&frames, err))?;
-        Ok(Video {
-            frames: e.frames,
-            height: e.height,
-            width: e.width,
-            data,
-        })
+        let all: Vec<usize> = (0..e.frames).collect();
+        self.read_frames(e, &all)
     }
     /// Reads only the frames the clips show (one read per run of consecutive frames).
     fn planned_video(
@@ -399,32 +485,9 @@ impl VideoDataset for CachedDataset {
         let e = self.entry(split, index)?;
         let mut clips = plan(e.frames)?;
         let wanted = frames_needed(&clips);
-        let frame = e.bytes() / e.frames.max(1) as u64;
-        let mut data = vec![0u8; wanted.len() * frame as usize];
-        let path = self.dir.join(FRAMES);
-        let mut k = 0;
-        while k < wanted.len() {
-            // A run of consecutive frames is one contiguous read.
-            let mut run = 1;
-            while k + run < wanted.len() && wanted[k + run] == wanted[k] + run {
-                run += 1;
-            }
-            let (lo, hi) = (k * frame as usize, (k + run) * frame as usize);
-            let at = e.offset + wanted[k] as u64 * frame;
-            read_exact_at(&self.file, &mut data[lo..hi], at)
-                .map_err(|err| Error::io(&path, err))?;
-            k += run;
-        }
+        let video = self.read_frames(e, &wanted)?;
         index_into(&mut clips, &wanted);
-        Ok((
-            Video {
-                frames: wanted.len(),
-                height: e.height,
-                width: e.width,
-                data,
-            },
-            clips,
-        ))
+        Ok((video, clips))
     }
     fn describe(&self) -> String {
         format!(

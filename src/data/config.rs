@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
+use crate::data::cache::CacheFormat;
 use crate::data::synthetic::SyntheticConfig;
 use crate::error::{check, Invalid};
 
@@ -72,6 +73,12 @@ pub struct DataConfig {
     /// Frame cache directory written by `vssl data cache`; read instead of decoding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<PathBuf>,
+    /// How the frame cache stores frames: `"raw"` RGB (default) or `"jpeg"` (about 10x
+    /// smaller, decoded on read; lossy at `cache_quality`).
+    #[serde(skip_serializing_if = "CacheFormat::is_raw")]
+    pub cache_format: CacheFormat,
+    /// JPEG quality of a `"jpeg"` cache, 1..=100.
+    pub cache_quality: u8,
 }
 
 impl Default for DataConfig {
@@ -93,6 +100,8 @@ impl Default for DataConfig {
             synthetic: SyntheticConfig::default(),
             augment: AugmentConfig::default(),
             cache: None,
+            cache_format: CacheFormat::Raw,
+            cache_quality: 90,
         }
     }
 }
@@ -115,6 +124,11 @@ impl DataConfig {
                 format!("must be at least data.frames = {}, got {m}", d.frames)
             })?;
         }
+        check(
+            (1..=100).contains(&d.cache_quality),
+            "cache_quality",
+            || format!("must be 1..=100, got {}", d.cache_quality),
+        )?;
         if let Some(s) = d.short_side {
             check(s >= d.size, "short_side", || {
                 format!("must be at least data.size = {}, got {s}", d.size)

@@ -496,3 +496,113 @@ fn bench_cache_vs_decoding() {
     );
     assert!(hit >= 10.0 * fly);
 }
+
+/// Mean absolute difference of two equally sized byte buffers, in levels.
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| x.abs_diff(y) as f64)
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[test]
+fn a_jpeg_cache_is_smaller_close_to_the_source_and_reads_single_frames() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = DataConfig {
+        // Without the i.i.d. pixel noise (sd 6: JPEG would remove it, a 4.8-level
+        // difference by itself), as camera footage is smooth at this scale.
+        synthetic: SyntheticConfig {
+            size: 64,
+            noise: 0.0,
+            ..synthetic_cfg(3).synthetic
+        },
+        cache_format: cache::CacheFormat::Jpeg,
+        ..synthetic_cfg(3)
+    };
+    let src: Arc<dyn VideoDataset> = Arc::from(datasets::build(&cfg).unwrap());
+    let dir = d.path().join("c");
+    let s = build(&dir, src.as_ref(), &cfg, &quiet).unwrap();
+    let raw = 24 * 16 * 64 * 64 * 3;
+    assert!(s.bytes * 4 < raw, "jpeg cache {} bytes, raw {raw}", s.bytes);
+    assert_eq!(cache::check(&dir, src.as_ref(), &cfg), Status::Fresh);
+    // A raw cache is another cache: the format is part of the key, the quality too.
+    let raw_cfg = DataConfig {
+        cache_format: cache::CacheFormat::Raw,
+        ..cfg.clone()
+    };
+    assert!(matches!(
+        cache::check(&dir, src.as_ref(), &raw_cfg),
+        Status::Stale(_)
+    ));
+    let q = DataConfig {
+        cache_quality: 50,
+        ..cfg.clone()
+    };
+    assert!(matches!(
+        cache::check(&dir, src.as_ref(), &q),
+        Status::Stale(_)
+    ));
+    let c = CachedDataset::open(&dir, src.clone(), &cfg).unwrap();
+    for i in 0..src.len(Split::Train) {
+        let (a, b) = (
+            src.video(Split::Train, i).unwrap(),
+            c.video(Split::Train, i).unwrap(),
+        );
+        assert_eq!((a.frames, a.height, a.width), (b.frames, b.height, b.width));
+        // Lossy, but close: quality 90 with 4:2:0 chroma stays within 4 levels on
+        // average (3.3 measured; the saturated edges of this world lose most to the
+        // halved chroma: 1.4 at 4:4:4).
+        let mad = mean_abs_diff(&a.data, &b.data);
+        assert!(mad < 4.0, "video {i}: mean abs diff {mad}");
+    }
+    // The loader's partial reads give exactly the frames a whole read gives.
+    let plan = BatchPlan {
+        planner: Arc::new(StridedPlanner::new(2, 4, (1, 3))),
+        size: 32,
+        batch_size: 4,
+        seed: 2,
+        augment: AugmentConfig::default(),
+    };
+    struct Whole(Arc<CachedDataset>);
+    impl VideoDataset for Whole {
+        fn len(&self, s: Split) -> usize {
+            self.0.len(s)
+        }
+        fn label(&self, s: Split, i: usize) -> Option<u32> {
+            self.0.label(s, i)
+        }
+        fn num_classes(&self) -> usize {
+            self.0.num_classes()
+        }
+        fn video(&self, s: Split, i: usize) -> Result<Video> {
+            self.0.video(s, i)
+        }
+        fn describe(&self) -> String {
+            "whole reads".into()
+        }
+    }
+    let c = Arc::new(c);
+    let whole = Whole(c.clone());
+    for step in 0..3 {
+        let (a, b) = (
+            make_batch(c.as_ref(), &plan, step).unwrap(),
+            make_batch(&whole, &plan, step).unwrap(),
+        );
+        assert_eq!(a.data, b.data, "step {step}");
+    }
+    // A damaged frame is a clear error naming the frame file, not a panic.
+    let frames = dir.join(cache::FRAMES);
+    let mut bytes = std::fs::read(&frames).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[200..n / 24] {
+        *b = 0x55;
+    }
+    std::fs::write(&frames, bytes).unwrap();
+    let err = c
+        .video(Split::Train, 0)
+        .expect_err("a damaged JPEG frame is an error");
+    assert!(err.to_string().contains("frames.bin"), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+}

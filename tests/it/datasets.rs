@@ -539,6 +539,34 @@ fn bench_data_compares_with_the_ffmpeg_cli() {
     assert_eq!(counts, [1, 2]);
     assert_eq!(scaling[0]["speedup"].as_f64(), Some(1.0));
     assert!(text.contains("loader with 2 worker(s)"), "{text}");
+    assert!(
+        j["caches"].as_array().unwrap().is_empty(),
+        "caches only with --caches"
+    );
+    // --caches builds a raw and a JPEG cache of the set, times them, and removes them.
+    let out = run(&mut vssl(&[
+        "bench", "data", r, "--repeat", "1", "--steps", "2", "--caches",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let j: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let caches = j["caches"].as_array().unwrap();
+    let formats: Vec<&str> = caches
+        .iter()
+        .map(|c| c["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["raw", "jpeg"]);
+    // Nine 20-frame videos of 32x24 (shorter side 16: 21x16) in the raw cache.
+    assert_eq!(caches[0]["bytes"].as_u64(), Some(9 * 20 * 21 * 16 * 3));
+    assert!(
+        caches[1]["smaller_than_raw"].as_f64().unwrap() > 1.0,
+        "{text}"
+    );
+    for c in caches {
+        assert!(c["clips_per_s"].as_f64().unwrap() > 0.0);
+        assert!(c["read_vs_on_the_fly"].as_f64().unwrap() > 0.0);
+    }
+    assert!(text.contains("jpeg cache:"), "{text}");
 
     // The in-memory synthetic set has no files to benchmark: bad input.
     let synth = tiny_recipe(dir.path(), "");

@@ -30,6 +30,27 @@ pub struct BenchOptions {
     pub steps: u64,
     /// Videos of the train split decoded per frames/s run (the first ones).
     pub videos: usize,
+    /// Build a raw and a JPEG cache of the dataset (in the scratch directory) and time
+    /// the loader reading each.
+    pub caches: bool,
+}
+
+/// One cache format built and read by the benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheFigure {
+    pub format: String,
+    /// Size of its frame file.
+    pub bytes: u64,
+    /// Raw size over this size.
+    pub smaller_than_raw: f64,
+    /// Loader clips/s reading it (`data.workers` threads).
+    pub clips_per_s: f64,
+    /// Median over runs of this clips/s over on-the-fly decoding's, back to back.
+    pub vs_on_the_fly: f64,
+    /// The frames of clips/s fetched alone (no augmentation), one thread.
+    pub read_clips_per_s: f64,
+    /// Median over runs of that over fetching by decoding on the fly, back to back.
+    pub read_vs_on_the_fly: f64,
 }
 
 /// The medians, and how they were obtained.
@@ -56,6 +77,11 @@ pub struct BenchReport {
     pub clip_only_ratio: f64,
     /// Loader clips/s decoding on the fly with 1..=max(2, `data.workers`) workers.
     pub scaling: Vec<WorkerFigure>,
+    /// With `--caches`: a raw and a JPEG cache of the dataset.
+    pub caches: Vec<CacheFigure>,
+    /// With `--caches`: clips/s whose frames are fetched by decoding on the fly (clip-only
+    /// decoding as configured, no augmentation, one thread).
+    pub on_the_fly_read_clips_per_s: Option<f64>,
     pub cache_clips_per_s: Option<f64>,
     pub cache_ratio: Option<f64>,
 }
@@ -163,6 +189,66 @@ fn cached_dataset(
     }
 }
 
+/// Clips/s of fetching the frames of the recipe's first `steps` batches (what
+/// [`VideoDataset::planned_video`] returns), one thread, no augmentation.
+fn read_clips_per_s(ds: &dyn VideoDataset, plan: &BatchPlan, steps: u64) -> Result<f64> {
+    use rand::SeedableRng;
+    let n = ds.len(Split::Train);
+    let t = Instant::now();
+    let mut clips = 0usize;
+    for step in 0..steps {
+        for j in 0..plan.batch_size {
+            let idx = crate::data::loader::video_for(n, plan, step, j);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step ^ (j as u64) << 32);
+            let planner = plan.planner.as_ref();
+            // An unreadable video counts as no clips, as the loader would skip it.
+            if let Ok((v, c)) =
+                ds.planned_video(Split::Train, idx, &mut |len| planner.plan(len, &mut rng))
+            {
+                clips += c.len();
+                v.recycle();
+            }
+        }
+    }
+    Ok(clips as f64 / t.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// A cache built for the benchmark.
+struct BuiltCache {
+    format: String,
+    dir: PathBuf,
+    bytes: u64,
+    dataset: Arc<dyn VideoDataset>,
+}
+
+/// Builds a raw and a JPEG cache of the recipe's dataset under `scratch` (raw first).
+fn build_caches(
+    recipe: &Recipe,
+    source: &Arc<dyn VideoDataset>,
+    scratch: &Path,
+) -> Result<Vec<BuiltCache>> {
+    use crate::data::cache::CacheFormat;
+    let mut out = Vec::new();
+    for format in [CacheFormat::Raw, CacheFormat::Jpeg] {
+        let cfg = crate::data::DataConfig {
+            cache_format: format,
+            ..recipe.data.clone()
+        };
+        let name = format!("{format:?}").to_lowercase();
+        let dir = scratch.join(format!("vssl-bench-cache-{}-{name}", std::process::id()));
+        let summary = crate::app::cache::build(&dir, source.as_ref(), &cfg, &|_, _| {})?;
+        let dataset: Arc<dyn VideoDataset> =
+            Arc::new(CachedDataset::open(&dir, source.clone(), &cfg)?);
+        out.push(BuiltCache {
+            format: name,
+            dir,
+            bytes: summary.bytes,
+            dataset,
+        });
+    }
+    Ok(out)
+}
+
 /// Benchmarks the recipe's data pipeline; `scratch` holds temporary files.
 pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Result<BenchReport> {
     let repeat = opts.repeat.max(1);
@@ -207,6 +293,13 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
             ..recipe.data.clone()
         })?);
     let counts: Vec<usize> = (1..=workers.max(2)).collect();
+    let built = if opts.caches {
+        build_caches(recipe, &ds, scratch)?
+    } else {
+        Vec::new()
+    };
+    let mut cache_runs: Vec<[Vec<f64>; 4]> = vec![Default::default(); built.len()];
+    let mut otf_reads = Vec::new();
     let (mut full, mut clip_ratios) = (Vec::new(), Vec::new());
     let mut by_count: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
     let mut speedups: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
@@ -255,6 +348,34 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
             let one = by_count[0][by_count[0].len() - 1];
             speedups[k].push(by_count[k][by_count[k].len() - 1] / one);
         }
+        if !built.is_empty() {
+            otf_reads.push(read_clips_per_s(ds.as_ref(), &plan, opts.steps)?);
+        }
+        for (b, runs) in built.iter().zip(&mut cache_runs) {
+            let c = loader_clips_per_s(b.dataset.clone(), &plan, opts.steps, workers)?;
+            runs[0].push(c);
+            runs[1].push(c / otf[otf.len() - 1]);
+            let r = read_clips_per_s(b.dataset.as_ref(), &plan, opts.steps)?;
+            runs[2].push(r);
+            runs[3].push(r / otf_reads[otf_reads.len() - 1]);
+        }
+    }
+    let raw_bytes = built.first().map_or(0, |b| b.bytes);
+    let caches = built
+        .iter()
+        .zip(&cache_runs)
+        .map(|(b, r)| CacheFigure {
+            format: b.format.clone(),
+            bytes: b.bytes,
+            smaller_than_raw: raw_bytes as f64 / b.bytes.max(1) as f64,
+            clips_per_s: median(&r[0]),
+            vs_on_the_fly: median(&r[1]),
+            read_clips_per_s: median(&r[2]),
+            read_vs_on_the_fly: median(&r[3]),
+        })
+        .collect();
+    for b in &built {
+        let _ = std::fs::remove_dir_all(&b.dir);
     }
     let _ = std::fs::remove_file(&list);
     let (vssl_frames_per_s, ffmpeg_frames_per_s) = (median(&vssl_fps), median(&ff_fps));
@@ -281,6 +402,8 @@ pub fn bench_data(recipe: &Recipe, opts: &BenchOptions, scratch: &Path) -> Resul
         on_the_fly_clips_per_s: on_the_fly,
         full_decode_clips_per_s: median(&full),
         clip_only_ratio: median(&clip_ratios),
+        caches,
+        on_the_fly_read_clips_per_s: (!otf_reads.is_empty()).then(|| median(&otf_reads)),
         scaling: counts
             .iter()
             .enumerate()
@@ -331,6 +454,22 @@ impl BenchReport {
                 s += &format!("loader from cache: {c:.1} clips/s, ratio {x:.1}x on-the-fly\n")
             }
             _ => s += "loader from cache: not measured (data.cache unset or not built)\n",
+        }
+        if let Some(r) = self.on_the_fly_read_clips_per_s {
+            s += &format!("fetching clip frames by decoding (1 thread): {r:.1} clips/s\n");
+        }
+        for c in &self.caches {
+            s += &format!(
+                "{} cache: {:.1} MB ({:.1}x smaller than raw); loader {:.1} clips/s, {:.2}x on the fly; \
+                 fetching (1 thread) {:.1} clips/s, {:.2}x decoding\n",
+                c.format,
+                c.bytes as f64 / 1e6,
+                c.smaller_than_raw,
+                c.clips_per_s,
+                c.vs_on_the_fly,
+                c.read_clips_per_s,
+                c.read_vs_on_the_fly
+            );
         }
         s
     }

@@ -8,8 +8,8 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::{config_hash, Entry, Index, SourceKey, FORMAT, FRAMES, INDEX};
-use crate::data::{DataConfig, Split, Video};
+use super::{config_hash, CacheFormat, Chunk, Entry, Index, SourceKey, FORMAT, FRAMES, INDEX};
+use crate::data::{DataConfig, Split};
 use crate::{Error, Result};
 
 /// What a build wrote.
@@ -73,11 +73,13 @@ pub struct Writer {
     unreadable: usize,
     train: Vec<Entry>,
     test: Vec<Entry>,
+    format: CacheFormat,
 }
 
 impl Writer {
-    /// Starts a cache for `dir` (removing partial directories of interrupted builds).
-    pub fn create(dir: &Path) -> Result<Self> {
+    /// Starts a cache for `dir` whose videos come as chunks in `format` (removing
+    /// partial directories of interrupted builds).
+    pub fn create(dir: &Path, format: CacheFormat) -> Result<Self> {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
@@ -95,6 +97,7 @@ impl Writer {
             unreadable: 0,
             train: Vec::new(),
             test: Vec::new(),
+            format,
         })
     }
 
@@ -106,12 +109,12 @@ impl Writer {
         split: Split,
         label: Option<u32>,
         source: Option<SourceKey>,
-        video: Result<Video>,
+        video: Result<Chunk>,
     ) -> Result<()> {
         let entry = match video {
             Ok(v) => {
                 self.out
-                    .write_all(&v.data)
+                    .write_all(&v.bytes)
                     .map_err(|e| Error::io(&self.frames_path, e))?;
                 let e = Entry {
                     offset: self.offset,
@@ -121,6 +124,7 @@ impl Writer {
                     label,
                     source,
                     error: None,
+                    len: (!self.format.is_raw()).then_some(v.bytes.len() as u64),
                 };
                 self.offset += e.bytes();
                 let pushed = (self.train.len() + self.test.len() + 1) as u64;
@@ -137,6 +141,7 @@ impl Writer {
                     label,
                     source,
                     error: Some(err.to_string()),
+                    len: None,
                 }
             }
         };
@@ -159,6 +164,7 @@ impl Writer {
             unreadable,
             train,
             test,
+            format,
         } = self;
         let dir = dir.as_path();
         let file = out
@@ -172,6 +178,7 @@ impl Writer {
             config: config_hash(cfg),
             dataset,
             bytes: offset,
+            frame_format: format,
             train,
             test,
         };
