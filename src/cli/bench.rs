@@ -88,6 +88,25 @@ enum Cmd {
         #[arg(long)]
         caches: bool,
     },
+    /// Decode the frames a plan lists (JSON `[{"path": ..., "frames": [...]}]`, all
+    /// frames when the list is empty) as the loader does, and print the time as JSON:
+    /// vssl's side of tools/bench_decoders.py.
+    Decode {
+        plan: PathBuf,
+        /// Frames are resized so their shorter side has this many pixels (0: the
+        /// stored size).
+        #[arg(long, default_value_t = 128)]
+        short_side: usize,
+        /// Also write each file's frames to DIR (`<i>.rgb`, `<i>.json`), untimed.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Passes over the plan (one JSON line each).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Always decode at full resolution (as `data.decode_lowres = false`).
+        #[arg(long)]
+        full_res: bool,
+    },
 }
 
 /// `model` and `conv3d` run on `--device`; `data` measures the CPU pipeline.
@@ -152,6 +171,13 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
             videos,
             caches,
         } => data(recipe, sets, repeat, steps, videos, caches)?,
+        Cmd::Decode {
+            plan,
+            short_side,
+            repeat,
+            full_res,
+            dump,
+        } => decode(plan, short_side, repeat, !full_res, dump)?,
     }
     Ok(())
 }
@@ -177,6 +203,34 @@ fn data(
     print!("{}", rep.render(r.data.short_side.unwrap_or(r.data.size)));
     println!("{}", serde_json::to_string(&rep)?);
     Ok(())
+}
+
+#[cfg(feature = "video")]
+fn decode(
+    plan: PathBuf,
+    short_side: usize,
+    repeat: usize,
+    lowres: bool,
+    dump: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let items = bench::decode::read_plan(&plan)?;
+    let short = (short_side > 0).then_some(short_side);
+    if let Some(d) = &dump {
+        std::fs::create_dir_all(d).map_err(|e| vssl::Error::io(d, e))?;
+    }
+    for _ in 0..repeat.max(1) {
+        let t = bench::decode::run_plan(&items, short, lowres, dump.as_deref())?;
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "video"))]
+fn decode(_: PathBuf, _: usize, _: usize, _: bool, _: Option<PathBuf>) -> anyhow::Result<()> {
+    Err(
+        vssl::Error::BadInput("`vssl bench decode` needs the `video` feature (ffmpeg)".into())
+            .into(),
+    )
 }
 
 #[cfg(not(feature = "video"))]

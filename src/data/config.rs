@@ -60,6 +60,12 @@ pub struct DataConfig {
     /// frames delivered stay bit-identical. `false` decodes every frame up to the last
     /// one needed.
     pub skip_unused: bool,
+    /// Decode at reduced resolution (ffmpeg's `lowres`: MPEG-4 part 2, H.263, MJPEG and
+    /// others; not H.264) when the reduced frame's shorter side is still at least 90% of
+    /// `short_side`, then resize to the usual output size. UCF101's 320x240 XviD decodes
+    /// at 160x120 for shorter sides up to 133. Frames stay close to the full-resolution
+    /// path's (README) but are not identical; `false` always decodes at full size.
+    pub decode_lowres: bool,
     /// Frames per clip fed to the model.
     pub frames: usize,
     /// Spatial size (square crop) fed to the model.
@@ -94,6 +100,7 @@ impl Default for DataConfig {
             max_frames: None,
             clip_only: true,
             skip_unused: true,
+            decode_lowres: true,
             frames: 8,
             size: 32,
             workers: 2,

@@ -49,15 +49,18 @@ pub fn resized_dims(w: usize, h: usize, short_side: Option<usize>) -> (usize, us
 /// decoder produced. Errors (missing file, not a video, no video stream, no decodable
 /// frame, zero `short_side`) are [`Error::Video`] naming `path`; never panics.
 pub fn decode_video(path: &Path, short_side: Option<usize>) -> Result<Video> {
-    decode_video_limited(path, short_side, None)
+    decode_video_limited(path, short_side, None, false)
 }
 
 /// As [`decode_video`], but stops after the first `max_frames` frames (when given):
-/// bounds the memory one decoded video takes whatever the file's length.
+/// bounds the memory one decoded video takes whatever the file's length. With
+/// `lowres`, decodes at the reduced resolution [`lowres_level`] picks (same output
+/// size, close but not identical pixels).
 pub fn decode_video_limited(
     path: &Path,
     short_side: Option<usize>,
     max_frames: Option<usize>,
+    lowres: bool,
 ) -> Result<Video> {
     let fail = |message: String| Error::Video {
         path: path.to_path_buf(),
@@ -75,6 +78,7 @@ pub fn decode_video_limited(
         max_frames: max_frames.unwrap_or(usize::MAX),
         seek: None,
         skip: None,
+        lowres,
     };
     decode_frames(path, short_side, want)
         .map(|(v, ..)| v)
@@ -219,6 +223,7 @@ pub fn decode_selected(
     wanted: &[usize],
     scan: &StreamScan,
     skip_unused: bool,
+    lowres: bool,
 ) -> Result<Selected> {
     let fail = |message: String| Error::Video {
         path: path.to_path_buf(),
@@ -244,6 +249,7 @@ pub fn decode_selected(
         max_frames: usize::MAX,
         seek: key.map(|&(_, pts)| (pts, scan)),
         skip: (skip_unused && !scan.order.is_empty()).then_some(scan),
+        lowres,
     };
     let got = match decode_frames(path, short_side, want) {
         Err(e) if e == RESTART => {
@@ -335,6 +341,37 @@ struct Want<'a> {
     /// Skip decoding the non-reference frames that are not wanted (their packets' pts
     /// ranks say which), indexing every frame by its pts rank.
     skip: Option<&'a StreamScan>,
+    /// Decode at reduced resolution where the codec allows it ([`lowres_level`]).
+    lowres: bool,
+}
+
+/// Width and height the stream's parameters declare (0 when unknown).
+fn params_dims(params: &ffmpeg::codec::Parameters) -> (usize, usize) {
+    // SAFETY: `params` wraps a valid AVCodecParameters.
+    let p = unsafe { &*params.as_ptr() };
+    (p.width.max(0) as usize, p.height.max(0) as usize)
+}
+
+/// The reduced-resolution level (`lowres`: each side divided by 2^level) to decode a
+/// `w`x`h` stream of codec `id` at when frames are resized to shorter side `short`:
+/// the largest the codec supports whose shorter side is still at least 90% of the
+/// target (at most an 11% upsampling, below what a training crop's scale jitter does),
+/// and 0 when the codec has none or the size is unknown.
+pub fn lowres_level(id: ffmpeg::codec::Id, w: usize, h: usize, short: Option<usize>) -> u8 {
+    let (Some(short), true) = (short, w > 0 && h > 0) else {
+        return 0;
+    };
+    let max = ffmpeg::codec::decoder::find(id)
+        // SAFETY: a registered, immutable codec descriptor.
+        .map_or(0, |c| unsafe { (*c.as_ptr()).max_lowres });
+    let src = w.min(h);
+    (1..=max)
+        .take_while(|&l| {
+            let reduced = src.div_ceil(1 << l);
+            10 * reduced >= 9 * short
+        })
+        .last()
+        .unwrap_or(0)
 }
 
 /// Why a decode that started at a key packet gave up (the caller decodes from the
@@ -355,11 +392,21 @@ fn decode_frames(
             .ok_or("no video stream")?;
         (stream.index(), stream.parameters())
     };
+    let (src_w, src_h, id) = (params_dims(&params).0, params_dims(&params).1, params.id());
+    let level = if want.lowres {
+        lowres_level(id, src_w, src_h, short_side)
+    } else {
+        0
+    };
     // One decoding thread per video: the loader parallelises across videos, and the
     // benchmark compares against `ffmpeg -threads 1`.
     let mut decoder = ffmpeg::codec::context::Context::from_parameters(params)
         .and_then(|mut c| {
             c.set_threading(ffmpeg::codec::threading::Config::count(1));
+            if level > 0 {
+                // SAFETY: a codec context not yet opened; `lowres` is read at open.
+                unsafe { (*c.as_mut_ptr()).lowres = level as i32 };
+            }
             c.decoder().video()
         })
         .map_err(|e| format!("cannot open the video decoder: {e}"))?;
@@ -392,6 +439,10 @@ fn decode_frames(
         gaps: false,
         received: 0,
     };
+    if level > 0 {
+        // The output size is the full-resolution frame's, whatever size decodes.
+        out.dims = Some(resized_dims(src_w, src_h, short_side));
+    }
     let mut landed = want.seek.is_none();
     if let Some(scan) = want.skip {
         out.gaps = true;

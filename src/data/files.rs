@@ -27,6 +27,8 @@ pub struct FileDataset {
     clip_only: bool,
     /// Leave unneeded non-reference frames undecoded (`data.skip_unused`).
     skip_unused: bool,
+    /// Decode at reduced resolution where the codec and sizes allow (`data.decode_lowres`).
+    lowres: bool,
 }
 
 impl FileDataset {
@@ -65,6 +67,7 @@ impl FileDataset {
             min_frames: cfg.frames,
             clip_only: cfg.clip_only,
             skip_unused: cfg.skip_unused,
+            lowres: cfg.decode_lowres,
         })
     }
 
@@ -120,6 +123,7 @@ impl FileDataset {
                 &wanted,
                 &scan,
                 self.skip_unused,
+                self.lowres,
             )?;
             match sel.total.map(cap) {
                 Some(total) if total != len => {
@@ -165,7 +169,7 @@ impl FileDataset {
     }
 
     fn video_of(&self, entry: &splits::Entry) -> Result<Video> {
-        let v = decode(&entry.path, self.short_side, self.max_frames)?;
+        let v = decode(&entry.path, self.short_side, self.max_frames, self.lowres)?;
         self.long_enough(entry, v.frames)?;
         Ok(v)
     }
@@ -220,12 +224,17 @@ impl VideoDataset for FileDataset {
 }
 
 #[cfg(feature = "video")]
-fn decode(path: &std::path::Path, short_side: usize, max_frames: Option<usize>) -> Result<Video> {
-    crate::data::decode::decode_video_limited(path, Some(short_side), max_frames)
+fn decode(
+    path: &std::path::Path,
+    short_side: usize,
+    max_frames: Option<usize>,
+    lowres: bool,
+) -> Result<Video> {
+    crate::data::decode::decode_video_limited(path, Some(short_side), max_frames, lowres)
 }
 
 #[cfg(not(feature = "video"))]
-fn decode(path: &std::path::Path, _: usize, _: Option<usize>) -> Result<Video> {
+fn decode(path: &std::path::Path, _: usize, _: Option<usize>, _: bool) -> Result<Video> {
     Err(Error::BadInput(format!(
         "{}: decoding video files needs vssl built with the `video` feature (ffmpeg)",
         path.display()

@@ -17,8 +17,13 @@ use vssl::recipe::{DataConfig, DataKind};
 /// Writes `frames` frames of a moving, noisy test pattern with the ffmpeg CLI.
 fn ffmpeg(path: &Path, frames: usize, filter: &str, args: &[&str]) {
     let src = format!("testsrc2=size=96x72:rate=25,noise=alls=12:allf=t{filter}");
+    ffmpeg_src(path, &src, frames, args);
+}
+
+/// Writes `frames` frames of the lavfi source `src` with the ffmpeg CLI.
+fn ffmpeg_src(path: &Path, src: &str, frames: usize, args: &[&str]) {
     let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", &src])
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", src])
         .args(["-frames:v", &frames.to_string()])
         .args(args)
         .arg(path)
@@ -168,7 +173,7 @@ fn clip_frames_are_bit_identical_to_a_full_decode() {
         ];
         let (mut seeked, mut skipped) = (false, false);
         for (wanted, skip) in picks.iter().flat_map(|w| [(w, false), (w, true)]) {
-            let sel = decode_selected(&path, Some(40), wanted, &scan, skip).unwrap();
+            let sel = decode_selected(&path, Some(40), wanted, &scan, skip, false).unwrap();
             assert!(
                 same_frames(&full, &sel.video, wanted),
                 "{name}: frames {wanted:?} differ from the full decode (started at {}, skip {skip})",
@@ -269,4 +274,52 @@ fn loader_batches_are_the_same_with_clip_only_decoding_on_and_off() {
         );
     }
     assert_ne!(full[0].data, full[1].data);
+}
+
+#[test]
+fn reduced_resolution_decoding_stays_close_to_the_full_resolution_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // UCF101's geometry and codec: 320x240 MPEG-4 part 2 at about its bitrate.
+    let path = dir.path().join("ucf.avi");
+    ffmpeg_src(
+        &path,
+        "testsrc2=size=320x240:rate=25",
+        30,
+        &["-c:v", "mpeg4", "-vtag", "xvid", "-b:v", "550k"],
+    );
+    use vssl::data::decode::decode_video_limited;
+    for (short, reduced) in [
+        (112, true),
+        (128, true),
+        (133, true),
+        (134, false),
+        (240, false),
+    ] {
+        let full = decode_video_limited(&path, Some(short), None, false).unwrap();
+        let low = decode_video_limited(&path, Some(short), None, true).unwrap();
+        assert_eq!(
+            (low.frames, low.height, low.width),
+            (full.frames, full.height, full.width),
+            "short side {short}"
+        );
+        let mad = full
+            .data
+            .iter()
+            .zip(&low.data)
+            .map(|(&a, &b)| a.abs_diff(b) as f64)
+            .sum::<f64>()
+            / full.data.len() as f64;
+        // 160x120 decodes serve shorter sides up to 133 (at most 11% upsampling);
+        // beyond that the full-resolution frames are used unchanged.
+        if reduced {
+            assert!(
+                mad > 0.0,
+                "short side {short}: the reduced decode was not taken"
+            );
+            assert!(mad < 4.0, "short side {short}: mean abs diff {mad}"); // 1.9-2.3 measured
+        } else {
+            assert_eq!(mad, 0.0, "short side {short}");
+        }
+        println!("short side {short}: mean abs diff {mad:.2} levels");
+    }
 }

@@ -155,7 +155,7 @@ fn decodes_every_frame_of_xvid_h264_and_vp8_files() {
     let v = decode_video(&dir.path().join("a.avi"), None).unwrap();
     assert_ne!(v.frame(0), v.frame(10));
     // A frame cap keeps exactly the first frames.
-    let capped = decode_video_limited(&dir.path().join("a.avi"), None, Some(7)).unwrap();
+    let capped = decode_video_limited(&dir.path().join("a.avi"), None, Some(7), false).unwrap();
     assert_eq!(capped.frames, 7);
     assert_eq!(capped.data[..], v.data[..7 * 32 * 24 * 3]);
 }

@@ -4,7 +4,8 @@
 //!
 //! - [`model`]: a backbone's forward pass and training step (`vssl bench model`);
 //! - [`conv`]: one conv3d layer (`vssl bench conv3d`);
-//! - [`data`]: the data pipeline against the ffmpeg CLI (`vssl bench data`).
+//! - [`data`]: the data pipeline against the ffmpeg CLI (`vssl bench data`);
+//! - [`decode`]: vssl's side of `tools/bench_decoders.py` (`vssl bench decode`).
 //!
 //! What they share lives here: the [`median`] every figure is reported as, the peak
 //! RSS probe and the PyTorch server process.
@@ -18,6 +19,8 @@ use crate::{Error, Result};
 pub mod conv;
 #[cfg(feature = "video")]
 pub mod data;
+#[cfg(feature = "video")]
+pub mod decode;
 pub mod model;
 
 pub use conv::{run_conv, ConvBenchOptions};
