@@ -77,6 +77,7 @@ pub fn decode_video_limited(
         frames: None,
         max_frames: max_frames.unwrap_or(usize::MAX),
         seek: None,
+        seek_dts: None,
         skip: None,
         lowres,
     };
@@ -101,6 +102,14 @@ pub struct StreamScan {
     keys: Vec<(usize, i64)>,
     /// Every packet's pts, sorted: a frame's index is the rank of its pts.
     order: Vec<i64>,
+    /// Without usable pts (MPEG-4 part 2 in AVI with B-frames): key packets as (frame
+    /// index, dts), the index worked out from the VOP types in decode order (see
+    /// [`mpeg4_output_order`]). After such a seek the first frame out must be the key
+    /// frame and frames are counted on from there.
+    dts_keys: Vec<(usize, i64)>,
+    /// With `dts_keys`: every packet as (dts, frame index, VOP type), sorted by dts, so
+    /// unused B-VOPs can be skipped and counted past.
+    dts_index: Vec<(i64, usize, u8)>,
 }
 
 /// Codecs whose key packets reset the decoder: frames from a key frame on decode
@@ -153,6 +162,8 @@ pub fn scan_video(path: &Path) -> Result<StreamScan> {
     let mut pts: Vec<Option<i64>> = Vec::new();
     let mut keys: Vec<Option<i64>> = Vec::new();
     let mut corrupt = 0usize;
+    // MPEG-4 part 2: each packet's VOP type (None: not exactly one VOP), key, dts.
+    let mut vops: Vec<(Option<u8>, bool, Option<i64>)> = Vec::new();
     loop {
         let mut packet = Packet::empty();
         match packet.read(&mut ictx) {
@@ -176,6 +187,13 @@ pub fn scan_video(path: &Path) -> Result<StreamScan> {
         if packet.is_key() {
             keys.push(packet.pts());
         }
+        if id == ffmpeg::codec::Id::MPEG4 {
+            vops.push((
+                packet.data().and_then(single_vop_type),
+                packet.is_key(),
+                packet.dts(),
+            ));
+        }
         pts.push(packet.pts());
         packets += 1;
     }
@@ -191,12 +209,91 @@ pub fn scan_video(path: &Path) -> Result<StreamScan> {
         order.clear();
         Vec::new()
     };
+    let (dts_keys, dts_index) = if !exact && corrupt == 0 && vops.len() == packets {
+        mpeg4_dts_keys(&vops)
+    } else {
+        Default::default()
+    };
     Ok(StreamScan {
         packets,
         clean: corrupt == 0,
         keys,
         order,
+        dts_keys,
+        dts_index,
     })
+}
+
+/// The coding type (0 I, 1 P, 2 B, 3 S) of the one MPEG-4 part 2 VOP in `data`, or
+/// `None` when it holds none or several (DivX "packed" B-frames) or is too short to be
+/// a coded VOP (a placeholder N-VOP).
+fn single_vop_type(data: &[u8]) -> Option<u8> {
+    let mut found = None;
+    let mut i = 0;
+    while i + 4 < data.len() {
+        if data[i..i + 4] == [0, 0, 1, 0xb6] {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(data[i + 4] >> 6);
+            i += 4;
+        } else {
+            i += 1;
+        }
+    }
+    found.filter(|_| data.len() >= 16)
+}
+
+/// Frame index (output order) of each packet of an MPEG-4 part 2 stream from its VOP
+/// types in decode order: the decoder hands out a B-VOP as soon as it is decoded and
+/// an I/P/S-VOP when the next one of those arrives (or at the end).
+pub fn mpeg4_output_order(types: &[u8]) -> Vec<usize> {
+    let mut index = vec![0; types.len()];
+    let (mut next, mut pending) = (0, None);
+    for (j, &t) in types.iter().enumerate() {
+        if t == 2 {
+            index[j] = next;
+            next += 1;
+        } else {
+            if let Some(p) = pending {
+                index[p] = next;
+                next += 1;
+            }
+            pending = Some(j);
+        }
+    }
+    if let Some(p) = pending {
+        index[p] = next;
+    }
+    index
+}
+
+/// Key I-VOP packets as (frame index, dts), and every packet as (dts, frame index,
+/// type) sorted by dts, for a stream whose every packet is one VOP with a distinct dts;
+/// both empty otherwise.
+type DtsTables = (Vec<(usize, i64)>, Vec<(i64, usize, u8)>);
+fn mpeg4_dts_keys(vops: &[(Option<u8>, bool, Option<i64>)]) -> DtsTables {
+    let Some(types) = vops.iter().map(|v| v.0).collect::<Option<Vec<u8>>>() else {
+        return Default::default();
+    };
+    let Some(dts) = vops.iter().map(|v| v.2).collect::<Option<Vec<i64>>>() else {
+        return Default::default();
+    };
+    let index = mpeg4_output_order(&types);
+    let mut table: Vec<(i64, usize, u8)> = (0..vops.len())
+        .map(|j| (dts[j], index[j], types[j]))
+        .collect();
+    table.sort_unstable();
+    if table.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Default::default();
+    }
+    let keys = vops
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.1 && v.0 == Some(0))
+        .map(|(j, _)| (index[j], dts[j]))
+        .collect();
+    (keys, table)
 }
 
 /// The frames of one video that clips need, decoded as [`decode_video`] would decode
@@ -244,11 +341,20 @@ pub fn decode_selected(
         .iter()
         .rev()
         .find(|(f, _)| *f > 0 && *f <= wanted[0]);
+    let dts_key = scan
+        .dts_keys
+        .iter()
+        .rev()
+        .find(|(f, _)| *f > 0 && *f <= wanted[0]);
     let mut want = Want {
         frames: Some(wanted),
         max_frames: usize::MAX,
         seek: key.map(|&(_, pts)| (pts, scan)),
-        skip: (skip_unused && !scan.order.is_empty()).then_some(scan),
+        seek_dts: dts_key
+            .filter(|_| key.is_none())
+            .map(|&(_, dts)| (dts, scan)),
+        skip: (skip_unused && (!scan.order.is_empty() || !scan.dts_index.is_empty()))
+            .then_some(scan),
         lowres,
     };
     let got = match decode_frames(path, short_side, want) {
@@ -258,6 +364,7 @@ pub fn decode_selected(
                 path.display()
             );
             want.seek = None;
+            want.seek_dts = None;
             want.skip = None;
             decode_frames(path, short_side, want)
         }
@@ -338,6 +445,8 @@ struct Want<'a> {
     /// Seek to this pts (backwards to a key packet) instead of starting at the first
     /// packet; the scan says which frame each key packet and pts is.
     seek: Option<(i64, &'a StreamScan)>,
+    /// Seek to this dts (a key packet of the scan's `dts_keys`) and count frames on.
+    seek_dts: Option<(i64, &'a StreamScan)>,
     /// Skip decoding the non-reference frames that are not wanted (their packets' pts
     /// ranks say which), indexing every frame by its pts rank.
     skip: Option<&'a StreamScan>,
@@ -410,7 +519,7 @@ fn decode_frames(
             c.decoder().video()
         })
         .map_err(|e| format!("cannot open the video decoder: {e}"))?;
-    if let Some((pts, _)) = want.seek {
+    if let Some((pts, _)) = want.seek.or(want.seek_dts) {
         // SAFETY: `ictx` is an open input context and `index` one of its streams.
         let ret = unsafe {
             ffmpeg::ffi::av_seek_frame(
@@ -437,16 +546,21 @@ fn decode_frames(
         want: want.frames,
         order: None,
         gaps: false,
+        counted_from: None,
+        skipped: Default::default(),
         received: 0,
     };
     if level > 0 {
         // The output size is the full-resolution frame's, whatever size decodes.
         out.dims = Some(resized_dims(src_w, src_h, short_side));
     }
-    let mut landed = want.seek.is_none();
+    let mut landed = want.seek.is_none() && want.seek_dts.is_none();
     if let Some(scan) = want.skip {
         out.gaps = true;
-        if out.order.is_none() {
+        if scan.order.is_empty() {
+            // Counted from the start (or the dts seek), past the B-frames skipped.
+            out.counted_from.get_or_insert(0);
+        } else if out.order.is_none() {
             out.order = Some((0, scan.order.as_slice()));
         }
     }
@@ -479,6 +593,17 @@ fn decode_frames(
         }
         // A seek must land on a key packet the scan knows, at or before the first
         // frame wanted; its frame index is where counting starts.
+        if let (false, Some((_, scan))) = (landed, want.seek_dts) {
+            let first = want.frames.and_then(|f| f.first()).copied().unwrap_or(0);
+            let key = scan
+                .dts_keys
+                .iter()
+                .find(|k| packet.is_key() && Some(k.1) == packet.dts() && k.0 <= first)
+                .ok_or(RESTART)?;
+            out.frames = key.0;
+            out.counted_from = Some(key.0);
+            landed = true;
+        }
         if !landed {
             let (_, scan) = want.seek.expect("seeking");
             let first = want.frames.and_then(|f| f.first()).copied().unwrap_or(0);
@@ -494,8 +619,24 @@ fn decode_frames(
         if let (Some(scan), Some(wanted)) = (want.skip, want.frames) {
             // Decided per packet: a frame no clip shows may go undecoded if nothing
             // references it (the decoder knows which; a reference frame is decoded).
-            let rank = packet.pts().and_then(|p| scan.order.binary_search(&p).ok());
-            let unused = rank.is_some_and(|r| wanted.binary_search(&r).is_err());
+            // Without pts, only B-VOPs (never references) are skipped, and their frame
+            // indices are noted so the count runs past them.
+            let unused = if scan.order.is_empty() {
+                let entry = packet.dts().and_then(|d| {
+                    let k = scan.dts_index.binary_search_by_key(&d, |e| e.0).ok()?;
+                    Some(scan.dts_index[k])
+                });
+                match entry {
+                    Some((_, i, 2)) if wanted.binary_search(&i).is_err() => {
+                        out.skipped.insert(i);
+                        true
+                    }
+                    _ => false,
+                }
+            } else {
+                let rank = packet.pts().and_then(|p| scan.order.binary_search(&p).ok());
+                rank.is_some_and(|r| wanted.binary_search(&r).is_err())
+            };
             decoder.skip_frame(if unused {
                 ffmpeg::codec::discard::Discard::NonReference
             } else {
@@ -541,7 +682,11 @@ fn decode_frames(
         Some(_) => out.kept,
         None => out.frames,
     };
-    let started_at = out.order.map_or(0, |(first, _)| first);
+    let started_at = out
+        .order
+        .map(|(first, _)| first)
+        .or(out.counted_from)
+        .unwrap_or(0);
     Ok((
         Video {
             frames: kept,
@@ -576,6 +721,10 @@ struct FrameSink<'a> {
     order: Option<(usize, &'a [i64])>,
     /// Frames may be missing (skipped): indices may jump forward, never back.
     gaps: bool,
+    /// After a seek by dts: the key frame's index; the first frame out must be it.
+    counted_from: Option<usize>,
+    /// Frame indices whose B-VOPs were skipped (counted mode): no frame comes out for them.
+    skipped: std::collections::BTreeSet<usize>,
     /// Frames received from the decoder.
     received: usize,
 }
@@ -599,6 +748,15 @@ impl FrameSink<'_> {
 
     fn push(&mut self) -> std::result::Result<(), String> {
         self.received += 1;
+        // The decoder drops the B-frames that lead a key frame after a seek (they need
+        // the frame before it); anything else first means the indices are off.
+        if self.counted_from.is_some_and(|f| f > 0) && self.received == 1 && !self.decoded.is_key()
+        {
+            return Err(RESTART.into());
+        }
+        while self.skipped.remove(&self.frames) {
+            self.frames += 1;
+        }
         if let Some((first, order)) = self.order {
             // After a seek a frame's index is the rank of its pts. Leading frames shown
             // before the key frame (open GOPs) are dropped; after that, indices must run

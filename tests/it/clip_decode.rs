@@ -55,13 +55,14 @@ const CASES: &[Case] = &[
         true,
         false,
     ),
-    // AVI with B-frames has no presentation timestamps: decoded from the first packet.
+    // AVI with B-frames has no presentation timestamps: frame indices come from the
+    // VOP types (`mpeg4_output_order`) and seeks go by dts.
     (
         "xvid_b.avi",
         "",
         &["-c:v", "mpeg4", "-vtag", "xvid", "-bf", "2", "-g", "12"],
-        false,
-        false,
+        true,
+        true,
     ),
     (
         "mpeg4_b.mp4",
@@ -197,6 +198,18 @@ fn clip_frames_are_bit_identical_to_a_full_decode() {
         assert_eq!(seeked, seeks, "{name}: seek taken");
         assert_eq!(skipped, skips, "{name}: non-reference frames skipped");
     }
+}
+
+#[test]
+fn mpeg4_frames_come_out_in_display_order() {
+    use vssl::data::decode::mpeg4_output_order;
+    // Decode order I P B B P B B: each B out at once, each anchor when the next arrives.
+    assert_eq!(
+        mpeg4_output_order(&[0, 1, 2, 2, 1, 2, 2]),
+        [0, 3, 1, 2, 6, 4, 5]
+    );
+    // No B-frames: decode order is display order.
+    assert_eq!(mpeg4_output_order(&[0, 1, 1, 0, 1]), [0, 1, 2, 3, 4]);
 }
 
 #[test]
