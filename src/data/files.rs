@@ -26,6 +26,7 @@ pub struct FileDataset {
     /// (`data.clip_only`).
     clip_only: bool,
     /// Leave unneeded non-reference frames undecoded (`data.skip_unused`).
+    #[cfg_attr(not(feature = "video"), allow(dead_code))]
     skip_unused: bool,
     /// Decode at reduced resolution where the codec and sizes allow (`data.decode_lowres`).
     lowres: bool,
