@@ -34,9 +34,7 @@ pub trait VideoDataset: Send + Sync {
         index: usize,
         plan: &mut PlanFn<'_>,
     ) -> Result<(Video, Vec<PlannedClip>)> {
-        let v = self.video(split, index)?;
-        let clips = plan(v.frames)?;
-        Ok((v, clips))
+        plan_whole(self.video(split, index)?, plan)
     }
     /// A short description for logs.
     fn describe(&self) -> String;
@@ -67,6 +65,13 @@ impl VideoDataset for Synthetic {
             Synthetic::num_classes(self)
         )
     }
+}
+
+/// A whole video with the clips `plan` draws on its frame count: what
+/// [`VideoDataset::planned_video`] gives when only whole videos can be read.
+pub fn plan_whole(video: Video, plan: &mut PlanFn<'_>) -> Result<(Video, Vec<PlannedClip>)> {
+    let clips = plan(video.frames)?;
+    Ok((video, clips))
 }
 
 /// Builds the dataset a recipe's `[data]` section names.

@@ -27,6 +27,40 @@ fn init_ffmpeg() {
     });
 }
 
+/// The error for a problem with the video at `path`.
+fn video_error(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |message| Error::Video {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// The next packet of stream `index`, `None` at the end. A demuxer resyncs past a
+/// corrupt packet (counted in `corrupt`); a file made of them is an error. `read` (what
+/// was read so far, for the message) names where a read error struck.
+fn next_packet(
+    ictx: &mut ffmpeg::format::context::Input,
+    index: usize,
+    corrupt: &mut usize,
+    read: usize,
+) -> std::result::Result<Option<ffmpeg::Packet>, String> {
+    loop {
+        let mut packet = ffmpeg::Packet::empty();
+        match packet.read(ictx) {
+            Ok(()) if packet.stream() == index => return Ok(Some(packet)),
+            Ok(()) => {}
+            Err(ffmpeg::Error::Eof) => return Ok(None),
+            Err(ffmpeg::Error::InvalidData) => {
+                *corrupt += 1;
+                if *corrupt > 1000 {
+                    return Err("too many corrupt packets".into());
+                }
+            }
+            Err(e) => return Err(format!("read error after {read} frames: {e}")),
+        }
+    }
+}
+
 /// Output size for a `w`x`h` frame whose shorter side becomes `short_side` (aspect kept,
 /// rounded to the nearest pixel, at least 1).
 pub fn resized_dims(w: usize, h: usize, short_side: Option<usize>) -> (usize, usize) {
@@ -62,10 +96,7 @@ pub fn decode_video_limited(
     max_frames: Option<usize>,
     lowres: bool,
 ) -> Result<Video> {
-    let fail = |message: String| Error::Video {
-        path: path.to_path_buf(),
-        message,
-    };
+    let fail = video_error(path);
     if short_side == Some(0) {
         return Err(fail("the requested shorter side must be at least 1".into()));
     }
@@ -76,13 +107,13 @@ pub fn decode_video_limited(
     let want = Want {
         frames: None,
         max_frames: max_frames.unwrap_or(usize::MAX),
+        scan: None,
         seek: None,
-        seek_dts: None,
-        skip: None,
+        skip: false,
         lowres,
     };
     decode_frames(path, short_side, want)
-        .map(|(v, ..)| v)
+        .map(|d| d.video)
         .map_err(fail)
 }
 
@@ -141,15 +172,12 @@ fn restartable(id: ffmpeg::codec::Id) -> bool {
 /// [`restartable`], and the key packet's pts is known. AVI files without
 /// presentation timestamps are always decoded from their first packet.
 pub fn scan_video(path: &Path) -> Result<StreamScan> {
-    let fail = |message: String| Error::Video {
-        path: path.to_path_buf(),
-        message,
-    };
+    let fail = video_error(path);
     if !path.is_file() {
         return Err(fail("no such file".into()));
     }
     init_ffmpeg();
-    use ffmpeg::{format, media, Packet};
+    use ffmpeg::{format, media};
     let mut ictx = format::input(path).map_err(|e| fail(format!("cannot open: {e}")))?;
     let (index, id) = {
         let stream = ictx
@@ -164,23 +192,7 @@ pub fn scan_video(path: &Path) -> Result<StreamScan> {
     let mut corrupt = 0usize;
     // MPEG-4 part 2: each packet's VOP type (None: not exactly one VOP), key, dts.
     let mut vops: Vec<(Option<u8>, bool, Option<i64>)> = Vec::new();
-    loop {
-        let mut packet = Packet::empty();
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg::Error::Eof) => break,
-            Err(ffmpeg::Error::InvalidData) => {
-                corrupt += 1;
-                if corrupt > 1000 {
-                    return Err(fail("too many corrupt packets".into()));
-                }
-                continue;
-            }
-            Err(e) => return Err(fail(format!("read error after {packets} packets: {e}"))),
-        }
-        if packet.stream() != index {
-            continue;
-        }
+    while let Some(packet) = next_packet(&mut ictx, index, &mut corrupt, packets).map_err(&fail)? {
         if packet.is_corrupt() || packet.size() == 0 {
             corrupt += 1;
         }
@@ -322,10 +334,7 @@ pub fn decode_selected(
     skip_unused: bool,
     lowres: bool,
 ) -> Result<Selected> {
-    let fail = |message: String| Error::Video {
-        path: path.to_path_buf(),
-        message,
-    };
+    let fail = video_error(path);
     if short_side == Some(0) {
         return Err(fail("the requested shorter side must be at least 1".into()));
     }
@@ -349,12 +358,11 @@ pub fn decode_selected(
     let mut want = Want {
         frames: Some(wanted),
         max_frames: usize::MAX,
-        seek: key.map(|&(_, pts)| (pts, scan)),
-        seek_dts: dts_key
-            .filter(|_| key.is_none())
-            .map(|&(_, dts)| (dts, scan)),
-        skip: (skip_unused && (!scan.order.is_empty() || !scan.dts_index.is_empty()))
-            .then_some(scan),
+        scan: Some(scan),
+        seek: key
+            .map(|&(_, pts)| Seek::Pts(pts))
+            .or(dts_key.map(|&(_, dts)| Seek::Dts(dts))),
+        skip: skip_unused && (!scan.order.is_empty() || !scan.dts_index.is_empty()),
         lowres,
     };
     let got = match decode_frames(path, short_side, want) {
@@ -364,18 +372,17 @@ pub fn decode_selected(
                 path.display()
             );
             want.seek = None;
-            want.seek_dts = None;
-            want.skip = None;
+            want.skip = false;
             decode_frames(path, short_side, want)
         }
         other => other,
     };
-    let (video, frames, reached_end, started_at, decoded) = got.map_err(fail)?;
+    let d = got.map_err(fail)?;
     Ok(Selected {
-        video,
-        total: reached_end.then_some(frames),
-        started_at,
-        decoded,
+        video: d.video,
+        total: d.reached_end.then_some(d.frames),
+        started_at: d.started_at,
+        decoded: d.received,
     })
 }
 
@@ -442,16 +449,38 @@ struct Want<'a> {
     frames: Option<&'a [usize]>,
     /// Stop after this many frames (full decodes).
     max_frames: usize,
-    /// Seek to this pts (backwards to a key packet) instead of starting at the first
-    /// packet; the scan says which frame each key packet and pts is.
-    seek: Option<(i64, &'a StreamScan)>,
-    /// Seek to this dts (a key packet of the scan's `dts_keys`) and count frames on.
-    seek_dts: Option<(i64, &'a StreamScan)>,
-    /// Skip decoding the non-reference frames that are not wanted (their packets' pts
-    /// ranks say which), indexing every frame by its pts rank.
-    skip: Option<&'a StreamScan>,
+    /// What the demux pass found: which frame each key packet, pts or dts is (needed
+    /// by `seek` and `skip`).
+    scan: Option<&'a StreamScan>,
+    /// Where to start instead of the first packet.
+    seek: Option<Seek>,
+    /// Skip decoding the non-reference frames that are not wanted (the scan says which
+    /// frame each packet is).
+    skip: bool,
     /// Decode at reduced resolution where the codec allows it ([`lowres_level`]).
     lowres: bool,
+}
+
+/// A key packet to start decoding at, by the timestamp the scan identifies it with.
+#[derive(Clone, Copy)]
+enum Seek {
+    /// A key of `StreamScan::keys`: frames are indexed by pts rank from there.
+    Pts(i64),
+    /// A key of `StreamScan::dts_keys`: frames are counted on from there.
+    Dts(i64),
+}
+
+/// What one decode pass gave.
+struct Decoded {
+    /// The frames kept.
+    video: Video,
+    /// Index of the next frame after the last one handed out.
+    frames: usize,
+    reached_end: bool,
+    /// Index of the frame decoding started at (0 or a key frame).
+    started_at: usize,
+    /// Frames received from the decoder.
+    received: usize,
 }
 
 /// Width and height the stream's parameters declare (0 when unknown).
@@ -491,8 +520,8 @@ fn decode_frames(
     path: &Path,
     short_side: Option<usize>,
     want: Want<'_>,
-) -> std::result::Result<(Video, usize, bool, usize, usize), String> {
-    use ffmpeg::{format, media, Packet};
+) -> std::result::Result<Decoded, String> {
+    use ffmpeg::{format, media};
     let mut ictx = format::input(path).map_err(|e| format!("cannot open: {e}"))?;
     let (index, params) = {
         let stream = ictx
@@ -501,7 +530,7 @@ fn decode_frames(
             .ok_or("no video stream")?;
         (stream.index(), stream.parameters())
     };
-    let (src_w, src_h, id) = (params_dims(&params).0, params_dims(&params).1, params.id());
+    let ((src_w, src_h), id) = (params_dims(&params), params.id());
     let level = if want.lowres {
         lowres_level(id, src_w, src_h, short_side)
     } else {
@@ -519,13 +548,13 @@ fn decode_frames(
             c.decoder().video()
         })
         .map_err(|e| format!("cannot open the video decoder: {e}"))?;
-    if let Some((pts, _)) = want.seek.or(want.seek_dts) {
+    if let Some(Seek::Pts(ts) | Seek::Dts(ts)) = want.seek {
         // SAFETY: `ictx` is an open input context and `index` one of its streams.
         let ret = unsafe {
             ffmpeg::ffi::av_seek_frame(
                 ictx.as_mut_ptr(),
                 index as i32,
-                pts,
+                ts,
                 ffmpeg::ffi::AVSEEK_FLAG_BACKWARD,
             )
         };
@@ -554,8 +583,9 @@ fn decode_frames(
         // The output size is the full-resolution frame's, whatever size decodes.
         out.dims = Some(resized_dims(src_w, src_h, short_side));
     }
-    let mut landed = want.seek.is_none() && want.seek_dts.is_none();
-    if let Some(scan) = want.skip {
+    let mut landed = want.seek.is_none();
+    let skip = want.skip.then_some(want.scan).flatten();
+    if let Some(scan) = skip {
         out.gaps = true;
         if scan.order.is_empty() {
             // Counted from the start (or the dts seek), past the B-frames skipped.
@@ -571,52 +601,30 @@ fn decode_frames(
     let mut corrupt = 0usize;
     let mut reached_end = false;
     loop {
-        let mut packet = Packet::empty();
-        match packet.read(&mut ictx) {
-            Ok(()) => {}
-            Err(ffmpeg::Error::Eof) => {
-                reached_end = true;
-                break;
-            }
-            // A demuxer resyncs past one corrupt packet; give up on a file made of them.
-            Err(ffmpeg::Error::InvalidData) => {
-                corrupt += 1;
-                if corrupt > 1000 {
-                    return Err("too many corrupt packets".into());
-                }
-                continue;
-            }
-            Err(e) => return Err(format!("read error after {} frames: {e}", out.frames)),
-        }
-        if packet.stream() != index {
-            continue;
-        }
+        let Some(packet) = next_packet(&mut ictx, index, &mut corrupt, out.frames)? else {
+            reached_end = true;
+            break;
+        };
         // A seek must land on a key packet the scan knows, at or before the first
         // frame wanted; its frame index is where counting starts.
-        if let (false, Some((_, scan))) = (landed, want.seek_dts) {
+        if let (false, Some(seek), Some(scan)) = (landed, want.seek, want.scan) {
             let first = want.frames.and_then(|f| f.first()).copied().unwrap_or(0);
-            let key = scan
-                .dts_keys
+            let (keys, stamp) = match seek {
+                Seek::Pts(_) => (&scan.keys, packet.pts()),
+                Seek::Dts(_) => (&scan.dts_keys, packet.dts()),
+            };
+            let key = keys
                 .iter()
-                .find(|k| packet.is_key() && Some(k.1) == packet.dts() && k.0 <= first)
+                .find(|k| packet.is_key() && Some(k.1) == stamp && k.0 <= first)
                 .ok_or(RESTART)?;
             out.frames = key.0;
-            out.counted_from = Some(key.0);
+            match seek {
+                Seek::Pts(_) => out.order = Some((key.0, scan.order.as_slice())),
+                Seek::Dts(_) => out.counted_from = Some(key.0),
+            }
             landed = true;
         }
-        if !landed {
-            let (_, scan) = want.seek.expect("seeking");
-            let first = want.frames.and_then(|f| f.first()).copied().unwrap_or(0);
-            let key = scan
-                .keys
-                .iter()
-                .find(|k| packet.is_key() && Some(k.1) == packet.pts() && k.0 <= first)
-                .ok_or(RESTART)?;
-            out.frames = key.0;
-            out.order = Some((key.0, scan.order.as_slice()));
-            landed = true;
-        }
-        if let (Some(scan), Some(wanted)) = (want.skip, want.frames) {
+        if let (Some(scan), Some(wanted)) = (skip, want.frames) {
             // Decided per packet: a frame no clip shows may go undecoded if nothing
             // references it (the decoder knows which; a reference frame is decoded).
             // Without pts, only B-VOPs (never references) are skipped, and their frame
@@ -687,18 +695,18 @@ fn decode_frames(
         .map(|(first, _)| first)
         .or(out.counted_from)
         .unwrap_or(0);
-    Ok((
-        Video {
+    Ok(Decoded {
+        video: Video {
             frames: kept,
             height: h,
             width: w,
             data: out.data,
         },
-        out.frames,
+        frames: out.frames,
         reached_end,
         started_at,
-        out.received,
-    ))
+        received: out.received,
+    })
 }
 
 /// Accumulates decoded frames as RGB24 at a fixed output size.

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use crate::data::clip::{PlanFn, PlannedClip};
-use crate::data::datasets::VideoDataset;
+use crate::data::datasets::{plan_whole, VideoDataset};
 use crate::data::splits::{self, Listing};
 use crate::data::{DataConfig, DataKind, Split, Video};
 use crate::{Error, Result};
@@ -113,7 +113,7 @@ impl FileDataset {
         let mut len = cap(scan.packets);
         if len < self.min_frames || !scan.clean {
             // Too short by its packets, or damaged: a full decode decides the count.
-            return self.whole(entry, plan);
+            return plan_whole(self.video_of(entry)?, plan);
         }
         for _ in 0..2 {
             let mut clips = plan(len)?;
@@ -155,18 +155,7 @@ impl FileDataset {
         entry: &splits::Entry,
         plan: &mut PlanFn<'_>,
     ) -> Result<(Video, Vec<PlannedClip>)> {
-        self.whole(entry, plan)
-    }
-
-    /// Every frame, and the clips planned on their count.
-    fn whole(
-        &self,
-        entry: &splits::Entry,
-        plan: &mut PlanFn<'_>,
-    ) -> Result<(Video, Vec<PlannedClip>)> {
-        let v = self.video_of(entry)?;
-        let clips = plan(v.frames)?;
-        Ok((v, clips))
+        plan_whole(self.video_of(entry)?, plan)
     }
 
     fn video_of(&self, entry: &splits::Entry) -> Result<Video> {
@@ -204,7 +193,7 @@ impl VideoDataset for FileDataset {
     ) -> Result<(Video, Vec<PlannedClip>)> {
         let entry = self.entry(split, index)?;
         if !self.clip_only {
-            return self.whole(entry, plan);
+            return plan_whole(self.video_of(entry)?, plan);
         }
         self.clip_frames(entry, plan)
     }

@@ -4,7 +4,6 @@
 //! containers; and the loader's batches are the same with it on or off.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use vssl::data::datasets::{self, VideoDataset};
@@ -14,27 +13,12 @@ use vssl::data::sampler::StridedPlanner;
 use vssl::data::Video;
 use vssl::recipe::{DataConfig, DataKind};
 
+use crate::common::ffmpeg_lavfi;
+
 /// Writes `frames` frames of a moving, noisy test pattern with the ffmpeg CLI.
 fn ffmpeg(path: &Path, frames: usize, filter: &str, args: &[&str]) {
     let src = format!("testsrc2=size=96x72:rate=25,noise=alls=12:allf=t{filter}");
-    ffmpeg_src(path, &src, frames, args);
-}
-
-/// Writes `frames` frames of the lavfi source `src` with the ffmpeg CLI.
-fn ffmpeg_src(path: &Path, src: &str, frames: usize, args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", src])
-        .args(["-frames:v", &frames.to_string()])
-        .args(args)
-        .arg(path)
-        .output()
-        .expect("the ffmpeg CLI must be installed (tools/setup.sh)");
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ffmpeg_lavfi(path, &src, frames, args);
 }
 
 /// (file name, extra filter, encoder arguments, whether a seek is expected, whether
@@ -294,7 +278,7 @@ fn reduced_resolution_decoding_stays_close_to_the_full_resolution_path() {
     let dir = tempfile::tempdir().unwrap();
     // UCF101's geometry and codec: 320x240 MPEG-4 part 2 at about its bitrate.
     let path = dir.path().join("ucf.avi");
-    ffmpeg_src(
+    ffmpeg_lavfi(
         &path,
         "testsrc2=size=320x240:rate=25",
         30,

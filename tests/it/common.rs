@@ -173,3 +173,21 @@ pub fn require_crash_hook() {
         );
     }
 }
+
+/// Writes `frames` frames of the lavfi source `src` (e.g. `testsrc=size=32x24:rate=25`)
+/// to `path` with the ffmpeg CLI and the encoder arguments `args`.
+pub fn ffmpeg_lavfi(path: &Path, src: &str, frames: usize, args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", src])
+        .args(["-frames:v", &frames.to_string()])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("the ffmpeg CLI must be installed (tools/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -14,7 +14,7 @@ use vssl::data::sampler::StridedPlanner;
 use vssl::data::Split;
 use vssl::recipe::{DataConfig, DataKind};
 
-use crate::common::{run, stderr, stdout, tiny_recipe, train, vssl};
+use crate::common::{ffmpeg_lavfi, run, stderr, stdout, tiny_recipe, train, vssl};
 
 /// Writes a `w`x`h` test-pattern video of `frames` frames with the ffmpeg CLI.
 pub(crate) fn make_video(path: &Path, codec: &str, frames: usize, w: usize, h: usize) {
@@ -34,18 +34,7 @@ pub(crate) fn make_video(path: &Path, codec: &str, frames: usize, w: usize, h: u
         other => panic!("unknown codec {other}"),
     };
     let size = format!("testsrc=size={w}x{h}:rate=25");
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", &size])
-        .args(["-frames:v", &frames.to_string()])
-        .args(codec_args)
-        .arg(path)
-        .output()
-        .expect("ffmpeg CLI");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ffmpeg_lavfi(path, &size, frames, codec_args);
 }
 
 const CLASSES: [&str; 3] = ["Alpha", "Beta", "Gamma"];
