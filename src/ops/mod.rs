@@ -13,7 +13,9 @@ pub mod profile;
 pub mod tgn;
 
 pub use batch_norm3d::BatchNorm3d;
-pub use conv3d::{conv3d, conv3d_generic, conv3d_generic_chunked, Conv3d, Conv3dConfig};
+pub use conv3d::{
+    conv3d, conv3d_cpu_kernels, conv3d_generic, conv3d_generic_chunked, Conv3d, Conv3dConfig,
+};
 pub use pool3d::{adaptive_avg_pool3d, avg_pool3d, global_avg_pool3d, max_pool3d};
 
 use candle_core::Tensor;

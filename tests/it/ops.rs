@@ -288,6 +288,20 @@ fn conv_cases() -> Vec<ConvCase> {
             [2, 2, 1],
             true,
         ),
+        // 3x3x3 stride 1 for the Winograd kernels (forced in a child run below, and
+        // picked by default in `conv3d_winograd_is_picked_exact_and_thread_count_free`):
+        // padding 0 with odd sizes, channels not a multiple of its 16-channel vectors,
+        // batch 1; mixed padding 0/1/2 (2 is the input gradient of a padding-0 layer)
+        conv_case([1, 17, 5, 7, 9], 19, [3; 3], [1; 3], [0; 3], [1; 3], true),
+        conv_case(
+            [2, 5, 3, 6, 5],
+            18,
+            [3; 3],
+            [1; 3],
+            [0, 1, 2],
+            [1; 3],
+            false,
+        ),
         // the R3D stem's geometry with an output row of 17 (the direct weight
         // gradient's strided path)
         conv_case(
@@ -624,13 +638,9 @@ fn conv3d_custom_and_generic_gradients_agree() {
     }
 }
 
-/// The CPU kernels without the AVX-512 direct path (what a CPU without AVX-512 runs):
-/// the conv3d tests above again, in a child process with `VSSL_CONV_DIRECT=0`.
-#[test]
-fn conv3d_blocked_path_passes_the_same_tests() {
-    if std::env::var_os("VSSL_CONV_DIRECT").is_some() {
-        return; // already the child (or the caller chose a path)
-    }
+/// Runs the conv3d reference, finite-difference, generic-agreement and determinism
+/// tests again in a child process with `env` set, and checks which kernels ran.
+fn conv3d_tests_in_child(env: (&str, &str), expect: &str) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -638,16 +648,134 @@ fn conv3d_blocked_path_passes_the_same_tests() {
             "ops::conv3d_gradients_match_finite_differences",
             "ops::conv3d_custom_and_generic_gradients_agree",
             "ops::conv3d_is_deterministic_and_skips_untracked_input_grad",
+            "ops::conv3d_kernels_follow_the_switches",
         ])
-        .env("VSSL_CONV_DIRECT", "0")
+        .env(env.0, env.1)
+        .env("VSSL_EXPECT_CONV_KERNEL", expect)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "blocked path failed:\n{text}");
+    assert!(out.status.success(), "{}={} failed:\n{text}", env.0, env.1);
     assert!(
-        text.contains("4 passed"),
-        "expected 4 tests to run:\n{text}"
+        text.contains("5 passed"),
+        "expected 5 tests to run:\n{text}"
     );
+}
+
+/// What a CPU without AVX-512 runs (the blocked vol2col+gemm path): the conv3d tests
+/// again with `VSSL_CPU_NO_AVX512=1`.
+#[test]
+fn conv3d_blocked_path_passes_the_same_tests() {
+    if std::env::var_os("VSSL_EXPECT_CONV_KERNEL").is_some() {
+        return; // already the child
+    }
+    conv3d_tests_in_child(("VSSL_CPU_NO_AVX512", "1"), "blocked");
+}
+
+/// The Winograd kernels on every 3x3x3 stride-1 case (odd sizes, padding 0/1/2,
+/// channels not a multiple of 16, batch 1): the conv3d tests again with
+/// `VSSL_CONV_ALGO=winograd`. Without AVX-512 the switch cannot apply and the child
+/// checks that the blocked path ran instead.
+#[test]
+fn conv3d_winograd_path_passes_the_same_tests() {
+    if std::env::var_os("VSSL_EXPECT_CONV_KERNEL").is_some() {
+        return;
+    }
+    let expect = if avx512() { "winograd" } else { "blocked" };
+    conv3d_tests_in_child(("VSSL_CONV_ALGO", "winograd"), expect);
+}
+
+/// Whether the kernels may use AVX-512 here (the CPU has it and it is not hidden).
+fn avx512() -> bool {
+    if std::env::var("VSSL_CPU_NO_AVX512").is_ok_and(|v| v == "1") {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A 3x3x3 stride-1 "same" convolution without bias.
+fn same3(x: D5, o: usize) -> ConvCase {
+    conv_case(x, o, [3; 3], [1; 3], [1; 3], [1; 3], false)
+}
+
+/// In a child of the two tests above: the kernel reported for a 3x3x3 stride-1
+/// layer is the one the switch forces. In the parent: the default choice.
+#[test]
+fn conv3d_kernels_follow_the_switches() {
+    use vssl::ops::conv3d_cpu_kernels;
+    let c = same3([2, 32, 4, 12, 12], 32);
+    let (x, w, _) = conv_data(&c, 5);
+    let (xt, wt) = (tensor(&x, &c.x, DType::F32), tensor(&w, &c.w(), DType::F32));
+    let got = conv3d_cpu_kernels(&xt, &wt, &c.cfg).unwrap();
+    match std::env::var("VSSL_EXPECT_CONV_KERNEL") {
+        Ok(want) => assert_eq!(got, [want.as_str(); 3], "kernels under the switch"),
+        // Default: Winograd for this layer (144 tiles >= 2 x 32 channels) on AVX-512.
+        Err(_) => {
+            let want = if avx512() { "winograd" } else { "blocked" };
+            assert_eq!(got, [want; 3], "default kernels");
+            // f64 always takes the blocked path; a one-frame map never Winograd.
+            let x64 = tensor(&x, &c.x, DType::F64);
+            let w64 = tensor(&w, &c.w(), DType::F64);
+            assert_eq!(
+                conv3d_cpu_kernels(&x64, &w64, &c.cfg).unwrap(),
+                ["blocked"; 3]
+            );
+            let c1 = same3([2, 32, 1, 12, 12], 32);
+            let x1 = tensor(&rand_vec(numel(&c1.x), 6), &c1.x, DType::F32);
+            let k1 = conv3d_cpu_kernels(&x1, &wt, &c1.cfg).unwrap();
+            assert!(!k1.contains(&"winograd"), "one-frame map took {k1:?}");
+        }
+    }
+}
+
+/// The default Winograd layers: f32 error against the f64 reference on realistic
+/// activations (ReLU'd, 64 channels, Kaiming weights) within the documented bound,
+/// and bit-identical results with 1 and 2 threads for all three passes.
+#[test]
+fn conv3d_winograd_is_picked_exact_and_thread_count_free() {
+    use vssl::ops::conv3d_cpu_kernels;
+    let c = same3([2, 64, 4, 12, 13], 64);
+    let x: Vec<f64> = rand_vec(numel(&c.x), 21)
+        .iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let std = (2.0f64 / (27.0 * 64.0)).sqrt();
+    let w: Vec<f64> = rand_vec(numel(&c.w()), 22)
+        .iter()
+        .map(|v| v * std * 3f64.sqrt())
+        .collect();
+    let (xt, wt) = (tensor(&x, &c.x, DType::F32), tensor(&w, &c.w(), DType::F32));
+    let kernels = conv3d_cpu_kernels(&xt, &wt, &c.cfg).unwrap();
+    assert_eq!(kernels, [if avx512() { "winograd" } else { "blocked" }; 3]);
+    // Error relative to the largest output: the F(2,3) transforms' coefficients are
+    // 0, ±1 and ±1/2, so f32 Winograd stays within a few ulps of the output scale.
+    let want = conv_ref(&c, &x, &w, None);
+    let got = values(&conv3d(&xt, &wt, None, &c.cfg).unwrap());
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let rel = max_abs_diff(&got, &want) / scale;
+    eprintln!("conv3d {kernels:?}: max error {rel:e} of the output scale");
+    assert!(
+        rel <= 2e-6,
+        "max error {rel:e} of the output scale (kernels {kernels:?})"
+    );
+    // Same bits with 1 and 2 threads, forward and both gradients.
+    let r = rand_vec(numel(&c.out()), 23);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = values(&conv3d(&xt, &wt, None, &c.cfg).unwrap());
+            let [gx, gw, _] = conv_grads(&c, &x, &w, None, &r, false);
+            [y, gx, gw].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+        })
+    };
+    let one = run(1);
+    assert!(one == run(2), "results differ between 1 and 2 threads");
 }
 
 #[test]

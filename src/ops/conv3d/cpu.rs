@@ -1,8 +1,9 @@
 //! CPU kernels of [`super::conv3d`](fn@super::conv3d): blocked vol2col feeding `gemm`.
 //!
-//! Each entry point first hands f32 work to [`super::direct`] where that
-//! applies (AVX-512 present, geometry supported, `VSSL_CONV_DIRECT` not `0`); what
-//! follows is the path for everything else (f64, other CPUs, other geometries).
+//! Each entry point first hands f32 work to [`super::winograd`] or [`super::direct`]
+//! where [`path`] picks one (AVX-512 present, geometry supported, not switched off
+//! in [`super::algo`]); what follows is the path for everything else (f64, other
+//! CPUs, other geometries).
 //!
 //! The im2col matrix of the whole batch is `[C·K, N·L]` (rows: channel and kernel
 //! tap, columns: sample and output position). It is never built whole: every kernel
@@ -25,13 +26,18 @@ use candle_core::{DType, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::direct;
 use super::geometry::Geom;
 use super::SyncPtr;
+use super::{algo, direct, winograd};
 
 fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
+
+/// Parallel tasks the kernels split work into. A constant, not the thread count:
+/// block sizes follow from the split, and with them every sum's order, so results
+/// stay the same whatever the thread count.
+const TASKS: usize = 8;
 
 /// Output positions `o` in `0..out` whose input index `o·s + off - p` lies in `0..len`,
 /// as a half-open range (empty ranges come back as `(lo, lo)`).
@@ -251,24 +257,52 @@ fn gather_rows<T: WithDType>(y: &[T], m: usize, l: usize, j0: usize, j1: usize, 
     }
 }
 
-/// [`direct::fwd`] (or, with `input_grad`, [`direct::bwd_input`]) when
-/// it applies to `g` and `T` is f32, else `None`.
-fn direct<T: WithDType>(g: &Geom, a: &[T], w: &[T], input_grad: bool) -> Option<Vec<T>> {
-    let applies = if input_grad {
-        direct::applies_input_grad(g)
-    } else {
-        direct::applies(g)
+/// The three passes of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+/// The f32 kernel that computes `pass` of `g`: one place decides, the dispatch below
+/// and the profile's labels both ask it.
+pub(super) fn path(g: &Geom, pass: Pass, f32: bool) -> &'static str {
+    if !f32 {
+        return "blocked";
+    }
+    let (wino, direct) = match pass {
+        Pass::Forward => (algo::winograd(g), direct::applies(g)),
+        Pass::InputGrad => (algo::winograd(g), direct::applies_input_grad(g)),
+        Pass::WeightGrad => (algo::winograd_weight(g), direct::applies_weight(g)),
     };
-    if T::DTYPE != DType::F32 || !applies {
+    if wino {
+        "winograd"
+    } else if direct {
+        "direct"
+    } else {
+        "blocked"
+    }
+}
+
+/// The AVX-512 kernel [`path`] picks for `pass` of `g` when `T` is f32, else `None`
+/// (the blocked path follows in the caller).
+fn fast<T: WithDType>(g: &Geom, a: &[T], b: &[T], pass: Pass) -> Option<Vec<T>> {
+    let kernel = path(g, pass, T::DTYPE == DType::F32);
+    if kernel == "blocked" {
         return None;
     }
-    // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
+    // SAFETY: only f32 reaches here (`path` says blocked otherwise), so the casts are
+    // identities.
     unsafe {
-        let (a, w) = (as_f32(a), as_f32(w));
-        Some(from_f32(if input_grad {
-            direct::bwd_input(g, a, w)
-        } else {
-            direct::fwd(g, a, w)
+        let (a, b) = (as_f32(a), as_f32(b));
+        Some(from_f32(match (kernel, pass) {
+            ("winograd", Pass::Forward) => winograd::fwd(g, a, b),
+            ("winograd", Pass::InputGrad) => winograd::bwd_input(g, a, b),
+            ("winograd", Pass::WeightGrad) => winograd::bwd_weight(g, a, b),
+            (_, Pass::Forward) => direct::fwd(g, a, b),
+            (_, Pass::InputGrad) => direct::bwd_input(g, a, b),
+            (_, Pass::WeightGrad) => direct::bwd_weight(g, a, b),
         }))
     }
 }
@@ -292,7 +326,7 @@ unsafe fn from_f32<T>(v: Vec<f32>) -> Vec<T> {
 
 /// y = W · cols(x), `[N, O, L]`.
 pub(super) fn fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
-    if let Some(y) = direct(g, x, w, false) {
+    if let Some(y) = fast(g, x, w, Pass::Forward) {
         return y;
     }
     let (ck, l, o) = (g.ck(), g.l(), g.o);
@@ -301,7 +335,7 @@ pub(super) fn fwd<T: WithDType>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     let nb = block_cols(ck, 96 * 1024);
     let blocks = total.div_ceil(nb);
     // Few blocks (deep layers): one block at a time with a parallel gemm.
-    let few = blocks < 2 * threads();
+    let few = blocks < TASKS / 2;
     let par = if few {
         Parallelism::Rayon(threads())
     } else {
@@ -385,7 +419,7 @@ fn split(len: usize, unit: usize, parts: usize) -> Vec<(usize, usize)> {
 /// is a forward convolution of `dy` with the flipped, transposed kernel (a long-K
 /// gemm, no scatter); anything else takes [`bwd_input_col2vol`].
 pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
-    if let Some(dx) = direct(g, dy, w, true) {
+    if let Some(dx) = fast(g, dy, w, Pass::InputGrad) {
         return dx;
     }
     let as_forward = g.stride == [1; 3] && (0..3).all(|a| g.pad[a] <= g.dil[a] * (g.k[a] - 1));
@@ -424,7 +458,7 @@ fn bwd_input_col2vol<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
     let (ck, l, o, kvol) = (g.ck(), g.l(), g.o, g.kvol());
     let total = g.n * l;
     let mut dx = vec![T::zero(); g.n * g.c * g.lin()];
-    let groups = split(ck, kvol, 4 * threads());
+    let groups = split(ck, kvol, TASKS);
     let dxp = SyncPtr(dx.as_mut_ptr());
     groups.par_iter().for_each(|&(r0, r1)| {
         let rows = r1 - r0;
@@ -479,14 +513,13 @@ fn bwd_input_col2vol<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
 /// dW = Σ_blocks dY[:, blk] · cols[:, blk]ᵀ, `[O, C·K]`; parallel over row groups of
 /// `C·K`, blocks summed in column order.
 pub(super) fn bwd_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
-    if T::DTYPE == DType::F32 && direct::applies_weight(g) {
-        // SAFETY: T is f32 (its DTYPE says so), so the casts are identities.
-        return unsafe { from_f32(direct::bwd_weight(g, as_f32(x), as_f32(dy))) };
+    if let Some(dw) = fast(g, x, dy, Pass::WeightGrad) {
+        return dw;
     }
     let (ck, l, o) = (g.ck(), g.l(), g.o);
     let total = g.n * l;
     let mut dw = vec![T::zero(); o * ck];
-    let groups = split(ck, 1, 2 * threads());
+    let groups = split(ck, 1, TASKS);
     let dwp = SyncPtr(dw.as_mut_ptr());
     groups.par_iter().for_each(|&(r0, r1)| {
         let rows = r1 - r0;

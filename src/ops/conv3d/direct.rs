@@ -40,18 +40,9 @@ pub(super) fn applies_weight(g: &Geom) -> bool {
     g.out[2] >= 16 && enabled()
 }
 
-/// AVX-512F present and not switched off with `VSSL_CONV_DIRECT=0` (for A/B runs).
+/// AVX-512F present and the direct kernels not switched off (`super::algo`).
 fn enabled() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let wanted = std::env::var("VSSL_CONV_DIRECT").map_or(true, |v| v != "0");
-        #[cfg(target_arch = "x86_64")]
-        let cpu = std::arch::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        let cpu = false;
-        wanted && cpu
-    })
+    super::algo::direct_allowed()
 }
 
 /// One tap of a convolution evaluated on a fixed output grid: where it reads relative

@@ -14,14 +14,18 @@
 //!
 //! Files: this one holds the public API, the layer, the tensor-op path and the custom
 //! ops; `geometry.rs` the validated output sizes; `cpu.rs` the blocked vol2col+gemm
-//! kernels; `direct.rs` the AVX-512 direct kernels (`VSSL_CONV_DIRECT=0` turns them
-//! off).
+//! kernels; `direct.rs` the AVX-512 direct kernels; `winograd.rs` the AVX-512
+//! Winograd F(2x2x2, 3x3x3) kernels for 3x3x3 stride-1 layers; `algo.rs` which of
+//! them runs (by geometry, or forced with `VSSL_CONV_ALGO=direct|winograd|blocked`;
+//! `VSSL_CPU_NO_AVX512=1` makes this CPU behave like one without AVX-512).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
+mod algo;
 mod cpu;
 mod direct;
 mod geometry;
+mod winograd;
 
 use geometry::Geom;
 
@@ -199,6 +203,28 @@ fn generic_chunk(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
     Ok(y.reshape(g.y_dims().to_vec())?)
 }
 
+/// The profile row's shape column: geometry and the kernel that ran.
+fn label(g: &Geom, pass: cpu::Pass, s: &CpuStorage) -> String {
+    let f32 = matches!(s, CpuStorage::F32(_));
+    format!("{} {}", g.describe(), cpu::path(g, pass, f32))
+}
+
+/// The CPU kernels [`conv3d`] runs for the forward pass, the input gradient and the
+/// weight gradient of `x` (`[N, C, T, H, W]`) and `w` on this machine: `"winograd"`,
+/// `"direct"` or `"blocked"` each (f64 always takes `"blocked"`). It follows the
+/// geometry and the `VSSL_CONV_ALGO` / `VSSL_CPU_NO_AVX512` switches, so benchmarks
+/// and tests can say which path they measured.
+pub fn conv3d_cpu_kernels(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<[&'static str; 3]> {
+    let g = Geom::new(x, w, cfg)?;
+    let f32 = x.dtype() == candle_core::DType::F32;
+    Ok([
+        cpu::Pass::Forward,
+        cpu::Pass::InputGrad,
+        cpu::Pass::WeightGrad,
+    ]
+    .map(|p| cpu::path(&g, p, f32)))
+}
+
 fn check_layout(op: &str, l: &Layout, want: [usize; 5]) -> candle_core::Result<()> {
     if l.dims() != want {
         return Err(candle_core::Error::Msg(format!(
@@ -266,7 +292,7 @@ impl CustomOp2 for Conv3dFwd {
         check_layout(self.name(), l2, g.w_dims())?;
         let y = profile::timed(
             "conv3d.fwd",
-            || g.describe(),
+            || label(g, cpu::Pass::Forward, s1),
             g.flops(),
             || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::Fwd(g)),
         )?;
@@ -316,7 +342,7 @@ impl CustomOp2 for Conv3dBwdInput {
         check_layout(self.name(), l2, g.w_dims())?;
         let dx = profile::timed(
             "conv3d.dx",
-            || g.describe(),
+            || label(g, cpu::Pass::InputGrad, s1),
             g.flops(),
             || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::BwdInput(g)),
         )?;
@@ -344,7 +370,7 @@ impl CustomOp2 for Conv3dBwdWeight {
         check_layout(self.name(), l2, g.y_dims())?;
         let dw = profile::timed(
             "conv3d.dw",
-            || g.describe(),
+            || label(g, cpu::Pass::WeightGrad, s1),
             g.flops(),
             || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::BwdWeight(g)),
         )?;

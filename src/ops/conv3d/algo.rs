@@ -1,0 +1,111 @@
+//! Which conv3d algorithm runs: chosen per layer from its geometry, or forced for A/B
+//! timing with `VSSL_CONV_ALGO=direct|winograd|blocked`.
+//!
+//! Why a module: the three CPU paths (blocked vol2col+gemm, AVX-512 direct, AVX-512
+//! Winograd) each have their own `applies`; this is the one place that reads the
+//! switches and knows the measured preference between them, so the kernels stay
+//! ignorant of each other. The choice depends only on the geometry and the
+//! environment, never on timings taken at run time, so a run stays reproducible.
+
+use std::sync::OnceLock;
+
+use super::geometry::Geom;
+
+/// A forced algorithm (`VSSL_CONV_ALGO`), or `Auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Algo {
+    /// Per layer by geometry (the default).
+    Auto,
+    /// The direct kernels wherever they apply, never Winograd.
+    Direct,
+    /// Winograd wherever it applies (3x3x3 stride 1), else as `Auto`.
+    Winograd,
+    /// The blocked vol2col+gemm path only (what a CPU without AVX-512 runs).
+    Blocked,
+}
+
+/// The forced algorithm, read once. `VSSL_CONV_DIRECT=0` (the older switch) means
+/// `blocked`. An unknown value is reported once and ignored.
+pub(super) fn forced() -> Algo {
+    static ALGO: OnceLock<Algo> = OnceLock::new();
+    *ALGO.get_or_init(|| {
+        if std::env::var("VSSL_CONV_DIRECT").is_ok_and(|v| v == "0") {
+            return Algo::Blocked;
+        }
+        match std::env::var("VSSL_CONV_ALGO") {
+            Err(_) => Algo::Auto,
+            Ok(v) => match parse(&v) {
+                Some(a) => a,
+                None => {
+                    tracing::warn!(
+                        "VSSL_CONV_ALGO={v:?} is not one of auto, direct, winograd, blocked; using auto"
+                    );
+                    Algo::Auto
+                }
+            },
+        }
+    })
+}
+
+/// `VSSL_CONV_ALGO`'s values.
+pub(super) fn parse(v: &str) -> Option<Algo> {
+    Some(match v {
+        "" | "auto" => Algo::Auto,
+        "direct" => Algo::Direct,
+        "winograd" => Algo::Winograd,
+        "blocked" => Algo::Blocked,
+        _ => return None,
+    })
+}
+
+/// AVX-512F present and not hidden with `VSSL_CPU_NO_AVX512=1` (which makes this
+/// CPU behave like one without it, so the fallback can be tested here).
+pub(super) fn avx512() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let hidden = std::env::var("VSSL_CPU_NO_AVX512").is_ok_and(|v| v == "1");
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        cpu && !hidden
+    })
+}
+
+/// Whether the AVX-512 direct kernels may run.
+pub(super) fn direct_allowed() -> bool {
+    avx512() && forced() != Algo::Blocked
+}
+
+/// Whether `g`'s forward and input gradient go to the Winograd kernels.
+pub(super) fn winograd(g: &Geom) -> bool {
+    allowed(g, prefers_winograd(g))
+}
+
+/// Whether `g`'s weight gradient goes to the Winograd kernels (the same layers).
+pub(super) fn winograd_weight(g: &Geom) -> bool {
+    allowed(g, prefers_winograd(g))
+}
+
+/// Whether Winograd runs on `g`, given the automatic preference.
+fn allowed(g: &Geom, auto: bool) -> bool {
+    if !avx512() || !super::winograd::fits(g) {
+        return false;
+    }
+    match forced() {
+        Algo::Winograd => true,
+        Algo::Auto => auto,
+        Algo::Direct | Algo::Blocked => false,
+    }
+}
+
+/// The measured preference (`experiments/perf-cpu.md`, `vssl bench model` per-layer
+/// rows with `VSSL_CONV_ALGO=direct` and `=winograd`): Winograd wins where the layer
+/// has at least two 2x2x2 tiles per input channel, so its transformed weight
+/// (64·C·O floats, streamed once per block of tiles) is amortised, and at least two
+/// frames (a one-frame map wastes half of every tile, while the direct kernel skips
+/// the padded taps). R3D-18: layers 1 and 2 yes, 3 and 4 no, at 64 and 112 px.
+fn prefers_winograd(g: &Geom) -> bool {
+    let tiles: usize = g.n * g.out.iter().map(|v| v.div_ceil(2)).product::<usize>();
+    g.out[0] >= 2 && g.c >= 16 && g.o >= 16 && tiles >= 2 * g.c.max(g.o)
+}

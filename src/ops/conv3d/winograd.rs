@@ -1,0 +1,848 @@
+//! Winograd F(2x2x2, 3x3x3) conv3d on AVX-512: forward, input gradient and weight
+//! gradient of 3x3x3 stride-1 convolutions (padding 0, 1 or 2 per axis).
+//!
+//! Why it exists: nearly every convolution of R3D-18, MC3-18 and C3D is 3x3x3 at
+//! stride 1, and the direct kernels already run those near this machine's FMA peak.
+//! Winograd's minimal filtering computes a 2x2x2 output tile from a 4x4x4 input tile
+//! with 64 multiplies per input/output channel pair instead of 216, so the remaining
+//! speed-up is arithmetic. The input gradient of such a layer is again one (with the
+//! kernel flipped and transposed, padding `2 - p`); the weight gradient is the same
+//! 64-point product reduced over tiles instead of channels.
+//!
+//! Layout. The input is copied once to zero-padded channels-last, `[N, Tp, Hp, Wp,
+//! Cp]` (`Cp` = channels rounded up to 16), so that one tap of 16 channels is one
+//! vector load. Work goes in blocks of `NB` consecutive 2x2x2 tiles (order n, t, h,
+//! w); per block, `V[ξ][tile][c] = (Bᵀ d B)` for the 64 points ξ, then 64 small
+//! gemms `M[ξ] = V[ξ] · U[ξ]` with the transformed weight `U[ξ][c][o] = (G g Gᵀ)`,
+//! then `y = Aᵀ M A` scattered to NCTHW. Every block's scratch stays in L2.
+//!
+//! Determinism: each output element of the forward and input gradient comes from one
+//! block with a fixed order of operations; the weight gradient sums blocks in order
+//! within a fixed-size chunk and chunks in order, so results do not depend on the
+//! thread count.
+//!
+//! Accuracy: the F(2,3) transforms have coefficients 0, ±1 and ±1/2 only; the
+//! relative error against an f64 reference is of the order of the direct kernel's
+//! (`experiments/perf-cpu.md` lists the measured bound; tests assert it).
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+// Index loops over the transforms' small arrays keep the (t, h, w) shape visible.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use super::geometry::Geom;
+use super::SyncPtr;
+
+/// Transformed points of a 4x4x4 tile.
+const PTS: usize = 64;
+/// Tiles per block (a multiple of the gemm's register rows `R`).
+const NB: usize = 48;
+/// Tiles per gemm register tile.
+const R: usize = 6;
+/// Extra floats between the points of a transformed block: a point's rows would
+/// otherwise lie a multiple of 4 KiB apart and 64 of them share one L1 set.
+const SKEW: usize = 16;
+
+/// Whether the Winograd kernels can compute `g` (3x3x3, stride 1, dilation 1,
+/// padding at most 2 on every axis).
+pub(super) fn fits(g: &Geom) -> bool {
+    g.k == [3; 3] && g.stride == [1; 3] && g.dil == [1; 3] && g.pad.iter().all(|&p| p <= 2)
+}
+
+/// One problem in the core's terms: `c` input channels on `inp`, `o` outputs on
+/// `out`, padding `pad` (so `out = inp + 2·pad - 2`).
+#[derive(Clone, Copy)]
+struct Prob {
+    n: usize,
+    c: usize,
+    o: usize,
+    inp: [usize; 3],
+    out: [usize; 3],
+    pad: [usize; 3],
+}
+
+impl Prob {
+    /// `g` itself (forward and weight gradient).
+    fn of(g: &Geom) -> Self {
+        Self {
+            n: g.n,
+            c: g.c,
+            o: g.o,
+            inp: g.inp,
+            out: g.out,
+            pad: g.pad,
+        }
+    }
+    /// 2x2x2 tiles per axis.
+    fn tiles(&self) -> [usize; 3] {
+        self.out.map(|v| v.div_ceil(2))
+    }
+    fn total_tiles(&self) -> usize {
+        self.n * self.tiles().iter().product::<usize>()
+    }
+    /// Padded channels-last extent per axis: every tile's 4x4x4 window fits.
+    fn padded(&self) -> [usize; 3] {
+        self.tiles().map(|t| 2 * t + 2)
+    }
+    fn cp(&self) -> usize {
+        self.c.div_ceil(16) * 16
+    }
+    fn op(&self) -> usize {
+        self.o.div_ceil(16) * 16
+    }
+}
+
+/// `y = conv(x, w)`, `[N, O, T', H', W']`, for a geometry where [`fits`] holds.
+pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let p = Prob::of(g);
+    // Weight (o, c, k) at (o·C + c)·27 + k.
+    let u = transform_weight(p.c, p.o, |o, c| &w[(o * g.c + c) * 27..][..27], false);
+    conv(&p, x, &u)
+}
+
+/// `dx`, `[N, C, T, H, W]`: the convolution of `dY` with the kernel flipped and
+/// transposed, padding `2 - p`.
+pub(super) fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let p = Prob {
+        n: g.n,
+        c: g.o,
+        o: g.c,
+        inp: g.out,
+        out: g.inp,
+        pad: g.pad.map(|v| 2 - v),
+    };
+    // Output channel `c` of dx reads input channel `o` of dY through w[o, c, flipped].
+    let u = transform_weight(p.c, p.o, |c, o| &w[(o * g.c + c) * 27..][..27], true);
+    conv(&p, dy, &u)
+}
+
+/// `U[ξ][c][o] = (G g_{o,c} Gᵀ)[ξ]`, `[64, C, Op]` (columns past `o` zero); `g_of(o,
+/// c)` gives the 27 taps in (t, h, w) order, read flipped when `flip`.
+fn transform_weight<'a>(
+    c: usize,
+    o: usize,
+    g_of: impl Fn(usize, usize) -> &'a [f32] + Sync,
+    flip: bool,
+) -> Vec<f32> {
+    let op = o.div_ceil(16) * 16;
+    let mut u = vec![0f32; PTS * c * op];
+    let up = SyncPtr(u.as_mut_ptr());
+    (0..c).into_par_iter().for_each(|ci| {
+        for oi in 0..o {
+            let src = g_of(oi, ci);
+            let taps: [f32; 27] = std::array::from_fn(|k| src[if flip { 26 - k } else { k }]);
+            let t = weight_tile(&taps);
+            for (xi, v) in t.iter().enumerate() {
+                // SAFETY: row `ci` of every point belongs to this task only.
+                unsafe { *up.get().add((xi * c + ci) * op + oi) = *v };
+            }
+        }
+    });
+    u
+}
+
+/// `G g Gᵀ` along all three axes of one 3x3x3 kernel (in f64, rounded once).
+fn weight_tile(g: &[f32; 27]) -> [f32; PTS] {
+    // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+    fn row(v: [f64; 3]) -> [f64; 4] {
+        [
+            v[0],
+            0.5 * (v[0] + v[1] + v[2]),
+            0.5 * (v[0] - v[1] + v[2]),
+            v[2],
+        ]
+    }
+    let mut a = [[[0f64; 4]; 3]; 3]; // [i][j][e]
+    for i in 0..3 {
+        for j in 0..3 {
+            let b = (i * 3 + j) * 3;
+            a[i][j] = row([g[b] as f64, g[b + 1] as f64, g[b + 2] as f64]);
+        }
+    }
+    let mut b = [[[0f64; 4]; 4]; 3]; // [i][bb][e]
+    for i in 0..3 {
+        for e in 0..4 {
+            let r = row([a[i][0][e], a[i][1][e], a[i][2][e]]);
+            for bb in 0..4 {
+                b[i][bb][e] = r[bb];
+            }
+        }
+    }
+    let mut out = [0f32; PTS];
+    for bb in 0..4 {
+        for e in 0..4 {
+            let r = row([b[0][bb][e], b[1][bb][e], b[2][bb][e]]);
+            for aa in 0..4 {
+                out[(aa * 4 + bb) * 4 + e] = r[aa] as f32;
+            }
+        }
+    }
+    out
+}
+
+/// `x` (`[N, C, T, H, W]`) zero-padded by `pad` (and up to the tiles' extent) in
+/// channels-last order, `[N, Tp, Hp, Wp, Cp]`; every element written once.
+fn channels_last(p: &Prob, x: &[f32], dst: &mut Vec<f32>) {
+    let [t, h, w] = p.inp;
+    let [tp, hp, wp] = p.padded();
+    let [pt, ph, pw] = p.pad;
+    let (c, cp) = (p.c, p.cp());
+    let slab = hp * wp * cp;
+    set_len(dst, p.n * tp * slab)
+        .par_chunks_mut(slab)
+        .enumerate()
+        .for_each(|(s, d)| {
+            let (ni, tpi) = (s / tp, s % tp);
+            let Some(ti) = tpi.checked_sub(pt).filter(|&ti| ti < t) else {
+                d.fill(0.0);
+                return;
+            };
+            for (hpi, row) in d.chunks_mut(wp * cp).enumerate() {
+                let Some(hi) = hpi.checked_sub(ph).filter(|&hi| hi < h) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                row[..pw * cp].fill(0.0);
+                row[(pw + w) * cp..].fill(0.0);
+                let inner = &mut row[pw * cp..(pw + w) * cp];
+                if cp > c {
+                    for px in inner.chunks_mut(cp) {
+                        px[c..].fill(0.0);
+                    }
+                }
+                // Transpose 16 input positions at a time so each written line is reused.
+                for w0 in (0..w).step_by(16) {
+                    let wn = 16.min(w - w0);
+                    for ci in 0..c {
+                        let src = &x[(((ni * c + ci) * t + ti) * h + hi) * w + w0..][..wn];
+                        for (k, v) in src.iter().enumerate() {
+                            inner[(w0 + k) * cp + ci] = *v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The tile's base offset in the channels-last input and its output origin.
+fn tile_at(p: &Prob, tile: usize) -> (usize, usize, [usize; 3]) {
+    let [tt, th, tw] = p.tiles();
+    let [_, hp, wp] = p.padded();
+    let per = tt * th * tw;
+    let (ni, r) = (tile / per, tile % per);
+    let o = [2 * (r / (th * tw)), 2 * ((r / tw) % th), 2 * (r % tw)];
+    let [tp, _, _] = p.padded();
+    let base = (((ni * tp + o[0]) * hp + o[1]) * wp + o[2]) * p.cp();
+    (ni, base, o)
+}
+
+/// Where a transformed block keeps its values: rows (tiles) in groups of `R`, each
+/// group holding the 64 points one after another, each point `R` rows of `w` floats
+/// (`Cp` or `Op`) plus a skew. The gemm reads one group's point contiguously and the
+/// 64 points of one tile lie 25 cache lines apart, on distinct L1 sets and few pages.
+#[derive(Clone, Copy)]
+struct Lay {
+    /// Floats per row.
+    w: usize,
+}
+
+impl Lay {
+    /// Floats between points of a group.
+    fn ps(self) -> usize {
+        R * self.w + SKEW
+    }
+    /// Floats between groups.
+    fn gs(self) -> usize {
+        PTS * self.ps()
+    }
+    /// Offset of row `j`, point `xi`.
+    fn at(self, j: usize, xi: usize) -> usize {
+        (j / R) * self.gs() + xi * self.ps() + (j % R) * self.w
+    }
+    /// Floats for `rows` rows (a multiple of `R`).
+    fn len(self, rows: usize) -> usize {
+        rows / R * self.gs()
+    }
+}
+
+/// The core: `y[n, o, ·] = Σ_c conv(x[n, c], w[o, c])` with transformed weights `u`.
+fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut xcl = XCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    channels_last(p, x, &mut xcl);
+    let (o, out) = (p.o, p.out);
+    let l: usize = out.iter().product();
+    let mut y = vec![0f32; p.n * o * l];
+    let total = p.total_tiles();
+    let nb = block_tiles(total);
+    let blocks = total.div_ceil(nb);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let xcl_ref = &xcl[..];
+    (0..blocks).into_par_iter().for_each(|b| {
+        BLOCK.with(|s| {
+            let (v, m) = &mut *s.borrow_mut();
+            let t0 = b * nb;
+            let nt = nb.min(total - t0);
+            let rows = nt.div_ceil(R) * R;
+            let (lv, lm) = (Lay { w: p.cp() }, Lay { w: p.op() });
+            set_len(v, lv.len(rows));
+            set_len(m, lm.len(rows));
+            // SAFETY: AVX-512F is checked by the caller (`super::cpu`); the block's
+            // output tiles belong to this task only.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::transform_block::<false>(p, xcl_ref, (t0, nt, rows), lv, v.as_mut_ptr());
+                avx512::products(p, v, u, rows, m);
+                avx512::output_block(p, m, t0, nt, yp);
+            }
+        })
+    });
+    XCL.with(|s| *s.borrow_mut() = xcl);
+    y
+}
+
+/// Tiles per block: `NB`, or fewer (a multiple of `R`) so both cores get several
+/// blocks on small maps.
+fn block_tiles(total: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let want = total.div_ceil(4 * threads).div_ceil(R) * R;
+    want.clamp(R, NB)
+}
+
+/// `dW`, `[O, C, 3, 3, 3]`, for a geometry where [`fits`] holds:
+/// `dU[ξ][c][o] = Σ_tiles V[ξ][tile][c] · (A dY Aᵀ)[ξ][tile][o]`, then `dW = Gᵀ dU G`.
+///
+/// The tiles are split into a fixed number of contiguous parts (it depends on the
+/// layer, not on the thread count); each part's task transforms its blocks into its
+/// own cache and accumulates its own `dU`, tile by tile; the parts are then summed in
+/// order. So both the data a task reads and every element's summation order stay
+/// fixed.
+pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let p = Prob::of(g);
+    let mut xcl = XCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    channels_last(&p, x, &mut xcl);
+    // dY channels-last on the same padded grid without a shift, so every tile's
+    // 2x2x2 gradient is 8 vector loads (zeros past the output's extent).
+    let dyp = Prob {
+        c: p.o,
+        inp: p.out,
+        pad: [0; 3],
+        ..p
+    };
+    let mut dycl = DYCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    channels_last(&dyp, dy, &mut dycl);
+    let (cp, op) = (p.cp(), p.op());
+    let (lv, lm) = (Lay { w: cp }, Lay { w: op });
+    let total = p.total_tiles();
+    let nb = DW_NB;
+    let blocks = total.div_ceil(nb);
+    let du_len = PTS * cp * op;
+    // At most 8 partial sums and about 64 MB of them.
+    let parts = ((64 << 20) / (4 * du_len)).clamp(1, 8).min(blocks);
+    // Reused between calls: tens of MB of fresh pages per call cost more than the
+    // products (page faults serialise on the address-space lock).
+    let mut partial = PARTIAL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let (xcl_ref, dycl_ref) = (&xcl[..], &dycl[..]);
+    set_len(&mut partial, parts * du_len)
+        .par_chunks_mut(du_len)
+        .enumerate()
+        .for_each(|(k, du)| {
+            du.fill(0.0);
+            BLOCK.with(|s| {
+                let (v, m) = &mut *s.borrow_mut();
+                set_len(v, lv.len(nb));
+                set_len(m, lm.len(nb));
+                for b in k * blocks / parts..(k + 1) * blocks / parts {
+                    let t0 = b * nb;
+                    let nt = nb.min(total - t0);
+                    let rows = nt.div_ceil(R) * R;
+                    // SAFETY: AVX-512F checked by the caller; `v`, `m` and `du` are this
+                    // task's own.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        avx512::transform_block::<false>(
+                            &p,
+                            xcl_ref,
+                            (t0, nt, rows),
+                            lv,
+                            v.as_mut_ptr(),
+                        );
+                        avx512::transform_block::<true>(
+                            &p,
+                            dycl_ref,
+                            (t0, nt, rows),
+                            lm,
+                            m.as_mut_ptr(),
+                        );
+                        for xi in 0..PTS {
+                            for ob in 0..op.div_ceil(64) {
+                                avx512::dw_gemm(
+                                    v,
+                                    m,
+                                    (lv, lm),
+                                    xi,
+                                    rows,
+                                    ob,
+                                    du.as_mut_ptr().add(xi * cp * op),
+                                );
+                            }
+                        }
+                    }
+                }
+            })
+        });
+    XCL.with(|s| *s.borrow_mut() = xcl);
+    DYCL.with(|s| *s.borrow_mut() = dycl);
+    // Parts summed in order.
+    let mut du = vec![0f32; du_len];
+    du.par_chunks_mut(4096).enumerate().for_each(|(i, d)| {
+        let off = i * 4096;
+        for k in 0..parts {
+            let src = &partial[k * du_len + off..][..d.len()];
+            for (d, s) in d.iter_mut().zip(src) {
+                *d += *s;
+            }
+        }
+    });
+    PARTIAL.with(|s| *s.borrow_mut() = partial);
+    // dW[o][c] = Gᵀ dU[·][c][o] G.
+    let (c, o) = (p.c, p.o);
+    let mut dw = vec![0f32; o * c * 27];
+    dw.par_chunks_mut(c * 27).enumerate().for_each(|(oi, dst)| {
+        for ci in 0..c {
+            let t: [f32; PTS] = std::array::from_fn(|xi| du[(xi * cp + ci) * op + oi]);
+            dst[ci * 27..][..27].copy_from_slice(&weight_tile_t(&t));
+        }
+    });
+    dw
+}
+
+/// Tiles per weight-gradient block: each block reads and writes its task's whole
+/// `dU` (`64·Cp·Op` floats) once, its transforms take `64·(Cp + Op)` floats per
+/// tile; 36 measured best on R3D-18's 64- and 128-channel layers (24-96 within 5%).
+const DW_NB: usize = 36;
+
+/// `Gᵀ t G` along all three axes: the adjoint of [`weight_tile`].
+fn weight_tile_t(t: &[f32; PTS]) -> [f32; 27] {
+    // Gᵀ = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
+    fn row(v: [f64; 4]) -> [f64; 3] {
+        [
+            v[0] + 0.5 * (v[1] + v[2]),
+            0.5 * (v[1] - v[2]),
+            0.5 * (v[1] + v[2]) + v[3],
+        ]
+    }
+    let mut a = [[[0f64; 3]; 4]; 4]; // [aa][bb][k]
+    for aa in 0..4 {
+        for bb in 0..4 {
+            let b = (aa * 4 + bb) * 4;
+            a[aa][bb] = row(std::array::from_fn(|e| t[b + e] as f64));
+        }
+    }
+    let mut b = [[[0f64; 3]; 3]; 4]; // [aa][j][k]
+    for aa in 0..4 {
+        for k in 0..3 {
+            let r = row(std::array::from_fn(|bb| a[aa][bb][k]));
+            for j in 0..3 {
+                b[aa][j][k] = r[j];
+            }
+        }
+    }
+    let mut out = [0f32; 27];
+    for j in 0..3 {
+        for k in 0..3 {
+            let r = row(std::array::from_fn(|aa| b[aa][j][k]));
+            for i in 0..3 {
+                out[(i * 3 + j) * 3 + k] = r[i] as f32;
+            }
+        }
+    }
+    out
+}
+
+thread_local! {
+    /// The channels-last input, kept between calls (tens of MB: fresh pages per call
+    /// cost as much as a small layer).
+    static XCL: std::cell::RefCell<Vec<f32>> = Default::default();
+    /// The weight gradient's channels-last dY.
+    static DYCL: std::cell::RefCell<Vec<f32>> = Default::default();
+    /// The weight gradient's partial sums.
+    static PARTIAL: std::cell::RefCell<Vec<f32>> = Default::default();
+    /// A block's transformed input and product (or transformed dY), laid out by `Lay`.
+    static BLOCK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
+}
+
+/// The first `len` elements of `v`, grown if needed; a reused buffer never shrinks,
+/// so layers of different sizes do not re-zero it in turn (callers overwrite every
+/// element they read).
+fn set_len(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{tile_at, Lay, Prob, SyncPtr, PTS, R};
+
+    /// `Bᵀ d` for one axis: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
+    #[inline(always)]
+    unsafe fn bt(d: [__m512; 4]) -> [__m512; 4] {
+        [
+            _mm512_sub_ps(d[0], d[2]),
+            _mm512_add_ps(d[1], d[2]),
+            _mm512_sub_ps(d[2], d[1]),
+            _mm512_sub_ps(d[1], d[3]),
+        ]
+    }
+
+    /// `Aᵀ m` for one axis: `[m0 + m1 + m2, m1 - m2 - m3]`.
+    #[inline(always)]
+    unsafe fn at(m: [__m512; 4]) -> [__m512; 2] {
+        [
+            _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]),
+            _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]),
+        ]
+    }
+
+    /// `A y` for one axis (the adjoint of [`at`]): `[y0, y0 + y1, y0 - y1, -y1]`.
+    #[inline(always)]
+    unsafe fn a(y: [__m512; 2]) -> [__m512; 4] {
+        [
+            y[0],
+            _mm512_add_ps(y[0], y[1]),
+            _mm512_sub_ps(y[0], y[1]),
+            _mm512_sub_ps(_mm512_setzero_ps(), y[1]),
+        ]
+    }
+
+    /// `Bᵀ d B` (3D) of the 4x4x4 window at `src` (16 channels; frame, row and
+    /// position strides in floats), point `ξ = (i·4 + j)·4 + k` stored at `dst(ξ)`.
+    /// Per frame the W and H passes run in registers; one stack round trip for T.
+    #[inline(always)]
+    unsafe fn input_tile(
+        src: *const f32,
+        [st, sh, sw]: [usize; 3],
+        dst: impl Fn(usize) -> *mut f32,
+    ) {
+        let mut f = [_mm512_setzero_ps(); PTS]; // [i][j][k], transformed along k and j
+        for i in 0..4 {
+            let mut r = [[_mm512_setzero_ps(); 4]; 4]; // [row][k]
+            for (row, rv) in r.iter_mut().enumerate() {
+                let p = src.add(i * st + row * sh);
+                *rv = bt(std::array::from_fn(|k| _mm512_loadu_ps(p.add(k * sw))));
+            }
+            for k in 0..4 {
+                let c = bt(std::array::from_fn(|row| r[row][k]));
+                for j in 0..4 {
+                    f[(i * 4 + j) * 4 + k] = c[j];
+                }
+            }
+        }
+        for jk in 0..16 {
+            let c = bt(std::array::from_fn(|i| f[i * 16 + jk]));
+            for i in 0..4 {
+                _mm512_storeu_ps(dst(i * 16 + jk), c[i]);
+            }
+        }
+    }
+
+    /// The transform of tiles `t0..t0+nt` into rows `0..rows` at `dst` (layout `lay`,
+    /// rows `nt..rows` zero): the input's `Bᵀ d B` from its channels-last copy `src`,
+    /// or with `GRAD` the gradient's `A dY Aᵀ` from dY's (same padded grid, unshifted).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `dst` must hold `lay.len(rows)` floats.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_block<const GRAD: bool>(
+        p: &Prob,
+        src: &[f32],
+        (t0, nt, rows): (usize, usize, usize),
+        lay: Lay,
+        dst: *mut f32,
+    ) {
+        let w = lay.w;
+        let [_, hp, wp] = p.padded();
+        let strides = [hp * wp * w, wp * w, w];
+        let sb = src.as_ptr();
+        let width = if GRAD { p.o } else { p.c };
+        each_vector(p, width, (t0, nt, rows), lay, dst, |base, out, ps| {
+            if GRAD {
+                let [st, sh, sw] = strides;
+                let g = |q: usize| {
+                    let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
+                    _mm512_loadu_ps(sb.add(base + a * st + b * sh + e * sw))
+                };
+                grad_tile(g, |xi| out.add(xi * ps));
+            } else {
+                input_tile(sb.add(base), strides, |xi| out.add(xi * ps));
+            }
+        });
+    }
+
+    /// For each row `j < rows` of a block at `dst` (layout `lay`): rows past `nt` are
+    /// zeroed; for the others, `f(offset, out, ps)` runs once per 16-channel vector,
+    /// with `offset` the tile's window in a channels-last copy of `width` channels on
+    /// `p`'s padded grid (plus the vector's channels) and its point `ξ` going to
+    /// `out + ξ·ps`.
+    #[inline(always)]
+    unsafe fn each_vector(
+        p: &Prob,
+        width: usize,
+        (t0, nt, rows): (usize, usize, usize),
+        lay: Lay,
+        dst: *mut f32,
+        mut f: impl FnMut(usize, *mut f32, usize),
+    ) {
+        let grid = Prob { c: width, ..*p };
+        let ps = lay.ps();
+        for j in 0..rows {
+            if j >= nt {
+                for xi in 0..PTS {
+                    std::ptr::write_bytes(dst.add(lay.at(j, xi)), 0, lay.w);
+                }
+                continue;
+            }
+            let (_, base, _) = tile_at(&grid, t0 + j);
+            let row = dst.add(lay.at(j, 0));
+            for cg in (0..lay.w).step_by(16) {
+                f(base + cg, row.add(cg), ps);
+            }
+        }
+    }
+
+    /// `M[ξ] = V[ξ] · U[ξ]` for the 64 points of a block of `rows` tiles.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `v`, `u`, `m` must be a block's buffers for `p`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn products(p: &Prob, v: &[f32], u: &[f32], rows: usize, m: &mut [f32]) {
+        let (c, cp, op) = (p.c, p.cp(), p.op());
+        let (lv, lm) = (Lay { w: cp }, Lay { w: op });
+        let (vb, ub, mb) = (v.as_ptr(), u.as_ptr(), m.as_mut_ptr());
+        for xi in 0..PTS {
+            let ux = ub.add(xi * c * op);
+            let mut o0 = 0;
+            while o0 < op {
+                let nv = ((op - o0) / 16).min(4);
+                for r0 in (0..rows).step_by(R) {
+                    let (vr, mr) = (vb.add(lv.at(r0, xi)), mb.add(lm.at(r0, xi) + o0));
+                    match nv {
+                        4 => gemm_tile::<4>(vr, cp, c, ux.add(o0), op, mr),
+                        3 => gemm_tile::<3>(vr, cp, c, ux.add(o0), op, mr),
+                        2 => gemm_tile::<2>(vr, cp, c, ux.add(o0), op, mr),
+                        _ => gemm_tile::<1>(vr, cp, c, ux.add(o0), op, mr),
+                    }
+                }
+                o0 += nv * 16;
+            }
+        }
+    }
+
+    /// `M[r][o0..] = Σ_c V[r][c] · U[c][o0..]` for `R` tile rows and `NV` vectors.
+    #[inline(always)]
+    unsafe fn gemm_tile<const NV: usize>(
+        v: *const f32,
+        cp: usize,
+        c: usize,
+        u: *const f32,
+        op: usize,
+        m: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        for ci in 0..c {
+            let uv: [__m512; NV] =
+                std::array::from_fn(|k| _mm512_loadu_ps(u.add(ci * op + k * 16)));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*v.add(r * cp + ci));
+                for k in 0..NV {
+                    acc_r[k] = _mm512_fmadd_ps(b, uv[k], acc_r[k]);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for k in 0..NV {
+                _mm512_storeu_ps(m.add(r * op + k * 16), acc_r[k]);
+            }
+        }
+    }
+
+    /// `y = Aᵀ M A` for tiles `t0..t0+nt`, scattered into `y` (`[N, O, T', H', W']`),
+    /// positions past the output's extent dropped.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; these tiles of `y` are written by this call only.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output_block(p: &Prob, m: &[f32], t0: usize, nt: usize, y: SyncPtr<f32>) {
+        let (o, op) = (p.o, p.op());
+        let lm = Lay { w: op };
+        let [ot, oh, ow] = p.out;
+        let l = ot * oh * ow;
+        let mb = m.as_ptr();
+        let mut lanes = [[0f32; 16]; 8];
+        for j in 0..nt {
+            let (ni, _, org) = tile_at(p, t0 + j);
+            let row = mb.add(lm.at(j, 0));
+            let ps = lm.ps();
+            for ov in (0..op).step_by(16) {
+                output_tile(|xi| row.add(xi * ps + ov), &mut lanes);
+                let valid = o.saturating_sub(ov).min(16);
+                for (q, ln) in lanes.iter().enumerate() {
+                    let (t, h, w) = (org[0] + q / 4, org[1] + (q / 2) % 2, org[2] + q % 2);
+                    if t >= ot || h >= oh || w >= ow {
+                        continue;
+                    }
+                    let base = y.get().add(ni * o * l + (t * oh + h) * ow + w);
+                    for (k, val) in ln.iter().enumerate().take(valid) {
+                        *base.add((ov + k) * l) = *val;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Aᵀ s A` (3D) of the 64 points at `src(ξ)` to the 2x2x2 outputs, output
+    /// `(ya·2 + yb)·2 + ye` into `out`.
+    #[inline(always)]
+    unsafe fn output_tile(src: impl Fn(usize) -> *const f32, out: &mut [[f32; 16]; 8]) {
+        let mut e = [_mm512_setzero_ps(); 32]; // [ya][j][k]
+        for jk in 0..16 {
+            let r = at(std::array::from_fn(|i| _mm512_loadu_ps(src(i * 16 + jk))));
+            e[jk] = r[0];
+            e[16 + jk] = r[1];
+        }
+        for ya in 0..2 {
+            let mut b = [[_mm512_setzero_ps(); 2]; 4]; // [j][ye]
+            for (j, bj) in b.iter_mut().enumerate() {
+                *bj = at(std::array::from_fn(|k| e[ya * 16 + j * 4 + k]));
+            }
+            for ye in 0..2 {
+                let r = at(std::array::from_fn(|j| b[j][ye]));
+                _mm512_storeu_ps(out[(ya * 2) * 2 + ye].as_mut_ptr(), r[0]);
+                _mm512_storeu_ps(out[(ya * 2 + 1) * 2 + ye].as_mut_ptr(), r[1]);
+            }
+        }
+    }
+
+    /// `A g Aᵀ` (3D) of one 2x2x2 gradient tile (`g[(ya·2 + yb)·2 + ye]`) to the 64
+    /// points at `dst(ξ)`: the adjoint of [`output_tile`].
+    #[inline(always)]
+    unsafe fn grad_tile(g: impl Fn(usize) -> __m512, dst: impl Fn(usize) -> *mut f32) {
+        let mut e = [_mm512_setzero_ps(); 32]; // [ya][j][k]
+        for ya in 0..2 {
+            let mut b = [[_mm512_setzero_ps(); 4]; 2]; // [yb][k]
+            for (yb, bb) in b.iter_mut().enumerate() {
+                let q = (ya * 2 + yb) * 2;
+                *bb = a([g(q), g(q + 1)]);
+            }
+            for k in 0..4 {
+                let r = a([b[0][k], b[1][k]]);
+                for j in 0..4 {
+                    e[ya * 16 + j * 4 + k] = r[j];
+                }
+            }
+        }
+        for jk in 0..16 {
+            let r = a([e[jk], e[16 + jk]]);
+            for i in 0..4 {
+                _mm512_storeu_ps(dst(i * 16 + jk), r[i]);
+            }
+        }
+    }
+
+    /// `dU[c][ob·64..] += Σ_rows V[row][c] · M[row][ob·64..]` for point `xi` over
+    /// `rows` tile rows in order (`dU` at `du`: `[Cp][Op]`).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; this call owns those columns of `du`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dw_gemm(
+        v: &[f32],
+        m: &[f32],
+        lay: (Lay, Lay),
+        xi: usize,
+        rows: usize,
+        ob: usize,
+        du: *mut f32,
+    ) {
+        let o0 = ob * 64;
+        let nv = ((lay.1.w - o0) / 16).min(4);
+        let args = (v.as_ptr(), m.as_ptr(), lay, xi, rows, o0, du);
+        match nv {
+            4 => dw_cols::<4>(args),
+            3 => dw_cols::<3>(args),
+            2 => dw_cols::<2>(args),
+            _ => dw_cols::<1>(args),
+        }
+    }
+
+    type DwArgs = (
+        *const f32,
+        *const f32,
+        (Lay, Lay),
+        usize,
+        usize,
+        usize,
+        *mut f32,
+    );
+
+    /// [`dw_gemm`] for `NV` vectors: register tile of 6 channels x `NV` vectors, the
+    /// reduction over rows in registers.
+    #[inline(always)]
+    unsafe fn dw_cols<const NV: usize>((vb, mb, (lv, lm), xi, rows, o0, du): DwArgs) {
+        let (cp, op) = (lv.w, lm.w);
+        // Rows in sub-blocks whose slices of V and M stay in L1 while every channel
+        // tile runs over them; reloading the accumulators keeps each sum's order.
+        for s0 in (0..rows).step_by(SUB) {
+            let s1 = (s0 + SUB).min(rows);
+            dw_sub::<NV>((vb, mb, (lv, lm), xi, s0, o0, du), s1, cp, op);
+        }
+    }
+
+    /// Rows per L1-resident sub-block of [`dw_cols`] (a multiple of `R`).
+    const SUB: usize = 48;
+
+    /// [`dw_cols`] over rows `s0..s1`.
+    #[inline(always)]
+    unsafe fn dw_sub<const NV: usize>(
+        (vb, mb, (lv, lm), xi, s0, o0, du): DwArgs,
+        s1: usize,
+        cp: usize,
+        op: usize,
+    ) {
+        const CR: usize = 6;
+        let mut c0 = 0;
+        while c0 < cp {
+            let nc = CR.min(cp - c0);
+            let mut acc = [[_mm512_setzero_ps(); NV]; CR];
+            for (cr, acc_c) in acc.iter_mut().enumerate().take(nc) {
+                for k in 0..NV {
+                    acc_c[k] = _mm512_loadu_ps(du.add((c0 + cr) * op + o0 + k * 16));
+                }
+            }
+            for g0 in (s0..s1).step_by(R) {
+                let (vg, mg) = (vb.add(lv.at(g0, xi) + c0), mb.add(lm.at(g0, xi) + o0));
+                for r in 0..R {
+                    let mv: [__m512; NV] =
+                        std::array::from_fn(|k| _mm512_loadu_ps(mg.add(r * op + k * 16)));
+                    let vr = vg.add(r * cp);
+                    for (cr, acc_c) in acc.iter_mut().enumerate() {
+                        // Lanes past `nc` repeat the last channel and are dropped.
+                        let b = _mm512_set1_ps(*vr.add(cr.min(nc - 1)));
+                        for k in 0..NV {
+                            acc_c[k] = _mm512_fmadd_ps(b, mv[k], acc_c[k]);
+                        }
+                    }
+                }
+            }
+            for (cr, acc_c) in acc.iter().enumerate().take(nc) {
+                for k in 0..NV {
+                    _mm512_storeu_ps(du.add((c0 + cr) * op + o0 + k * 16), acc_c[k]);
+                }
+            }
+            c0 += nc;
+        }
+    }
+}
