@@ -188,28 +188,32 @@ impl FloatKernel<3> for BnBwd {
         let g = self.g;
         let zero = T::zero();
         let relu = self.relu;
-        // Σ g and Σ g·x per channel, g = dy masked by y > 0 under ReLU.
+        // Σ g and Σ g·x per channel, g = dy masked by y > 0 under ReLU. Eight
+        // independent partial sums in a fixed order and a select instead of a branch
+        // (the ReLU mask is a coin flip per element: a branch mispredicts half the
+        // time), so the loop vectorises.
         let (sg, sgx): (Vec<f64>, Vec<f64>) = (0..g.c)
             .into_par_iter()
             .map(|c| {
-                let (mut a, mut b) = (0f64, 0f64);
+                let (mut a8, mut b8) = ([0f64; 8], [0f64; 8]);
                 for n in 0..g.n {
                     let base = (n * g.c + c) * g.l;
-                    let rows = x[base..base + g.l]
-                        .iter()
-                        .zip(&dy[base..base + g.l])
-                        .zip(&y[base..base + g.l]);
-                    for ((xi, di), yi) in rows {
-                        let gi = if relu && *yi <= zero {
-                            0.0
-                        } else {
-                            di.to_f64()
-                        };
-                        a += gi;
-                        b += gi * xi.to_f64();
+                    let (xr, dr, yr) = (&x[base..][..g.l], &dy[base..][..g.l], &y[base..][..g.l]);
+                    let whole = g.l / 8 * 8;
+                    for j in (0..whole).step_by(8) {
+                        for i in 0..8 {
+                            let gi = masked(relu, dr[j + i], yr[j + i]);
+                            a8[i] += gi;
+                            b8[i] += gi * xr[j + i].to_f64();
+                        }
+                    }
+                    for j in whole..g.l {
+                        let gi = masked(relu, dr[j], yr[j]);
+                        a8[0] += gi;
+                        b8[0] += gi * xr[j].to_f64();
                     }
                 }
-                (a, b)
+                (a8.iter().sum::<f64>(), b8.iter().sum::<f64>())
             })
             .unzip();
         let m = (g.n * g.l) as f64;
@@ -237,11 +241,7 @@ impl FloatKernel<3> for BnBwd {
             );
             let rows = d.iter_mut().zip(xr).zip(dyr.iter().zip(yr));
             for ((di, xi), (dyi, yi)) in rows {
-                let gi = if relu && *yi <= zero {
-                    0.0
-                } else {
-                    dyi.to_f64()
-                };
+                let gi = masked(relu, *dyi, *yi);
                 *di = T::from_f64(a * gi + b * (xi.to_f64() - mu) + k);
             }
         });
@@ -250,6 +250,19 @@ impl FloatKernel<3> for BnBwd {
             var: sgxhat,
         };
         dx
+    }
+}
+
+/// `dy` where the ReLU passed its input (`y > 0`), else 0; all of `dy` without ReLU.
+/// Written as a select so loops over it stay branch-free.
+#[inline(always)]
+fn masked<T: WithDType>(relu: bool, dy: T, y: T) -> f64 {
+    let d = dy.to_f64();
+    let off = relu & (y <= T::zero());
+    if off {
+        0.0
+    } else {
+        d
     }
 }
 

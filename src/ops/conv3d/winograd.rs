@@ -262,13 +262,14 @@ impl Lay {
 fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
     let mut xcl = XCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
     channels_last(p, x, &mut xcl);
-    let (o, out) = (p.o, p.out);
-    let l: usize = out.iter().product();
-    let mut y = vec![0f32; p.n * o * l];
     let total = p.total_tiles();
     let nb = block_tiles(p);
     let blocks = total.div_ceil(nb);
-    let yp = SyncPtr(y.as_mut_ptr());
+    // Outputs first go channels-last on the tiles' even grid (8 vector stores per
+    // tile and 16 channels), then one transposing pass writes NCTHW.
+    let mut ycl = YCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let even: usize = p.tiles().iter().map(|t| 2 * t).product();
+    let ycp = SyncPtr(set_len(&mut ycl, p.n * even * p.op()).as_mut_ptr());
     let xcl_ref = &xcl[..];
     (0..blocks).into_par_iter().for_each(|b| {
         BLOCK.with(|s| {
@@ -285,11 +286,37 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
             unsafe {
                 avx512::transform_block::<false>(p, xcl_ref, (t0, nt, rows), lv, v.as_mut_ptr());
                 avx512::products(p, v, u, rows, m);
-                avx512::output_block(p, m, t0, nt, yp);
+                avx512::output_block(p, m, t0, nt, ycp);
             }
         })
     });
     XCL.with(|s| *s.borrow_mut() = xcl);
+    let (o, [ot, oh, ow]) = (p.o, p.out);
+    let l = ot * oh * ow;
+    // Filled through its spare capacity (every element is written below), so no
+    // zeroing pass over tens of MB.
+    let len = p.n * o * l;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let yp = SyncPtr(y.spare_capacity_mut().as_mut_ptr() as *mut f32);
+    let [_, eh, ew] = p.tiles().map(|t| 2 * t);
+    let ycl_ref = &ycl[..];
+    (0..p.n * ot).into_par_iter().for_each(|nt_| {
+        let (ni, t) = (nt_ / ot, nt_ % ot);
+        for h in 0..oh {
+            let src = &ycl_ref[(((ni * (even / (eh * ew)) + t) * eh + h) * ew) * p.op()..];
+            let dst = ni * o * l + (t * oh + h) * ow;
+            // SAFETY: AVX-512F checked by the caller; task (n, t) writes only that
+            // frame of every channel of `y`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::untranspose_row(src, (o, p.op(), ow), yp.get().add(dst), l)
+            }
+        }
+    });
+    YCL.with(|s| *s.borrow_mut() = ycl);
+    // SAFETY: the tasks above wrote all `len` elements (every channel of every
+    // (n, t, h) row, each row's positions in whole and masked vectors).
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -459,6 +486,8 @@ thread_local! {
     /// The channels-last input, kept between calls (tens of MB: fresh pages per call
     /// cost as much as a small layer).
     static XCL: std::cell::RefCell<Vec<f32>> = Default::default();
+    /// The forward's channels-last output.
+    static YCL: std::cell::RefCell<Vec<f32>> = Default::default();
     /// The weight gradient's channels-last dY.
     static DYCL: std::cell::RefCell<Vec<f32>> = Default::default();
     /// The weight gradient's partial sums.
@@ -732,35 +761,56 @@ mod avx512 {
         }
     }
 
-    /// `y = Aᵀ M A` for tiles `t0..t0+nt`, scattered into `y` (`[N, O, T', H', W']`),
-    /// positions past the output's extent dropped.
+    /// `y = Aᵀ M A` for tiles `t0..t0+nt` into the channels-last output `ycl`
+    /// (`[N, Et, Eh, Ew, Op]` on the tiles' even grid).
     ///
     /// # Safety
-    /// AVX-512F must be available; these tiles of `y` are written by this call only.
+    /// AVX-512F must be available; these tiles of `ycl` are written by this call only.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_block(p: &Prob, m: &[f32], t0: usize, nt: usize, y: SyncPtr<f32>) {
-        let (o, op) = (p.o, p.op());
+    pub(super) unsafe fn output_block(p: &Prob, m: &[f32], t0: usize, nt: usize, ycl: SyncPtr<f32>) {
+        let op = p.op();
         let lm = Lay { w: op };
-        let [ot, oh, ow] = p.out;
-        let l = ot * oh * ow;
+        let [et, eh, ew] = p.tiles().map(|t| 2 * t);
         let mb = m.as_ptr();
-        let mut lanes = [[0f32; 16]; 8];
         for j in 0..nt {
             let (ni, _, org) = tile_at(p, t0 + j);
             let row = mb.add(lm.at(j, 0));
             let ps = lm.ps();
+            let base = (((ni * et + org[0]) * eh + org[1]) * ew + org[2]) * op;
             for ov in (0..op).step_by(16) {
-                output_tile(|xi| row.add(xi * ps + ov), &mut lanes);
-                let valid = o.saturating_sub(ov).min(16);
-                for (q, ln) in lanes.iter().enumerate() {
-                    let (t, h, w) = (org[0] + q / 4, org[1] + (q / 2) % 2, org[2] + q % 2);
-                    if t >= ot || h >= oh || w >= ow {
-                        continue;
+                let dst = ycl.get().add(base + ov);
+                output_tile(|xi| row.add(xi * ps + ov), |q| {
+                    let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
+                    dst.add(((a * eh + b) * ew + e) * op)
+                });
+            }
+        }
+    }
+
+    /// Row `(n, t, h)` of the channels-last output (`src`: `W'` positions of `Op`
+    /// floats) into NCTHW at `dst` (channel `c` at `dst + c·l`), 16x16 blocks
+    /// transposed in registers.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `dst + c·l + w` must be writable for `c < o`,
+    /// `w < W'`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn untranspose_row(src: &[f32], (o, op, w): (usize, usize, usize), dst: *mut f32, l: usize) {
+        let sb = src.as_ptr();
+        for w0 in (0..w).step_by(16) {
+            let wn = 16.min(w - w0);
+            let mask: u16 = if wn == 16 { !0 } else { (1u16 << wn) - 1 };
+            for c0 in (0..o).step_by(16) {
+                let r: [__m512; 16] = std::array::from_fn(|i| {
+                    if i < wn {
+                        _mm512_loadu_ps(sb.add((w0 + i) * op + c0))
+                    } else {
+                        _mm512_setzero_ps()
                     }
-                    let base = y.get().add(ni * o * l + (t * oh + h) * ow + w);
-                    for (k, val) in ln.iter().enumerate().take(valid) {
-                        *base.add((ov + k) * l) = *val;
-                    }
+                });
+                let rows = transpose16(r);
+                for (j, v) in rows.iter().enumerate().take((o - c0).min(16)) {
+                    _mm512_mask_storeu_ps(dst.add((c0 + j) * l + w0), mask, *v);
                 }
             }
         }
@@ -769,7 +819,7 @@ mod avx512 {
     /// `Aᵀ s A` (3D) of the 64 points at `src(ξ)` to the 2x2x2 outputs, output
     /// `(ya·2 + yb)·2 + ye` into `out`.
     #[inline(always)]
-    unsafe fn output_tile(src: impl Fn(usize) -> *const f32, out: &mut [[f32; 16]; 8]) {
+    unsafe fn output_tile(src: impl Fn(usize) -> *const f32, out: impl Fn(usize) -> *mut f32) {
         let mut e = [_mm512_setzero_ps(); 32]; // [ya][j][k]
         for jk in 0..16 {
             let r = at(std::array::from_fn(|i| _mm512_loadu_ps(src(i * 16 + jk))));
@@ -783,8 +833,8 @@ mod avx512 {
             }
             for ye in 0..2 {
                 let r = at(std::array::from_fn(|j| b[j][ye]));
-                _mm512_storeu_ps(out[(ya * 2) * 2 + ye].as_mut_ptr(), r[0]);
-                _mm512_storeu_ps(out[(ya * 2 + 1) * 2 + ye].as_mut_ptr(), r[1]);
+                _mm512_storeu_ps(out((ya * 2) * 2 + ye), r[0]);
+                _mm512_storeu_ps(out((ya * 2 + 1) * 2 + ye), r[1]);
             }
         }
     }
