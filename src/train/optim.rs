@@ -178,9 +178,12 @@ impl Optimizer {
             let g = grad.detach().to_dtype(p.dtype())?.to_device(p.device())?;
             let new_p = match self.cfg.kind {
                 OptimizerKind::Sgd => sgd_update(&self.cfg, st, &p, g, lr)?,
-                OptimizerKind::Adamw => adamw_update(&self.cfg, st, &p, &g, lr)?,
+                OptimizerKind::Adamw => Some(adamw_update(&self.cfg, st, &p, &g, lr)?),
             };
-            var.set(&new_p)?;
+            // `None`: updated in place already.
+            if let Some(new_p) = new_p {
+                var.set(&new_p)?;
+            }
         }
         self.steps += 1;
         Ok(())
@@ -308,27 +311,35 @@ impl Optimizer {
     }
 }
 
-/// PyTorch `torch.optim.SGD` (dampening 0) for one parameter; returns the new value.
+/// PyTorch `torch.optim.SGD` (dampening 0) for one parameter; returns the new value,
+/// or `None` where it updated `p` (the parameter's own storage) in place.
 fn sgd_update(
     cfg: &OptimizerConfig,
     st: &mut ParamState,
     p: &Tensor,
     grad: Tensor,
     lr: f64,
-) -> Result<Tensor> {
-    // Fast path: the same f32 arithmetic in two passes instead of six.
+) -> Result<Option<Tensor>> {
+    // Fast path: the same f32 arithmetic in two in-place passes instead of six
+    // allocating ones and a copy.
     if cfg.momentum != 0.0
         && !cfg.nesterov
         && p.device().is_cpu()
         && p.dtype() == DType::F32
         && grad.dtype() == DType::F32
+        && p.is_contiguous()
     {
         if let Some(buf) = st.momentum.take() {
-            let buf =
-                super::sgd_cpu::momentum_buffer(&buf, &grad, p, cfg.momentum, cfg.weight_decay)?;
-            let new_p = super::sgd_cpu::step(p, &buf, lr)?;
+            // A buffer restored from a checkpoint may be a view: own it first.
+            let buf = if buf.is_contiguous() {
+                buf
+            } else {
+                buf.copy()?
+            };
+            super::sgd_cpu::update_momentum(&buf, &grad, p, cfg.momentum, cfg.weight_decay)?;
+            super::sgd_cpu::step_in_place(p, &buf, lr)?;
             st.momentum = Some(buf);
-            return Ok(new_p);
+            return Ok(None);
         }
     }
     let mut g = grad;
@@ -347,7 +358,7 @@ fn sgd_update(
         };
         st.momentum = Some(buf);
     }
-    Ok((p - (g * lr)?)?)
+    Ok(Some((p - (g * lr)?)?))
 }
 
 /// PyTorch `torch.optim.AdamW` (amsgrad off) for one parameter; returns the new value.

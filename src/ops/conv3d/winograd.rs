@@ -441,8 +441,8 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// Tiles per weight-gradient block: each block reads and writes its task's whole
 /// `dU` (`64·Cp·Op` floats) once, its transforms take `64·(Cp + Op)` floats per
-/// tile; 36 measured best on R3D-18's 64- and 128-channel layers (24-96 within 5%).
-const DW_NB: usize = 36;
+/// tile; 24 measured best on R3D-18's 64- and 128-channel layers (18-48 within 8%).
+const DW_NB: usize = 24;
 
 /// `Gᵀ t G` along all three axes: the adjoint of [`weight_tile`].
 fn weight_tile_t(t: &[f32; PTS]) -> [f32; 27] {
@@ -767,7 +767,13 @@ mod avx512 {
     /// # Safety
     /// AVX-512F must be available; these tiles of `ycl` are written by this call only.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_block(p: &Prob, m: &[f32], t0: usize, nt: usize, ycl: SyncPtr<f32>) {
+    pub(super) unsafe fn output_block(
+        p: &Prob,
+        m: &[f32],
+        t0: usize,
+        nt: usize,
+        ycl: SyncPtr<f32>,
+    ) {
         let op = p.op();
         let lm = Lay { w: op };
         let [et, eh, ew] = p.tiles().map(|t| 2 * t);
@@ -779,10 +785,13 @@ mod avx512 {
             let base = (((ni * et + org[0]) * eh + org[1]) * ew + org[2]) * op;
             for ov in (0..op).step_by(16) {
                 let dst = ycl.get().add(base + ov);
-                output_tile(|xi| row.add(xi * ps + ov), |q| {
-                    let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
-                    dst.add(((a * eh + b) * ew + e) * op)
-                });
+                output_tile(
+                    |xi| row.add(xi * ps + ov),
+                    |q| {
+                        let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
+                        dst.add(((a * eh + b) * ew + e) * op)
+                    },
+                );
             }
         }
     }
@@ -795,7 +804,12 @@ mod avx512 {
     /// AVX-512F must be available; `dst + c·l + w` must be writable for `c < o`,
     /// `w < W'`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn untranspose_row(src: &[f32], (o, op, w): (usize, usize, usize), dst: *mut f32, l: usize) {
+    pub(super) unsafe fn untranspose_row(
+        src: &[f32],
+        (o, op, w): (usize, usize, usize),
+        dst: *mut f32,
+        l: usize,
+    ) {
         let sb = src.as_ptr();
         for w0 in (0..w).step_by(16) {
             let wn = 16.min(w - w0);
