@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::dispatch::{dispatch, FloatKernel};
@@ -119,20 +119,22 @@ impl CustomOp3 for BnTrain {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let sums = Arc::new(Mutex::new(Stats::default()));
+        let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>();
         let op = BnBwd {
             g: self.g,
             eps: self.eps,
             relu: self.relu,
             stats: lock(&self.stats).clone(),
-            weight: w.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+            weight: f64s(w)?,
+            bias: f64s(b)?,
             sums: sums.clone(),
         };
-        let dx = x.apply_op3_no_bwd(&dy.contiguous()?, res, &op)?;
+        let dx = x.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
         let s = lock(&sums).clone();
         // `sums` holds (Σ dy, Σ dy·x̂) per channel: the bias and weight gradients.
         let db = Tensor::from_vec(s.mean, self.g.c, x.device())?.to_dtype(w.dtype())?;
@@ -172,19 +174,31 @@ fn affine_rows<T: WithDType>(
     y
 }
 
-/// Backward of [`BnTrain`]: `(x, dy, y) -> dx`; leaves `(Σ g, Σ g·x̂)` per channel in
-/// `sums` (as `mean`, `var`), where `g` is `dy` masked by `y > 0` under ReLU.
+/// Backward of [`BnTrain`]: `(x, dy) -> dx`; leaves `(Σ g, Σ g·x̂)` per channel in
+/// `sums` (as `mean`, `var`), where `g` is `dy` masked by `y > 0` under ReLU. The mask
+/// is recomputed from `x` with the forward's own f64 arithmetic and rounding (so it
+/// is bit-identical to testing `y`), which spares reading `y` twice: this pass is
+/// memory-bound.
 struct BnBwd {
     g: Ncl,
     eps: f64,
     relu: bool,
     stats: Stats,
     weight: Vec<f64>,
+    bias: Vec<f64>,
     sums: Arc<Mutex<Stats>>,
 }
 
-impl FloatKernel<3> for BnBwd {
-    fn run<T: WithDType>(&self, [x, dy, y]: [&[T]; 3]) -> Vec<T> {
+impl BnBwd {
+    /// The forward's scale and shift of channel `c` (as [`BnTrain`] computes them).
+    fn affine(&self, c: usize) -> (f64, f64, f64) {
+        let scale = self.weight[c] / (self.stats.var[c] + self.eps).sqrt();
+        (self.stats.mean[c], scale, self.bias[c])
+    }
+}
+
+impl FloatKernel<2> for BnBwd {
+    fn run<T: WithDType>(&self, [x, dy]: [&[T]; 2]) -> Vec<T> {
         let g = self.g;
         let zero = T::zero();
         let relu = self.relu;
@@ -195,20 +209,21 @@ impl FloatKernel<3> for BnBwd {
         let (sg, sgx): (Vec<f64>, Vec<f64>) = (0..g.c)
             .into_par_iter()
             .map(|c| {
+                let fwd = self.affine(c);
                 let (mut a8, mut b8) = ([0f64; 8], [0f64; 8]);
                 for n in 0..g.n {
                     let base = (n * g.c + c) * g.l;
-                    let (xr, dr, yr) = (&x[base..][..g.l], &dy[base..][..g.l], &y[base..][..g.l]);
+                    let (xr, dr) = (&x[base..][..g.l], &dy[base..][..g.l]);
                     let whole = g.l / 8 * 8;
                     for j in (0..whole).step_by(8) {
                         for i in 0..8 {
-                            let gi = masked(relu, dr[j + i], yr[j + i]);
+                            let gi = masked(relu, fwd, dr[j + i], xr[j + i]);
                             a8[i] += gi;
                             b8[i] += gi * xr[j + i].to_f64();
                         }
                     }
                     for j in whole..g.l {
-                        let gi = masked(relu, dr[j], yr[j]);
+                        let gi = masked(relu, fwd, dr[j], xr[j]);
                         a8[0] += gi;
                         b8[0] += gi * xr[j].to_f64();
                     }
@@ -233,15 +248,11 @@ impl FloatKernel<3> for BnBwd {
         let mut dx = vec![zero; x.len()];
         dx.par_chunks_mut(g.l).enumerate().for_each(|(r, d)| {
             let (a, b, k, mu) = coef[r % g.c];
+            let fwd = self.affine(r % g.c);
             let base = r * g.l;
-            let (xr, dyr, yr) = (
-                &x[base..base + g.l],
-                &dy[base..base + g.l],
-                &y[base..base + g.l],
-            );
-            let rows = d.iter_mut().zip(xr).zip(dyr.iter().zip(yr));
-            for ((di, xi), (dyi, yi)) in rows {
-                let gi = masked(relu, *dyi, *yi);
+            let (xr, dyr) = (&x[base..base + g.l], &dy[base..base + g.l]);
+            for (di, (xi, dyi)) in d.iter_mut().zip(xr.iter().zip(dyr)) {
+                let gi = masked(relu, fwd, *dyi, *xi);
                 *di = T::from_f64(a * gi + b * (xi.to_f64() - mu) + k);
             }
         });
@@ -254,10 +265,13 @@ impl FloatKernel<3> for BnBwd {
 }
 
 /// `dy` where the ReLU passed its input (`y > 0`), else 0; all of `dy` without ReLU.
-/// Written as a select so loops over it stay branch-free.
+/// `y > 0` is decided from `x` exactly as [`affine_rows`] computed `y` (same f64
+/// expression, same rounding to `T`). Written as a select so loops stay branch-free
+/// (the mask is a coin flip per element: a branch mispredicts half the time).
 #[inline(always)]
-fn masked<T: WithDType>(relu: bool, dy: T, y: T) -> f64 {
+fn masked<T: WithDType>(relu: bool, (m, a, b): (f64, f64, f64), dy: T, x: T) -> f64 {
     let d = dy.to_f64();
+    let y = T::from_f64(((x.to_f64() - m) * a + b).max(0.0));
     let off = relu & (y <= T::zero());
     if off {
         0.0
@@ -266,7 +280,7 @@ fn masked<T: WithDType>(relu: bool, dy: T, y: T) -> f64 {
     }
 }
 
-impl CustomOp3 for BnBwd {
+impl CustomOp2 for BnBwd {
     fn name(&self) -> &'static str {
         "vssl-batch-norm-bwd"
     }
@@ -277,14 +291,12 @@ impl CustomOp3 for BnBwd {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dx = super::profile::timed(
             "bn.bwd",
             || format!("{:?}", l1.dims()),
             0.0,
-            || dispatch(self.name(), [(s1, l1), (s2, l2), (s3, l3)], self),
+            || dispatch(self.name(), [(s1, l1), (s2, l2)], self),
         )?;
         Ok((dx, l1.shape().clone()))
     }
