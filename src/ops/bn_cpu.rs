@@ -153,8 +153,10 @@ fn affine_rows<T: WithDType>(
     shift: &[f64],
     relu: bool,
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(g.l)
+    // Written through its spare capacity, every element once (no zeroing pass).
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()
+        .par_chunks_mut(g.l)
         .zip(x.par_chunks(g.l))
         .enumerate()
         .for_each(|(i, (yr, xr))| {
@@ -163,14 +165,16 @@ fn affine_rows<T: WithDType>(
             let (m, a, b) = (mean[c], scale[c], shift[c]);
             if relu {
                 for (y, x) in yr.iter_mut().zip(xr) {
-                    *y = T::from_f64(((x.to_f64() - m) * a + b).max(0.0));
+                    y.write(T::from_f64(((x.to_f64() - m) * a + b).max(0.0)));
                 }
             } else {
                 for (y, x) in yr.iter_mut().zip(xr) {
-                    *y = T::from_f64((x.to_f64() - m) * a + b);
+                    y.write(T::from_f64((x.to_f64() - m) * a + b));
                 }
             }
         });
+    // SAFETY: the chunks cover all `x.len()` elements and each was written.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
@@ -200,7 +204,6 @@ impl BnBwd {
 impl FloatKernel<2> for BnBwd {
     fn run<T: WithDType>(&self, [x, dy]: [&[T]; 2]) -> Vec<T> {
         let g = self.g;
-        let zero = T::zero();
         let relu = self.relu;
         // Σ g and Σ g·x per channel, g = dy masked by y > 0 under ReLU. Eight
         // independent partial sums in a fixed order and a select instead of a branch
@@ -245,17 +248,19 @@ impl FloatKernel<2> for BnBwd {
                 (a, b, k, mu)
             })
             .collect();
-        let mut dx = vec![zero; x.len()];
-        dx.par_chunks_mut(g.l).enumerate().for_each(|(r, d)| {
+        let mut dx = Vec::with_capacity(x.len());
+        dx.spare_capacity_mut().par_chunks_mut(g.l).enumerate().for_each(|(r, d)| {
             let (a, b, k, mu) = coef[r % g.c];
             let fwd = self.affine(r % g.c);
             let base = r * g.l;
             let (xr, dyr) = (&x[base..base + g.l], &dy[base..base + g.l]);
             for (di, (xi, dyi)) in d.iter_mut().zip(xr.iter().zip(dyr)) {
                 let gi = masked(relu, fwd, *dyi, *xi);
-                *di = T::from_f64(a * gi + b * (xi.to_f64() - mu) + k);
+                di.write(T::from_f64(a * gi + b * (xi.to_f64() - mu) + k));
             }
         });
+        // SAFETY: the row chunks cover all `x.len()` elements and each was written.
+        unsafe { dx.set_len(x.len()) };
         *lock(&self.sums) = Stats {
             mean: sg,
             var: sgxhat,
