@@ -249,16 +249,19 @@ impl FloatKernel<2> for BnBwd {
             })
             .collect();
         let mut dx = Vec::with_capacity(x.len());
-        dx.spare_capacity_mut().par_chunks_mut(g.l).enumerate().for_each(|(r, d)| {
-            let (a, b, k, mu) = coef[r % g.c];
-            let fwd = self.affine(r % g.c);
-            let base = r * g.l;
-            let (xr, dyr) = (&x[base..base + g.l], &dy[base..base + g.l]);
-            for (di, (xi, dyi)) in d.iter_mut().zip(xr.iter().zip(dyr)) {
-                let gi = masked(relu, fwd, *dyi, *xi);
-                di.write(T::from_f64(a * gi + b * (xi.to_f64() - mu) + k));
-            }
-        });
+        dx.spare_capacity_mut()
+            .par_chunks_mut(g.l)
+            .enumerate()
+            .for_each(|(r, d)| {
+                let (a, b, k, mu) = coef[r % g.c];
+                let fwd = self.affine(r % g.c);
+                let base = r * g.l;
+                let (xr, dyr) = (&x[base..base + g.l], &dy[base..base + g.l]);
+                for (di, (xi, dyi)) in d.iter_mut().zip(xr.iter().zip(dyr)) {
+                    let gi = masked(relu, fwd, *dyi, *xi);
+                    di.write(T::from_f64(a * gi + b * (xi.to_f64() - mu) + k));
+                }
+            });
         // SAFETY: the row chunks cover all `x.len()` elements and each was written.
         unsafe { dx.set_len(x.len()) };
         *lock(&self.sums) = Stats {
