@@ -16,7 +16,7 @@
 //!
 //! | layer | modules | holds |
 //! | --- | --- | --- |
-//! | 0 | `error` | the typed [`Error`] |
+//! | 0 | `error`, `alloc` | the typed [`Error`]; the tensor-friendly global allocator |
 //! | 1 | `seed`, `io`, `run_dir`, `process` | counter-based seeding and hashing; safetensors read / atomic write; the run-directory layout ([`run_dir::RunDir`]: every file name lives there); host, pid start time and liveness |
 //! | 2 | `nn`, `hub`, `telemetry`, `lock` | parameter store (trainable vs buffers, load report), `Linear`, dropout; the Hugging Face Hub: names, cache, verified downloads, pushes, the weights index ([`hub::resolve`]); TensorBoard event files, the run-state file, progress lines; the run-directory lock |
 //! | 3 | `ops` | 3D layers and kernels candle lacks (conv3d, pool3d, BN3d, TGN, fused epilogues) |
@@ -36,6 +36,7 @@
 //! own configs and a recipe is only their aggregate. The `vssl` binary (`src/main.rs`,
 //! one module per subcommand under `src/cli/`) is a thin layer over [`app`].
 
+pub mod alloc;
 pub mod app;
 pub mod backbone;
 pub mod data;

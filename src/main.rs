@@ -91,6 +91,9 @@ fn run(cmd: Cmd, device: &DeviceSpec) -> anyhow::Result<()> {
     }
 }
 
+#[global_allocator]
+static ALLOC: vssl::alloc::TensorAlloc = vssl::alloc::TensorAlloc;
+
 fn main() -> ExitCode {
     // A write past the file-size limit (`ulimit -f`, quota-like limits on clusters)
     // then fails with EFBIG and is reported, naming the file, instead of killing the
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    vssl::alloc::tune_heap();
     // ffmpeg's own log lines (target `video`, via video-rs) are off by default: a bad
     // video's error already carries the reason, and the trainer warns once per video.
     let filter = tracing_subscriber::EnvFilter::try_from_env("VSSL_LOG")

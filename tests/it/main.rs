@@ -1,4 +1,5 @@
 //! Integration tests: one test binary, one module per concern.
+mod alloc;
 mod augment;
 mod backbone;
 mod bad_input;
@@ -36,3 +37,7 @@ mod torchvision;
 mod train_e2e;
 mod train_parts;
 mod write_failure;
+
+// The binary's allocator, so every test below runs on it too.
+#[global_allocator]
+static ALLOC: vssl::alloc::TensorAlloc = vssl::alloc::TensorAlloc;
