@@ -322,6 +322,23 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let (
+            true,
+            None,
+            (BuiltConv::Single(conv1), Norm::Bn(bn1)),
+            (BuiltConv::Single(conv2), Norm::Bn(bn2)),
+        ) = (train, &self.downsample, &self.conv1, &self.conv2)
+        {
+            let layers = crate::ops::block::ResidualBlock {
+                conv1,
+                bn1,
+                conv2,
+                bn2,
+            };
+            if let Some(y) = crate::ops::block::residual_block_train(x, &layers)? {
+                return Ok(y);
+            }
+        }
         let y = self.conv1.0.forward_t(x, train)?;
         let y = self.conv1.1.forward_relu(&y, train)?;
         let y = self.conv2.0.forward_t(&y, train)?;

@@ -169,7 +169,7 @@ impl BatchNorm3d {
     /// Running statistics from the batch `mean` and biased `var` (`[C]`, over `count`
     /// values), detached: PyTorch's x̂ = (1 - m)·x̂ + m·x with the unbiased variance;
     /// counts the batch.
-    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+    pub(super) fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.momentum;
         let stat_dtype = self.running_mean.dtype();
         let batch_mean = mean.to_dtype(stat_dtype)?;

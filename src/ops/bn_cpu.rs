@@ -81,6 +81,16 @@ pub(super) struct BnTrain {
 /// `(x, weight, bias) -> y`; the batch statistics are left in `stats`.
 impl FloatKernel<3> for BnTrain {
     fn run<T: WithDType>(&self, [x, w, b]: [&[T]; 3]) -> Vec<T> {
+        let (mean, scale, shift) = self.prepare(x, w, b);
+        affine_rows(self.g, x, &mean, &scale, &shift, self.relu)
+    }
+}
+
+impl BnTrain {
+    /// The batch statistics of `x` (left in `stats`) and each channel's
+    /// `(mean, scale, shift)`.
+    #[allow(clippy::type_complexity)]
+    fn prepare<T: WithDType>(&self, x: &[T], w: &[T], b: &[T]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let st = channel_stats(self.g, x);
         let scale: Vec<f64> = (0..self.g.c)
             .map(|c| w[c].to_f64() / (st.var[c] + self.eps).sqrt())
@@ -88,7 +98,43 @@ impl FloatKernel<3> for BnTrain {
         let shift: Vec<f64> = (0..self.g.c).map(|c| b[c].to_f64()).collect();
         let mean = st.mean.clone();
         *lock(&self.stats) = st;
-        affine_rows(self.g, x, &mean, &scale, &shift, self.relu)
+        (mean, scale, shift)
+    }
+
+    /// `relu(bn(x) + skip)`: the residual block's tail in one pass, bit for bit what
+    /// this op (without ReLU) followed by [`super::fused::add_relu`] computes (the
+    /// normalised value is rounded to `T` before the add).
+    pub(super) fn run_add_relu<T: WithDType>(
+        &self,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        skip: &[T],
+    ) -> Vec<T> {
+        let (mean, scale, shift) = self.prepare(x, w, b);
+        let g = self.g;
+        let zero = T::zero();
+        let mut y = Vec::with_capacity(x.len());
+        y.spare_capacity_mut()
+            .par_chunks_mut(g.l)
+            .zip(x.par_chunks(g.l).zip(skip.par_chunks(g.l)))
+            .enumerate()
+            .for_each(|(i, (yr, (xr, sr)))| {
+                let c = i % g.c;
+                let (m, a, b) = (mean[c], scale[c], shift[c]);
+                for ((y, x), s) in yr.iter_mut().zip(xr).zip(sr) {
+                    let v = T::from_f64((x.to_f64() - m) * a + b) + *s;
+                    y.write(if v > zero { v } else { zero });
+                }
+            });
+        // SAFETY: the chunks cover all `x.len()` elements and each was written.
+        unsafe { y.set_len(x.len()) };
+        y
+    }
+
+    /// The statistics the last forward left.
+    pub(super) fn stats(&self) -> Stats {
+        lock(&self.stats).clone()
     }
 }
 
@@ -183,14 +229,14 @@ fn affine_rows<T: WithDType>(
 /// is recomputed from `x` with the forward's own f64 arithmetic and rounding (so it
 /// is bit-identical to testing `y`), which spares reading `y` twice: this pass is
 /// memory-bound.
-struct BnBwd {
-    g: Ncl,
-    eps: f64,
-    relu: bool,
-    stats: Stats,
-    weight: Vec<f64>,
-    bias: Vec<f64>,
-    sums: Arc<Mutex<Stats>>,
+pub(super) struct BnBwd {
+    pub(super) g: Ncl,
+    pub(super) eps: f64,
+    pub(super) relu: bool,
+    pub(super) stats: Stats,
+    pub(super) weight: Vec<f64>,
+    pub(super) bias: Vec<f64>,
+    pub(super) sums: Arc<Mutex<Stats>>,
 }
 
 impl BnBwd {

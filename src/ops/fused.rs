@@ -110,7 +110,7 @@ impl CustomOp2 for AddRelu {
 /// `(dy, y) -> dy · [y > 0]`.
 struct ReluMask;
 
-fn mask_kernel<T: WithDType>(dy: &[T], y: &[T]) -> Vec<T> {
+pub(super) fn mask_kernel<T: WithDType>(dy: &[T], y: &[T]) -> Vec<T> {
     let mut g = vec![T::zero(); dy.len()];
     let zero = T::zero();
     g.par_chunks_mut(CHUNK)

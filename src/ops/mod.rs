@@ -4,6 +4,7 @@
 //! runs on any device: CPU gets custom kernels where they pay off, other devices
 //! (CUDA) a path built only from candle tensor ops.
 pub mod batch_norm3d;
+pub mod block;
 mod bn_cpu;
 pub mod conv3d;
 pub(crate) mod dispatch;

@@ -3,6 +3,7 @@ mod alloc;
 mod augment;
 mod backbone;
 mod bad_input;
+mod block;
 mod cache;
 mod clip_decode;
 mod clip_sampling;

@@ -203,6 +203,52 @@ fn generic_chunk(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
     Ok(y.reshape(g.y_dims().to_vec())?)
 }
 
+/// One convolution's CPU kernels on f32 slices, each pass timed under the same
+/// profile row as the custom ops: the pieces fused CPU ops are built from (the
+/// residual block of [`crate::ops::block`]).
+pub(in crate::ops) struct CpuConv(Geom);
+
+impl CpuConv {
+    /// The geometry of `conv3d(x, w, cfg)` (checked as [`conv3d`] checks it).
+    pub(in crate::ops) fn new(x: &Tensor, w: &Tensor, cfg: &Conv3dConfig) -> Result<Self> {
+        Ok(Self(Geom::new(x, w, cfg)?))
+    }
+
+    /// The output's shape `[N, O, T', H', W']`.
+    pub(in crate::ops) fn y_dims(&self) -> [usize; 5] {
+        self.0.y_dims()
+    }
+
+    fn timed(&self, op: &'static str, pass: cpu::Pass, f: impl FnOnce() -> Vec<f32>) -> Vec<f32> {
+        let g = &self.0;
+        profile::timed(
+            op,
+            || format!("{} {}", g.describe(), cpu::path(g, pass, true)),
+            g.flops(),
+            f,
+        )
+    }
+
+    /// `y = conv(x, w)`.
+    pub(in crate::ops) fn fwd(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
+        self.timed("conv3d.fwd", cpu::Pass::Forward, || cpu::fwd(&self.0, x, w))
+    }
+
+    /// `dx` from `dy`.
+    pub(in crate::ops) fn dx(&self, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        self.timed("conv3d.dx", cpu::Pass::InputGrad, || {
+            cpu::bwd_input(&self.0, dy, w)
+        })
+    }
+
+    /// `dw` from `x` and `dy`.
+    pub(in crate::ops) fn dw(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        self.timed("conv3d.dw", cpu::Pass::WeightGrad, || {
+            cpu::bwd_weight(&self.0, x, dy)
+        })
+    }
+}
+
 /// The profile row's shape column: geometry and the kernel that ran.
 fn label(g: &Geom, pass: cpu::Pass, s: &CpuStorage) -> String {
     let f32 = matches!(s, CpuStorage::F32(_));
