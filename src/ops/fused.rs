@@ -38,16 +38,32 @@ const CHUNK: usize = 1 << 14;
 struct AddRelu;
 
 fn add_relu_kernel<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); a.len()];
     let zero = T::zero();
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+    zip_map(a, b, |a, b| {
+        let v = a + b;
+        if v > zero {
+            v
+        } else {
+            zero
+        }
+    })
+}
+
+/// `f(a[i], b[i])` for equal-length slices, in parallel chunks, written through the
+/// output's spare capacity (no zeroing pass: these kernels are memory-bound).
+fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let n = a.len().min(b.len());
+    let mut y = Vec::with_capacity(n);
+    y.spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(a[..n].par_chunks(CHUNK).zip(b[..n].par_chunks(CHUNK)))
         .for_each(|(y, (a, b))| {
             for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                let v = *a + *b;
-                *y = if v > zero { v } else { zero };
+                y.write(f(*a, *b));
             }
         });
+    // SAFETY: the chunks cover all `n` elements and each was written.
+    unsafe { y.set_len(n) };
     y
 }
 
@@ -111,16 +127,8 @@ impl CustomOp2 for AddRelu {
 struct ReluMask;
 
 pub(super) fn mask_kernel<T: WithDType>(dy: &[T], y: &[T]) -> Vec<T> {
-    let mut g = vec![T::zero(); dy.len()];
     let zero = T::zero();
-    g.par_chunks_mut(CHUNK)
-        .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-        .for_each(|(g, (d, y))| {
-            for ((g, d), y) in g.iter_mut().zip(d).zip(y) {
-                *g = if *y > zero { *d } else { zero };
-            }
-        });
-    g
+    zip_map(dy, y, |d, y| if y > zero { d } else { zero })
 }
 
 impl CustomOp2 for ReluMask {
