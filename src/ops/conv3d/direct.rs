@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 
 use super::geometry::Geom;
-use super::SyncPtr;
+use super::{scratch, SyncPtr};
 
 /// Output channels per register tile (broadcast operand).
 const MR: usize = 8;
@@ -401,29 +401,31 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let plane = tp * hp * wp;
     let (mut xp, mut dyt) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // Zero-padded input, [N, C, Tp, Hp, Wp]; every element written once.
-    set_len(&mut xp, n * c * plane);
-    xp.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
-        let src = &x[nc * lin..][..lin];
-        for (tpi, slab) in dst.chunks_mut(hp * wp).enumerate() {
-            let Some(ti) = tpi.checked_sub(pt).filter(|&ti| ti < t) else {
-                slab.fill(0.0);
-                continue;
-            };
-            for (hpi, row) in slab.chunks_mut(wp).enumerate() {
-                let Some(hi) = hpi.checked_sub(ph).filter(|&hi| hi < h) else {
-                    row.fill(0.0);
+    scratch(&mut xp, n * c * plane)
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(nc, dst)| {
+            let src = &x[nc * lin..][..lin];
+            for (tpi, slab) in dst.chunks_mut(hp * wp).enumerate() {
+                let Some(ti) = tpi.checked_sub(pt).filter(|&ti| ti < t) else {
+                    slab.fill(0.0);
                     continue;
                 };
-                row[..pw].fill(0.0);
-                row[pw..pw + w].copy_from_slice(&src[(ti * h + hi) * w..][..w]);
-                row[pw + w..].fill(0.0);
+                for (hpi, row) in slab.chunks_mut(wp).enumerate() {
+                    let Some(hi) = hpi.checked_sub(ph).filter(|&hi| hi < h) else {
+                        row.fill(0.0);
+                        continue;
+                    };
+                    row[..pw].fill(0.0);
+                    row[pw..pw + w].copy_from_slice(&src[(ti * h + hi) * w..][..w]);
+                    row[pw + w..].fill(0.0);
+                }
             }
-        }
-    });
+        });
     // dYᵀ, [N, L, Op] with Op = O rounded up to whole vectors (zero columns).
     let op = o.div_ceil(16) * 16;
-    set_len(&mut dyt, n * l * op);
-    dyt.par_chunks_mut(64 * op)
+    scratch(&mut dyt, n * l * op)
+        .par_chunks_mut(64 * op)
         .enumerate()
         .for_each(|(blk, dst)| {
             let (j0, rows) = (blk * 64, dst.len() / op);
@@ -522,16 +524,6 @@ thread_local! {
     /// freshly allocated per call cost page faults comparable to a small layer's
     /// whole kernel. Taken out during a call, so a nested call just allocates.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
-}
-
-/// Makes `v` exactly `len` long without writing elements it already has (callers
-/// overwrite all of them).
-fn set_len(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    } else {
-        v.truncate(len);
-    }
 }
 
 /// Inputs of one forward tile run: input, weight, the tile's weight row offsets,

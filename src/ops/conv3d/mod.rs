@@ -281,6 +281,16 @@ fn check_layout(op: &str, l: &Layout, want: [usize; 5]) -> candle_core::Result<(
     Ok(())
 }
 
+/// The first `len` elements of the reused scratch buffer `v`, grown if needed. It
+/// never shrinks, so layers of different sizes do not re-zero it in turn; callers
+/// overwrite every element they read.
+fn scratch(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
 /// A raw pointer tasks share to write disjoint parts of one output (the blocked and
 /// the direct kernels both hand one to their parallel tasks).
 #[derive(Clone, Copy)]

@@ -31,7 +31,7 @@
 use rayon::prelude::*;
 
 use super::geometry::Geom;
-use super::SyncPtr;
+use super::{scratch, SyncPtr};
 
 /// Transformed points of a 4x4x4 tile.
 const PTS: usize = 64;
@@ -188,7 +188,7 @@ fn channels_last(p: &Prob, x: &[f32], dst: &mut Vec<f32>) {
     let [pt, ph, pw] = p.pad;
     let (c, cp) = (p.c, p.cp());
     let slab = hp * wp * cp;
-    set_len(dst, p.n * tp * slab)
+    scratch(dst, p.n * tp * slab)
         .par_chunks_mut(slab)
         .enumerate()
         .for_each(|(s, d)| {
@@ -269,7 +269,7 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
     // tile and 16 channels), then one transposing pass writes NCTHW.
     let mut ycl = YCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let even: usize = p.tiles().iter().map(|t| 2 * t).product();
-    let ycp = SyncPtr(set_len(&mut ycl, p.n * even * p.op()).as_mut_ptr());
+    let ycp = SyncPtr(scratch(&mut ycl, p.n * even * p.op()).as_mut_ptr());
     let xcl_ref = &xcl[..];
     (0..blocks).into_par_iter().for_each(|b| {
         BLOCK.with(|s| {
@@ -278,8 +278,8 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
             let nt = nb.min(total - t0);
             let rows = nt.div_ceil(R) * R;
             let (lv, lm) = (Lay { w: p.cp() }, Lay { w: p.op() });
-            set_len(v, lv.len(rows));
-            set_len(m, lm.len(rows));
+            scratch(v, lv.len(rows));
+            scratch(m, lm.len(rows));
             // SAFETY: AVX-512F is checked by the caller (`super::cpu`); the block's
             // output tiles belong to this task only.
             #[cfg(target_arch = "x86_64")]
@@ -365,15 +365,15 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     // products (page faults serialise on the address-space lock).
     let mut partial = PARTIAL.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let (xcl_ref, dycl_ref) = (&xcl[..], &dycl[..]);
-    set_len(&mut partial, parts * du_len)
+    scratch(&mut partial, parts * du_len)
         .par_chunks_mut(du_len)
         .enumerate()
         .for_each(|(k, du)| {
             du.fill(0.0);
             BLOCK.with(|s| {
                 let (v, m) = &mut *s.borrow_mut();
-                set_len(v, lv.len(nb));
-                set_len(m, lm.len(nb));
+                scratch(v, lv.len(nb));
+                scratch(m, lm.len(nb));
                 for b in k * blocks / parts..(k + 1) * blocks / parts {
                     let t0 = b * nb;
                     let nt = nb.min(total - t0);
@@ -494,16 +494,6 @@ thread_local! {
     static PARTIAL: std::cell::RefCell<Vec<f32>> = Default::default();
     /// A block's transformed input and product (or transformed dY), laid out by `Lay`.
     static BLOCK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
-}
-
-/// The first `len` elements of `v`, grown if needed; a reused buffer never shrinks,
-/// so layers of different sizes do not re-zero it in turn (callers overwrite every
-/// element they read).
-fn set_len(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
 }
 
 #[cfg(target_arch = "x86_64")]
