@@ -33,6 +33,10 @@ enum Cmd {
         /// Timed repeats (medians reported).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Untimed training steps before the repeats, on both sides (PyTorch's
+        /// first two or three steps after start-up run 30-50% slow).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
         /// Python with torch and torchvision: also run the PyTorch CPU step
         /// (default: $VSSL_TORCH_PYTHON when set).
         #[arg(long, env = "VSSL_TORCH_PYTHON")]
@@ -118,6 +122,7 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
             frames,
             size,
             reps,
+            warmup,
             torch,
             torch_script,
         } => {
@@ -128,6 +133,7 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
                 frames,
                 size,
                 reps,
+                warmup,
                 torch,
                 torch_script,
             };

@@ -28,8 +28,10 @@ pub struct BenchOptions {
     pub batch: usize,
     pub frames: usize,
     pub size: usize,
-    /// Timed repeats (medians are reported); one untimed warm-up step precedes them.
+    /// Timed repeats (medians are reported).
     pub reps: usize,
+    /// Untimed training steps before the repeats, on each side (at least one).
+    pub warmup: usize,
     /// Python with torch + torchvision to run `tools/bench_torch.py` alongside.
     pub torch: Option<PathBuf>,
     /// Where `bench_torch.py` lives.
@@ -152,6 +154,8 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
                 o.frames.to_string(),
                 "--size".into(),
                 o.size.to_string(),
+                "--warmup".into(),
+                o.warmup.max(1).to_string(),
             ],
         ) {
             Ok(s) => (Some(s), None),
@@ -159,7 +163,10 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
         },
     };
 
-    step(net.as_ref())?; // warm-up (torch warmed up before `ready`)
+    // Warm-up (torch's before it says `ready`).
+    for _ in 0..o.warmup.max(1) {
+        step(net.as_ref())?;
+    }
     let (mut vf, mut vstep, mut tf, mut tstep) = (vec![], vec![], vec![], vec![]);
     for _ in 0..o.reps {
         vf.push(fwd(net.as_ref())?);
@@ -244,8 +251,14 @@ impl BenchReport {
         let rss =
             |r: Option<u64>| r.map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
         s += &format!(
-            "bench {} batch {} clip 3x{}x{}x{}, {} repeats (medians; all in ms)\n",
-            o.arch, o.batch, o.frames, o.size, o.size, o.reps
+            "bench {} batch {} clip 3x{}x{}x{}, {} repeats after {} warm-up steps (medians; all in ms)\n",
+            o.arch,
+            o.batch,
+            o.frames,
+            o.size,
+            o.size,
+            o.reps,
+            o.warmup.max(1)
         );
         let t = &self.vssl;
         s += &format!(
