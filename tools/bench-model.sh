@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reruns the issue-5 speed comparison: one conv3d layer and the R3D-18 training step
-# (two clip sizes), vssl against PyTorch CPU in the same invocation (repeats
+# Reruns the issue-5/22 speed comparison: one conv3d layer, the R3D-18 training step
+# (two clip sizes) and the MC3-18 step, vssl against PyTorch CPU in the same invocation (repeats
 # interleaved, medians), with peak RSS from /usr/bin/time -v.
 #
 #   tools/bench-model.sh [PYTHON_WITH_TORCH] [REPS]
@@ -22,3 +22,4 @@ run() {
 run conv3d --batch 8 --in 64 --out 64 --frames 16 --size 56 --kernel 3 --pad 1
 run model --arch r3d_18 --batch 8 --frames 8 --size 64
 run model --arch r3d_18 --batch 2 --frames 16 --size 112
+run model --arch mc3_18 --batch 2 --frames 16 --size 112
