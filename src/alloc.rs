@@ -7,7 +7,10 @@
 //! over its mmap threshold with fresh mappings and trims the heap top past 128 KiB,
 //! so each step re-faulted and re-zeroed tens of megabytes of pages for activations
 //! and gradients (about 8% of an R3D-18 CPU step in page faults). The binary installs
-//! [`TensorAlloc`] as its global allocator and calls [`tune_heap`] first thing.
+//! [`TensorAlloc`] as its global allocator and calls [`tune_heap`] first thing; a
+//! program that uses vssl as a library gets the same with
+//! `#[global_allocator] static A: vssl::alloc::TensorAlloc = vssl::alloc::TensorAlloc;`
+//! and a call to [`tune_heap`] at start (results do not depend on either).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
