@@ -79,6 +79,12 @@ pub fn residual_block_train(x: &Tensor, b: &ResidualBlock) -> Result<Option<Tens
     if conv2.y_dims() != d || b.bn1.channels() != d[1] || b.bn2.channels() != d[1] || count < 2 {
         return Ok(None);
     }
+    // Packing the weights costs copies of both (forward, and backward's narrows); the
+    // gradient edges it saves cost passes over the activation. Deep layers, whose
+    // weights outweigh their activations (R3D-18's layers 3-4), compose instead.
+    if x.elem_count() < b.conv1.weight.elem_count() {
+        return Ok(None);
+    }
     let g = Ncl {
         n: d[0],
         c: d[1],

@@ -166,6 +166,10 @@ fn fused_block_declines_what_it_cannot_compute() {
     assert!(run(&layers(8, 1, 1), &x));
     // A strided first conv changes the shape: no identity skip.
     assert!(!run(&layers(8, 2, 1), &x));
+    // Weights larger than the activation (deep layers): packing them would cost more
+    // than the gradient edges it saves.
+    let small = Tensor::from_vec(rand_vec(32 * 8, 2), &[1, 32, 2, 2, 2], &Device::Cpu).unwrap();
+    assert!(!run(&layers(32, 1, 1), &small));
     // f64 input: the composition's business.
     assert!(!run(&layers(8, 1, 1), &x.to_dtype(DType::F64).unwrap()));
 }
