@@ -19,7 +19,7 @@ const BIG: usize = 16 << 10;
 /// A cache line (and one AVX-512 vector).
 const LINE: usize = 64;
 
-/// The system allocator with blocks of [`BIG`] bytes or more aligned to 64 bytes.
+/// The system allocator with blocks of 16 KiB or more aligned to 64 bytes.
 ///
 /// A large block is allocated `LINE` bytes longer and handed out at the next line
 /// boundary past its start; the block's own start sits in the 8 bytes before it (the

@@ -1,6 +1,6 @@
 //! Building frame caches (`vssl data cache`): walks a dataset, decoding its videos in
 //! parallel chunks, and appends them in order through the cache format's
-//! [`Writer`](crate::data::cache::Writer), reporting progress. The format itself
+//! [`crate::data::cache::Writer`], reporting progress. The format itself
 //! (layout, staleness keys, reading) lives in [`crate::data::cache`].
 
 use std::path::Path;

@@ -7,7 +7,7 @@
 //!
 //! - [`train`] / [`eval`]: `vssl train` (recipe -> [`fit`](crate::train::fit)) and
 //!   `vssl eval` (run directory -> the [`eval`](crate::eval) protocols);
-//! - [`bench`]: speed benchmarks against PyTorch and the ffmpeg CLI;
+//! - [`bench`](mod@bench): speed benchmarks against PyTorch and the ffmpeg CLI;
 //! - [`import`] / [`extract`]: PyTorch checkpoints in, pooled features out;
 //! - [`export`]: a run directory as a Hub model repo folder (weights, config, card);
 //! - [`cache`]: building a dataset's frame cache;

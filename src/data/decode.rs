@@ -169,7 +169,7 @@ fn restartable(id: ffmpeg::codec::Id) -> bool {
 /// Reads every packet of the best video stream of `path` without decoding. Seeking
 /// is offered only where frame indices can be recovered exactly after a seek: every
 /// packet has a distinct pts (so a frame's index is its pts rank), the codec is
-/// [`restartable`], and the key packet's pts is known. AVI files without
+/// `restartable`, and the key packet's pts is known. AVI files without
 /// presentation timestamps are always decoded from their first packet.
 pub fn scan_video(path: &Path) -> Result<StreamScan> {
     let fail = video_error(path);

@@ -7,7 +7,7 @@
 //!
 //! - [`id`]: parsing and validating repo ids, revisions and file names (remote names
 //!   never escape the cache directory);
-//! - [`env`]: endpoint, token, cache directory and offline mode from the standard
+//! - [`env`](mod@env): endpoint, token, cache directory and offline mode from the standard
 //!   `HF_*` variables, the token wrapped so it cannot be printed;
 //! - [`http`]: one HTTP client with retries on 5xx, and the status -> error mapping;
 //! - [`cache`]: the standard cache layout (`models--ORG--NAME/{blobs,refs,snapshots}`),

@@ -7,7 +7,7 @@
 //! five activation-sized edges (both conv outputs, both norm outputs, the input), so in
 //! R3D-18's first layer those copies cost about as much as the block's batch norms.
 //! This op runs the same kernels as the separate ops (the conv passes of
-//! [`super::conv3d`], the batch-norm passes of `bn_cpu`, the masked copy of
+//! [`super::conv3d`](mod@super::conv3d), the batch-norm passes of `bn_cpu`, the masked copy of
 //! [`super::fused`]) in one forward and one backward and hands candle only the
 //! input's gradient and the packed parameter gradients, so one edge is left. Its
 //! results are bit for bit those of the composition (tests assert it), running

@@ -47,7 +47,7 @@ fn color(i: usize) -> RGBColor {
 static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
 
 /// Registers the plot font once per process (the `VSSL_FONT` file, else the first
-/// of [`FONT_PATHS`] that exists); returns its path.
+/// of `FONT_PATHS` that exists); returns its path.
 pub fn ensure_font() -> Result<PathBuf> {
     FONT.get_or_init(|| {
         let mut tried = Vec::new();

@@ -1,5 +1,5 @@
 //! Pretraining: any [`Pretext`] the caller built, run by the one loop
-//! ([`engine::run`](super::engine::run)) as its objective, into a [`RunDir`].
+//! ([`super::engine::run`]) as its objective, into a [`RunDir`].
 //! Resuming reproduces the uninterrupted run bit for bit on CPU.
 
 use std::collections::{BTreeMap, HashMap};
