@@ -10,4 +10,5 @@ cargo fmt --all -- --check
 cargo build --release --no-default-features --quiet
 # The SIGKILL tests need the crash-injection hook (and fail without it).
 cargo clippy --release --all-targets --features crash-hook --quiet -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --features crash-hook --quiet
 cargo test --release --features crash-hook
