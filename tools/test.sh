@@ -10,5 +10,6 @@ cargo fmt --all -- --check
 cargo build --release --no-default-features --quiet
 # The SIGKILL tests need the crash-injection hook (and fail without it).
 cargo clippy --release --all-targets --features crash-hook --quiet -- -D warnings
+# API docs: broken, private or ambiguous links fail the run.
 RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --features crash-hook --quiet
 cargo test --release --features crash-hook
