@@ -4,17 +4,19 @@
 //! Why it exists: candle's backward adds every gradient a tensor receives into a
 //! tensor of zeros it first allocates (`zeros_like`, then `add`): a zeroing pass and a
 //! three-operand pass per edge of the graph. A basic block built from separate ops has
-//! five activation-sized edges (both conv outputs, both norm outputs, the input), so in
-//! R3D-18's first layer those copies cost about as much as the block's batch norms.
-//! This op runs the same kernels as the separate ops (the conv passes of
-//! [`super::conv3d`](mod@super::conv3d), the batch-norm passes of `bn_cpu`, the masked copy of
-//! [`super::fused`]) in one forward and one backward and hands candle only the
-//! input's gradient and the packed parameter gradients, so one edge is left. Its
-//! results are bit for bit those of the composition (tests assert it), running
-//! statistics included.
+//! five activation-sized edges (both conv outputs, both norm outputs, the input); in
+//! R3D-18's first layer at batch 2 each is a 25 MB tensor. This op runs the same
+//! kernels as the separate ops (the conv passes of [`super::conv3d`](mod@super::conv3d),
+//! the batch-norm passes of `bn_cpu`, the masked copy of [`super::fused`]) in one
+//! forward and one backward and hands candle only the input's gradient and the
+//! packed parameter gradients, so one edge is left. Its results are bit for bit those
+//! of the composition (tests assert it), running statistics included. Measured: 3-5%
+//! of an R3D-18 step at batch 8, within noise at batch 2 (`experiments/perf-cpu.md`).
 //!
-//! Everything else (other devices, f64, biased convs, blocks with a downsampling
-//! skip, evaluation mode, `VSSL_FUSED_BLOCK=0`) composes the separate layers.
+//! Everything else composes the separate layers: other devices, f64, biased convs,
+//! blocks with a downsampling skip, evaluation mode, blocks whose conv weight has more
+//! elements than the activation (packing it would cost more than the edges saved),
+//! and `VSSL_FUSED_BLOCK=0`.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
