@@ -61,29 +61,32 @@ fn sys(size: usize) -> Option<Layout> {
     Layout::from_size_align(size.checked_add(LINE)?, 16).ok()
 }
 
+/// A block for `layout` from `get` (a `System` allocation): as asked for small
+/// layouts, line-aligned inside a longer block for big ones.
+///
+/// # Safety
+/// `get` must return a live block of its layout, or null.
+unsafe fn with_system(layout: Layout, get: impl FnOnce(Layout) -> *mut u8) -> *mut u8 {
+    if !big(&layout) {
+        return get(layout);
+    }
+    match sys(layout.size()) {
+        Some(l) => hand_out(get(l)),
+        None => std::ptr::null_mut(),
+    }
+}
+
 // SAFETY: small layouts go to `System` unchanged. A big block is a `System` block of
 // `sys(size)`, handed out inside its bounds (offset 16..=64, `size` bytes after it);
 // the same size test on deallocation and reallocation finds it again, and the block
 // is freed with the layout it was allocated with.
 unsafe impl GlobalAlloc for TensorAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if !big(&layout) {
-            return System.alloc(layout);
-        }
-        match sys(layout.size()) {
-            Some(l) => hand_out(System.alloc(l)),
-            None => std::ptr::null_mut(),
-        }
+        with_system(layout, |l| System.alloc(l))
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if !big(&layout) {
-            return System.alloc_zeroed(layout);
-        }
-        match sys(layout.size()) {
-            Some(l) => hand_out(System.alloc_zeroed(l)),
-            None => std::ptr::null_mut(),
-        }
+        with_system(layout, |l| System.alloc_zeroed(l))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -147,12 +147,13 @@ fn shape_of(d: [usize; 5]) -> String {
     format!("{d:?}")
 }
 
-/// The dense f32 elements of a CPU tensor's storage.
-fn f32s<'a>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
+/// A tensor's CPU storage (backward gets tensors, the kernels' slices come from
+/// [`slices`] as in every custom op).
+fn cpu(s: &Storage) -> candle_core::Result<&CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
         _ => Err(candle_core::Error::Msg(
-            "vssl-residual-block: expected a contiguous f32 CPU tensor".into(),
+            "vssl-residual-block: expected a CPU tensor".into(),
         )),
     }
 }
@@ -210,7 +211,6 @@ impl CustomOp3 for BlockOp {
         res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
         // The network's input clip needs no gradient.
         let x_tracked = x.track_op();
         let dev = candle_core::Device::Cpu;
@@ -226,8 +226,16 @@ impl CustomOp3 for BlockOp {
         let (ps, pl) = ppack.storage_and_layout();
         let (ys, yl) = res.storage_and_layout();
         let (ds, dl) = dy.storage_and_layout();
-        let (x, wp, pp) = (f32s(&xs, xl)?, f32s(&ws, wl)?, f32s(&ps, pl)?);
-        let (y, dy) = (f32s(&ys, yl)?, f32s(&ds, dl)?);
+        let [x, wp, pp, y, dy] = slices::<f32, 5>(
+            self.name(),
+            [
+                (cpu(&xs)?, xl),
+                (cpu(&ws)?, wl),
+                (cpu(&ps)?, pl),
+                (cpu(&ys)?, yl),
+                (cpu(&ds)?, dl),
+            ],
+        )?;
         let (w1, w2) = wp.split_at(self.split);
         let c = self.g.c;
         let f64s = |k: usize| pp[k * c..(k + 1) * c].iter().map(|&v| v as f64).collect();
@@ -258,7 +266,7 @@ impl CustomOp3 for BlockOp {
             "vssl-relu-mask",
             || shape_of(self.dims),
             0.0,
-            || mask_kernel(dy, y),
+            || mask_kernel(&dy, &y),
         );
         let (dc2, dg2, db2) = bn_bwd(1, false, &st.c2, &gs);
         let da1 = self.conv[1].dx(&dc2, w2);
@@ -267,7 +275,7 @@ impl CustomOp3 for BlockOp {
         drop(dc2);
         let (dc1, dg1, db1) = bn_bwd(0, true, &st.c1, &da1);
         drop(da1);
-        let dw1 = self.conv[0].dw(x, &dc1);
+        let dw1 = self.conv[0].dw(&x, &dc1);
         let dx = if x_tracked {
             let mut dx = self.conv[0].dx(&dc1, w1);
             // The skip's share, added as candle adds the two edges' gradients.

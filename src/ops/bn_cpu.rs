@@ -82,7 +82,8 @@ pub(super) struct BnTrain {
 impl FloatKernel<3> for BnTrain {
     fn run<T: WithDType>(&self, [x, w, b]: [&[T]; 3]) -> Vec<T> {
         let (mean, scale, shift) = self.prepare(x, w, b);
-        affine_rows(self.g, x, &mean, &scale, &shift, self.relu)
+        let tail = if self.relu { Tail::Relu } else { Tail::None };
+        affine_rows(self.g, x, (&mean, &scale, &shift), tail)
     }
 }
 
@@ -112,24 +113,7 @@ impl BnTrain {
         skip: &[T],
     ) -> Vec<T> {
         let (mean, scale, shift) = self.prepare(x, w, b);
-        let g = self.g;
-        let zero = T::zero();
-        let mut y = Vec::with_capacity(x.len());
-        y.spare_capacity_mut()
-            .par_chunks_mut(g.l)
-            .zip(x.par_chunks(g.l).zip(skip.par_chunks(g.l)))
-            .enumerate()
-            .for_each(|(i, (yr, (xr, sr)))| {
-                let c = i % g.c;
-                let (m, a, b) = (mean[c], scale[c], shift[c]);
-                for ((y, x), s) in yr.iter_mut().zip(xr).zip(sr) {
-                    let v = T::from_f64((x.to_f64() - m) * a + b) + *s;
-                    y.write(if v > zero { v } else { zero });
-                }
-            });
-        // SAFETY: the chunks cover all `x.len()` elements and each was written.
-        unsafe { y.set_len(x.len()) };
-        y
+        affine_rows(self.g, x, (&mean, &scale, &shift), Tail::AddRelu(skip))
     }
 
     /// The statistics the last forward left.
@@ -189,16 +173,25 @@ impl CustomOp3 for BnTrain {
     }
 }
 
-/// `y = (x - mean[c])·scale[c] + shift[c]` (then ReLU) over `[N, C, L]` rows.
+/// What follows the affine map in [`affine_rows`].
+#[derive(Clone, Copy)]
+enum Tail<'a, T> {
+    None,
+    /// `max(·, 0)` in f64, before rounding to `T`.
+    Relu,
+    /// `relu(round(·) + skip)` in `T`, as the separate add+ReLU op computes it.
+    AddRelu(&'a [T]),
+}
+
+/// `y = (x - mean[c])·scale[c] + shift[c]`, then `tail`, over `[N, C, L]` rows.
 /// Centring first keeps f32 exact-ish when |mean| ≫ std.
 fn affine_rows<T: WithDType>(
     g: Ncl,
     x: &[T],
-    mean: &[f64],
-    scale: &[f64],
-    shift: &[f64],
-    relu: bool,
+    (mean, scale, shift): (&[f64], &[f64], &[f64]),
+    tail: Tail<T>,
 ) -> Vec<T> {
+    let zero = T::zero();
     // Written through its spare capacity, every element once (no zeroing pass).
     let mut y = Vec::with_capacity(x.len());
     y.spare_capacity_mut()
@@ -209,13 +202,24 @@ fn affine_rows<T: WithDType>(
             let c = i % g.c;
             // In f64: the centred value must not lose the mean's rounding error.
             let (m, a, b) = (mean[c], scale[c], shift[c]);
-            if relu {
-                for (y, x) in yr.iter_mut().zip(xr) {
-                    y.write(T::from_f64(((x.to_f64() - m) * a + b).max(0.0)));
+            let v = |x: &T| (x.to_f64() - m) * a + b;
+            match tail {
+                Tail::None => {
+                    for (y, x) in yr.iter_mut().zip(xr) {
+                        y.write(T::from_f64(v(x)));
+                    }
                 }
-            } else {
-                for (y, x) in yr.iter_mut().zip(xr) {
-                    y.write(T::from_f64((x.to_f64() - m) * a + b));
+                Tail::Relu => {
+                    for (y, x) in yr.iter_mut().zip(xr) {
+                        y.write(T::from_f64(v(x).max(0.0)));
+                    }
+                }
+                Tail::AddRelu(skip) => {
+                    let sr = &skip[i * g.l..][..g.l];
+                    for ((y, x), s) in yr.iter_mut().zip(xr).zip(sr) {
+                        let t = T::from_f64(v(x)) + *s;
+                        y.write(if t > zero { t } else { zero });
+                    }
                 }
             }
         });

@@ -38,6 +38,13 @@ pub struct BenchOptions {
     pub torch_script: PathBuf,
 }
 
+impl BenchOptions {
+    /// Warm-up steps actually run: at least one.
+    fn warmup_steps(&self) -> usize {
+        self.warmup.max(1)
+    }
+}
+
 /// Medians of the timed repeats, in seconds.
 #[derive(Debug, Clone, Default)]
 pub struct Timing {
@@ -155,7 +162,7 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
                 "--size".into(),
                 o.size.to_string(),
                 "--warmup".into(),
-                o.warmup.max(1).to_string(),
+                o.warmup_steps().to_string(),
             ],
         ) {
             Ok(s) => (Some(s), None),
@@ -164,7 +171,7 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
     };
 
     // Warm-up (torch's before it says `ready`).
-    for _ in 0..o.warmup.max(1) {
+    for _ in 0..o.warmup_steps() {
         step(net.as_ref())?;
     }
     let (mut vf, mut vstep, mut tf, mut tstep) = (vec![], vec![], vec![], vec![]);
@@ -258,7 +265,7 @@ impl BenchReport {
             o.size,
             o.size,
             o.reps,
-            o.warmup.max(1)
+            o.warmup_steps()
         );
         let t = &self.vssl;
         s += &format!(

@@ -106,8 +106,7 @@ fn allowed(g: &Geom, auto: bool) -> bool {
 /// frames (a one-frame map wastes half of every tile, while the direct kernel skips
 /// the padded taps). R3D-18: layers 1 and 2 yes, 3 and 4 no, at 64 and 112 px.
 fn prefers_winograd(g: &Geom) -> bool {
-    let tiles: usize = g.n * g.out.iter().map(|v| v.div_ceil(2)).product::<usize>();
-    g.out[0] >= 2 && g.c >= 16 && g.o >= 16 && tiles >= 2 * g.c.max(g.o)
+    g.out[0] >= 2 && g.c >= 16 && g.o >= 16 && tiles(g) >= 2 * g.c.max(g.o)
 }
 
 /// The forward and input gradient also win on deeper layers with fewer tiles per
@@ -118,6 +117,10 @@ fn prefers_winograd(g: &Geom) -> bool {
 /// and the weight gradient of these layers stays on the blocked kernel (Winograd
 /// measured 83 ms against 56).
 fn prefers_winograd_deep(g: &Geom) -> bool {
-    let tiles: usize = g.n * g.out.iter().map(|v| v.div_ceil(2)).product::<usize>();
-    g.out[0] >= 4 && g.c >= 16 && g.o >= 16 && 2 * tiles >= g.c.max(g.o)
+    g.out[0] >= 4 && g.c >= 16 && g.o >= 16 && 2 * tiles(g) >= g.c.max(g.o)
+}
+
+/// 2x2x2 output tiles of the whole batch.
+fn tiles(g: &Geom) -> usize {
+    g.n * g.out.iter().map(|v| v.div_ceil(2)).product::<usize>()
 }

@@ -1008,11 +1008,11 @@ mod avx512 {
         op: usize,
     ) {
         const CR: usize = 4;
-        let mut c0 = 0;
-        while c0 < cp {
-            let nc = CR.min(cp - c0);
+        // `Cp` is a multiple of 16, so every channel tile is whole.
+        debug_assert_eq!(cp % CR, 0);
+        for c0 in (0..cp).step_by(CR) {
             let mut acc = [[_mm512_setzero_ps(); NV]; CR];
-            for (cr, acc_c) in acc.iter_mut().enumerate().take(nc) {
+            for (cr, acc_c) in acc.iter_mut().enumerate() {
                 for k in 0..NV {
                     acc_c[k] = _mm512_loadu_ps(du.add((c0 + cr) * op + o0 + k * 16));
                 }
@@ -1024,20 +1024,18 @@ mod avx512 {
                         std::array::from_fn(|k| _mm512_loadu_ps(mg.add(r * op + k * 16)));
                     let vr = vg.add(r * cp);
                     for (cr, acc_c) in acc.iter_mut().enumerate() {
-                        // Lanes past `nc` repeat the last channel and are dropped.
-                        let b = _mm512_set1_ps(*vr.add(cr.min(nc - 1)));
+                        let b = _mm512_set1_ps(*vr.add(cr));
                         for k in 0..NV {
                             acc_c[k] = _mm512_fmadd_ps(b, mv[k], acc_c[k]);
                         }
                     }
                 }
             }
-            for (cr, acc_c) in acc.iter().enumerate().take(nc) {
+            for (cr, acc_c) in acc.iter().enumerate() {
                 for k in 0..NV {
                     _mm512_storeu_ps(du.add((c0 + cr) * op + o0 + k * 16), acc_c[k]);
                 }
             }
-            c0 += nc;
         }
     }
 }
