@@ -302,6 +302,26 @@ fn conv_cases() -> Vec<ConvCase> {
             [1; 3],
             false,
         ),
+        // 1x3x3 stride 1 for the 2D Winograd kernels (MC3-18's layers 2-4): padding 0
+        // with odd sizes, batch 1, channels not a multiple of 16; mixed padding 1/2
+        conv_case(
+            [1, 17, 3, 7, 9],
+            19,
+            [1, 3, 3],
+            [1; 3],
+            [0; 3],
+            [1; 3],
+            true,
+        ),
+        conv_case(
+            [2, 5, 2, 6, 5],
+            18,
+            [1, 3, 3],
+            [1; 3],
+            [0, 1, 2],
+            [1; 3],
+            false,
+        ),
         // the R3D stem's geometry with an output row of 17 (the direct weight
         // gradient's strided path)
         conv_case(
@@ -649,6 +669,7 @@ fn conv3d_tests_in_child(env: (&str, &str), expect: &str) {
             "ops::conv3d_custom_and_generic_gradients_agree",
             "ops::conv3d_is_deterministic_and_skips_untracked_input_grad",
             "ops::conv3d_kernels_follow_the_switches",
+            "ops::conv3d_deep_layers_match_reference_and_thread_count_free",
         ])
         .env(env.0, env.1)
         .env("VSSL_EXPECT_CONV_KERNEL", expect)
@@ -657,9 +678,85 @@ fn conv3d_tests_in_child(env: (&str, &str), expect: &str) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}={} failed:\n{text}", env.0, env.1);
     assert!(
-        text.contains("5 passed"),
-        "expected 5 tests to run:\n{text}"
+        text.contains("6 passed"),
+        "expected 6 tests to run:\n{text}"
     );
+}
+
+/// Layers with 256 channels, where the Winograd kernels (forced in the Winograd
+/// child run) transform all tiles first and run one gemm per point: 1x3x3 and
+/// 3x3x3, forward against the f64 reference, both gradients against the generic
+/// path, all three passes bit-identical with 1 and 2 threads.
+#[test]
+fn conv3d_deep_layers_match_reference_and_thread_count_free() {
+    let cases = [
+        conv_case(
+            [1, 256, 3, 5, 6],
+            256,
+            [1, 3, 3],
+            [1; 3],
+            [0, 1, 1],
+            [1; 3],
+            false,
+        ),
+        conv_case(
+            [2, 256, 2, 3, 5],
+            272,
+            [3; 3],
+            [1; 3],
+            [1; 3],
+            [1; 3],
+            false,
+        ),
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let (x, w, _) = conv_data(c, 40 + i as u64);
+        let (xt, wt) = (tensor(&x, &c.x, DType::F32), tensor(&w, &c.w(), DType::F32));
+        let want = conv_ref(c, &x, &w, None);
+        let got = values(&conv3d(&xt, &wt, None, &c.cfg).unwrap());
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let rel = max_abs_diff(&got, &want) / scale;
+        assert!(
+            rel <= 1e-5,
+            "case {i}: forward error {rel:e} of the output scale"
+        );
+        let r = rand_vec(numel(&c.out()), 50 + i as u64);
+        let generic = conv_grads(c, &x, &w, None, &r, true);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let y = values(&conv3d(&xt, &wt, None, &c.cfg).unwrap());
+                let [gx, gw, _] = conv_grads(c, &x, &w, None, &r, false);
+                [y, gx, gw]
+            })
+        };
+        let [y1, gx, gw] = run(1);
+        for (name, (a, g)) in ["dx", "dw"]
+            .iter()
+            .zip([&gx, &gw].into_iter().zip(&generic))
+        {
+            let scale = 1.0 + g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(a, g);
+            assert!(
+                diff <= 1e-5 * scale,
+                "case {i} {name}: max abs diff {diff} against the generic path (scale {scale})"
+            );
+        }
+        let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let two = run(2);
+        for (name, (a, b)) in ["y", "dx", "dw"]
+            .iter()
+            .zip([&y1, &gx, &gw].into_iter().zip(&two))
+        {
+            assert!(
+                bits(a) == bits(b),
+                "case {i} {name}: 1 and 2 threads differ"
+            );
+        }
+    }
 }
 
 /// What a CPU without AVX-512 runs (the blocked vol2col+gemm path): the conv3d tests
@@ -710,12 +807,33 @@ fn conv3d_kernels_follow_the_switches() {
     let (x, w, _) = conv_data(&c, 5);
     let (xt, wt) = (tensor(&x, &c.x, DType::F32), tensor(&w, &c.w(), DType::F32));
     let got = conv3d_cpu_kernels(&xt, &wt, &c.cfg).unwrap();
+    // A 1x3x3 stride-1 layer (the 2D Winograd kernels).
+    let c2 = conv_case(
+        [2, 32, 4, 12, 12],
+        32,
+        [1, 3, 3],
+        [1; 3],
+        [0, 1, 1],
+        [1; 3],
+        false,
+    );
+    let (x2, w2, _) = conv_data(&c2, 7);
+    let (xt2, wt2) = (
+        tensor(&x2, &c2.x, DType::F32),
+        tensor(&w2, &c2.w(), DType::F32),
+    );
+    let got2 = conv3d_cpu_kernels(&xt2, &wt2, &c2.cfg).unwrap();
     match std::env::var("VSSL_EXPECT_CONV_KERNEL") {
-        Ok(want) => assert_eq!(got, [want.as_str(); 3], "kernels under the switch"),
+        Ok(want) => {
+            assert_eq!(got, [want.as_str(); 3], "kernels under the switch");
+            assert_eq!(got2, [want.as_str(); 3], "1x3x3 kernels under the switch");
+        }
         // Default: Winograd for this layer (144 tiles >= 2 x 32 channels) on AVX-512.
         Err(_) => {
             let want = if avx512() { "winograd" } else { "blocked" };
             assert_eq!(got, [want; 3], "default kernels");
+            // 1x3x3: 288 tiles >= 2 x 32 channels.
+            assert_eq!(got2, [want; 3], "default 1x3x3 kernels");
             // f64 always takes the blocked path; a one-frame map never Winograd.
             let x64 = tensor(&x, &c.x, DType::F64);
             let w64 = tensor(&w, &c.w(), DType::F64);
@@ -736,13 +854,29 @@ fn conv3d_kernels_follow_the_switches() {
 /// and bit-identical results with 1 and 2 threads for all three passes.
 #[test]
 fn conv3d_winograd_is_picked_exact_and_thread_count_free() {
+    let k133 = conv_case(
+        [2, 64, 4, 12, 13],
+        64,
+        [1, 3, 3],
+        [1; 3],
+        [0, 1, 1],
+        [1; 3],
+        false,
+    );
+    for c in [same3([2, 64, 4, 12, 13], 64), k133] {
+        winograd_exact_and_thread_count_free(&c);
+    }
+}
+
+fn winograd_exact_and_thread_count_free(c: &ConvCase) {
     use vssl::ops::conv3d_cpu_kernels;
-    let c = same3([2, 64, 4, 12, 13], 64);
+    let c = *c;
+    let taps: usize = c.k.iter().product();
     let x: Vec<f64> = rand_vec(numel(&c.x), 21)
         .iter()
         .map(|v| v.max(0.0))
         .collect();
-    let std = (2.0f64 / (27.0 * 64.0)).sqrt();
+    let std = (2.0f64 / (taps as f64 * 64.0)).sqrt();
     let w: Vec<f64> = rand_vec(numel(&c.w()), 22)
         .iter()
         .map(|v| v * std * 3f64.sqrt())

@@ -18,7 +18,7 @@ pub(super) enum Algo {
     Auto,
     /// The direct kernels wherever they apply, never Winograd.
     Direct,
-    /// Winograd wherever it applies (3x3x3 stride 1), else as `Auto`.
+    /// Winograd wherever it applies (3x3x3 or 1x3x3, stride 1), else as `Auto`.
     Winograd,
     /// The blocked vol2col+gemm path only (what a CPU without AVX-512 runs).
     Blocked,
@@ -101,12 +101,15 @@ fn allowed(g: &Geom, auto: bool) -> bool {
 
 /// The measured preference (`experiments/perf-cpu.md`, `vssl bench model` per-layer
 /// rows with `VSSL_CONV_ALGO=direct` and `=winograd`): Winograd wins where the layer
-/// has at least two 2x2x2 tiles per input channel, so its transformed weight
-/// (64·C·O floats, streamed once per block of tiles) is amortised, and at least two
-/// frames (a one-frame map wastes half of every tile, while the direct kernel skips
-/// the padded taps). R3D-18: layers 1 and 2 yes, 3 and 4 no, at 64 and 112 px.
+/// has at least two tiles per input channel, so its transformed weight (64·C·O
+/// floats for 3x3x3, 16·C·O for 1x3x3, streamed once per block of tiles) is
+/// amortised, and, for 3x3x3, at least two frames (a one-frame map wastes half of
+/// every tile, while the direct kernel skips the padded taps). R3D-18: layers 1 and
+/// 2 yes, 3 and 4 no, at 64 and 112 px. MC3-18's 1x3x3 layers at 112 px: weight
+/// gradient on layers 2 (78 ms against the direct kernel's 117, 3 calls) and 3 (a
+/// tie with the blocked kernel, 86-94 against 89), not 4 (130 against 90).
 fn prefers_winograd(g: &Geom) -> bool {
-    g.out[0] >= 2 && g.c >= 16 && g.o >= 16 && tiles(g) >= 2 * g.c.max(g.o)
+    frames_ok(g, 2) && g.c >= 16 && g.o >= 16 && tiles(g) >= 2 * g.c.max(g.o)
 }
 
 /// The forward and input gradient also win on deeper layers with fewer tiles per
@@ -115,12 +118,24 @@ fn prefers_winograd(g: &Geom) -> bool {
 /// 43 ms against the direct kernel's 55 (forward, 3 calls) and 43 against 59 (input
 /// gradient). At 2 frames (layer 3 at 64 px, layer 4) the direct kernel stays faster,
 /// and the weight gradient of these layers stays on the blocked kernel (Winograd
-/// measured 83 ms against 56).
+/// measured 83 ms against 56). MC3-18's 1x3x3 layer 4 (512 channels, 16x7x7, batch
+/// 2): forward 80-100 ms against 109, input gradient 67-82 against 113.
 fn prefers_winograd_deep(g: &Geom) -> bool {
-    g.out[0] >= 4 && g.c >= 16 && g.o >= 16 && 2 * tiles(g) >= g.c.max(g.o)
+    frames_ok(g, 4) && g.c >= 16 && g.o >= 16 && 2 * tiles(g) >= g.c.max(g.o)
 }
 
-/// 2x2x2 output tiles of the whole batch.
+/// A 3x3x3 layer's map has at least `least` frames; a 1x3x3 layer's tiles are one
+/// frame deep and waste none.
+fn frames_ok(g: &Geom, least: usize) -> bool {
+    g.k[0] == 1 || g.out[0] >= least
+}
+
+/// Output tiles of the whole batch: 2x2x2, or 1x2x2 for a 1x3x3 kernel.
 fn tiles(g: &Geom) -> usize {
-    g.n * g.out.iter().map(|v| v.div_ceil(2)).product::<usize>()
+    let t = if g.k[0] == 1 {
+        g.out[0]
+    } else {
+        g.out[0].div_ceil(2)
+    };
+    g.n * t * g.out[1].div_ceil(2) * g.out[2].div_ceil(2)
 }

@@ -1,5 +1,7 @@
-//! Winograd F(2x2x2, 3x3x3) conv3d on AVX-512: forward, input gradient and weight
-//! gradient of 3x3x3 stride-1 convolutions (padding 0, 1 or 2 per axis).
+//! Winograd F(2x2x2, 3x3x3) and F(2x2, 3x3) conv3d on AVX-512: forward, input
+//! gradient and weight gradient of 3x3x3 stride-1 convolutions (padding 0, 1 or 2 per
+//! axis) and of 1x3x3 stride-1 ones (MC3-18's layers 2-4, R(2+1)D's spatial halves:
+//! one-frame tiles, 16 points per 2x2 outputs instead of 36 multiplies).
 //!
 //! Why it exists: nearly every convolution of R3D-18, MC3-18 and C3D is 3x3x3 at
 //! stride 1, and the direct kernels already run those near this machine's FMA peak.
@@ -14,12 +16,16 @@
 //! vector load. Work goes in blocks of `NB` consecutive 2x2x2 tiles (order n, t, h,
 //! w); per block, `V[ξ][tile][c] = (Bᵀ d B)` for the 64 points ξ, then 64 small
 //! gemms `M[ξ] = V[ξ] · U[ξ]` with the transformed weight `U[ξ][c][o] = (G g Gᵀ)`,
-//! then `y = Aᵀ M A` scattered to NCTHW. Every block's scratch stays in L2.
+//! then `y = Aᵀ M A` scattered to NCTHW. Every block's scratch stays in L2. Deep
+//! layers (256 channels and more, where one pass over `U` costs more than a block's
+//! products) instead run point-major: all tiles transformed first, then one gemm per
+//! point over all tiles, so each point's `U` (or, for the weight gradient, `dU`) is
+//! read once and stays in L2.
 //!
 //! Determinism: each output element of the forward and input gradient comes from one
 //! block with a fixed order of operations; the weight gradient sums blocks in order
-//! within a fixed-size chunk and chunks in order, so results do not depend on the
-//! thread count.
+//! within a fixed-size chunk and chunks in order (point-major: all tiles in order per
+//! point), so results do not depend on the thread count.
 //!
 //! Accuracy: the F(2,3) transforms have coefficients 0, ±1 and ±1/2 only; the
 //! relative error against an f64 reference is of the order of the direct kernel's
@@ -33,8 +39,10 @@ use rayon::prelude::*;
 use super::geometry::Geom;
 use super::{scratch, SyncPtr};
 
-/// Transformed points of a 4x4x4 tile.
+/// Transformed points of a 4x4x4 tile (3x3x3 kernels).
 const PTS: usize = 64;
+/// Transformed points of a 1x4x4 tile (1x3x3 kernels).
+const PTS2: usize = 16;
 /// Tiles per block (a multiple of the gemm's register rows `R`).
 const NB: usize = 48;
 /// Tiles per gemm register tile.
@@ -43,14 +51,26 @@ const R: usize = 6;
 /// otherwise lie a multiple of 4 KiB apart and 64 of them share one L1 set.
 const SKEW: usize = 16;
 
-/// Whether the Winograd kernels can compute `g` (3x3x3, stride 1, dilation 1,
-/// padding at most 2 on every axis).
+/// Whether the Winograd kernels can compute `g`: stride 1, dilation 1, a 3x3x3
+/// kernel with padding at most 2 on every axis, or a 1x3x3 kernel (MC3-18's layers
+/// 2-4, the spatial half of R(2+1)D) without temporal padding and at most 2 on the
+/// other axes.
 pub(super) fn fits(g: &Geom) -> bool {
-    g.k == [3; 3] && g.stride == [1; 3] && g.dil == [1; 3] && g.pad.iter().all(|&p| p <= 2)
+    let spatial = g.pad[1] <= 2 && g.pad[2] <= 2;
+    let kernel = match g.k {
+        [3, 3, 3] => g.pad[0] <= 2,
+        [1, 3, 3] => g.pad[0] == 0,
+        _ => false,
+    };
+    kernel && spatial && g.stride == [1; 3] && g.dil == [1; 3]
 }
 
 /// One problem in the core's terms: `c` input channels on `inp`, `o` outputs on
-/// `out`, padding `pad` (so `out = inp + 2·pad - 2`).
+/// `out`, padding `pad` (so `out = inp + 2·pad - 2` on the 3-tap axes).
+///
+/// With `t3` the kernel is 3x3x3 and the tiles F(2x2x2, 3x3x3); without, it is 1x3x3
+/// and the tiles F(1x2x2, 1x3x3) = F(2x2, 3x3) per frame: the time axis has one-frame
+/// tiles and an identity transform, 16 points per tile.
 #[derive(Clone, Copy)]
 struct Prob {
     n: usize,
@@ -59,6 +79,7 @@ struct Prob {
     inp: [usize; 3],
     out: [usize; 3],
     pad: [usize; 3],
+    t3: bool,
 }
 
 impl Prob {
@@ -71,18 +92,47 @@ impl Prob {
             inp: g.inp,
             out: g.out,
             pad: g.pad,
+            t3: g.k[0] == 3,
         }
     }
-    /// 2x2x2 tiles per axis.
+    /// Outputs per tile and axis.
+    fn m(&self) -> [usize; 3] {
+        [if self.t3 { 2 } else { 1 }, 2, 2]
+    }
+    /// Transformed points per tile.
+    fn pts(&self) -> usize {
+        if self.t3 {
+            PTS
+        } else {
+            PTS2
+        }
+    }
+    /// Kernel taps.
+    fn taps(&self) -> usize {
+        if self.t3 {
+            27
+        } else {
+            9
+        }
+    }
+    /// Tiles per axis.
     fn tiles(&self) -> [usize; 3] {
-        self.out.map(|v| v.div_ceil(2))
+        let m = self.m();
+        std::array::from_fn(|a| self.out[a].div_ceil(m[a]))
     }
     fn total_tiles(&self) -> usize {
         self.n * self.tiles().iter().product::<usize>()
     }
-    /// Padded channels-last extent per axis: every tile's 4x4x4 window fits.
+    /// The tiles' output grid per axis (the output rounded up to whole tiles).
+    fn even(&self) -> [usize; 3] {
+        let (t, m) = (self.tiles(), self.m());
+        std::array::from_fn(|a| t[a] * m[a])
+    }
+    /// Padded channels-last extent per axis: every tile's window (4 wide on a 3-tap
+    /// axis, 1 on the time axis of a 1x3x3 kernel) fits.
     fn padded(&self) -> [usize; 3] {
-        self.tiles().map(|t| 2 * t + 2)
+        let e = self.even();
+        [e[0] + if self.t3 { 2 } else { 0 }, e[1] + 2, e[2] + 2]
     }
     fn cp(&self) -> usize {
         self.c.div_ceil(16) * 16
@@ -90,73 +140,139 @@ impl Prob {
     fn op(&self) -> usize {
         self.o.div_ceil(16) * 16
     }
+    /// The block layouts of the transformed input (`Cp` wide) and of the products or
+    /// transformed gradient (`Op` wide).
+    fn lays(&self) -> (Lay, Lay) {
+        let pts = self.pts();
+        let lay = |w| Lay {
+            w,
+            pts,
+            rs: row_stride(w),
+        };
+        (lay(self.cp()), lay(self.op()))
+    }
+    /// Floats between the transformed weight's rows (`Op` wide).
+    fn us(&self) -> usize {
+        row_stride(self.op())
+    }
+}
+
+/// The stride of rows `w` floats wide in the transformed blocks and weight: `w`, or
+/// 16 more from 256 up, where rows a multiple of 1 KiB apart would pile the gemms'
+/// register-tile rows onto a few L1 sets (512-channel layers ran at a third of the
+/// FMA peak).
+fn row_stride(w: usize) -> usize {
+    if w >= 256 {
+        w + 16
+    } else {
+        w
+    }
 }
 
 /// `y = conv(x, w)`, `[N, O, T', H', W']`, for a geometry where [`fits`] holds.
 pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let p = Prob::of(g);
-    // Weight (o, c, k) at (o·C + c)·27 + k.
-    let u = transform_weight(p.c, p.o, |o, c| &w[(o * g.c + c) * 27..][..27], false);
+    let kk = p.taps();
+    // Weight (o, c, k) at (o·C + c)·kk + k.
+    let u = transform_weight(&p, |o, c| &w[(o * g.c + c) * kk..][..kk], false);
     conv(&p, x, &u)
 }
 
 /// `dx`, `[N, C, T, H, W]`: the convolution of `dY` with the kernel flipped and
 /// transposed, padding `2 - p`.
 pub(super) fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let t3 = g.k[0] == 3;
     let p = Prob {
         n: g.n,
         c: g.o,
         o: g.c,
         inp: g.out,
         out: g.inp,
-        pad: g.pad.map(|v| 2 - v),
+        // A 1-tap time axis has no padding either way.
+        pad: [
+            if t3 { 2 - g.pad[0] } else { 0 },
+            2 - g.pad[1],
+            2 - g.pad[2],
+        ],
+        t3,
     };
+    let kk = p.taps();
     // Output channel `c` of dx reads input channel `o` of dY through w[o, c, flipped].
-    let u = transform_weight(p.c, p.o, |c, o| &w[(o * g.c + c) * 27..][..27], true);
+    let u = transform_weight(&p, |c, o| &w[(o * g.c + c) * kk..][..kk], true);
     conv(&p, dy, &u)
 }
 
-/// `U[ξ][c][o] = (G g_{o,c} Gᵀ)[ξ]`, `[64, C, Op]` (columns past `o` zero); `g_of(o,
-/// c)` gives the 27 taps in (t, h, w) order, read flipped when `flip`. Sixteen output
-/// channels at a time, one lane each, so the transform vectorises and each point's
-/// row of 16 is one contiguous store (it was a fifth of a 256-channel layer's time
-/// as scalar code with scattered stores).
+/// `U[ξ][c][o] = (G g_{o,c} Gᵀ)[ξ]`, `[pts, C, Op]` for `p`'s `c` and `o` (columns
+/// past `o` zero); `g_of(o, c)` gives the taps in (t, h, w) order, read flipped when
+/// `flip`. Sixteen output channels at a time, one lane each, so the transform
+/// vectorises and each point's row of 16 is one contiguous store (it was a fifth of a
+/// 256-channel layer's time as scalar code with scattered stores).
 fn transform_weight<'a>(
-    c: usize,
-    o: usize,
+    p: &Prob,
     g_of: impl Fn(usize, usize) -> &'a [f32] + Sync,
     flip: bool,
 ) -> Vec<f32> {
-    let op = o.div_ceil(L) * L;
-    let len = PTS * c * op;
+    let len = p.pts() * p.c * p.us();
     let mut u: Vec<f32> = Vec::with_capacity(len);
     let up = SyncPtr(u.as_mut_ptr());
-    (0..c).into_par_iter().for_each(|ci| {
-        for o0 in (0..op).step_by(L) {
-            let mut taps = [[0f64; L]; 27];
-            for (l, oi) in (o0..o.min(o0 + L)).enumerate() {
-                let src = g_of(oi, ci);
-                for (k, t) in taps.iter_mut().enumerate() {
-                    t[l] = src[if flip { 26 - k } else { k }] as f64;
-                }
-            }
-            let t = weight_tile(&taps);
-            for (xi, v) in t.iter().enumerate() {
-                // SAFETY: row `ci` of every point belongs to this task only, and the
-                // `op / L` lane groups of all `c` rows cover all `len` elements.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        v.as_ptr(),
-                        up.get().add((xi * c + ci) * op + o0),
-                        L,
-                    )
-                };
-            }
-        }
-    });
-    // SAFETY: every element was written above.
+    // SAFETY: AVX-512F is checked by the caller; row `ci` of every point is this
+    // task's only.
+    (0..p.c)
+        .into_par_iter()
+        .for_each(|ci| unsafe { weight_rows(p, ci, &g_of, flip, up) });
+    // SAFETY: every element was written (all `op / L` lane groups of all `c` rows of
+    // every point, and the stride's tails).
     unsafe { u.set_len(len) };
     u
+}
+
+/// Row `ci` of every point of [`transform_weight`]'s `U` at `up`, compiled for
+/// AVX-512 (the f64 transforms then run 8 lanes wide).
+///
+/// # Safety
+/// AVX-512F must be available; row `ci` of every point is the caller's only.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn weight_rows<'a>(
+    p: &Prob,
+    ci: usize,
+    g_of: &impl Fn(usize, usize) -> &'a [f32],
+    flip: bool,
+    up: SyncPtr<f32>,
+) {
+    let (c, o, kk, t3) = (p.c, p.o, p.taps(), p.t3);
+    let (op, us) = (p.op(), p.us());
+    let row = |xi: usize| up.get().add((xi * c + ci) * us);
+    // Lanes past `o` stay zero; full groups overwrite every lane they use.
+    let mut taps = [[0f64; L]; 27];
+    for o0 in (0..op).step_by(L) {
+        if o0 + L > o {
+            taps = [[0f64; L]; 27];
+        }
+        for (l, oi) in (o0..o.min(o0 + L)).enumerate() {
+            let src = g_of(oi, ci);
+            for (k, t) in taps[..kk].iter_mut().enumerate() {
+                t[l] = src[if flip { kk - 1 - k } else { k }] as f64;
+            }
+        }
+        // SAFETY: row `ci` of every point is this call's.
+        let store = |xi: usize, v: &[f32; L]| unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), row(xi).add(o0), L)
+        };
+        if t3 {
+            weight_tile(&taps)
+                .iter()
+                .enumerate()
+                .for_each(|(xi, v)| store(xi, v));
+        } else {
+            weight_tile_2d(&taps)
+                .iter()
+                .enumerate()
+                .for_each(|(xi, v)| store(xi, v));
+        }
+    }
+    for xi in 0..p.pts() {
+        std::ptr::write_bytes(row(xi).add(op), 0, us - op);
+    }
 }
 
 /// Lanes of the weight transforms: 16 output channels.
@@ -178,6 +294,7 @@ fn g_row(v: [&[f64; L]; 3]) -> [[f64; L]; 4] {
 
 /// `G g Gᵀ` along all three axes of 16 3x3x3 kernels, one per lane (in f64, rounded
 /// once).
+#[inline(always)]
 fn weight_tile(g: &[[f64; L]; 27]) -> [[f32; L]; PTS] {
     // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
     let mut a = [[[[0f64; L]; 4]; 3]; 3]; // [i][j][e]
@@ -204,6 +321,25 @@ fn weight_tile(g: &[[f64; L]; 27]) -> [[f32; L]; PTS] {
                 for l in 0..L {
                     out[(aa * 4 + bb) * 4 + e][l] = r[aa][l] as f32;
                 }
+            }
+        }
+    }
+    out
+}
+
+/// `G g Gᵀ` along H and W of 16 1x3x3 kernels (the first 9 of `g`), one per lane.
+#[inline(always)]
+fn weight_tile_2d(g: &[[f64; L]; 27]) -> [[f32; L]; PTS2] {
+    let mut a = [[[0f64; L]; 4]; 3]; // [j][e]
+    for j in 0..3 {
+        a[j] = g_row([&g[j * 3], &g[j * 3 + 1], &g[j * 3 + 2]]);
+    }
+    let mut out = [[0f32; L]; PTS2];
+    for e in 0..4 {
+        let r = g_row([&a[0][e], &a[1][e], &a[2][e]]);
+        for bb in 0..4 {
+            for l in 0..L {
+                out[bb * 4 + e][l] = r[bb][l] as f32;
             }
         }
     }
@@ -250,37 +386,45 @@ fn channels_last(p: &Prob, x: &[f32], dst: &mut Vec<f32>) {
 /// The tile's base offset in the channels-last input and its output origin.
 fn tile_at(p: &Prob, tile: usize) -> (usize, usize, [usize; 3]) {
     let [tt, th, tw] = p.tiles();
-    let [_, hp, wp] = p.padded();
+    let [tp, hp, wp] = p.padded();
     let per = tt * th * tw;
     let (ni, r) = (tile / per, tile % per);
-    let o = [2 * (r / (th * tw)), 2 * ((r / tw) % th), 2 * (r % tw)];
-    let [tp, _, _] = p.padded();
+    let o = [
+        p.m()[0] * (r / (th * tw)),
+        2 * ((r / tw) % th),
+        2 * (r % tw),
+    ];
     let base = (((ni * tp + o[0]) * hp + o[1]) * wp + o[2]) * p.cp();
     (ni, base, o)
 }
 
 /// Where a transformed block keeps its values: rows (tiles) in groups of `R`, each
-/// group holding the 64 points one after another, each point `R` rows of `w` floats
-/// (`Cp` or `Op`) plus a skew. The gemm reads one group's point contiguously and the
-/// 64 points of one tile lie 25 cache lines apart, on distinct L1 sets and few pages.
+/// group holding the points (64 or 16) one after another, each point `R` rows of `w`
+/// floats (`Cp` or `Op`) plus a skew. The gemm reads one group's point contiguously
+/// and the points of one tile lie 25 cache lines apart (at 64 channels), on distinct
+/// L1 sets and few pages.
 #[derive(Clone, Copy)]
 struct Lay {
     /// Floats per row.
     w: usize,
+    /// Points per tile.
+    pts: usize,
+    /// Floats between rows (`w` or a little more, [`row_stride`]).
+    rs: usize,
 }
 
 impl Lay {
     /// Floats between points of a group.
     fn ps(self) -> usize {
-        R * self.w + SKEW
+        R * self.rs + SKEW
     }
     /// Floats between groups.
     fn gs(self) -> usize {
-        PTS * self.ps()
+        self.pts * self.ps()
     }
     /// Offset of row `j`, point `xi`.
     fn at(self, j: usize, xi: usize) -> usize {
-        (j / R) * self.gs() + xi * self.ps() + (j % R) * self.w
+        (j / R) * self.gs() + xi * self.ps() + (j % R) * self.rs
     }
     /// Floats for `rows` rows (a multiple of `R`).
     fn len(self, rows: usize) -> usize {
@@ -298,28 +442,38 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
     // Outputs first go channels-last on the tiles' even grid (8 vector stores per
     // tile and 16 channels), then one transposing pass writes NCTHW.
     let mut ycl = YCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let even: usize = p.tiles().iter().map(|t| 2 * t).product();
+    let even: usize = p.even().iter().product();
     let ycp = SyncPtr(scratch(&mut ycl, p.n * even * p.op()).as_mut_ptr());
     let xcl_ref = &xcl[..];
-    (0..blocks).into_par_iter().for_each(|b| {
-        BLOCK.with(|s| {
-            let (v, m) = &mut *s.borrow_mut();
-            let t0 = b * nb;
-            let nt = nb.min(total - t0);
-            let rows = nt.div_ceil(R) * R;
-            let (lv, lm) = (Lay { w: p.cp() }, Lay { w: p.op() });
-            scratch(v, lv.len(rows));
-            scratch(m, lm.len(rows));
-            // SAFETY: AVX-512F is checked by the caller (`super::cpu`); the block's
-            // output tiles belong to this task only.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                avx512::transform_block::<false>(p, xcl_ref, (t0, nt, rows), lv, v.as_mut_ptr());
-                avx512::products(p, v, u, rows, m);
-                avx512::output_block(p, m, t0, nt, ycp);
-            }
-        })
-    });
+    if let Some(chunk) = whole_chunk(p) {
+        whole_products(p, xcl_ref, u, chunk, ycp);
+    } else {
+        (0..blocks).into_par_iter().for_each(|b| {
+            BLOCK.with(|s| {
+                let (v, m) = &mut *s.borrow_mut();
+                let t0 = b * nb;
+                let nt = nb.min(total - t0);
+                let rows = nt.div_ceil(R) * R;
+                let (lv, lm) = p.lays();
+                scratch(v, lv.len(rows));
+                scratch(m, lm.len(rows));
+                // SAFETY: AVX-512F is checked by the caller (`super::cpu`); the block's
+                // output tiles belong to this task only.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::transform_block::<false>(
+                        p,
+                        xcl_ref,
+                        (t0, nt, rows),
+                        lv,
+                        v.as_mut_ptr(),
+                    );
+                    avx512::products(p, v, u, rows, m);
+                    avx512::output_block(p, m, t0, nt, ycp);
+                }
+            })
+        });
+    }
     XCL.with(|s| *s.borrow_mut() = xcl);
     let (o, [ot, oh, ow]) = (p.o, p.out);
     let l = ot * oh * ow;
@@ -328,7 +482,7 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
     let len = p.n * o * l;
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let yp = SyncPtr(y.spare_capacity_mut().as_mut_ptr() as *mut f32);
-    let [_, eh, ew] = p.tiles().map(|t| 2 * t);
+    let [_, eh, ew] = p.even();
     let ycl_ref = &ycl[..];
     (0..p.n * ot).into_par_iter().for_each(|nt_| {
         let (ni, t) = (nt_ / ot, nt_ % ot);
@@ -350,6 +504,92 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
     y
 }
 
+/// The tiles per transform chunk when `p` runs point-major ([`whole_products`]): on
+/// deep layers (at least 256 channels on one side) whose transformed input and
+/// products for all tiles take at most `WHOLE_MB`. There a block of tiles does too
+/// little work per pass over the transformed weight (`pts·C·O` floats, 16 MB at 512
+/// channels) or, for the weight gradient, over its `dU`.
+fn whole_chunk(p: &Prob) -> Option<usize> {
+    let rows = p.total_tiles().div_ceil(R) * R;
+    let (lv, lm) = p.lays();
+    let bytes = 4 * (lv.len(rows) + lm.len(rows));
+    (p.c.max(p.o) >= 256 && bytes <= WHOLE_MB << 20).then_some(4 * R)
+}
+
+/// The largest point-major footprint, MB.
+const WHOLE_MB: usize = 96;
+
+/// The forward core point-major: all tiles transformed first (in chunks of `chunk`
+/// tiles, in parallel), then one gemm per point over all tiles (so each point's
+/// transformed weight is read once and stays in L2), then the output transforms.
+/// Every product is the one the blocked order computes, so the output bits agree.
+fn whole_products(p: &Prob, xcl: &[f32], u: &[f32], chunk: usize, ycp: SyncPtr<f32>) {
+    with_whole(p, |vs, ms| {
+        whole_products_in(p, (xcl, u), chunk, ycp, vs, ms)
+    })
+}
+
+/// Runs `f` on the point-major buffers of all of `p`'s tiles (input side, output
+/// side), kept between calls.
+fn with_whole<T>(p: &Prob, f: impl FnOnce(&mut [f32], &mut [f32]) -> T) -> T {
+    let rows = p.total_tiles().div_ceil(R) * R;
+    let (lv, lm) = p.lays();
+    let (mut v, mut m) = WHOLE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let r = f(scratch(&mut v, lv.len(rows)), scratch(&mut m, lm.len(rows)));
+    WHOLE.with(|s| *s.borrow_mut() = (v, m));
+    r
+}
+
+/// [`whole_products`] on the buffers `vs`, `ms`.
+fn whole_products_in(
+    p: &Prob,
+    (xcl, u): (&[f32], &[f32]),
+    chunk: usize,
+    ycp: SyncPtr<f32>,
+    vs: &mut [f32],
+    ms: &mut [f32],
+) {
+    let total = p.total_tiles();
+    let rows = total.div_ceil(R) * R;
+    let (lv, lm) = p.lays();
+    // SAFETY (all three stages): AVX-512F is checked by the caller; chunk `b` owns
+    // groups `b·chunk/R..` of `v` and `m`, point `xi` owns its rows of every group of
+    // `m`, and a chunk's tiles own their outputs.
+    vs.par_chunks_mut(lv.len(chunk))
+        .enumerate()
+        .for_each(|(b, vc)| {
+            let t0 = b * chunk;
+            let nt = chunk.min(total - t0);
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::transform_block::<false>(
+                    p,
+                    xcl,
+                    (t0, nt, nt.div_ceil(R) * R),
+                    lv,
+                    vc.as_mut_ptr(),
+                )
+            };
+        });
+    let mp = SyncPtr(ms.as_mut_ptr());
+    let vr = &vs[..];
+    (0..p.pts()).into_par_iter().for_each(|xi| {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx512::point_products(p, vr, u, rows, mp.get(), xi)
+        };
+    });
+    ms.par_chunks(lm.len(chunk))
+        .enumerate()
+        .for_each(|(b, mc)| {
+            let t0 = b * chunk;
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::output_block(p, mc, t0, chunk.min(total - t0), ycp)
+            };
+        });
+}
+
 /// Tiles per block: `NB`, or fewer (a multiple of `R`) so both cores get several
 /// blocks on small maps. Up to 64 channels a block of 12 tiles measured 5-10%
 /// faster (its transforms stay nearer L1 beside the 1 MB transformed weight); wider
@@ -357,7 +597,13 @@ fn conv(p: &Prob, x: &[f32], u: &[f32]) -> Vec<f32> {
 fn block_tiles(p: &Prob) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let want = p.total_tiles().div_ceil(4 * threads).div_ceil(R) * R;
-    let most = if p.c.max(p.o) <= 64 { 2 * R } else { NB };
+    let most = match (p.c.max(p.o) <= 64, p.t3) {
+        (true, _) => 2 * R,
+        (false, true) => NB,
+        // A 1x4x4 tile's transforms are a quarter of a 4x4x4 tile's: 96 tiles keep the
+        // block in L2 (MC3-18's layers 2-4 measured 5-10% faster than with 48).
+        (false, false) => 2 * NB,
+    };
     want.clamp(R, most)
 }
 
@@ -383,18 +629,61 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     };
     let mut dycl = DYCL.with(|s| std::mem::take(&mut *s.borrow_mut()));
     channels_last(&dyp, dy, &mut dycl);
+    let (cp, op, pts) = (p.cp(), p.op(), p.pts());
+    let du = match whole_chunk(&p) {
+        Some(chunk) => du_whole(&p, &xcl, &dycl, chunk),
+        None => du_blocked(&p, &xcl, &dycl),
+    };
+    XCL.with(|s| *s.borrow_mut() = xcl);
+    DYCL.with(|s| *s.borrow_mut() = dycl);
+    // dW[o][c] = Gᵀ dU[·][c][o] G, 16 output channels at a time (one lane each: each
+    // point's 16 values are one contiguous read of dU).
+    let (c, o, kk) = (p.c, p.o, p.taps());
+    let mut dw = vec![0f32; o * c * kk];
+    dw.par_chunks_mut(L * c * kk)
+        .enumerate()
+        .for_each(|(ob, dst)| {
+            let o0 = ob * L;
+            for ci in 0..c {
+                let t: [[f64; L]; PTS] = std::array::from_fn(|xi| {
+                    let mut v = [0f64; L];
+                    if xi < pts {
+                        let src = &du[(xi * cp + ci) * op + o0..][..L];
+                        v = std::array::from_fn(|l| src[l] as f64);
+                    }
+                    v
+                });
+                let r = if p.t3 {
+                    weight_tile_t(&t)
+                } else {
+                    weight_tile_t_2d(&t)
+                };
+                for l in 0..dst.len() / (c * kk) {
+                    let d = &mut dst[(l * c + ci) * kk..][..kk];
+                    for (k, v) in d.iter_mut().enumerate() {
+                        *v = r[k][l];
+                    }
+                }
+            }
+        });
+    dw
+}
+
+/// `dU` from blocks of tiles: a fixed number of parts (by layer, not thread count),
+/// each accumulating its own partial `dU` block by block, summed in order.
+fn du_blocked(p: &Prob, xcl_ref: &[f32], dycl_ref: &[f32]) -> Vec<f32> {
     let (cp, op) = (p.cp(), p.op());
-    let (lv, lm) = (Lay { w: cp }, Lay { w: op });
+    let (lv, lm) = p.lays();
     let total = p.total_tiles();
     let nb = DW_NB;
     let blocks = total.div_ceil(nb);
-    let du_len = PTS * cp * op;
+    let pts = p.pts();
+    let du_len = pts * cp * op;
     // At most 8 partial sums and about 64 MB of them.
     let parts = ((64 << 20) / (4 * du_len)).clamp(1, 8).min(blocks);
     // Reused between calls: tens of MB of fresh pages per call cost more than the
     // products (page faults serialise on the address-space lock).
     let mut partial = PARTIAL.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    let (xcl_ref, dycl_ref) = (&xcl[..], &dycl[..]);
     scratch(&mut partial, parts * du_len)
         .par_chunks_mut(du_len)
         .enumerate()
@@ -413,38 +702,27 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         avx512::transform_block::<false>(
-                            &p,
+                            p,
                             xcl_ref,
                             (t0, nt, rows),
                             lv,
                             v.as_mut_ptr(),
                         );
                         avx512::transform_block::<true>(
-                            &p,
+                            p,
                             dycl_ref,
                             (t0, nt, rows),
                             lm,
                             m.as_mut_ptr(),
                         );
-                        for xi in 0..PTS {
-                            for ob in 0..op.div_ceil(64) {
-                                avx512::dw_gemm(
-                                    v,
-                                    m,
-                                    (lv, lm),
-                                    xi,
-                                    rows,
-                                    ob,
-                                    du.as_mut_ptr().add(xi * cp * op),
-                                );
-                            }
+                        for xi in 0..pts {
+                            let d = du.as_mut_ptr().add(xi * cp * op);
+                            avx512::dw_point(v, m, (lv, lm), xi, rows, d);
                         }
                     }
                 }
             })
         });
-    XCL.with(|s| *s.borrow_mut() = xcl);
-    DYCL.with(|s| *s.borrow_mut() = dycl);
     // Parts summed in order.
     let mut du = vec![0f32; du_len];
     du.par_chunks_mut(4096).enumerate().for_each(|(i, d)| {
@@ -457,29 +735,52 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     });
     PARTIAL.with(|s| *s.borrow_mut() = partial);
-    // dW[o][c] = Gᵀ dU[·][c][o] G, 16 output channels at a time (one lane each: each
-    // point's 16 values are one contiguous read of dU).
-    let (c, o) = (p.c, p.o);
-    let mut dw = vec![0f32; o * c * 27];
-    dw.par_chunks_mut(L * c * 27)
+    du
+}
+
+/// `dU` point-major, for the layers [`whole_chunk`] picks: all tiles' `V` and
+/// transformed dY first, then per point one reduction over all tiles in order (no
+/// partial sums; each point's `dU` stays in L2).
+fn du_whole(p: &Prob, xcl: &[f32], dycl: &[f32], chunk: usize) -> Vec<f32> {
+    with_whole(p, |vs, ms| du_whole_in(p, (xcl, dycl), chunk, vs, ms))
+}
+
+/// [`du_whole`] on the buffers `vs`, `ms`.
+fn du_whole_in(
+    p: &Prob,
+    (xcl, dycl): (&[f32], &[f32]),
+    chunk: usize,
+    vs: &mut [f32],
+    ms: &mut [f32],
+) -> Vec<f32> {
+    let (cp, op, pts) = (p.cp(), p.op(), p.pts());
+    let total = p.total_tiles();
+    let rows = total.div_ceil(R) * R;
+    let (lv, lm) = p.lays();
+    // SAFETY (both stages): AVX-512F is checked by the caller; chunk `b` owns groups
+    // `b·chunk/R..` of `v` and `m`; point `xi` owns its slice of `du`.
+    vs.par_chunks_mut(lv.len(chunk))
+        .zip(ms.par_chunks_mut(lm.len(chunk)))
         .enumerate()
-        .for_each(|(ob, dst)| {
-            let o0 = ob * L;
-            for ci in 0..c {
-                let t: [[f64; L]; PTS] = std::array::from_fn(|xi| {
-                    let src = &du[(xi * cp + ci) * op + o0..][..L];
-                    std::array::from_fn(|l| src[l] as f64)
-                });
-                let r = weight_tile_t(&t);
-                for l in 0..dst.len() / (c * 27) {
-                    let d = &mut dst[(l * c + ci) * 27..][..27];
-                    for (k, v) in d.iter_mut().enumerate() {
-                        *v = r[k][l];
-                    }
-                }
+        .for_each(|(b, (vc, mc))| {
+            let t0 = b * chunk;
+            let nt = chunk.min(total - t0);
+            let r = nt.div_ceil(R) * R;
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::transform_block::<false>(p, xcl, (t0, nt, r), lv, vc.as_mut_ptr());
+                avx512::transform_block::<true>(p, dycl, (t0, nt, r), lm, mc.as_mut_ptr());
             }
         });
-    dw
+    let mut du = vec![0f32; pts * cp * op];
+    let (vr, mr) = (&vs[..], &ms[..]);
+    du.par_chunks_mut(cp * op).enumerate().for_each(|(xi, d)| {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx512::dw_point(vr, mr, (lv, lm), xi, rows, d.as_mut_ptr())
+        };
+    });
+    du
 }
 
 /// Tiles per weight-gradient block: each block reads and writes its task's whole
@@ -487,21 +788,45 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 /// tile; 24 measured best on R3D-18's 64- and 128-channel layers (18-48 within 8%).
 const DW_NB: usize = 24;
 
+/// `Gᵀ v` lane by lane, the adjoint of [`g_row`]: `Gᵀ = [[1, 1/2, 1/2, 0], [0, 1/2,
+/// -1/2, 0], [0, 1/2, 1/2, 1]]`.
+#[inline(always)]
+fn gt_row(v: [&[f64; L]; 4]) -> [[f64; L]; 3] {
+    let mut r = [[0f64; L]; 3];
+    for l in 0..L {
+        let (a, b, c, d) = (v[0][l], v[1][l], v[2][l], v[3][l]);
+        r[0][l] = a + 0.5 * (b + c);
+        r[1][l] = 0.5 * (b - c);
+        r[2][l] = 0.5 * (b + c) + d;
+    }
+    r
+}
+
+/// `Gᵀ t G` along H and W of 16 transformed 1x4x4 tiles (the first 16 points of
+/// `t`), one per lane: the adjoint of [`weight_tile_2d`]. Taps 9.. of the result are
+/// zero.
+fn weight_tile_t_2d(t: &[[f64; L]; PTS]) -> [[f32; L]; 27] {
+    let mut a = [[[0f64; L]; 3]; 4]; // [bb][k]
+    for bb in 0..4 {
+        let b = bb * 4;
+        a[bb] = gt_row([&t[b], &t[b + 1], &t[b + 2], &t[b + 3]]);
+    }
+    let mut out = [[0f32; L]; 27];
+    for k in 0..3 {
+        let r = gt_row([&a[0][k], &a[1][k], &a[2][k], &a[3][k]]);
+        for j in 0..3 {
+            for l in 0..L {
+                out[j * 3 + k][l] = r[j][l] as f32;
+            }
+        }
+    }
+    out
+}
+
 /// `Gᵀ t G` along all three axes of 16 transformed tiles, one per lane: the adjoint
 /// of [`weight_tile`].
 fn weight_tile_t(t: &[[f64; L]; PTS]) -> [[f32; L]; 27] {
-    // Gᵀ = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
-    #[inline(always)]
-    fn row(v: [&[f64; L]; 4]) -> [[f64; L]; 3] {
-        let mut r = [[0f64; L]; 3];
-        for l in 0..L {
-            let (a, b, c, d) = (v[0][l], v[1][l], v[2][l], v[3][l]);
-            r[0][l] = a + 0.5 * (b + c);
-            r[1][l] = 0.5 * (b - c);
-            r[2][l] = 0.5 * (b + c) + d;
-        }
-        r
-    }
+    let row = gt_row;
     let mut a = [[[[0f64; L]; 3]; 4]; 4]; // [aa][bb][k]
     for aa in 0..4 {
         for bb in 0..4 {
@@ -542,6 +867,9 @@ thread_local! {
     static DYCL: std::cell::RefCell<Vec<f32>> = Default::default();
     /// The weight gradient's partial sums.
     static PARTIAL: std::cell::RefCell<Vec<f32>> = Default::default();
+    /// All tiles' transformed input and products (or transformed dY) on layers that
+    /// run point-major.
+    static WHOLE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
     /// A block's transformed input and product (or transformed dY), laid out by `Lay`.
     static BLOCK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = Default::default();
 }
@@ -679,14 +1007,15 @@ mod avx512 {
     /// `Bᵀ d B` (3D) of the 4x4x4 window at `src` (16 channels; frame, row and
     /// position strides in floats), point `ξ = (i·4 + j)·4 + k` stored at `dst(ξ)`.
     /// Per frame the W and H passes run in registers; one stack round trip for T.
+    /// Without `T3`, the 2D transform of the 1x4x4 window (points `j·4 + k`).
     #[inline(always)]
-    unsafe fn input_tile(
+    unsafe fn input_tile<const T3: bool>(
         src: *const f32,
         [st, sh, sw]: [usize; 3],
         dst: impl Fn(usize) -> *mut f32,
     ) {
         let mut f = Stack::<PTS>::new(); // [i][j][k], transformed along k and j
-        for i in 0..4 {
+        for i in 0..if T3 { 4 } else { 1 } {
             let r: [[__m512; 4]; 4] = std::array::from_fn(|row| {
                 // [row][k]
                 let p = src.add(i * st + row * sh);
@@ -695,9 +1024,16 @@ mod avx512 {
             for k in 0..4 {
                 let c = bt(std::array::from_fn(|row| r[row][k]));
                 for j in 0..4 {
-                    f.set((i * 4 + j) * 4 + k, c[j]);
+                    if T3 {
+                        f.set((i * 4 + j) * 4 + k, c[j]);
+                    } else {
+                        _mm512_storeu_ps(dst(j * 4 + k), c[j]);
+                    }
                 }
             }
+        }
+        if !T3 {
+            return;
         }
         // Every (i, j, k) was set above.
         for jk in 0..16 {
@@ -727,6 +1063,7 @@ mod avx512 {
         let strides = [hp * wp * w, wp * w, w];
         let sb = src.as_ptr();
         let width = if GRAD { p.o } else { p.c };
+        let t3 = p.t3;
         each_vector(p, width, (t0, nt, rows), lay, dst, |base, out, ps| {
             if GRAD {
                 let [st, sh, sw] = strides;
@@ -734,9 +1071,15 @@ mod avx512 {
                     let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
                     _mm512_loadu_ps(sb.add(base + a * st + b * sh + e * sw))
                 };
-                grad_tile(g, |xi| out.add(xi * ps));
+                if t3 {
+                    grad_tile::<true>(g, |xi| out.add(xi * ps));
+                } else {
+                    grad_tile::<false>(g, |xi| out.add(xi * ps));
+                }
+            } else if t3 {
+                input_tile::<true>(sb.add(base), strides, |xi| out.add(xi * ps));
             } else {
-                input_tile(sb.add(base), strides, |xi| out.add(xi * ps));
+                input_tile::<false>(sb.add(base), strides, |xi| out.add(xi * ps));
             }
         });
     }
@@ -759,7 +1102,7 @@ mod avx512 {
         let ps = lay.ps();
         for j in 0..rows {
             if j >= nt {
-                for xi in 0..PTS {
+                for xi in 0..lay.pts {
                     std::ptr::write_bytes(dst.add(lay.at(j, xi)), 0, lay.w);
                 }
                 continue;
@@ -778,21 +1121,44 @@ mod avx512 {
     /// AVX-512F must be available; `v`, `u`, `m` must be a block's buffers for `p`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn products(p: &Prob, v: &[f32], u: &[f32], rows: usize, m: &mut [f32]) {
-        let (c, cp, op) = (p.c, p.cp(), p.op());
-        let (lv, lm) = (Lay { w: cp }, Lay { w: op });
-        let (vb, ub, mb) = (v.as_ptr(), u.as_ptr(), m.as_mut_ptr());
-        for xi in 0..PTS {
-            let ux = ub.add(xi * c * op);
+        for xi in 0..p.pts() {
+            point_products(p, v, u, rows, m.as_mut_ptr(), xi);
+        }
+    }
+
+    /// `M[ξ] = V[ξ] · U[ξ]` for point `xi` of `rows` tiles (`m`: the products' block).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `v`, `u`, `m` must be buffers of `rows` tiles for
+    /// `p`, and point `xi` of `m` this call's only.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn point_products(
+        p: &Prob,
+        v: &[f32],
+        u: &[f32],
+        rows: usize,
+        mb: *mut f32,
+        xi: usize,
+    ) {
+        let (c, op) = (p.c, p.op());
+        let (lv, lm) = p.lays();
+        let (vb, ub) = (v.as_ptr(), u.as_ptr());
+        let us = p.us();
+        let ux = ub.add(xi * c * us);
+        // Rows in chunks whose slice of V stays in L1/L2 while every column group
+        // runs over it (a whole layer's V per point is a megabyte at 512 channels).
+        for s0 in (0..rows).step_by(SUB) {
+            let s1 = (s0 + SUB).min(rows);
             let mut o0 = 0;
             while o0 < op {
                 let nv = ((op - o0) / 16).min(4);
-                for r0 in (0..rows).step_by(R) {
+                for r0 in (s0..s1).step_by(R) {
                     let (vr, mr) = (vb.add(lv.at(r0, xi)), mb.add(lm.at(r0, xi) + o0));
                     match nv {
-                        4 => gemm_tile::<4>(vr, cp, c, ux.add(o0), op, mr),
-                        3 => gemm_tile::<3>(vr, cp, c, ux.add(o0), op, mr),
-                        2 => gemm_tile::<2>(vr, cp, c, ux.add(o0), op, mr),
-                        _ => gemm_tile::<1>(vr, cp, c, ux.add(o0), op, mr),
+                        4 => gemm_tile::<4>(vr, lv.rs, c, ux.add(o0), us, mr, lm.rs),
+                        3 => gemm_tile::<3>(vr, lv.rs, c, ux.add(o0), us, mr, lm.rs),
+                        2 => gemm_tile::<2>(vr, lv.rs, c, ux.add(o0), us, mr, lm.rs),
+                        _ => gemm_tile::<1>(vr, lv.rs, c, ux.add(o0), us, mr, lm.rs),
                     }
                 }
                 o0 += nv * 16;
@@ -800,22 +1166,24 @@ mod avx512 {
         }
     }
 
-    /// `M[r][o0..] = Σ_c V[r][c] · U[c][o0..]` for `R` tile rows and `NV` vectors.
+    /// `M[r][o0..] = Σ_c V[r][c] · U[c][o0..]` for `R` tile rows and `NV` vectors
+    /// (row strides `vs` of V, `us` of U, `ms` of M).
     #[inline(always)]
     unsafe fn gemm_tile<const NV: usize>(
         v: *const f32,
-        cp: usize,
+        vs: usize,
         c: usize,
         u: *const f32,
-        op: usize,
+        us: usize,
         m: *mut f32,
+        ms: usize,
     ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
         for ci in 0..c {
             let uv: [__m512; NV] =
-                std::array::from_fn(|k| _mm512_loadu_ps(u.add(ci * op + k * 16)));
+                std::array::from_fn(|k| _mm512_loadu_ps(u.add(ci * us + k * 16)));
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let b = _mm512_set1_ps(*v.add(r * cp + ci));
+                let b = _mm512_set1_ps(*v.add(r * vs + ci));
                 for k in 0..NV {
                     acc_r[k] = _mm512_fmadd_ps(b, uv[k], acc_r[k]);
                 }
@@ -823,7 +1191,7 @@ mod avx512 {
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for k in 0..NV {
-                _mm512_storeu_ps(m.add(r * op + k * 16), acc_r[k]);
+                _mm512_storeu_ps(m.add(r * ms + k * 16), acc_r[k]);
             }
         }
     }
@@ -842,8 +1210,8 @@ mod avx512 {
         ycl: SyncPtr<f32>,
     ) {
         let op = p.op();
-        let lm = Lay { w: op };
-        let [et, eh, ew] = p.tiles().map(|t| 2 * t);
+        let (_, lm) = p.lays();
+        let [et, eh, ew] = p.even();
         let mb = m.as_ptr();
         for j in 0..nt {
             let (ni, _, org) = tile_at(p, t0 + j);
@@ -852,13 +1220,16 @@ mod avx512 {
             let base = (((ni * et + org[0]) * eh + org[1]) * ew + org[2]) * op;
             for ov in (0..op).step_by(16) {
                 let dst = ycl.get().add(base + ov);
-                output_tile(
-                    |xi| row.add(xi * ps + ov),
-                    |q| {
-                        let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
-                        dst.add(((a * eh + b) * ew + e) * op)
-                    },
-                );
+                let src = |xi| row.add(xi * ps + ov);
+                let out = |q| {
+                    let (a, b, e) = (q / 4, (q / 2) % 2, q % 2);
+                    dst.add(((a * eh + b) * ew + e) * op)
+                };
+                if p.t3 {
+                    output_tile::<true>(src, out);
+                } else {
+                    output_tile::<false>(src, out);
+                }
             }
         }
     }
@@ -898,9 +1269,24 @@ mod avx512 {
     }
 
     /// `Aᵀ s A` (3D) of the 64 points at `src(ξ)` to the 2x2x2 outputs, output
-    /// `(ya·2 + yb)·2 + ye` into `out`.
+    /// `(ya·2 + yb)·2 + ye` into `out`; without `T3`, of the 16 points `j·4 + k` to
+    /// the 2x2 outputs `yb·2 + ye`.
     #[inline(always)]
-    unsafe fn output_tile(src: impl Fn(usize) -> *const f32, out: impl Fn(usize) -> *mut f32) {
+    unsafe fn output_tile<const T3: bool>(
+        src: impl Fn(usize) -> *const f32,
+        out: impl Fn(usize) -> *mut f32,
+    ) {
+        if !T3 {
+            let b: [[__m512; 2]; 4] = std::array::from_fn(|j| {
+                at(std::array::from_fn(|k| _mm512_loadu_ps(src(j * 4 + k))))
+            });
+            for ye in 0..2 {
+                let r = at(std::array::from_fn(|j| b[j][ye]));
+                _mm512_storeu_ps(out(ye), r[0]);
+                _mm512_storeu_ps(out(2 + ye), r[1]);
+            }
+            return;
+        }
         let mut e = Stack::<32>::new(); // [ya][j][k]
         for jk in 0..16 {
             let r = at(std::array::from_fn(|i| _mm512_loadu_ps(src(i * 16 + jk))));
@@ -920,9 +1306,23 @@ mod avx512 {
     }
 
     /// `A g Aᵀ` (3D) of one 2x2x2 gradient tile (`g[(ya·2 + yb)·2 + ye]`) to the 64
-    /// points at `dst(ξ)`: the adjoint of [`output_tile`].
+    /// points at `dst(ξ)`: the adjoint of [`output_tile`]; without `T3`, of one 2x2
+    /// tile (`g[yb·2 + ye]`) to 16 points.
     #[inline(always)]
-    unsafe fn grad_tile(g: impl Fn(usize) -> __m512, dst: impl Fn(usize) -> *mut f32) {
+    unsafe fn grad_tile<const T3: bool>(
+        g: impl Fn(usize) -> __m512,
+        dst: impl Fn(usize) -> *mut f32,
+    ) {
+        if !T3 {
+            let b: [[__m512; 4]; 2] = std::array::from_fn(|yb| a([g(yb * 2), g(yb * 2 + 1)]));
+            for k in 0..4 {
+                let r = a([b[0][k], b[1][k]]);
+                for j in 0..4 {
+                    _mm512_storeu_ps(dst(j * 4 + k), r[j]);
+                }
+            }
+            return;
+        }
         let mut e = Stack::<32>::new(); // [ya][j][k]
         for ya in 0..2 {
             let b: [[__m512; 4]; 2] = std::array::from_fn(|yb| {
@@ -945,29 +1345,35 @@ mod avx512 {
         }
     }
 
-    /// `dU[c][ob·64..] += Σ_rows V[row][c] · M[row][ob·64..]` for point `xi` over
-    /// `rows` tile rows in order (`dU` at `du`: `[Cp][Op]`).
+    /// `dU[c][o] += Σ_rows V[row][c] · M[row][o]` for point `xi` over `rows` tile
+    /// rows in order (`dU` at `du`: `[Cp][Op]`). Rows go in sub-blocks whose slices
+    /// of V and M stay in L1 while every channel tile and column group runs over them;
+    /// reloading the accumulators keeps each sum's order.
     ///
     /// # Safety
-    /// AVX-512F must be available; this call owns those columns of `du`.
+    /// AVX-512F must be available; this call owns point `xi`'s `du`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dw_gemm(
+    pub(super) unsafe fn dw_point(
         v: &[f32],
         m: &[f32],
-        lay: (Lay, Lay),
+        (lv, lm): (Lay, Lay),
         xi: usize,
         rows: usize,
-        ob: usize,
         du: *mut f32,
     ) {
-        let o0 = ob * 64;
-        let nv = ((lay.1.w - o0) / 16).min(4);
-        let args = (v.as_ptr(), m.as_ptr(), lay, xi, rows, o0, du);
-        match nv {
-            4 => dw_cols::<4>(args),
-            3 => dw_cols::<3>(args),
-            2 => dw_cols::<2>(args),
-            _ => dw_cols::<1>(args),
+        let (cp, op) = (lv.w, lm.w);
+        for s0 in (0..rows).step_by(SUB) {
+            let s1 = (s0 + SUB).min(rows);
+            for o0 in (0..op).step_by(64) {
+                let nv = ((op - o0) / 16).min(4);
+                let args = (v.as_ptr(), m.as_ptr(), (lv, lm), xi, s0, o0, du);
+                match nv {
+                    4 => dw_sub::<4>(args, s1, cp, op),
+                    3 => dw_sub::<3>(args, s1, cp, op),
+                    2 => dw_sub::<2>(args, s1, cp, op),
+                    _ => dw_sub::<1>(args, s1, cp, op),
+                }
+            }
         }
     }
 
@@ -981,25 +1387,15 @@ mod avx512 {
         *mut f32,
     );
 
-    /// [`dw_gemm`] for `NV` vectors: register tile of 4 channels x `NV` vectors, the
-    /// reduction over rows in registers. Four channels divide every `Cp` (a multiple
-    /// of 16), so no tile is partial; six (with a partial tail tile) measured 16%
-    /// slower on R3D-18's layer 1 and 10% on layer 2 (`vssl bench model` rows).
-    #[inline(always)]
-    unsafe fn dw_cols<const NV: usize>((vb, mb, (lv, lm), xi, rows, o0, du): DwArgs) {
-        let (cp, op) = (lv.w, lm.w);
-        // Rows in sub-blocks whose slices of V and M stay in L1 while every channel
-        // tile runs over them; reloading the accumulators keeps each sum's order.
-        for s0 in (0..rows).step_by(SUB) {
-            let s1 = (s0 + SUB).min(rows);
-            dw_sub::<NV>((vb, mb, (lv, lm), xi, s0, o0, du), s1, cp, op);
-        }
-    }
-
-    /// Rows per L1-resident sub-block of [`dw_cols`] (a multiple of `R`).
+    /// Rows per L1-resident sub-block of [`dw_point`] and [`point_products`] (a
+    /// multiple of `R`).
     const SUB: usize = 48;
 
-    /// [`dw_cols`] over rows `s0..s1`.
+    /// [`dw_point`] over rows `s0..s1` and the `NV` vectors at `o0`: register tile of
+    /// 4 channels x `NV` vectors, the reduction over rows in registers. Four channels
+    /// divide every `Cp` (a multiple of 16), so no tile is partial; six (with a
+    /// partial tail tile) measured 16% slower on R3D-18's layer 1 and 10% on layer 2
+    /// (`vssl bench model` rows).
     #[inline(always)]
     unsafe fn dw_sub<const NV: usize>(
         (vb, mb, (lv, lm), xi, s0, o0, du): DwArgs,
@@ -1021,8 +1417,8 @@ mod avx512 {
                 let (vg, mg) = (vb.add(lv.at(g0, xi) + c0), mb.add(lm.at(g0, xi) + o0));
                 for r in 0..R {
                     let mv: [__m512; NV] =
-                        std::array::from_fn(|k| _mm512_loadu_ps(mg.add(r * op + k * 16)));
-                    let vr = vg.add(r * cp);
+                        std::array::from_fn(|k| _mm512_loadu_ps(mg.add(r * lm.rs + k * 16)));
+                    let vr = vg.add(r * lv.rs);
                     for (cr, acc_c) in acc.iter_mut().enumerate() {
                         let b = _mm512_set1_ps(*vr.add(cr));
                         for k in 0..NV {
