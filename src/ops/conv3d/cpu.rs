@@ -273,7 +273,7 @@ pub(super) fn path(g: &Geom, pass: Pass, f32: bool) -> &'static str {
     }
     let (wino, direct) = match pass {
         Pass::Forward => (algo::winograd(g), direct::applies(g)),
-        Pass::InputGrad => (algo::winograd(g), direct::applies_input_grad(g)),
+        Pass::InputGrad => (algo::winograd_input(g), direct::applies_input_grad(g)),
         Pass::WeightGrad => (algo::winograd_weight(g), direct::applies_weight(g)),
     };
     if wino {
