@@ -77,6 +77,19 @@ pub(super) fn direct_allowed() -> bool {
     avx512() && forced() != Algo::Blocked
 }
 
+/// Whether the direct kernel, where it applies, should run `g`'s forward: not on a
+/// strided layer with at least 64 input channels and 512 output positions per sample,
+/// where vol2col+gemm measured faster (MC3-18 at 112 px, batch 2: the 1x3x3 stride-2
+/// convolutions of layers 2-4 took 24/28/19 ms against 33/32/23; R3D-18's layer-2
+/// 3x3x3 stride-2 convolution at 64 px, batch 8: 23.5 against 30.4). On smaller maps
+/// (R3D-18's layers 3-4 at 64 px) the direct kernel stays ahead by about 1 ms, and
+/// the stem (3 input channels) by a third. Forcing `direct` keeps it everywhere.
+pub(super) fn direct_forward(g: &Geom) -> bool {
+    let strided = g.stride != [1; 3];
+    let positions: usize = g.out.iter().product();
+    forced() == Algo::Direct || !(strided && g.c >= 64 && positions >= 512)
+}
+
 /// Whether `g`'s forward goes to the Winograd kernels.
 pub(super) fn winograd(g: &Geom) -> bool {
     allowed(g, prefers_winograd(g) || prefers_winograd_deep(g))
