@@ -322,6 +322,11 @@ fn conv_cases() -> Vec<ConvCase> {
             [1; 3],
             false,
         ),
+        // kernel taps that only read padding: a one-frame map under a 3x3x3 kernel, a
+        // 1x1 map, and a dilated one whose only live temporal tap is the middle one
+        conv_case([2, 5, 1, 6, 7], 6, [3; 3], [1; 3], [1; 3], [1; 3], true),
+        conv_case([1, 4, 3, 1, 1], 5, [3; 3], [1; 3], [1; 3], [1; 3], false),
+        conv_case([1, 3, 3, 5, 5], 4, [3; 3], [1; 3], [1; 3], [2, 1, 1], false),
         // the R3D stem's geometry with an output row of 17 (the direct weight
         // gradient's strided path)
         conv_case(
