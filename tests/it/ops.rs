@@ -841,7 +841,15 @@ fn conv3d_kernels_follow_the_switches() {
             assert_eq!(got2, [want; 3], "default 1x3x3 kernels");
             // A strided layer with 64 input channels and 1024 output positions per
             // sample: vol2col+gemm forward (the direct kernel applies but is slower).
-            let cs = conv_case([1, 64, 8, 32, 32], 16, [3; 3], [2; 3], [1; 3], [1; 3], false);
+            let cs = conv_case(
+                [1, 64, 8, 32, 32],
+                16,
+                [3; 3],
+                [2; 3],
+                [1; 3],
+                [1; 3],
+                false,
+            );
             let xs = tensor(&rand_vec(numel(&cs.x), 8), &cs.x, DType::F32);
             let ws = tensor(&rand_vec(numel(&cs.w()), 9), &cs.w(), DType::F32);
             let ks = conv3d_cpu_kernels(&xs, &ws, &cs.cfg).unwrap();

@@ -272,7 +272,10 @@ pub(super) fn path(g: &Geom, pass: Pass, f32: bool) -> &'static str {
         return "blocked";
     }
     let (wino, direct) = match pass {
-        Pass::Forward => (algo::winograd(g), direct::applies(g) && algo::direct_forward(g)),
+        Pass::Forward => (
+            algo::winograd(g),
+            direct::applies(g) && algo::direct_forward(g),
+        ),
         Pass::InputGrad => (algo::winograd_input(g), direct::applies_input_grad(g)),
         Pass::WeightGrad => (algo::winograd_weight(g), direct::applies_weight(g)),
     };

@@ -215,8 +215,7 @@ fn transform_weight<'a>(
     let len = p.pts() * p.c * p.us();
     let mut u: Vec<f32> = Vec::with_capacity(len);
     let up = SyncPtr(u.as_mut_ptr());
-    // SAFETY: AVX-512F is checked by the caller; row `ci` of every point is this
-    // task's only.
+    // SAFETY: row `ci` of every point is this task's only.
     (0..p.c)
         .into_par_iter()
         .for_each(|ci| unsafe { weight_rows(p, ci, &g_of, flip, up) });
@@ -226,12 +225,11 @@ fn transform_weight<'a>(
     u
 }
 
-/// Row `ci` of every point of [`transform_weight`]'s `U` at `up`, compiled for
-/// AVX-512 (the f64 transforms then run 8 lanes wide).
+/// Row `ci` of every point of [`transform_weight`]'s `U` at `up`. (Compiled for
+/// AVX-512 it measured no faster: its cost is the gather of each lane's taps.)
 ///
 /// # Safety
-/// AVX-512F must be available; row `ci` of every point is the caller's only.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+/// Row `ci` of every point is the caller's only.
 unsafe fn weight_rows<'a>(
     p: &Prob,
     ci: usize,
