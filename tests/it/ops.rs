@@ -322,6 +322,11 @@ fn conv_cases() -> Vec<ConvCase> {
             [1; 3],
             false,
         ),
+        // pointwise (1x1x1, unpadded): stride 1, batch 1; stride (1, 2, 2) with
+        // bias; stride 2 on odd sizes (the downsampling shortcuts)
+        conv_case([1, 5, 3, 4, 5], 6, [1; 3], [1; 3], [0; 3], [1; 3], false),
+        conv_case([2, 6, 5, 7, 9], 7, [1; 3], [1, 2, 2], [0; 3], [1; 3], true),
+        conv_case([3, 4, 5, 5, 7], 9, [1; 3], [2; 3], [0; 3], [1; 3], false),
         // kernel taps that only read padding: a one-frame map under a 3x3x3 kernel, a
         // 1x1 map, and a dilated one whose only live temporal tap is the middle one
         conv_case([2, 5, 1, 6, 7], 6, [3; 3], [1; 3], [1; 3], [1; 3], true),

@@ -14,8 +14,9 @@
 //!
 //! Files: this one holds the public API, the layer, the tensor-op path and the custom
 //! ops; `geometry.rs` the validated output sizes; `cpu.rs` the blocked vol2col+gemm
-//! kernels; `direct.rs` the AVX-512 direct kernels; `winograd.rs` the AVX-512
-//! Winograd F(2x2x2, 3x3x3) kernels for 3x3x3 stride-1 layers; `algo.rs` which of
+//! kernels; `pointwise.rs` the 1x1x1 layers as plain gemms (all CPUs); `direct.rs`
+//! the AVX-512 direct kernels; `winograd.rs` the AVX-512 Winograd F(2x2x2, 3x3x3) and
+//! F(2x2, 3x3) kernels for 3x3x3 and 1x3x3 stride-1 layers; `algo.rs` which of
 //! them runs (by geometry, or forced with `VSSL_CONV_ALGO=direct|winograd|blocked`;
 //! `VSSL_CPU_NO_AVX512=1` makes this CPU behave like one without AVX-512).
 
@@ -25,6 +26,7 @@ mod algo;
 mod cpu;
 mod direct;
 mod geometry;
+mod pointwise;
 mod winograd;
 
 use geometry::Geom;
