@@ -9,6 +9,7 @@ mod bn_cpu;
 pub mod conv3d;
 pub(crate) mod dispatch;
 pub mod fused;
+pub mod grad_sink;
 pub mod pool3d;
 pub mod profile;
 pub mod tgn;

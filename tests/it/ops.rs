@@ -1494,3 +1494,69 @@ fn conv3d_matches_the_naive_reference_on_random_geometries() {
         }
     }
 }
+
+/// `grad_sink::backward` (the trainer's backward, where conv3d hands a variable
+/// weight's gradient past candle's zero-fill + add) gives the same gradients as
+/// candle's `backward`: bit for bit for a weight used once and for a derived
+/// (non-variable) weight whose gradient must flow on to its variable; within rounding
+/// for one used by two convolutions and by a plain candle op as well (its three parts
+/// may be summed in another order). Plain `backward` afterwards still finds the
+/// weight gradients (the sink is off outside).
+#[test]
+fn conv3d_grad_sink_gives_the_same_gradients_as_candle_backward() {
+    use vssl::ops::grad_sink;
+    let c = same3([2, 3, 4, 6, 6], 3);
+    let (x, w, _) = conv_data(&c, 91);
+    let x = tensor(&x, &c.x, DType::F32);
+    let w1 = Var::from_tensor(&tensor(&w, &c.w(), DType::F32)).unwrap();
+    let w2 = Var::from_tensor(&tensor(&rand_vec(w.len(), 92), &c.w(), DType::F32)).unwrap();
+    let w3 = Var::from_tensor(&tensor(&rand_vec(w.len(), 93), &c.w(), DType::F32)).unwrap();
+    let loss = || {
+        // w1 once; w2 twice and in a candle op; w3 through a scale (not a variable).
+        let y1 = conv3d(&x, w1.as_tensor(), None, &c.cfg).unwrap();
+        let y2 = conv3d(&y1, w2.as_tensor(), None, &c.cfg).unwrap();
+        let y3 = conv3d(&y2, w2.as_tensor(), None, &c.cfg).unwrap();
+        let w3s = (w3.as_tensor() * 0.5).unwrap();
+        let y4 = conv3d(&y3, &w3s, None, &c.cfg).unwrap();
+        let reg = w2.as_tensor().sqr().unwrap().sum_all().unwrap();
+        (y4.sqr().unwrap().sum_all().unwrap() + reg).unwrap()
+    };
+    let plain = loss().backward().unwrap();
+    let sunk = grad_sink::backward(&loss()).unwrap();
+    let again = loss().backward().unwrap();
+    let bits = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    for (name, v) in [("w1", &w1), ("w2", &w2), ("w3", &w3)] {
+        let want = bits(plain.get(v.as_tensor()).expect("plain gradient"));
+        let got = bits(sunk.get(v.as_tensor()).expect("sunk gradient"));
+        if name == "w2" {
+            let f = |b: &[u32]| {
+                b.iter()
+                    .map(|&u| f32::from_bits(u) as f64)
+                    .collect::<Vec<_>>()
+            };
+            let (a, b) = (f(&want), f(&got));
+            let scale = a.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(&a, &b);
+            assert!(
+                diff <= 1e-6 * scale,
+                "w2: the trainer's backward differs by {diff}"
+            );
+        } else {
+            assert!(want == got, "{name}: the trainer's backward differs");
+        }
+        let after = bits(again.get(v.as_tensor()).expect("gradient after the sink"));
+        assert!(
+            want == after,
+            "{name}: plain backward changed after the sink"
+        );
+        assert!(want.iter().any(|&b| b != 0), "{name}: gradient is all zero");
+    }
+}

@@ -376,6 +376,14 @@ impl CustomOp2 for Conv3dFwd {
         } else {
             None
         };
+        // In a training step, a variable's gradient skips candle's zero-fill + add.
+        let dw = match dw {
+            Some(g) if super::grad_sink::takes(w) => {
+                super::grad_sink::sink(w, g);
+                None
+            }
+            dw => dw,
+        };
         Ok((dx, dw))
     }
 }
