@@ -33,7 +33,18 @@ impl DeviceSpec {
     pub fn device(&self) -> anyhow::Result<Device> {
         Ok(match self.0.as_str() {
             "cpu" => Device::Cpu,
-            "auto" => Device::cuda_if_available(0)?,
+            "auto" => {
+                let d = Device::cuda_if_available(0)?;
+                if d.is_cpu() {
+                    let why = if candle_core::utils::cuda_is_available() {
+                        "no CUDA device answered"
+                    } else {
+                        "this build has no CUDA support"
+                    };
+                    tracing::info!("--device auto: {why}; running on the CPU");
+                }
+                d
+            }
             s if s.starts_with("cuda") => {
                 let n = s
                     .strip_prefix("cuda:")

@@ -51,6 +51,25 @@ fn every_subcommand_refuses_bad_input_clearly() {
         "does not fit",
     );
     refused(d, &["--device", "bogus", "train", q], "--device bogus");
+    // A CUDA device this build or machine lacks: a clear refusal, exit 2, no panic.
+    #[cfg(not(feature = "cuda"))]
+    refused(d, &["--device", "cuda:0", "train", q], "--device cuda:0");
+    // `auto` (the default) falls back to the CPU and says so.
+    let auto = d.join("auto");
+    let o = run(vssl(&[
+        "train",
+        tiny_recipe(d, "[train]\nsteps = 1\n").to_str().unwrap(),
+        "--out",
+        auto.to_str().unwrap(),
+    ])
+    .env("VSSL_LOG", "info"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    #[cfg(not(feature = "cuda"))]
+    assert!(
+        stderr(&o).contains("--device auto: this build has no CUDA support; running on the CPU"),
+        "{}",
+        stderr(&o)
+    );
     refused(d, &["train", "missing.toml"], "missing.toml");
     let sweep = repo().join("experiments/sweeps/tgn_groups.toml");
     refused(
