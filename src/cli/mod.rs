@@ -31,38 +31,52 @@ pub struct DeviceSpec(pub String);
 impl DeviceSpec {
     /// `auto` (CUDA if built with it and present, else CPU), `cpu`, or `cuda[:N]`.
     pub fn device(&self) -> anyhow::Result<Device> {
-        Ok(match self.0.as_str() {
-            "cpu" => Device::Cpu,
-            "auto" => {
-                let d = Device::cuda_if_available(0)?;
-                if d.is_cpu() {
-                    let why = if candle_core::utils::cuda_is_available() {
-                        "no CUDA device answered"
-                    } else {
-                        "this build has no CUDA support"
-                    };
-                    tracing::info!("--device auto: {why}; running on the CPU");
-                }
-                d
-            }
-            s if s.starts_with("cuda") => {
-                let n = s
-                    .strip_prefix("cuda:")
-                    .map(str::parse)
-                    .transpose()
-                    .context("--device cuda:N")?
-                    .unwrap_or(0);
-                Device::new_cuda(n)
-                    .map_err(|e| vssl::Error::BadInput(format!("--device {s}: {e}")))?
-            }
-            other => {
-                return Err(vssl::Error::BadInput(format!(
-                    "--device {other}: expected auto, cpu or cuda[:N]"
-                ))
-                .into())
-            }
-        })
+        resolve(&self.0, "--device")
     }
+
+    /// The device of a run whose recipe may name one (`train.device`): an explicit
+    /// `--device cpu` / `cuda:N` wins; `--device auto` (the default) takes the
+    /// recipe's choice when it has one.
+    pub fn device_for(&self, recipe: Option<&str>) -> anyhow::Result<Device> {
+        match (self.0.as_str(), recipe) {
+            ("auto", Some(r)) => resolve(r, "train.device"),
+            _ => self.device(),
+        }
+    }
+}
+
+/// The candle device `spec` names; errors name `what` (the flag or the recipe key).
+fn resolve(spec: &str, what: &str) -> anyhow::Result<Device> {
+    Ok(match spec {
+        "cpu" => Device::Cpu,
+        "auto" => {
+            let d = Device::cuda_if_available(0)?;
+            if d.is_cpu() {
+                let why = if candle_core::utils::cuda_is_available() {
+                    "no CUDA device answered"
+                } else {
+                    "this build has no CUDA support"
+                };
+                tracing::info!("{what} auto: {why}; running on the CPU");
+            }
+            d
+        }
+        s if vssl::train::config::valid_device(s) => {
+            let n = s
+                .strip_prefix("cuda:")
+                .map(str::parse)
+                .transpose()
+                .with_context(|| format!("{what} {s}"))?
+                .unwrap_or(0);
+            Device::new_cuda(n).map_err(|e| vssl::Error::BadInput(format!("{what} {s}: {e}")))?
+        }
+        other => {
+            return Err(vssl::Error::BadInput(format!(
+                "{what} {other}: expected auto, cpu or cuda[:N]"
+            ))
+            .into())
+        }
+    })
 }
 
 /// Which backbone `import` and `extract` build (shared by both commands).

@@ -33,7 +33,7 @@ pub struct Args {
 
 pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
     let r = recipe::load(&RecipeSource::with_sets(a.recipe, a.sets))?;
-    let dev = device.device()?;
+    let dev = device.device_for(r.train.device.as_deref())?;
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from("weights").join(&r.name));

@@ -54,6 +54,23 @@ pub struct TrainConfig {
     /// Tests only: make the loss of this (1-based) step infinite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inject_nonfinite_at: Option<u64>,
+    /// Where the run computes: `"auto"` (CUDA if built with it and present, else the
+    /// CPU), `"cpu"` or `"cuda:N"`. Unset means `auto`. An explicit `--device cpu` or
+    /// `--device cuda:N` on the command line wins over it; `--device auto` (the
+    /// default) leaves the choice to the recipe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// Whether `spec` is a device the command line and `train.device` accept: `auto`,
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn valid_device(spec: &str) -> bool {
+    match spec {
+        "auto" | "cpu" | "cuda" => true,
+        s => s
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok()),
+    }
 }
 
 /// `train.on_nonfinite`.
@@ -99,6 +116,7 @@ impl Default for TrainConfig {
             log_every: 10,
             on_nonfinite: OnNonFinite::Stop,
             inject_nonfinite_at: None,
+            device: None,
         }
     }
 }
@@ -108,6 +126,11 @@ impl TrainConfig {
     /// relative to the table (`lr`); messages name other keys by their `train.` path.
     pub fn validate(&self) -> std::result::Result<(), Invalid> {
         let t = self;
+        if let Some(d) = &t.device {
+            check(valid_device(d), "device", || {
+                format!("must be \"auto\", \"cpu\" or \"cuda:N\", got {d:?}")
+            })?;
+        }
         check(t.batch_size >= 1, "batch_size", || {
             "must be at least 1, got 0".into()
         })?;

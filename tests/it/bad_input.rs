@@ -70,6 +70,32 @@ fn every_subcommand_refuses_bad_input_clearly() {
         "{}",
         stderr(&o)
     );
+    // The recipe's `train.device`: checked when the recipe loads, used under
+    // `--device auto`, overridden by an explicit `--device cpu`.
+    let bad = tiny_recipe(d, "[train]\nsteps = 1\ndevice = \"gpu\"\n");
+    refused(d, &["train", bad.to_str().unwrap()], "train.device");
+    let cuda = d.join("cuda");
+    std::fs::create_dir_all(&cuda).unwrap();
+    let cuda_recipe = tiny_recipe(&cuda, "[train]\nsteps = 1\ndevice = \"cuda:0\"\n");
+    #[cfg(not(feature = "cuda"))]
+    refused(
+        d,
+        &["train", cuda_recipe.to_str().unwrap(), "--out", "cuda-run"],
+        "train.device cuda:0",
+    );
+    let o = run(&mut vssl(&[
+        "--device",
+        "cpu",
+        "train",
+        cuda_recipe.to_str().unwrap(),
+        "--out",
+        d.join("cpu-run").to_str().unwrap(),
+    ]));
+    assert!(
+        o.status.success(),
+        "--device cpu over train.device: {}",
+        stderr(&o)
+    );
     refused(d, &["train", "missing.toml"], "missing.toml");
     let sweep = repo().join("experiments/sweeps/tgn_groups.toml");
     refused(
