@@ -187,3 +187,90 @@ impl BatchNorm3d {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The composed form (what CUDA and every other non-CPU device run) against the
+    //! CPU kernel, on the CPU: forward, gradients and running statistics, with and
+    //! without the fused ReLU.
+    use super::*;
+    use candle_core::Device;
+
+    fn layer(seed: u64) -> (VarStore, BatchNorm3d) {
+        let vs = VarStore::new(&Device::Cpu, seed);
+        let bn = BatchNorm3d::new(&vs, 3).unwrap();
+        for (name, v) in vs.all() {
+            if name == "weight" || name == "bias" {
+                let t = Tensor::randn(0.5f32, 1.0, 3, &Device::Cpu).unwrap();
+                v.set(&t.to_dtype(v.dtype()).unwrap()).unwrap();
+            }
+        }
+        (vs, bn)
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= tol * scale,
+            "{what}: max diff {diff} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn composed_form_equals_the_cpu_kernel() {
+        for relu in [false, true] {
+            let (vs, kernel) = layer(1);
+            let composed = BatchNorm3d::new(&vs.pp("copy"), 3).unwrap();
+            for ((_, a), (_, b)) in vs
+                .all()
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("copy."))
+                .zip(vs.all().into_iter().filter(|(k, _)| k.starts_with("copy.")))
+            {
+                b.set(&a.as_tensor().detach()).unwrap();
+            }
+            let d = [2, 3, 3, 4, 5];
+            let x =
+                Var::from_tensor(&Tensor::randn(0.3f32, 2.0, d.to_vec(), &Device::Cpu).unwrap())
+                    .unwrap();
+            let r = Tensor::randn(0f32, 1.0, d.to_vec(), &Device::Cpu).unwrap();
+            let yk = kernel.forward_act(x.as_tensor(), true, relu).unwrap();
+            let mut yc = composed.forward_generic(x.as_tensor(), d, true).unwrap();
+            if relu {
+                yc = yc.relu().unwrap();
+            }
+            close("forward", &vals(&yk), &vals(&yc), 1e-5);
+            let gk = (&yk * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            close(
+                "dx",
+                &vals(gk.get(x.as_tensor()).unwrap()),
+                &vals(gc.get(x.as_tensor()).unwrap()),
+                1e-4,
+            );
+            for (name, a, b) in [
+                ("dweight", &kernel.weight, &composed.weight),
+                ("dbias", &kernel.bias, &composed.bias),
+            ] {
+                close(
+                    name,
+                    &vals(gk.get(a).unwrap()),
+                    &vals(gc.get(b).unwrap()),
+                    1e-4,
+                );
+            }
+            for (name, a, b) in [
+                ("running_mean", &kernel.running_mean, &composed.running_mean),
+                ("running_var", &kernel.running_var, &composed.running_var),
+            ] {
+                close(name, &vals(a.as_tensor()), &vals(b.as_tensor()), 1e-5);
+            }
+        }
+    }
+}
