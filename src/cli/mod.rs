@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use candle_core::Device;
 
 pub mod bench;
@@ -61,12 +60,11 @@ fn resolve(spec: &str, what: &str) -> anyhow::Result<Device> {
             }
             d
         }
+        // `cuda` or `cuda:N` (checked, so the index parses).
         s if vssl::train::config::valid_device(s) => {
             let n = s
                 .strip_prefix("cuda:")
-                .map(str::parse)
-                .transpose()
-                .with_context(|| format!("{what} {s}"))?
+                .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
             Device::new_cuda(n).map_err(|e| vssl::Error::BadInput(format!("{what} {s}: {e}")))?
         }

@@ -43,21 +43,27 @@ pub(crate) fn sink(param: &Tensor, grad: Tensor) {
 /// `loss.backward()`, with the parameter gradients the ops sank added to the store in
 /// the order they were sunk.
 pub fn backward(loss: &Tensor) -> Result<GradStore> {
-    /// Leaves the thread inactive and empty however `backward` returns.
-    struct Reset;
-    impl Drop for Reset {
+    /// The sink switched on for this thread, and off and empty again however the
+    /// backward pass returns.
+    struct Active;
+    impl Active {
+        fn on() -> Self {
+            SUNK.with(|s| s.borrow_mut().clear());
+            ACTIVE.with(|a| a.set(true));
+            Active
+        }
+    }
+    impl Drop for Active {
         fn drop(&mut self) {
             ACTIVE.with(|a| a.set(false));
             SUNK.with(|s| s.borrow_mut().clear());
         }
     }
-    SUNK.with(|s| s.borrow_mut().clear());
-    ACTIVE.with(|a| a.set(true));
-    let reset = Reset;
-    let mut grads = loss.backward()?;
-    ACTIVE.with(|a| a.set(false));
-    let sunk = SUNK.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    drop(reset);
+    let (mut grads, sunk) = {
+        let _active = Active::on();
+        let grads = loss.backward()?;
+        (grads, SUNK.with(|s| s.take()))
+    };
     for (param, g) in sunk {
         let g = match grads.remove(&param) {
             Some(prev) => prev.add(&g)?,
