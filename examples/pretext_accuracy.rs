@@ -105,6 +105,7 @@ fn main() -> Result<()> {
             videos: hb.videos,
             clip_meta: hb.clip_meta,
             seed: hb.seed,
+            slice: hb.slice,
         };
         let out = p.step(&batch, false)?;
         let a = out

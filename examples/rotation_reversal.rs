@@ -88,6 +88,7 @@ pub fn run(a: &Args, device: &Device) -> Result<TrainSummary> {
     let heads = VarStore::new(device, seed::mix(run_seed ^ seed::hash_str("heads")));
     let mut method = GeometricMethod::new(RotationReversal, &cfg, frames, backbone, heads)?;
     let opts = FitOptions {
+        parallel: None,
         loader: LoaderConfig::from(&r.data),
         resume: a.resume,
         stop_after: a.stop_after,

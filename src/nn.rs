@@ -275,13 +275,35 @@ impl Linear {
 /// training). candle's CPU RNG cannot be seeded, and a resumed run must draw the same
 /// masks, so masks come from the caller's (step-derived) seed.
 pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
+    let rows = x.dims().first().copied().unwrap_or(1);
+    dropout_rows(x, p, train, seed, &(0..rows).collect::<Vec<_>>(), rows)
+}
+
+/// [`dropout`] of rows `rows` (in order) of a tensor with `total` rows: the mask is
+/// drawn for the whole tensor and these rows are kept, so a data-parallel rank
+/// holding part of a batch drops what one process on the whole batch would.
+pub fn dropout_rows(
+    x: &Tensor,
+    p: f64,
+    train: bool,
+    seed: u64,
+    rows: &[usize],
+    total: usize,
+) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
     if !train || p <= 0.0 {
         return Ok(x.clone());
     }
+    let per_row = x.elem_count() / rows.len().max(1);
+    if rows.len() * per_row != x.elem_count() || rows.iter().any(|&r| r >= total) {
+        return Err(Error::Internal(format!(
+            "dropout of rows {rows:?} of {total} on a tensor of shape {:?}",
+            x.dims()
+        )));
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
+    let whole: Vec<f32> = (0..total * per_row)
         .map(|_| {
             if rng.random::<f64>() < p {
                 0.0
@@ -289,6 +311,10 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
                 scale as f32
             }
         })
+        .collect();
+    let mask: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| whole[r * per_row..(r + 1) * per_row].iter().copied())
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?;
     Ok(x.mul(&mask)?)

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""PyTorch CPU reference for `vssl bench model`: the same network and training step.
+"""PyTorch reference for `vssl bench model`: the same network and training step.
 
 Builds torchvision's video ResNet (r3d_18, mc3_18 or r2plus1d_18) with a 10-class
 `fc`, SGD (lr 0.01, momentum 0.9, weight decay 1e-4) and a cross-entropy loss on a
-random clip batch, with torch.set_num_threads(cores).
+random clip batch, with torch.set_num_threads(cores), on `--device` (cpu, or
+cuda:N with cuDNN autotuning on, as a PyTorch user trains; each timing waits for
+the GPU).
 
 Two modes:
 - standalone: `bench_torch.py --arch r3d_18 --batch 8 --frames 8 --size 64 --reps 3`
@@ -26,6 +28,15 @@ import torch.nn.functional as F
 import torchvision.models.video as tvm
 
 
+def synced(dev):
+    """A clock read that first waits for `dev`'s queued work."""
+    def now():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
+    return now
+
+
 def build(arch, classes):
     ctor = {"r3d_18": tvm.r3d_18, "mc3_18": tvm.mc3_18, "r2plus1d_18": tvm.r2plus1d_18}[arch]
     return ctor(weights=None, num_classes=classes)
@@ -41,6 +52,7 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--serve", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--conv", help="benchmark one Conv3d instead: C,O,k,stride,pad "
                    "(input batch x C x frames x size x size); `conv` answers fwd+bwd seconds")
     a = p.parse_args()
@@ -49,25 +61,28 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device(a.device)
+    torch.backends.cudnn.benchmark = True
+    now = synced(dev)
     classes = 10
-    model = build(a.arch, classes).train()
+    model = build(a.arch, classes).train().to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(a.batch, 3, a.frames, a.size, a.size)
-    labels = torch.randint(0, classes, (a.batch,))
+    x = torch.randn(a.batch, 3, a.frames, a.size, a.size, device=dev)
+    labels = torch.randint(0, classes, (a.batch,), device=dev)
 
     def fwd():
-        t = time.perf_counter()
+        t = now()
         with torch.no_grad():
             model(x)
-        return time.perf_counter() - t
+        return now() - t
 
     def step():
-        t = time.perf_counter()
+        t = now()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), labels)
         loss.backward()
         opt.step()
-        return time.perf_counter() - t
+        return now() - t
 
     for _ in range(a.warmup):
         step()
@@ -104,22 +119,25 @@ def conv_main(a):
     backward (input and weight gradients)."""
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device(a.device)
+    torch.backends.cudnn.benchmark = True
+    now = synced(dev)
     c, o, k, s, pad = (int(v) for v in a.conv.split(","))
-    conv = torch.nn.Conv3d(c, o, k, stride=s, padding=pad, bias=False)
-    x = torch.randn(a.batch, c, a.frames, a.size, a.size, requires_grad=True)
+    conv = torch.nn.Conv3d(c, o, k, stride=s, padding=pad, bias=False).to(dev)
+    x = torch.randn(a.batch, c, a.frames, a.size, a.size, device=dev, requires_grad=True)
 
     def fwd():
-        t = time.perf_counter()
+        t = now()
         with torch.no_grad():
             conv(x)
-        return time.perf_counter() - t
+        return now() - t
 
     def both():
-        t = time.perf_counter()
+        t = now()
         x.grad = None
         conv.weight.grad = None
         conv(x).sum().backward()
-        return time.perf_counter() - t
+        return now() - t
 
     both()
     print("ready", flush=True)

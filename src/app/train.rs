@@ -37,6 +37,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         device,
     )?;
     let fit_opts = FitOptions {
+        parallel: None,
         loader: LoaderConfig::from(&recipe.data),
         resume: opts.resume,
         stop_after: opts.stop_after,

@@ -57,6 +57,32 @@ pub struct Batch {
     /// Seed for any randomness the method draws in this step (rotations, dropout):
     /// derived from the run seed and the step, so a resumed run draws the same.
     pub seed: u64,
+    /// Where these videos sit in the step's whole batch: a data-parallel rank holds
+    /// a slice of it, and draws from `seed` as for the whole batch, keeping its rows.
+    pub slice: BatchSlice,
+}
+
+/// The videos `first..first + videos` of a step's whole batch of `total` videos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSlice {
+    pub first: usize,
+    pub total: usize,
+}
+
+impl BatchSlice {
+    /// A batch that is the whole step.
+    pub fn whole(videos: usize) -> Self {
+        Self {
+            first: 0,
+            total: videos,
+        }
+    }
+
+    /// The whole batch's rows this slice of `videos` videos holds, for a tensor with
+    /// `per_video` rows per video (video-major): `first * per_video ..`.
+    pub fn rows(&self, videos: usize, per_video: usize) -> std::ops::Range<usize> {
+        self.first * per_video..(self.first + videos) * per_video
+    }
 }
 
 /// What clips one training sample (one video) needs: the loader calls this for every

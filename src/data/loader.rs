@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::augment::{write_clip, AugmentConfig, ClipAug, CropMode, Normalize};
-use crate::data::clip::{ClipMeta, ClipPlanner};
+use crate::data::clip::{BatchSlice, ClipMeta, ClipPlanner};
 use crate::data::datasets::VideoDataset;
 use crate::data::sampler::{clip_indices, uniform_starts};
 use crate::data::{Split, Video};
@@ -35,6 +35,46 @@ pub struct HostBatch {
     pub labels: Vec<Option<u32>>,
     /// How each clip was sampled (speed = stride, direction), in batch order.
     pub clip_meta: Vec<ClipMeta>,
+    /// Where these videos sit in the step's whole batch (a data-parallel rank's share).
+    pub slice: BatchSlice,
+}
+
+/// Which part of every batch a data-parallel rank builds: rank `rank` of `world`
+/// takes the contiguous `batch_size / world` videos at `rank * batch_size / world`
+/// of the whole batch, built exactly as the whole batch builds them (same videos,
+/// clips and augmentation), so the ranks together see each sample once per epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// One process building whole batches.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// This rank's videos of a whole batch of `batch_size`; `world` must divide it
+    /// (an uneven split would weigh the ranks' gradients unequally).
+    pub fn slice(&self, batch_size: usize) -> Result<BatchSlice> {
+        if self.world == 0 || self.rank >= self.world {
+            return Err(Error::Internal(format!(
+                "shard rank {} of world {}",
+                self.rank, self.world
+            )));
+        }
+        if !batch_size.is_multiple_of(self.world) {
+            return Err(Error::BadInput(format!(
+                "train.batch_size = {batch_size} does not split evenly over {} ranks \
+                 (each rank takes batch_size / ranks videos)",
+                self.world
+            )));
+        }
+        let per = batch_size / self.world;
+        Ok(BatchSlice {
+            first: self.rank * per,
+            total: batch_size,
+        })
+    }
 }
 
 /// Geometry of training batches.
@@ -63,6 +103,19 @@ pub fn video_for(n: usize, plan: &BatchPlan, step: u64, j: usize) -> usize {
 
 /// Builds batch `step` (pure in its arguments).
 pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<HostBatch> {
+    make_shard(ds, plan, step, Shard::WHOLE)
+}
+
+/// `shard`'s part of batch `step`: the rows of [`make_batch`]'s batch it takes,
+/// bit for bit (pure in its arguments).
+pub fn make_shard(
+    ds: &dyn VideoDataset,
+    plan: &BatchPlan,
+    step: u64,
+    shard: Shard,
+) -> Result<HostBatch> {
+    let slice = shard.slice(plan.batch_size)?;
+    let videos = plan.batch_size / shard.world;
     let n = ds.len(Split::Train);
     if n == 0 {
         return Err(Error::BadInput("the training split has no videos".into()));
@@ -70,13 +123,15 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
     let planner = plan.planner.as_ref();
     let (s, t, per_video) = (plan.size, planner.frames(), planner.clips_per_video());
     let clip_len = 3 * t * s * s;
-    let clips = plan.batch_size * per_video;
+    let clips = videos * per_video;
     let mut data = vec![0f32; clips * clip_len];
     let mut skipped = Vec::new();
-    let mut labels = Vec::with_capacity(plan.batch_size);
+    let mut labels = Vec::with_capacity(videos);
     let mut clip_meta = Vec::with_capacity(clips);
     let norm = Normalize::from_cfg(&plan.augment);
-    for j in 0..plan.batch_size {
+    // `j` is the position in the whole batch (what every draw is keyed on), `local`
+    // the row in this shard's.
+    for (local, j) in (slice.first..slice.first + videos).enumerate() {
         let mut idx = video_for(n, plan, step, j);
         let seed = mix(plan.seed ^ mix(step ^ mix(j as u64 ^ 0xc11b)));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -124,7 +179,7 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
                 video.height, video.width
             )));
         }
-        let base = j * per_video;
+        let base = local * per_video;
         if planned.len() != per_video || planned.iter().any(|pc| pc.indices.len() != t) {
             return Err(Error::Internal(format!(
                 "the clip planner promised {per_video} clips of {t} frames, planned {:?}",
@@ -153,11 +208,12 @@ pub fn make_batch(ds: &dyn VideoDataset, plan: &BatchPlan, step: u64) -> Result<
         step,
         data,
         shape: [clips, 3, t, s, s],
-        videos: plan.batch_size,
+        videos,
         seed: mix(plan.seed ^ mix(step ^ 0xba7c)),
         skipped,
         labels,
         clip_meta,
+        slice,
     })
 }
 
@@ -291,6 +347,18 @@ impl Loader {
         end: u64,
         workers: usize,
     ) -> Self {
+        Self::spawn_shard(ds, plan, start, end, workers, Shard::WHOLE)
+    }
+
+    /// [`Loader::spawn`] for a data-parallel rank: `shard`'s part of each batch.
+    pub fn spawn_shard(
+        ds: Arc<dyn VideoDataset>,
+        plan: BatchPlan,
+        start: u64,
+        end: u64,
+        workers: usize,
+        shard: Shard,
+    ) -> Self {
         let workers = workers.max(1);
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
@@ -303,7 +371,7 @@ impl Loader {
                     // A panic outside a video read (augmentation, planning) ends this
                     // worker with an error the consumer sees, never a silent hang.
                     let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        make_batch(ds.as_ref(), &plan, step)
+                        make_shard(ds.as_ref(), &plan, step, shard)
                     }))
                     .unwrap_or_else(|p| {
                         Err(Error::Internal(format!(

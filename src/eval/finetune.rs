@@ -321,6 +321,7 @@ pub fn finetune(
         recipe: Some(setup.recipe.to_string()),
         on_nonfinite: crate::train::config::OnNonFinite::Stop,
         inject_nonfinite_at: None,
+        parallel: None,
     };
     let mut obj = Finetuner {
         net,

@@ -89,6 +89,12 @@ impl BatchNorm3d {
             ));
         }
         let count = d[0] * d[2] * d[3] * d[4];
+        if train {
+            if let Some(group) = super::collective::sync_bn_group() {
+                let y = self.forward_sync(x, d, &group)?;
+                return Ok(if relu { y.relu()? } else { y });
+            }
+        }
         if train && count >= 2 && cpu_float(x) {
             return self.forward_cpu_train(x, d, relu);
         }
@@ -152,18 +158,73 @@ impl BatchNorm3d {
         let xc = xr.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
         let inv = var.affine(1.0, self.eps)?.sqrt()?.recip()?;
-        let y = xc
-            .broadcast_mul(&inv)?
-            .reshape(d.to_vec())?
-            .broadcast_mul(&w)?
-            .broadcast_add(&b)?;
+        self.finish_train(&xc, &inv, &mean, &var, d, count)
+    }
 
+    /// `xc · inv · γ + β` (centred values, per-channel inverse deviations, in x's
+    /// type), reshaped to `d`; the running statistics updated from the batch's
+    /// `mean` and `var` over `count` values.
+    fn finish_train(
+        &self,
+        xc: &Tensor,
+        inv: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        d: [usize; 5],
+        count: usize,
+    ) -> Result<Tensor> {
+        let (c, dtype) = (self.channels, xc.dtype());
+        let per_channel =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.reshape((1, c, 1, 1, 1))?) };
+        let y = xc
+            .broadcast_mul(inv)?
+            .reshape(d.to_vec())?
+            .broadcast_mul(&per_channel(&self.weight)?)?
+            .broadcast_add(&per_channel(&self.bias)?)?;
         self.update_running(
             &mean.detach().flatten_all()?,
             &var.detach().flatten_all()?,
             count,
         )?;
         Ok(y)
+    }
+
+    /// Training mode with the statistics of every rank's batch (synchronised batch
+    /// norm): per-channel sums all-reduced, then the centred sums of squares, both
+    /// differentiably, so each rank's gradients include what its values did to the
+    /// other ranks' normalisation. Every rank must hold as many values per channel.
+    fn forward_sync(
+        &self,
+        x: &Tensor,
+        d: [usize; 5],
+        group: &Arc<dyn super::collective::Collective>,
+    ) -> Result<Tensor> {
+        use super::collective::all_reduce;
+        let c = self.channels;
+        let local = d[0] * d[2] * d[3] * d[4];
+        let count = local * group.world();
+        if count < 2 {
+            return Err(op_error(
+                OP,
+                format!("training needs more than one value per channel, got input {d:?}"),
+            ));
+        }
+        let dtype = x.dtype();
+        // Statistics in f64 (as the CPU kernel keeps them), normalisation in x's type.
+        let xr = x.reshape((d[0], c, local / d[0]))?;
+        let x64 = xr.to_dtype(DType::F64)?;
+        let inv_count = 1.0 / count as f64;
+        let sum = x64.sum_keepdim(2)?.sum_keepdim(0)?;
+        let mean = all_reduce(&sum, group)?.affine(inv_count, 0.0)?;
+        let squares = x64
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .sum_keepdim(2)?
+            .sum_keepdim(0)?;
+        let var = all_reduce(&squares, group)?.affine(inv_count, 0.0)?;
+        let inv = var.affine(1.0, self.eps)?.sqrt()?.recip()?;
+        let xc = xr.broadcast_sub(&mean.to_dtype(dtype)?)?;
+        self.finish_train(&xc, &inv.to_dtype(dtype)?, &mean, &var, d, count)
     }
 
     /// Running statistics from the batch `mean` and biased `var` (`[C]`, over `count`
@@ -266,6 +327,92 @@ mod tests {
             ] {
                 close(name, &vals(a.as_tensor()), &vals(b.as_tensor()), 1e-5);
             }
+        }
+    }
+
+    /// Synchronised batch norm on two thread ranks, each holding half the batch,
+    /// equals the CPU kernel on the whole batch: each rank's output and input
+    /// gradient are its half of the whole batch's, the ranks' weight gradients sum to
+    /// the whole batch's, and every rank's running statistics are the whole batch's.
+    #[test]
+    fn synchronised_form_on_two_ranks_equals_the_kernel_on_the_whole_batch() {
+        use crate::ops::collective::{tests::on_ranks, SyncBatchNorm};
+        let dev = Device::Cpu;
+        let d = [4, 3, 3, 4, 5];
+        let half = [2, 3, 3, 4, 5];
+        let w = vals(&Tensor::randn(0.5f32, 1.0, 3, &dev).unwrap());
+        let b = vals(&Tensor::randn(0.5f32, 1.0, 3, &dev).unwrap());
+        let x = vals(&Tensor::randn(0.3f32, 2.0, d.to_vec(), &dev).unwrap());
+        let r = vals(&Tensor::randn(0f32, 1.0, d.to_vec(), &dev).unwrap());
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev).unwrap();
+
+        let whole = layer(&t(&w, &[3]), &t(&b, &[3]));
+        let xv = Var::from_tensor(&t(&x, &d)).unwrap();
+        let y = whole.forward_act(xv.as_tensor(), true, true).unwrap();
+        let g = (&y * t(&r, &d))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (y, dx) = (vals(&y), vals(g.get(xv.as_tensor()).unwrap()));
+        let (dw, db) = (
+            vals(g.get(&whole.weight).unwrap()),
+            vals(g.get(&whole.bias).unwrap()),
+        );
+
+        let n = x.len() / 2;
+        let ranks = on_ranks(2, move |group| {
+            let dev = Device::Cpu;
+            let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev).unwrap();
+            let k = group.rank();
+            let bn = layer(&t(&w, &[3]), &t(&b, &[3]));
+            let xv = Var::from_tensor(&t(&x[k * n..(k + 1) * n], &half)).unwrap();
+            let _sync = SyncBatchNorm::enter(group);
+            let y = bn.forward_act(xv.as_tensor(), true, true).unwrap();
+            let loss = (&y * t(&r[k * n..(k + 1) * n], &half))
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let g = loss.backward().unwrap();
+            vec![
+                vals(&y),
+                vals(g.get(xv.as_tensor()).unwrap()),
+                vals(g.get(&bn.weight).unwrap()),
+                vals(g.get(&bn.bias).unwrap()),
+                vals(bn.running_mean.as_tensor()),
+                vals(bn.running_var.as_tensor()),
+            ]
+        });
+        // Output `i` of every rank, concatenated in rank order, or summed over ranks.
+        let cat = |i: usize| {
+            ranks
+                .iter()
+                .flat_map(|o| o[i].clone())
+                .collect::<Vec<f32>>()
+        };
+        let sum = |i: usize| {
+            (0..3)
+                .map(|c| ranks.iter().map(|o| o[i][c]).sum())
+                .collect::<Vec<f32>>()
+        };
+        close("forward", &y, &cat(0), 1e-5);
+        close("dx", &dx, &cat(1), 1e-4);
+        close("dweight", &dw, &sum(2), 1e-4);
+        close("dbias", &db, &sum(3), 1e-4);
+        for o in &ranks {
+            close(
+                "running_mean",
+                &vals(whole.running_mean.as_tensor()),
+                &o[4],
+                1e-5,
+            );
+            close(
+                "running_var",
+                &vals(whole.running_var.as_tensor()),
+                &o[5],
+                1e-5,
+            );
         }
     }
 }

@@ -60,7 +60,9 @@ pub fn residual_block_train(x: &Tensor, b: &ResidualBlock) -> Result<Option<Tens
         &b.bn2.weight,
         &b.bn2.bias,
     ];
+    // Synchronised batch norm composes the layers (its statistics span the ranks).
     if !enabled()
+        || super::collective::sync_bn_group().is_some()
         || !f32_cpu(x)
         || !params.iter().all(|t| f32_cpu(t))
         || b.conv1.bias.is_some()

@@ -6,6 +6,7 @@
 pub mod batch_norm3d;
 pub mod block;
 mod bn_cpu;
+pub mod collective;
 pub mod conv3d;
 pub(crate) mod dispatch;
 pub mod fused;

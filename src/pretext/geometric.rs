@@ -19,7 +19,7 @@ use crate::backbone::Backbone;
 use crate::data::clip::{Batch, ClipPlanner};
 use crate::data::sampler::StridedPlanner;
 use crate::error::{check, Invalid};
-use crate::nn::{dropout, Linear, VarStore};
+use crate::nn::{dropout_rows, Linear, VarStore};
 use crate::seed::mix;
 use crate::{Error, Result};
 
@@ -197,8 +197,21 @@ impl<T: GeometricPretext> GeometricMethod<T> {
             .collect()
     }
 
-    /// Transformed clips and their labels for one batch.
+    /// Transformed clips and their labels for one batch (the whole step's).
     pub fn make_inputs(&self, clips: &Tensor, seed: u64) -> Result<(Tensor, Tensor)> {
+        let b = clips.dim(0)?;
+        self.make_inputs_of(clips, seed, 0..b, b)
+    }
+
+    /// [`Self::make_inputs`] for the clips `rows` of a step whose whole batch has
+    /// `total` clips: the transforms are drawn for the whole batch, these rows kept.
+    fn make_inputs_of(
+        &self,
+        clips: &Tensor,
+        seed: u64,
+        rows: std::ops::Range<usize>,
+        total: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let b = clips.dim(0)?;
         let dev = clips.device();
         let classes = self.method.classes();
@@ -216,7 +229,7 @@ impl<T: GeometricPretext> GeometricMethod<T> {
                 ))
             }
             RotationsPerClip::One => {
-                let ks = self.draw(b, seed);
+                let ks = self.draw(total, seed)[rows].to_vec();
                 let parts = (0..b)
                     .map(|i| self.method.apply(ks[i] as usize, &clips.narrow(0, i, 1)?))
                     .collect::<Result<Vec<_>>>()?;
@@ -232,9 +245,27 @@ impl<T: GeometricPretext> Pretext for GeometricMethod<T> {
     }
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
-        let (x, labels) = self.make_inputs(&batch.clips, mix(batch.seed ^ 0x5157))?;
+        let b = batch.clips.dim(0)?;
+        let per_video = b / batch.videos.max(1);
+        let rows = batch.slice.rows(batch.videos, per_video);
+        let total = batch.slice.total * per_video;
+        let (x, labels) =
+            self.make_inputs_of(&batch.clips, mix(batch.seed ^ 0x5157), rows.clone(), total)?;
         let f = self.backbone.pooled(&x, train)?;
-        let f = dropout(&f, self.cfg.dropout, train, mix(batch.seed ^ 0xd20f))?;
+        // The rows of `x` are clip-major for one transform per clip, transform-major
+        // (`classes` blocks of the batch) for all of them.
+        let blocks = f.dim(0)? / b;
+        let kept: Vec<usize> = (0..blocks)
+            .flat_map(|k| rows.clone().map(move |r| k * total + r))
+            .collect();
+        let f = dropout_rows(
+            &f,
+            self.cfg.dropout,
+            train,
+            mix(batch.seed ^ 0xd20f),
+            &kept,
+            blocks * total,
+        )?;
         let logits = self.head.forward(&f)?;
         StepOutput::classification(&logits, &labels)
     }

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Pretext, StepOutput};
 use crate::backbone::Backbone;
-use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
+use crate::data::clip::{Batch, BatchSlice, ClipMeta, ClipPlanner, PlannedClip};
 use crate::data::sampler::{clip_indices, random_start};
 use crate::error::{check, Invalid};
-use crate::nn::{dropout, Linear, VarStore};
+use crate::nn::{dropout_rows, Linear, VarStore};
 use crate::seed::mix;
 use crate::{Error, Result};
 
@@ -594,7 +594,25 @@ impl<T: SpeedSortPretext> SpeedSortMethod<T> {
 
     /// Logits of pooled clip features `[videos * n_clips, C]` (video-major).
     pub fn logits(&self, feats: &Tensor, videos: usize, train: bool, seed: u64) -> Result<Tensor> {
+        self.logits_of(feats, videos, train, seed, BatchSlice::whole(videos))
+    }
+
+    /// [`Self::logits`] for the slice `slice` of a step's batch: dropout drawn for the
+    /// whole batch, these rows kept.
+    fn logits_of(
+        &self,
+        feats: &Tensor,
+        videos: usize,
+        train: bool,
+        seed: u64,
+        slice: BatchSlice,
+    ) -> Result<Tensor> {
         let p = self.dropout;
+        let drop = |x: &Tensor| -> Result<Tensor> {
+            let per_video = x.dim(0)? / videos.max(1);
+            let rows: Vec<usize> = slice.rows(videos, per_video).collect();
+            dropout_rows(x, p, train, seed, &rows, slice.total * per_video)
+        };
         if let Some(h) = &self.sort_head {
             let (_, c) = feats.dims2()?;
             let f = feats.reshape((videos, self.method.n_clips(), c))?;
@@ -607,10 +625,9 @@ impl<T: SpeedSortPretext> SpeedSortMethod<T> {
             let x = Tensor::stack(&pairs, 1)?.reshape((videos * h.pairs.len(), 2 * c))?;
             let x = h.pair.forward(&x)?.relu()?;
             let x = x.reshape((videos, h.pairs.len() * h.hidden))?;
-            let x = dropout(&x, p, train, seed)?;
-            h.fc.forward(&x)
+            h.fc.forward(&drop(&x)?)
         } else if let Some(fc) = &self.fc {
-            fc.forward(&dropout(feats, p, train, seed)?)
+            fc.forward(&drop(feats)?)
         } else {
             Err(Error::Internal("speed sort without a head".into()))
         }
@@ -636,7 +653,13 @@ impl<T: SpeedSortPretext> Pretext for SpeedSortMethod<T> {
         let targets = self.targets(&batch.clip_meta)?;
         let labels = Tensor::from_vec(targets.clone(), targets.len(), batch.clips.device())?;
         let f = self.backbone.pooled(&batch.clips, train)?;
-        let logits = self.logits(&f, batch.videos, train, mix(batch.seed ^ 0x5bd5))?;
+        let logits = self.logits_of(
+            &f,
+            batch.videos,
+            train,
+            mix(batch.seed ^ 0x5bd5),
+            batch.slice,
+        )?;
         let mut out = StepOutput::classification(&logits, &labels)?;
         if let Some((fc, w)) = &self.aux {
             let t = self.method.clip_labels(&batch.clip_meta)?;

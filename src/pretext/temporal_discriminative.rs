@@ -38,7 +38,7 @@ use super::momentum::copy_store;
 pub use super::momentum::{ema, ema_update, enqueue, random_unit_rows};
 use super::{Pretext, StepOutput};
 use crate::backbone::Backbone;
-use crate::data::clip::{Batch, ClipMeta, ClipPlanner, PlannedClip};
+use crate::data::clip::{Batch, BatchSlice, ClipMeta, ClipPlanner, PlannedClip};
 use crate::data::sampler::clip_indices;
 use crate::error::{check, Invalid};
 use crate::loss::{info_nce_queue, l2_normalize, triplet_margin};
@@ -245,8 +245,11 @@ pub trait TemporalDiscriminative: Send + Sync + 'static {
     /// Triplet rule: the starts of a triplet of clips of `frames` frames in a video of
     /// `len` frames, drawn from the video's plan `rng`.
     fn triplet(&self, len: usize, frames: usize, rng: &mut dyn RngCore) -> Result<Triplet>;
-    /// Temporal augmentation of anchor clips `[B, C, T, H, W]` with randomness from `seed`.
-    fn augment_anchor(&self, anchor: &Tensor, seed: u64) -> Result<Tensor>;
+    /// Temporal augmentation of anchor clips `[B, C, T, H, W]` with randomness from
+    /// `seed`; the anchors are `slice` of the step's batch (draw for `slice.total`
+    /// anchors and keep this slice's, so a data-parallel rank draws what one process
+    /// on the whole batch would).
+    fn augment_anchor(&self, anchor: &Tensor, seed: u64, slice: BatchSlice) -> Result<Tensor>;
 }
 
 /// VTDL's rules: anchor and positive share a start, the negative is at least
@@ -273,13 +276,14 @@ impl TemporalDiscriminative for Vtdl {
         })
     }
 
-    fn augment_anchor(&self, anchor: &Tensor, seed: u64) -> Result<Tensor> {
+    fn augment_anchor(&self, anchor: &Tensor, seed: u64, slice: BatchSlice) -> Result<Tensor> {
         if !self.tca {
             return Ok(anchor.clone());
         }
         let (b, _, t, _, _) = anchor.dims5()?;
-        let (l, r) = tca_draw(b, t, self.tca_max, seed);
-        tca(anchor, &l, &r)
+        let (l, r) = tca_draw(slice.total, t, self.tca_max, seed);
+        let rows = slice.rows(b, 1);
+        tca(anchor, &l[rows.clone()], &r[rows])
     }
 }
 
@@ -442,7 +446,7 @@ impl<T: TemporalDiscriminative> Pretext for TemporalDiscriminativeMethod<T> {
         let anchor = every_third(&batch.clips, b, 0)?;
         let anchor = self
             .method
-            .augment_anchor(&anchor, mix(batch.seed ^ 0x7ca0))?;
+            .augment_anchor(&anchor, mix(batch.seed ^ 0x7ca0), batch.slice)?;
         let q = self.embed_query(&anchor, train)?;
         let n = self.embed_query(&every_third(&batch.clips, b, 2)?, train)?;
         let k = self.embed_key(&every_third(&batch.clips, b, 1)?, train)?;

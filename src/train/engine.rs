@@ -12,17 +12,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
 use super::config::OnNonFinite;
 use super::monitor::{Monitor, StepLog};
 use super::optim::{clip_grad_norm, Optimizer};
+use super::parallel::{self, Parallel};
 use super::schedule::Schedule;
 use crate::data::augment::AugmentConfig;
 use crate::data::bad_videos::BadVideos;
 use crate::data::clip::ClipPlanner;
 use crate::data::datasets::VideoDataset;
-use crate::data::loader::{BatchPlan, HostBatch, Loader};
+use crate::data::loader::{BatchPlan, HostBatch, Loader, Shard};
 use crate::data::DataConfig;
 use crate::io::read_safetensors;
 use crate::pretext::StepOutput;
@@ -47,6 +48,15 @@ pub trait Objective {
     }
     /// The model's tensors (`model.*` in a checkpoint).
     fn model_tensors(&self) -> Vec<(String, Tensor)>;
+    /// The model's variables (parameters and buffers), named as
+    /// [`model_tensors`](Self::model_tensors): what data parallelism keeps equal
+    /// between ranks. An objective without them cannot run data-parallel.
+    fn model_vars(&self) -> Result<Vec<(String, Var)>> {
+        Err(Error::BadInput(
+            "this objective cannot be trained data-parallel (it does not expose its variables)"
+                .into(),
+        ))
+    }
     /// Loads tensors named as [`model_tensors`](Self::model_tensors) names them.
     fn load_model(&mut self, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()>;
     /// Extra resumable state (`method.*` in a checkpoint).
@@ -120,7 +130,25 @@ pub fn update(
     groups: &mut [(&mut Optimizer, f64)],
     clip: f64,
 ) -> Result<Option<f64>> {
+    update_ranks(loss, groups, clip, None)
+}
+
+/// [`update`] on one rank of a data-parallel run: the gradients are averaged over
+/// the ranks of `group` before clipping and the step.
+pub fn update_ranks(
+    loss: &Tensor,
+    groups: &mut [(&mut Optimizer, f64)],
+    clip: f64,
+    group: Option<&dyn crate::ops::collective::Collective>,
+) -> Result<Option<f64>> {
     let mut grads = crate::ops::grad_sink::backward(loss)?;
+    if let Some(g) = group {
+        let all: Vec<Var> = groups
+            .iter()
+            .flat_map(|(o, _)| o.params().iter().map(|(_, v)| v.clone()))
+            .collect();
+        parallel::all_reduce_grads(&mut grads, &all, g)?;
+    }
     // The global norm is always measured (a NaN/Inf gradient must never reach the
     // weights); gradients are scaled only when `clip > 0`.
     let max_norm = if clip > 0.0 { clip } else { f64::INFINITY };
@@ -206,6 +234,9 @@ pub struct LoopConfig {
     pub on_nonfinite: OnNonFinite,
     /// Tests only: the (1-based) step whose loss is made infinite.
     pub inject_nonfinite_at: Option<u64>,
+    /// This process is one rank of a data-parallel run: it trains on its shard of
+    /// each batch, and only rank 0 writes checkpoints, metrics and TensorBoard.
+    pub parallel: Option<Parallel>,
 }
 
 /// What a loop did.
@@ -248,8 +279,16 @@ pub fn run(
             cfg.batch_size, cfg.log_every
         )));
     }
+    let shard = cfg.parallel.as_ref().map_or(Shard::WHOLE, |p| Shard {
+        rank: p.group.rank(),
+        world: p.group.world(),
+    });
+    shard.slice(cfg.batch_size)?;
+    let lead = shard.rank == 0;
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
-    run.remove_stale_temp_files();
+    if lead {
+        run.remove_stale_temp_files();
+    }
     let mut start = 0u64;
     let mut skipped_at_start = 0u64;
     if cfg.resume {
@@ -258,8 +297,20 @@ pub fn run(
         if !run.checkpoints().is_empty() {
             (start, skipped_at_start) = resume_from(run, obj, groups, sched, device)?;
         }
-        truncate_metrics(&run.metrics(), start)?;
+        if lead {
+            truncate_metrics(&run.metrics(), start)?;
+        }
     }
+    // Every rank starts from rank 0's model (fresh or resumed), whatever its own
+    // initialisation drew.
+    let model_vars = match &cfg.parallel {
+        Some(p) => {
+            let vars = obj.model_vars()?;
+            parallel::sync_model(&vars, p.group.as_ref())?;
+            vars
+        }
+        None => Vec::new(),
+    };
     let plan = BatchPlan {
         planner: obj.planner(),
         size: cfg.loader.size,
@@ -268,13 +319,16 @@ pub fn run(
         augment: cfg.loader.augment.clone(),
     };
     let names = groups.iter().map(|g| (g.name().to_string(), g.lr_factor));
-    let mut mon = Monitor::open(run, cfg, start, names.collect())?;
+    let mut mon = match lead {
+        true => Some(Monitor::open(run, cfg, start, names.collect())?),
+        false => None,
+    };
     let began = Instant::now();
     let mut done = start;
     let mut last_loss = f64::NAN;
     let mut skipped_steps: u64 = skipped_at_start;
     let mut bad = BadVideos::open(run);
-    let mut loader = Loader::spawn(dataset, plan, start, cfg.end, cfg.loader.workers);
+    let mut loader = Loader::spawn_shard(dataset, plan, start, cfg.end, cfg.loader.workers, shard);
     let mut train = || -> Result<()> {
         loop {
             let waiting = Instant::now();
@@ -282,14 +336,34 @@ pub fn run(
                 return Ok(());
             };
             let hb = hb?;
-            mon.batch(waiting.elapsed(), hb.shape[0]);
+            if let Some(m) = mon.as_mut() {
+                m.batch(waiting.elapsed(), hb.shape[0]);
+            }
+            // Every rank appends the bad videos of its own shard to the one list.
             bad.record(&hb.skipped)?;
             let (step, skipped) = (hb.step, hb.skipped.len());
-            let mut out = obj.loss(hb, device)?;
+            let mut out = {
+                let _sync = cfg
+                    .parallel
+                    .as_ref()
+                    .filter(|p| p.sync_bn)
+                    .map(|p| crate::ops::collective::SyncBatchNorm::enter(p.group.clone()));
+                obj.loss(hb, device)?
+            };
             if cfg.inject_nonfinite_at == Some(step + 1) {
                 out.loss = out.loss.affine(f64::INFINITY, 0.0)?;
             }
-            let loss = out.loss.to_scalar::<f32>()? as f64;
+            let mut loss = out.loss.to_scalar::<f32>()? as f64;
+            if let Some(p) = &cfg.parallel {
+                let mut vals: Vec<f64> = std::iter::once(loss)
+                    .chain(out.scalars.iter().map(|(_, v)| *v))
+                    .collect();
+                parallel::mean_over_ranks(&mut vals, p.group.as_ref())?;
+                loss = vals[0];
+                for ((_, v), m) in out.scalars.iter_mut().zip(&vals[1..]) {
+                    *v = *m;
+                }
+            }
             let lr = sched.lr_at(step);
             let bad = match nonfinite_term(loss, &out.scalars) {
                 Some(why) => Err(Error::NonFinite(why)),
@@ -298,9 +372,17 @@ pub fn run(
                         .iter_mut()
                         .map(|g| (&mut g.optimizer, g.lr_factor * lr))
                         .collect();
-                    update(&out.loss, &mut steps, cfg.grad_clip)
+                    let group = cfg.parallel.as_ref().map(|p| p.group.as_ref());
+                    update_ranks(&out.loss, &mut steps, cfg.grad_clip, group)
                 }
             };
+            if let Some(p) = cfg.parallel.as_ref().filter(|p| !p.sync_bn) {
+                let params: Vec<Var> = groups
+                    .iter()
+                    .flat_map(|g| g.optimizer.params().iter().map(|(_, v)| v.clone()))
+                    .collect();
+                parallel::sync_buffers(&model_vars, &params, p.group.as_ref())?;
+            }
             let grad_norm = match bad {
                 Ok(norm) => {
                     sched.observe(step, loss);
@@ -328,7 +410,10 @@ pub fn run(
             }
             done = step + 1;
             crate::io::crash_point("VSSL_CRASH_AT_STEP", done);
-            if done.is_multiple_of(cfg.log_every) || done == cfg.total {
+            if let Some(mon) = mon
+                .as_mut()
+                .filter(|_| done.is_multiple_of(cfg.log_every) || done == cfg.total)
+            {
                 mon.log(&StepLog {
                     step: done,
                     loss,
@@ -339,16 +424,21 @@ pub fn run(
                 })?;
             }
             let measured = obj.after_update(done, loss)?;
-            mon.measured(done, "test", &measured)?;
             let ckpt_due = cfg.checkpoint_every > 0 && done.is_multiple_of(cfg.checkpoint_every);
-            if ckpt_due || done == cfg.end {
-                save_checkpoint(run, cfg, obj, groups, sched, done, skipped_steps)?;
+            if let Some(mon) = mon.as_mut() {
+                mon.measured(done, "test", &measured)?;
+                if ckpt_due || done == cfg.end {
+                    save_checkpoint(run, cfg, obj, groups, sched, done, skipped_steps)?;
+                }
+                mon.tick(done)?;
             }
-            mon.tick(done)?;
         }
     };
     let res = train();
-    let ended = mon.finish(done, cfg.total, res.as_ref().err());
+    let ended = match mon {
+        Some(m) => m.finish(done, cfg.total, res.as_ref().err()),
+        None => Ok(()),
+    };
     res.and(ended)?;
     Ok(LoopSummary {
         steps_done: cfg.end,

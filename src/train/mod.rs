@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod monitor;
 pub mod optim;
+pub mod parallel;
 pub mod resume;
 pub mod schedule;
 mod sgd_cpu;

@@ -37,6 +37,9 @@ pub struct FitOptions {
     pub name: String,
     /// Resume even when the recipe changes the run (see [`super::resume`]).
     pub force: bool,
+    /// Run as one rank of a data-parallel run (every rank calls [`fit`] with the
+    /// same arguments and its own handle; rank 0 writes the run directory).
+    pub parallel: Option<super::parallel::Parallel>,
 }
 
 /// What a finished (or stopped) run did.
@@ -145,6 +148,7 @@ impl Objective for PretextObjective<'_> {
             videos: hb.videos,
             clip_meta: hb.clip_meta,
             seed: hb.seed,
+            slice: hb.slice,
         };
         self.0.step(&batch, true)
     }
@@ -155,6 +159,18 @@ impl Objective for PretextObjective<'_> {
 
     fn model_tensors(&self) -> Vec<(String, Tensor)> {
         model_tensors(&*self.0)
+    }
+
+    fn model_vars(&self) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut out = self.0.backbone().vars().all();
+        out.extend(
+            self.0
+                .head_vars()
+                .all()
+                .into_iter()
+                .map(|(k, v)| (format!("pretext.{k}"), v)),
+        );
+        Ok(out)
     }
 
     fn load_model(&mut self, tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
@@ -202,6 +218,7 @@ pub fn fit(
         )));
     }
     let resume = opts.resume;
+    let lead = opts.parallel.as_ref().is_none_or(|p| p.group.rank() == 0);
     if resume && existing.is_empty() {
         check_resume_dir(run, resume)?;
         if run.model().exists() {
@@ -256,7 +273,9 @@ pub fn fit(
                 }
             }
         }
-        std::fs::write(&recipe_path, text).map_err(|e| Error::io(&recipe_path, e))?;
+        if lead {
+            std::fs::write(&recipe_path, text).map_err(|e| Error::io(&recipe_path, e))?;
+        }
         metadata.insert("recipe".to_string(), text.clone());
     }
 
@@ -296,6 +315,7 @@ pub fn fit(
         recipe: opts.recipe.clone(),
         on_nonfinite: t.on_nonfinite,
         inject_nonfinite_at: t.inject_nonfinite_at,
+        parallel: opts.parallel.clone(),
     };
     let mut groups = [ParamGroup::single(optimizer)];
     let mut obj = PretextObjective(pretext);
@@ -308,7 +328,7 @@ pub fn fit(
         run,
         device,
     )?;
-    if s.steps_done == total {
+    if s.steps_done == total && lead {
         let path = run.model();
         write_safetensors_atomic(
             &path,

@@ -48,21 +48,7 @@ fn rand_t(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(rand_vec(n, seed), shape, &cpu()).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    a.to_dtype(DType::F32)
-        .unwrap()
-        .sub(&b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use super::common::max_abs_diff as max_diff;
 
 fn cfg(arch: Arch) -> BackboneConfig {
     BackboneConfig {

@@ -191,3 +191,20 @@ pub fn ffmpeg_lavfi(path: &Path, src: &str, frames: usize, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The largest absolute element-wise difference of two tensors of one shape (as f32).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    a.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .sub(&b.to_dtype(candle_core::DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

@@ -181,6 +181,7 @@ fn batch(metas: Vec<ClipMeta>, videos: usize) -> Batch {
         videos,
         clip_meta: metas,
         seed: 11,
+        slice: vssl::data::clip::BatchSlice::whole(videos),
     }
 }
 

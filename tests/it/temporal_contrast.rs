@@ -449,6 +449,7 @@ fn method_switches_losses_by_weight_and_reduction() {
         videos: 1,
         clip_meta: vec![],
         seed: 1,
+        slice: vssl::data::clip::BatchSlice::whole(1),
     };
     let err = p.step(&batch, true).unwrap_err().to_string();
     assert!(err.contains("dense_clips"), "{err}");

@@ -370,6 +370,7 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
             6
         ],
         seed: 4,
+        slice: vssl::data::clip::BatchSlice::whole(2),
     };
     let (q0, p0) = (m.queue().0.clone(), m.queue().1);
     assert_eq!(p0, 0);
@@ -411,7 +412,11 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
     assert_eq!(
         rows(
             &off.method()
-                .augment_anchor(&x, 1)
+                .augment_anchor(
+                    &x,
+                    1,
+                    vssl::data::clip::BatchSlice::whole(x.dim(0).unwrap())
+                )
                 .unwrap()
                 .flatten_from(1)
                 .unwrap()
@@ -422,7 +427,11 @@ fn key_encoder_starts_as_a_copy_and_steps_fill_the_queue() {
     assert_ne!(
         rows(
             &on.method()
-                .augment_anchor(&x, 1)
+                .augment_anchor(
+                    &x,
+                    1,
+                    vssl::data::clip::BatchSlice::whole(x.dim(0).unwrap())
+                )
                 .unwrap()
                 .flatten_from(1)
                 .unwrap()

@@ -284,6 +284,7 @@ fn fit_runs_a_caller_built_method_and_resumes_exactly() {
         )
         .unwrap();
         let opts = FitOptions {
+            parallel: None,
             loader: LoaderConfig::from(&r.data),
             resume,
             stop_after,
@@ -319,4 +320,39 @@ fn fit_runs_a_caller_built_method_and_resumes_exactly() {
     let o = train(&path, &cli, &["--set", "train.steps=4"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_bit_identical(&tensors(&a), &tensors(&RunDir::new(&cli).model()));
+}
+
+/// `tools/gpu-check.sh --dry` (the GPU check on the CPU at tiny sizes) runs every
+/// step end to end with this build's binary and reports each figure.
+#[test]
+fn gpu_check_script_runs_end_to_end_in_dry_mode() {
+    let d = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new("bash")
+        .arg(super::common::repo().join("tools/gpu-check.sh"))
+        .args([
+            "--dry",
+            "--python",
+            "none",
+            "--bin",
+            env!("CARGO_BIN_EXE_vssl"),
+        ])
+        .env("OUT", d.path())
+        .env("VSSL_LOG", "warn")
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(d.path().join("gpu-check.txt")).unwrap_or_default();
+    assert!(o.status.success(), "{}\n{report}", stderr(&o));
+    for want in [
+        "-- machine: ok",
+        "-- conv3d: ok",
+        "-- model: ok",
+        "-- quickstart: ok",
+        "quickstart linear top-1: pretrained 0.",
+        "gpu-check: all steps passed",
+    ] {
+        assert!(
+            report.contains(want),
+            "no `{want}` in the report:\n{report}"
+        );
+    }
 }

@@ -106,6 +106,8 @@ pub fn run_conv(o: &ConvBenchOptions, dev: &Device) -> Result<String> {
                 o.size.to_string(),
                 "--conv".into(),
                 format!("{},{},{},{},{}", o.cin, o.cout, o.kernel, o.stride, o.pad),
+                "--device".into(),
+                super::torch_device(dev),
             ],
         )?),
         None => None,

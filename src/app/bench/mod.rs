@@ -54,6 +54,15 @@ pub fn peak_rss_kib() -> Option<u64> {
 }
 
 /// The PyTorch side: `bench_torch.py --serve` answering one command per line.
+/// PyTorch's name for `dev`, so the peer runs where vssl runs.
+pub(crate) fn torch_device(dev: &candle_core::Device) -> String {
+    match dev.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("mps:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+    }
+}
+
 pub(crate) struct TorchServer {
     child: Child,
     stdin: ChildStdin,

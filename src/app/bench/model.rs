@@ -163,6 +163,8 @@ pub fn run(o: &BenchOptions, dev: &Device) -> Result<BenchReport> {
                 o.size.to_string(),
                 "--warmup".into(),
                 o.warmup_steps().to_string(),
+                "--device".into(),
+                super::torch_device(dev),
             ],
         ) {
             Ok(s) => (Some(s), None),

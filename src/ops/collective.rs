@@ -1,0 +1,358 @@
+//! Collectives between the ranks of a data-parallel run: the all-reduce that sums
+//! gradients and synchronised batch-norm statistics, and the broadcast that starts
+//! every rank from rank 0's weights.
+//!
+//! Why a trait: the training loop and batch norm need only "sum this over the
+//! ranks" and "take rank 0's copy", whatever carries it. [`ThreadGroup`] carries it
+//! between threads of one process on the CPU (the stand-in the data-parallel tests
+//! run on, and a way to check a multi-rank run on a laptop); an NCCL communicator
+//! (one process per GPU) implements the same two calls.
+//!
+//! Every reduction sums the ranks' buffers in rank order, so every rank gets the
+//! same bits and a run is deterministic whatever the threads' timing.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use crate::{Error, Result};
+
+/// One rank's handle on a group of `world` ranks. Every rank must make the same
+/// calls in the same order with buffers of the same length.
+pub trait Collective: Send + Sync {
+    /// This rank, `0..world`.
+    fn rank(&self) -> usize;
+    /// Ranks in the group.
+    fn world(&self) -> usize;
+    /// Replaces `buf` on every rank by the element-wise sum of all ranks' `buf`,
+    /// added in rank order.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// [`Collective::all_reduce_sum`] in double precision (statistics).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// Replaces `buf` on every rank by `root`'s.
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+}
+
+/// The CPU stand-in: the ranks are threads of this process. A rank whose handle is
+/// dropped (its thread returned or failed) makes every later collective of the
+/// others an error naming it, instead of a hang.
+pub struct ThreadGroup {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    world: usize,
+    state: Mutex<State>,
+    turn: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Vec<f64>>,
+    arrived: usize,
+    generation: u64,
+    left: Option<usize>,
+}
+
+impl ThreadGroup {
+    /// Handles for ranks `0..world`, to be moved one to each thread.
+    pub fn new(world: usize) -> Result<Vec<ThreadGroup>> {
+        if world == 0 {
+            return Err(Error::BadInput(
+                "a process group needs at least one rank".into(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            world,
+            state: Mutex::new(State {
+                slots: vec![Vec::new(); world],
+                ..State::default()
+            }),
+            turn: Condvar::new(),
+        });
+        Ok((0..world)
+            .map(|rank| ThreadGroup {
+                rank,
+                shared: shared.clone(),
+            })
+            .collect())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until every rank arrived; an error if one left the group.
+    fn barrier(&self) -> Result<()> {
+        let mut st = self.lock();
+        let gone = |left: usize| {
+            Error::Internal(format!(
+                "data parallel: rank {left} left the group; rank {} stops too",
+                self.rank
+            ))
+        };
+        if let Some(l) = st.left {
+            return Err(gone(l));
+        }
+        st.arrived += 1;
+        if st.arrived == self.shared.world {
+            st.arrived = 0;
+            st.generation += 1;
+            self.shared.turn.notify_all();
+            return Ok(());
+        }
+        let gen = st.generation;
+        while st.generation == gen && st.left.is_none() {
+            st = self.shared.turn.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        match (st.generation == gen, st.left) {
+            (true, Some(l)) => Err(gone(l)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts `buf` in this rank's slot, then waits for the others'.
+    fn publish(&self, buf: impl Iterator<Item = f64>) -> Result<()> {
+        {
+            let mut st = self.lock();
+            let slot = &mut st.slots[self.rank];
+            slot.clear();
+            slot.extend(buf);
+        }
+        self.barrier()
+    }
+
+    /// Sums the slots in rank order into `out(i, sum)`, checking every rank gave
+    /// `len` values; then waits until every rank has read them.
+    fn reduce(&self, len: usize, mut out: impl FnMut(usize, f64)) -> Result<()> {
+        {
+            let st = self.lock();
+            if let Some(r) = st.slots.iter().position(|s| s.len() != len) {
+                return Err(Error::Internal(format!(
+                    "data parallel: all-reduce of {len} values on rank {} but {} on rank {r}",
+                    self.rank,
+                    st.slots[r].len()
+                )));
+            }
+            for i in 0..len {
+                out(i, st.slots.iter().fold(0.0, |acc, s| acc + s[i]));
+            }
+        }
+        // Nobody overwrites a slot before every rank has read them all.
+        self.barrier()
+    }
+}
+
+impl Drop for ThreadGroup {
+    fn drop(&mut self) {
+        let mut st = self.lock();
+        st.left.get_or_insert(self.rank);
+        self.shared.turn.notify_all();
+    }
+}
+
+impl Collective for ThreadGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.shared.world
+    }
+
+    /// Sums in double precision, rounded once to f32.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        self.publish(buf.iter().map(|&v| v as f64))?;
+        self.reduce(buf.len(), |i, s| buf[i] = s as f32)
+    }
+
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.publish(buf.iter().copied())?;
+        self.reduce(buf.len(), |i, s| buf[i] = s)
+    }
+
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        if root >= self.shared.world {
+            return Err(Error::Internal(format!(
+                "data parallel: broadcast from rank {root} in a group of {}",
+                self.shared.world
+            )));
+        }
+        let mine: &[f32] = if self.rank == root { buf } else { &[] };
+        self.publish(mine.iter().map(|&v| v as f64))?;
+        {
+            let st = self.lock();
+            let src = &st.slots[root];
+            if src.len() != buf.len() {
+                return Err(Error::Internal(format!(
+                    "data parallel: broadcast of {} values from rank {root} into {} on rank {}",
+                    src.len(),
+                    buf.len(),
+                    self.rank
+                )));
+            }
+            for (b, s) in buf.iter_mut().zip(src) {
+                *b = *s as f32;
+            }
+        }
+        self.barrier()
+    }
+}
+
+/// Sums `t` over the ranks of `group`, differentiably: the gradient of a sum over
+/// ranks with respect to one rank's input is the sum over ranks of the upstream
+/// gradients, so the backward pass is the same all-reduce. CPU, f32 or f64.
+pub fn all_reduce(t: &Tensor, group: &Arc<dyn Collective>) -> Result<Tensor> {
+    Ok(t.contiguous()?.apply_op1(AllReduce(group.clone()))?)
+}
+
+#[derive(Clone)]
+struct AllReduce(Arc<dyn Collective>);
+
+impl CustomOp1 for AllReduce {
+    fn name(&self) -> &'static str {
+        "all-reduce"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("all-reduce takes a contiguous tensor");
+        };
+        let out = match s {
+            CpuStorage::F32(v) => {
+                let mut out = v[a..b].to_vec();
+                self.0
+                    .all_reduce_sum(&mut out)
+                    .map(|_| CpuStorage::F32(out))
+            }
+            CpuStorage::F64(v) => {
+                let mut out = v[a..b].to_vec();
+                self.0
+                    .all_reduce_sum_f64(&mut out)
+                    .map(|_| CpuStorage::F64(out))
+            }
+            _ => candle_core::bail!("all-reduce takes an f32 or f64 tensor"),
+        };
+        Ok((out.map_err(candle_core::Error::wrap)?, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(self.clone())?))
+    }
+}
+
+thread_local! {
+    static SYNC_BN: RefCell<Option<Arc<dyn Collective>>> = const { RefCell::new(None) };
+}
+
+/// While alive, batch norm in training mode on this thread normalises with
+/// statistics over every rank's batch (synchronised batch norm).
+pub struct SyncBatchNorm {
+    previous: Option<Arc<dyn Collective>>,
+}
+
+impl SyncBatchNorm {
+    pub fn enter(group: Arc<dyn Collective>) -> Self {
+        let previous = SYNC_BN.with(|s| s.borrow_mut().replace(group));
+        Self { previous }
+    }
+}
+
+impl Drop for SyncBatchNorm {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SYNC_BN.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// The group batch norm synchronises over on this thread, if any (and more than one rank).
+pub(crate) fn sync_bn_group() -> Option<Arc<dyn Collective>> {
+    SYNC_BN
+        .with(|s| s.borrow().clone())
+        .filter(|g| g.world() > 1)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Runs `f(rank handle)` on one thread per rank and collects the results in rank order.
+    pub(crate) fn on_ranks<T: Send + 'static>(
+        world: usize,
+        f: impl Fn(Arc<dyn Collective>) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let f = Arc::new(f);
+        let handles: Vec<_> = ThreadGroup::new(world)
+            .unwrap()
+            .into_iter()
+            .map(|g| {
+                let f = f.clone();
+                std::thread::spawn(move || f(Arc::new(g)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn all_reduce_sums_in_rank_order_and_broadcast_copies_the_root() {
+        let out = on_ranks(3, |g| {
+            let r = g.rank() as f32;
+            let mut a = vec![r, 10.0 * r, 1e8 * (r - 1.0), 1.0];
+            g.all_reduce_sum(&mut a).unwrap();
+            let mut b = vec![r; 2];
+            g.broadcast(&mut b, 2).unwrap();
+            (a, b)
+        });
+        // ((1e8·-1 + 0) + 1) + ... in rank order: -1e8 + 0 + 1e8 = 0 exactly.
+        let want = vec![3.0, 30.0, ((-1e8f32 + 0.0) + 1e8), 3.0];
+        for (a, b) in out {
+            assert_eq!(a, want);
+            assert_eq!(b, vec![2.0, 2.0]);
+        }
+    }
+
+    #[test]
+    fn a_rank_that_leaves_is_an_error_for_the_others_not_a_hang() {
+        let out = on_ranks(2, |g| {
+            if g.rank() == 1 {
+                return Ok(()); // drops its handle without joining the collective
+            }
+            let mut a = vec![1.0];
+            g.all_reduce_sum(&mut a)
+        });
+        let e = out[0].as_ref().unwrap_err().to_string();
+        assert!(e.contains("rank 1 left the group"), "{e}");
+        // Buffers of different lengths are an error on every rank.
+        let out = on_ranks(2, |g| g.all_reduce_sum(&mut vec![0.0; 1 + g.rank()]));
+        assert!(out.iter().all(|r| r.is_err()));
+    }
+
+    #[test]
+    fn the_differentiable_all_reduce_sums_values_and_gradients() {
+        // Rank r holds x_r; y = sum_r x_r on every rank; rank r's loss is (r+1)·Σ y.
+        // d(Σ_r loss_r)/dx_q = Σ_r (r+1) = 3 for each element on a world of 2.
+        let out = on_ranks(2, |g| {
+            let r = g.rank() as f32;
+            let x = Var::from_vec(vec![r, r + 1.0], 2, &Device::Cpu).unwrap();
+            let y = all_reduce(x.as_tensor(), &g).unwrap();
+            let loss = (y.sum_all().unwrap() * (r as f64 + 1.0)).unwrap();
+            let grads = loss.backward().unwrap();
+            (
+                y.to_vec1::<f32>().unwrap(),
+                grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            )
+        });
+        for (y, gx) in out {
+            assert_eq!(y, vec![1.0, 3.0]);
+            assert_eq!(gx, vec![3.0, 3.0]);
+        }
+    }
+}

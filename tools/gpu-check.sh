@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The GPU check: one short script for a machine with an NVIDIA GPU, PyTorch and no
+# Rust toolchain. Build the binary elsewhere (tools/cuda-build.sh), bring it along,
+# and run this; it prints every figure and writes them to $OUT/gpu-check.txt.
+#
+#   tools/gpu-check.sh [--dry] [--bin PATH] [--python PY] [--device DEV]
+#
+#   --dry      CPU and tiny sizes: checks the script itself end to end in about a
+#              minute on any machine (what CI and a laptop can run)
+#   --bin      the vssl binary (default target/release/vssl)
+#   --python   a Python with torch + torchvision, the peer (default python3);
+#              `none` runs vssl alone and says so in the report
+#   --device   cuda:N (default cuda:0; cpu with --dry)
+#
+# Steps, each timed and reported (a failing step is reported and the rest still run;
+# the exit status is non-zero if any failed):
+#   1. the machine: nvidia-smi, torch's CUDA build, the libraries the binary loads;
+#   2. one 64-channel 3x3x3 layer forward+backward, vssl against torch on the device;
+#   3. the R3D-18 training step (forward, backward, SGD) at batch 8 x 3x16x112x112,
+#      vssl against torch (cuDNN autotuned), repeats interleaved, medians;
+#   4. a short pretraining of experiments/quickstart.toml on the device and the
+#      linear probe of its backbone, against the same probe at random init.
+set -u
+cd "$(dirname "$0")/.."
+DRY=0 BIN=target/release/vssl PY=python3 DEV=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry) DRY=1 ;;
+        --bin) BIN=$2; shift ;;
+        --python) PY=$2; shift ;;
+        --device) DEV=$2; shift ;;
+        *) echo "gpu-check: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -z "$DEV" ]; then
+    if [ $DRY = 1 ]; then DEV=cpu; else DEV=cuda:0; fi
+fi
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+REPORT=$OUT/gpu-check.txt
+: >"$REPORT"
+say() { echo "$*" | tee -a "$REPORT"; }
+if [ ! -x "$BIN" ]; then
+    say "gpu-check: no vssl binary at $BIN (build one with tools/cuda-build.sh, or pass --bin)"
+    exit 2
+fi
+
+# The CUDA libraries a pip-installed torch brings (cuBLAS, cuRAND, NVRTC) are what a
+# machine without a toolkit has; the binary finds them through LD_LIBRARY_PATH.
+TORCH=()
+if [ "$PY" != none ]; then
+    if ! "$PY" -c 'import torch, torchvision' 2>/dev/null; then
+        say "gpu-check: $PY has no torch + torchvision (pass --python, or --python none to run vssl alone)"
+        exit 2
+    fi
+    TORCH=(--torch "$PY")
+    libs=$("$PY" - <<'EOF'
+import glob, os, site
+dirs = []
+for base in site.getsitepackages() + [site.getusersitepackages()]:
+    dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib")))
+print(":".join(dirs))
+EOF
+)
+    [ -n "$libs" ] && export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
+if [ $DRY = 1 ]; then
+    CONV=(--batch 1 --in 8 --out 8 --frames 4 --size 12 --kernel 3 --pad 1 --reps 1)
+    MODEL=(--arch r3d_18 --batch 1 --frames 4 --size 32 --reps 1 --warmup 1)
+    STEPS=4
+else
+    CONV=(--batch 8 --in 64 --out 64 --frames 16 --size 56 --kernel 3 --pad 1 --reps 5)
+    MODEL=(--arch r3d_18 --batch 8 --frames 16 --size 112 --reps 5 --warmup 3)
+    STEPS=
+fi
+
+FAILED=()
+step() {
+    local name=$1; shift
+    say ""
+    say "== $name: $*"
+    local t0=$SECONDS rc=0
+    "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+    cat "$OUT/$name.log" >>"$REPORT"
+    if [ $rc = 0 ]; then
+        head -n 6 "$OUT/$name.log" | cut -c1-200
+        say "-- $name: ok in $((SECONDS - t0)) s"
+    else
+        tail -n 40 "$OUT/$name.log"
+        say "-- $name: FAILED (exit $rc) after $((SECONDS - t0)) s; full log $OUT/$name.log"
+        FAILED+=("$name")
+    fi
+}
+
+machine() {
+    echo "date: $(date -u +%FT%TZ)  device: $DEV  dry: $DRY  binary: $BIN"
+    if [ "$DEV" != cpu ]; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || return 1
+    fi
+    if [ "$PY" != none ]; then
+        "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
+    fi
+    if command -v ldd >/dev/null; then
+        local missing
+        missing=$(ldd "$BIN" | grep 'not found' || true)
+        if [ -n "$missing" ]; then echo "libraries not found: $missing"; return 1; fi
+        ldd "$BIN" | grep -E 'libcu|libnvrtc|libcurand' || echo "(no CUDA libraries linked: a CPU build)"
+    fi
+}
+
+quick_run() {
+    local run=$OUT/quickstart
+    rm -rf "$run"
+    local sets=(--set train.device="\"$DEV\"")
+    if [ -n "$STEPS" ]; then sets+=(--set "train.steps=$STEPS" --set eval.linear_epochs=5); fi
+    "$BIN" train experiments/quickstart.toml "${sets[@]}" --out "$run" || return 1
+    echo "pretrained:"
+    "$BIN" --device "$DEV" eval "$run" --protocol linear || return 1
+    echo "random init:"
+    "$BIN" --device "$DEV" eval "$run" --protocol linear --random-init
+}
+
+step machine machine
+step conv3d "$BIN" --device "$DEV" bench conv3d "${CONV[@]}" "${TORCH[@]}"
+step model "$BIN" --device "$DEV" bench model "${MODEL[@]}" "${TORCH[@]}"
+step quickstart quick_run
+
+top1() { grep -o '"top1":[0-9.]*' | cut -d: -f2; }
+say ""
+say "== summary ($DEV)"
+say "conv3d 64ch layer: $(grep -h 'share of torch' "$OUT/conv3d.log" 2>/dev/null || echo 'no figure')"
+say "R3D-18 step:       $(grep -h '^ratio' "$OUT/model.log" 2>/dev/null || echo 'no figure')"
+say "                   $(grep -h '^vssl :\|^torch:' "$OUT/model.log" 2>/dev/null | tr '\n' ' ')"
+if [ -f "$OUT/quickstart.log" ]; then
+    read -r pre rnd <<<"$(top1 <"$OUT/quickstart.log" | tr '\n' ' ')"
+    say "quickstart linear top-1: pretrained ${pre:-?} vs random init ${rnd:-?}"
+fi
+if [ ${#FAILED[@]} -gt 0 ]; then
+    say "gpu-check: FAILED steps: ${FAILED[*]} (report $REPORT)"
+    exit 1
+fi
+say "gpu-check: all steps passed (report $REPORT)"
