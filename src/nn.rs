@@ -316,6 +316,8 @@ pub fn dropout_rows(
         .iter()
         .flat_map(|&r| whole[r * per_row..(r + 1) * per_row].iter().copied())
         .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?;
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
 }

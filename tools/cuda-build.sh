@@ -4,6 +4,8 @@
 #
 #   tools/cuda-build.sh [FEATURES] [EXTRA CARGO ARGS...]     (FEATURES default: cuda)
 #
+# FEATURES is one cargo feature list: cuda, cuda,cudnn, cuda,nccl, ...
+#
 # Steps:
 # 1. Once per machine, it assembles CUDA 13.0 from NVIDIA's PyPI wheels into
 #    $VSSL_CUDA_CACHE (default ~/.cache/vssl/cuda-13.0, about 1.3 GB):
@@ -12,10 +14,14 @@
 #    The versions are pinned to 13.0.x, whose PTX the NVIDIA 580 driver (CUDA 13.0)
 #    loads. With CUDA_COMPUTE_CAP=90 the kernels are compiled for sm_90 (H100/H200).
 # 2. It adds the unversioned .so links the linker looks for.
-# 3. It adds a link-only libcuda.so stub under lib/stubs, found through LIBRARY_PATH at
-#    link time and never on LD_LIBRARY_PATH. candle 0.11 links cudarc with
-#    `dynamic-linking`, so the binary needs the driver's libcuda.so.1 (and
-#    libcudart/libcublas/libcurand 13) when it starts.
+# 3. It adds link-only stubs under lib/stubs, found through LIBRARY_PATH at link time
+#    and never on LD_LIBRARY_PATH: libcuda.so (soname libcuda.so.1, the driver's),
+#    libcudnn.so (libcudnn.so.9) and libnccl.so (libnccl.so.2), each exporting the
+#    functions cudarc declares for it. candle 0.11 links cudarc with `dynamic-linking`,
+#    so the binary needs the driver's libcuda.so.1, libcudart/libcublas/libcurand 13
+#    and, with those features, cuDNN 9 and NCCL 2 when it starts: a PyTorch install
+#    for CUDA 13 brings all of them (nvidia-cudnn-cu13, nvidia-nccl-cu13), and
+#    tools/gpu-check.sh puts them on LD_LIBRARY_PATH.
 # 4. It runs `cargo build --release --no-default-features --features FEATURES`, which
 #    keeps ffmpeg out (GPU machines may lack Debian's ffmpeg libraries), into
 #    $CARGO_TARGET_DIR (default target/cuda).
@@ -56,22 +62,29 @@ if [ ! -e "$cache/.complete" ]; then
     touch "$cache/.complete"
 fi
 
-# The driver API functions cudarc declares, as empty exports of a libcuda.so stub:
-# enough for the linker, never loaded (the binary's NEEDED entry is libcuda.so.1,
-# which only the NVIDIA driver provides).
-stub=$root/lib/stubs/libcuda.so
-if [ ! -e "$stub" ]; then
-    cudarc=$(cargo metadata --format-version 1 --features cuda 2>/dev/null | python3 -c '
+# The functions cudarc declares for a library, as empty exports of a stub with the
+# real library's soname: enough for the linker, never loaded (the binary's NEEDED
+# entry names the soname, which only the real library provides).
+cudarc=
+make_stub() { # NAME SONAME DECLS PREFIX
+    local out=$root/lib/stubs/lib$1.so
+    [ -e "$out" ] && return
+    if [ -z "$cudarc" ]; then
+        cudarc=$(cargo metadata --format-version 1 --features cuda 2>/dev/null | python3 -c '
 import json, sys, os
 m = json.load(sys.stdin)
 print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"] == "cudarc"))')
+    fi
     mkdir -p "$root/lib/stubs"
-    grep -hoE '^\s+(pub )?fn cu[A-Z][A-Za-z0-9_]*\(' "$cudarc/src/driver/sys/mod.rs" |
+    grep -hoE "^\s+(pub )?fn $4[A-Za-z0-9_]*\(" "$cudarc/src/$3/sys/mod.rs" |
         sed -E 's/^\s+(pub )?fn //; s/\($//' | sort -u |
-        sed 's/.*/void &(void) {}/' > "$root/lib/stubs/stub.c"
-    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub" "$root/lib/stubs/stub.c"
-    rm "$root/lib/stubs/stub.c"
-fi
+        sed 's/.*/void &(void) {}/' > "$root/lib/stubs/$1.c"
+    cc -shared -fPIC -Wl,-soname,"$2" -o "$out" "$root/lib/stubs/$1.c"
+    rm "$root/lib/stubs/$1.c"
+}
+make_stub cuda libcuda.so.1 driver 'cu[A-Z]'
+case ",$features," in *,cudnn,*) make_stub cudnn libcudnn.so.9 cudnn cudnn ;; esac
+case ",$features," in *,nccl,*) make_stub nccl libnccl.so.2 nccl nccl ;; esac
 
 export CUDA_HOME=$root CUDA_PATH=$root
 export PATH=$root/bin:$PATH

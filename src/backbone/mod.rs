@@ -37,9 +37,17 @@ pub trait Backbone: Send + Sync {
     fn vars(&self) -> &VarStore;
 
     /// Globally average-pooled features `[B, C]`.
+    /// Half-precision activations (mixed precision) leave as f32 features, so heads
+    /// and losses run in f32.
     fn pooled(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let f = self.forward_t(x, train)?;
-        crate::ops::pool3d::global_avg_pool3d(&f)
+        let p = crate::ops::pool3d::global_avg_pool3d(&f)?;
+        Ok(match p.dtype() {
+            candle_core::DType::BF16 | candle_core::DType::F16 => {
+                p.to_dtype(candle_core::DType::F32)?
+            }
+            _ => p,
+        })
     }
 
     /// Class logits `[B, num_classes]` of pooled features `[B, C]`, or `None` when the

@@ -80,6 +80,11 @@ impl BatchNorm3d {
 
     /// [`Self::forward_t`] followed by ReLU when `relu` (fused into one pass on CPU).
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if super::is_half(x) {
+            // Mixed precision: statistics and normalisation in f32.
+            let y = self.forward_act(&x.to_dtype(DType::F32)?, train, relu)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         let d = dims5(OP, "input", x)?;
         let c = self.channels;
         if d[1] != c {

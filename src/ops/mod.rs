@@ -32,6 +32,14 @@ pub(crate) fn op_error(op: &str, msg: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{op}: {msg}"))
 }
 
+/// Whether `t` holds half-precision floats (bf16, f16): mixed-precision activations.
+pub(crate) fn is_half(t: &Tensor) -> bool {
+    matches!(
+        t.dtype(),
+        candle_core::DType::BF16 | candle_core::DType::F16
+    )
+}
+
 /// The dims of a rank-5 NCTHW tensor, or an error naming `op` and the actual shape.
 pub(crate) fn dims5(op: &str, what: &str, t: &Tensor) -> Result<[usize; 5]> {
     match *t.dims() {

@@ -127,6 +127,11 @@ impl TemporalGroupNorm {
     /// `train`: normalise each temporal group with its batch statistics and update its
     /// running statistics; otherwise normalise with the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if super::is_half(x) {
+            // Mixed precision: statistics and normalisation in f32.
+            let y = self.forward_t(&x.to_dtype(candle_core::DType::F32)?, train)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         let d = dims5(OP, "input", x)?;
         let (c, g, t) = (self.channels, self.groups, d[2]);
         if d[1] != c {

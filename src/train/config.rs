@@ -60,6 +60,34 @@ pub struct TrainConfig {
     /// default) leaves the choice to the recipe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The backbone's arithmetic: `"f32"`, or `"bf16"` (mixed precision: bf16
+    /// activations and convolutions, f32 master weights and optimiser, batch-norm
+    /// statistics, heads and losses in f32).
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// `train.precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The dtype of the backbone's activations.
+    pub fn dtype(&self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 /// Whether `spec` is a device the command line and `train.device` accept: `auto`,
@@ -117,6 +145,7 @@ impl Default for TrainConfig {
             on_nonfinite: OnNonFinite::Stop,
             inject_nonfinite_at: None,
             device: None,
+            precision: Precision::F32,
         }
     }
 }

@@ -258,8 +258,14 @@ pub fn step_metadata(cfg: &LoopConfig, step: u64) -> HashMap<String, String> {
         "rng".into(),
         format!("counter-based: seed={}, next_step={step}", cfg.seed),
     );
+    if let Some(p) = &cfg.parallel {
+        meta.insert(RANKS_KEY.into(), p.group.world().to_string());
+    }
     meta
 }
+
+/// Checkpoint metadata: the ranks of a data-parallel run (absent: one process).
+const RANKS_KEY: &str = "ranks";
 
 /// Runs `obj` from its last checkpoint (with `cfg.resume`) or from step 0 up to
 /// `cfg.end`, writing metrics, TensorBoard events, the run state, checkpoints and the
@@ -295,7 +301,8 @@ pub fn run(
         // No checkpoint yet (killed before the first): start over at step 0, dropping
         // what the killed attempt logged.
         if !run.checkpoints().is_empty() {
-            (start, skipped_at_start) = resume_from(run, obj, groups, sched, device)?;
+            let world = cfg.parallel.as_ref().map_or(1, |p| p.group.world());
+            (start, skipped_at_start) = resume_from(run, obj, groups, sched, device, world)?;
         }
         if lead {
             truncate_metrics(&run.metrics(), start)?;
@@ -504,6 +511,7 @@ fn resume_from(
     groups: &mut [ParamGroup],
     sched: &mut Schedule,
     device: &Device,
+    world: usize,
 ) -> Result<(u64, u64)> {
     let mut last_err = None;
     let mut unusable: Vec<String> = Vec::new();
@@ -553,6 +561,20 @@ fn resume_from(
                         "resumed from {} (step {step}) instead of the newer {}, which cannot be used",
                         path.display(),
                         unusable.join(", ")
+                    );
+                }
+                let ranks: usize = meta
+                    .get(RANKS_KEY)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1);
+                if ranks != world {
+                    tracing::warn!(
+                        "{} was written by a run on {ranks} rank(s), resuming on {world}: the \
+                         steps still train on the same whole batches (each rank takes rows of \
+                         them), but batch-norm statistics per rank come from shards of another \
+                         size and the gradients add up in another order, so the result is not \
+                         bit for bit the run that kept {ranks}",
+                        path.display()
                     );
                 }
                 let skipped = meta

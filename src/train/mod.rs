@@ -13,6 +13,6 @@ pub mod schedule;
 mod sgd_cpu;
 pub mod trainer;
 
-pub use config::{OnNonFinite, TrainConfig};
+pub use config::{OnNonFinite, Precision, TrainConfig};
 pub use engine::{update, LoaderConfig, LoopConfig, Objective, ParamGroup};
 pub use trainer::{fit, FitOptions, TrainSummary};

@@ -133,8 +133,8 @@ fn load_model(p: &dyn Pretext, tensors: &BTreeMap<String, Tensor>, path: &Path) 
     Ok(())
 }
 
-/// A pretext method as the loop's objective.
-struct PretextObjective<'a>(&'a mut dyn Pretext);
+/// A pretext method as the loop's objective, its clips in the backbone's precision.
+struct PretextObjective<'a>(&'a mut dyn Pretext, candle_core::DType);
 
 impl Objective for PretextObjective<'_> {
     fn planner(&self) -> Arc<dyn ClipPlanner> {
@@ -142,7 +142,7 @@ impl Objective for PretextObjective<'_> {
     }
 
     fn loss(&mut self, hb: HostBatch, device: &Device) -> Result<StepOutput> {
-        let clips = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?;
+        let clips = Tensor::from_vec(hb.data, hb.shape.to_vec(), device)?.to_dtype(self.1)?;
         let batch = Batch {
             clips,
             videos: hb.videos,
@@ -318,7 +318,14 @@ pub fn fit(
         parallel: opts.parallel.clone(),
     };
     let mut groups = [ParamGroup::single(optimizer)];
-    let mut obj = PretextObjective(pretext);
+    if t.precision == super::config::Precision::Bf16 && device.is_cpu() {
+        tracing::warn!(
+            "train.precision = \"bf16\" on the CPU runs the generic kernels (the CPU's own \
+             conv3d and batch-norm kernels are f32), several times slower than f32: it is \
+             there to test the mixed-precision path; GPUs are where bf16 pays"
+        );
+    }
+    let mut obj = PretextObjective(pretext, t.precision.dtype());
     let s = engine::run(
         &mut obj,
         &mut groups,

@@ -24,6 +24,7 @@ mod nonfinite;
 mod ops;
 mod outside_method;
 mod paper_recipes;
+mod precision;
 mod pretext;
 mod properties;
 mod recipe;

@@ -132,8 +132,11 @@ impl Conv3d {
         Ok(Self { weight, bias, cfg })
     }
 
+    /// Weights in `x`'s dtype: f32 master weights run a bf16 input in bf16 (their
+    /// gradient comes back in f32 through the cast).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv3d(x, &self.weight, self.bias.as_ref(), &self.cfg)
+        let w = self.weight.to_dtype(x.dtype())?;
+        conv3d(x, &w, self.bias.as_ref(), &self.cfg)
     }
 }
 
