@@ -113,7 +113,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    cli::cuda_launch::maybe_exec_cuda(&args);
+    let cli = Cli::parse_from(args);
     match run(cli.cmd, &DeviceSpec(cli.device)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -93,4 +93,4 @@ export LIBRARY_PATH=$root/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 echo "cuda-build: cargo build --release --no-default-features --features $features (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, target $CARGO_TARGET_DIR)" >&2
 cargo build --release --no-default-features --features "$features" "$@"
-echo "cuda-build: $CARGO_TARGET_DIR/release/vssl (run it with $root/lib on LD_LIBRARY_PATH, or the same CUDA 13 libraries from elsewhere, and the NVIDIA driver installed)" >&2
+echo "cuda-build: $CARGO_TARGET_DIR/release/vssl (run it with $root/lib on LD_LIBRARY_PATH, or the same CUDA 13 libraries from elsewhere, and the NVIDIA driver installed; install it as vssl-cuda beside the CPU build's vssl, which then hands commands to it whenever a GPU answers)" >&2

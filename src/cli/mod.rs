@@ -8,6 +8,7 @@ use candle_core::Device;
 
 pub mod bench;
 pub mod compare;
+pub mod cuda_launch;
 pub mod data;
 pub mod eval;
 pub mod export;
@@ -54,7 +55,7 @@ fn resolve(spec: &str, what: &str) -> anyhow::Result<Device> {
                 let why = if candle_core::utils::cuda_is_available() {
                     "no CUDA device answered"
                 } else {
-                    "this build has no CUDA support"
+                    cuda_launch::cuda_unavailable().unwrap_or("this build has no CUDA support")
                 };
                 tracing::info!("{what} auto: {why}; running on the CPU");
             }
@@ -66,7 +67,10 @@ fn resolve(spec: &str, what: &str) -> anyhow::Result<Device> {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            Device::new_cuda(n).map_err(|e| vssl::Error::BadInput(format!("{what} {s}: {e}")))?
+            Device::new_cuda(n).map_err(|e| {
+                let why = cuda_launch::cuda_unavailable().map_or(e.to_string(), str::to_string);
+                vssl::Error::BadInput(format!("{what} {s}: {why}"))
+            })?
         }
         other => {
             return Err(vssl::Error::BadInput(format!(

@@ -9,6 +9,7 @@ mod clip_decode;
 mod clip_sampling;
 mod common;
 mod compare;
+mod cuda_launch;
 mod data_parallel;
 mod datasets;
 mod eval;
