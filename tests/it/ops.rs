@@ -1560,3 +1560,83 @@ fn conv3d_grad_sink_gives_the_same_gradients_as_candle_backward() {
         assert!(want.iter().any(|&b| b != 0), "{name}: gradient is all zero");
     }
 }
+
+/// TGN in training mode: each temporal group batch-normalised with its own
+/// statistics (the f64 reference applies [`bn_train_ref`] to each group's frames).
+fn tgn_train_ref(x: &[f64], xd: D5, groups: usize, w: &[f64], b: &[f64]) -> Vec<f64> {
+    let [n, c, t, h, wd] = xd;
+    let idx = |ni: usize, ci: usize, ti: usize, p: usize| ((ni * c + ci) * t + ti) * h * wd + p;
+    let mut y = vec![0.0; x.len()];
+    for (g, (start, len)) in vssl::ops::tgn::group_bounds(t, groups)
+        .into_iter()
+        .enumerate()
+    {
+        let sd = [n, c, len, h, wd];
+        let mut sub = Vec::with_capacity(numel(&sd));
+        for ni in 0..n {
+            for ci in 0..c {
+                for ti in start..start + len {
+                    sub.extend((0..h * wd).map(|p| x[idx(ni, ci, ti, p)]));
+                }
+            }
+        }
+        let ys = bn_train_ref(
+            &sub,
+            sd,
+            &w[g * c..(g + 1) * c],
+            &b[g * c..(g + 1) * c],
+            1e-5,
+        );
+        let mut k = 0;
+        for ni in 0..n {
+            for ci in 0..c {
+                for ti in start..start + len {
+                    for p in 0..h * wd {
+                        y[idx(ni, ci, ti, p)] = ys[k];
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+/// TGN's input, scale and shift gradients in training mode (equal groups, the
+/// vectorised path; unequal groups, the per-group path) against finite differences
+/// of the f64 reference. TGN has one form, composed of candle ops, on every device.
+#[test]
+fn tgn_gradients_match_finite_differences() {
+    for (t, groups) in [(4usize, 2usize), (5, 2), (3, 3)] {
+        let xd = [2, 3, t, 3, 2];
+        let vs = VarStore::new(&Device::Cpu, 0);
+        let tgn = vssl::ops::tgn::TemporalGroupNorm::new(&vs, 3, groups).unwrap();
+        let (w, b) = (rand_vec(3 * groups, 14), rand_vec(3 * groups, 15));
+        set_param(&vs, "weight", &w);
+        set_param(&vs, "bias", &b);
+        let x = rand_vec(numel(&xd), 16);
+        let r = rand_vec(numel(&xd), 17);
+        let xv = var(&x, &xd);
+        let y = tgn.forward_t(xv.as_tensor(), true).unwrap();
+        let ref_y = tgn_train_ref(&x, xd, groups, &w, &b);
+        let got = values(&y);
+        let worst = got
+            .iter()
+            .zip(&ref_y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "T={t}, G={groups}: forward off by {worst}");
+        let grads = weighted_loss(&y, &r).backward().unwrap();
+        let g = |t: &Tensor| values(grads.get(t).expect("missing gradient"));
+        let (gx, gw, gb) = (g(xv.as_tensor()), g(&tgn.weight), g(&tgn.bias));
+        let f = |x: &[f64], w: &[f64], b: &[f64]| dot(&tgn_train_ref(x, xd, groups, w, b), &r);
+        let what = format!("T={t}, G={groups}");
+        check_fd(&format!("{what} dx"), &x, &gx, 1e-4, 80, |xp| f(xp, &w, &b));
+        check_fd(&format!("{what} dweight"), &w, &gw, 1e-4, 9, |wp| {
+            f(&x, wp, &b)
+        });
+        check_fd(&format!("{what} dbias"), &b, &gb, 1e-4, 9, |bp| {
+            f(&x, &w, bp)
+        });
+    }
+}
