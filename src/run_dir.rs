@@ -129,6 +129,11 @@ impl RunDir {
         self.root.join(CHECKPOINTS_DIR)
     }
 
+    /// Where the processes of a data-parallel run meet (rank 0's address file).
+    pub fn ranks_dir(&self) -> PathBuf {
+        self.root.join(".ranks")
+    }
+
     /// The checkpoint file of a step: `checkpoints/step-NNNNNNNN.safetensors`.
     pub fn checkpoint(&self, step: u64) -> PathBuf {
         self.checkpoints_dir().join(checkpoint_name(step))

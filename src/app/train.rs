@@ -20,6 +20,9 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Resume even when the recipe changes the run.
     pub force: bool,
+    /// This process is one rank of a data-parallel run: rank 0 takes the run's lock
+    /// and writes the run directory.
+    pub parallel: Option<crate::train::parallel::Parallel>,
 }
 
 /// Trains the recipe's method into `opts.out`.
@@ -27,7 +30,11 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
     let run = RunDir::new(&opts.out);
     // Before the lock, which creates the directory.
     crate::train::trainer::check_resume_dir(&run, opts.resume)?;
-    let _lock = crate::lock::RunLock::acquire(run.path(), "vssl train")?;
+    let lead = opts.parallel.as_ref().is_none_or(|p| p.group.rank() == 0);
+    let _lock = match lead {
+        true => Some(crate::lock::RunLock::acquire(run.path(), "vssl train")?),
+        false => None,
+    };
     let dataset = registry::dataset(&recipe.data)?;
     let mut pretext = registry::pretext(
         &recipe.method,
@@ -37,7 +44,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
         device,
     )?;
     let fit_opts = FitOptions {
-        parallel: None,
+        parallel: opts.parallel.clone(),
         loader: LoaderConfig::from(&recipe.data),
         resume: opts.resume,
         stop_after: opts.stop_after,

@@ -17,6 +17,7 @@ pub mod import;
 pub mod plot;
 pub mod pull;
 pub mod push;
+pub mod ranks;
 pub mod recipe;
 pub mod runs;
 pub mod sweep;

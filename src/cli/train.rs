@@ -29,14 +29,48 @@ pub struct Args {
     /// Stop after this many steps, as if interrupted (for testing resume).
     #[arg(long, hide = true)]
     stop_after: Option<u64>,
+    /// Data-parallel training in N processes, each on an equal share of every batch
+    /// (train.batch_size must split evenly; train.sync_bn shares batch-norm
+    /// statistics); on GPUs one per device. `slurm`: this process is one task of
+    /// `srun` (rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID).
+    #[arg(long, value_name = "N|slurm")]
+    ranks: Option<String>,
 }
 
 pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
     let r = recipe::load(&RecipeSource::with_sets(a.recipe, a.sets))?;
-    let dev = device.device_for(r.train.device.as_deref())?;
+    let me = match (super::ranks::from_launcher()?, a.ranks.as_deref()) {
+        (Some(me), _) => Some(me),
+        (None, Some("slurm")) => super::ranks::from_slurm()?,
+        (None, Some(n)) => {
+            let n: usize = n.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                vssl::Error::BadInput(format!("--ranks {n}: expected a number >= 1 or `slurm`"))
+            })?;
+            if n > 1 {
+                return super::ranks::launch(n);
+            }
+            None
+        }
+        (None, None) => None,
+    };
+    let mut dev = device.device_for(r.train.device.as_deref())?;
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from("weights").join(&r.name));
+    let run_dir = vssl::run_dir::RunDir::new(&out);
+    vssl::train::trainer::check_resume_dir(&run_dir, a.resume)?;
+    let parallel = match &me {
+        Some(me) if me.world > 1 => {
+            if dev.is_cuda() {
+                dev = candle_core::Device::new_cuda(me.local).map_err(|e| {
+                    vssl::Error::BadInput(format!("rank {}: cuda:{}: {e}", me.rank, me.local))
+                })?;
+            }
+            Some(super::ranks::join(me, &run_dir, r.train.sync_bn)?)
+        }
+        _ => None,
+    };
+    let lead = parallel.as_ref().is_none_or(|p| p.group.rank() == 0);
     let s = trainer::train(
         &r,
         &TrainOptions {
@@ -44,9 +78,13 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
             resume: a.resume,
             stop_after: a.stop_after,
             force: a.force,
+            parallel,
         },
         &dev,
     )?;
+    if !lead {
+        return Ok(());
+    }
     tracing::info!(
         "{} steps of {} in {:.1}s, last loss {:.4}, {} bad videos skipped: {}",
         s.steps_done,

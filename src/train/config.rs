@@ -65,6 +65,11 @@ pub struct TrainConfig {
     /// statistics, heads and losses in f32).
     #[serde(skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Data-parallel runs (`vssl train --ranks N`): batch norm with statistics over
+    /// every rank's share of the batch, as the papers' multi-GPU runs; otherwise each
+    /// rank normalises with its own share's (PyTorch DDP's default).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
 }
 
 /// `train.precision`.
@@ -146,6 +151,7 @@ impl Default for TrainConfig {
             inject_nonfinite_at: None,
             device: None,
             precision: Precision::F32,
+            sync_bn: false,
         }
     }
 }

@@ -325,3 +325,67 @@ fn a_data_parallel_run_resumes_exactly_on_the_same_ranks() {
         }
     }
 }
+
+/// `vssl train --ranks 2`: two processes meeting over TCP through the run
+/// directory end bit for bit where two thread ranks in one process do (the same
+/// rank-order sums), within rounding of one process on the whole batch after two
+/// steps (synchronised batch norm), rank 0 alone writing the run; a batch the ranks
+/// cannot split and a bad rank count are refused with exit code 2.
+#[test]
+fn vssl_train_ranks_runs_one_process_per_rank() {
+    use super::common::{metric_column, stderr, stdout, train};
+    let d = tempfile::tempdir().unwrap();
+    let path = tiny_recipe_for(
+        d.path(),
+        "geometric",
+        "stride_max = 2\nrotations_per_clip = \"one\"\ndropout = 0.5",
+        "[train]\nsteps = 2\nbatch_size = 4\nsync_bn = true\n",
+    );
+    let (one, dp) = (d.path().join("one"), d.path().join("dp"));
+    let o = train(&path, &one, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train(&path, &dp, &["--ranks", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        dp.display().to_string(),
+        "rank 0 alone prints the run"
+    );
+    let (a, b) = (
+        tensors(&one.join("model.safetensors")),
+        tensors(&dp.join("model.safetensors")),
+    );
+    let (diff, what) = max_diff(&a, &b);
+    assert!(diff <= 1e-5, "--ranks 2 vs one process: {diff} at {what}");
+    let threads = fit(&path, &d.path().join("threads"), Some((2, true))).remove(0);
+    assert_eq!(
+        max_diff(&threads, &b).0,
+        0.0,
+        "--ranks 2 vs two thread ranks"
+    );
+    assert_eq!(
+        metric_column(&dp, "step"),
+        vec![1.0, 2.0],
+        "one metrics line per step"
+    );
+    let (la, lb) = (metric_column(&one, "loss"), metric_column(&dp, "loss"));
+    assert!(
+        (la[0] - lb[0]).abs() < 1e-5,
+        "the logged loss is the ranks' mean: {la:?} {lb:?}"
+    );
+    assert!(
+        !dp.join(".ranks").exists(),
+        "the meeting place is cleaned up"
+    );
+
+    let o = train(&path, &d.path().join("three"), &["--ranks", "3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("train.batch_size = 4"),
+        "{}",
+        stderr(&o)
+    );
+    let o = train(&path, &d.path().join("zero"), &["--ranks", "zero"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--ranks zero"), "{}", stderr(&o));
+}

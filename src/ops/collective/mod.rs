@@ -5,18 +5,26 @@
 //! Why a trait: the training loop and batch norm need only "sum this over the
 //! ranks" and "take rank 0's copy", whatever carries it. [`ThreadGroup`] carries it
 //! between threads of one process on the CPU (the stand-in the data-parallel tests
-//! run on, and a way to check a multi-rank run on a laptop); an NCCL communicator
-//! (one process per GPU) implements the same two calls.
+//! run on); [`SocketGroup`] between processes over TCP, one hub at rank 0 (`vssl
+//! train --ranks N`, on one machine or across a Slurm allocation; on GPUs it carries
+//! the buffers through host memory). An NCCL communicator would implement the same
+//! calls on device memory.
 //!
 //! Every reduction sums the ranks' buffers in rank order, so every rank gets the
 //! same bits and a run is deterministic whatever the threads' timing.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use crate::{Error, Result};
+use crate::Result;
+
+mod socket;
+mod thread;
+
+pub use socket::SocketGroup;
+pub use thread::ThreadGroup;
 
 /// One rank's handle on a group of `world` ranks. Every rank must make the same
 /// calls in the same order with buffers of the same length.
@@ -34,177 +42,15 @@ pub trait Collective: Send + Sync {
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
 }
 
-/// The CPU stand-in: the ranks are threads of this process. A rank whose handle is
-/// dropped (its thread returned or failed) makes every later collective of the
-/// others an error naming it, instead of a hang.
-pub struct ThreadGroup {
-    rank: usize,
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    world: usize,
-    state: Mutex<State>,
-    turn: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    slots: Vec<Vec<f64>>,
-    arrived: usize,
-    generation: u64,
-    left: Option<usize>,
-}
-
-impl ThreadGroup {
-    /// Handles for ranks `0..world`, to be moved one to each thread.
-    pub fn new(world: usize) -> Result<Vec<ThreadGroup>> {
-        if world == 0 {
-            return Err(Error::BadInput(
-                "a process group needs at least one rank".into(),
-            ));
-        }
-        let shared = Arc::new(Shared {
-            world,
-            state: Mutex::new(State {
-                slots: vec![Vec::new(); world],
-                ..State::default()
-            }),
-            turn: Condvar::new(),
-        });
-        Ok((0..world)
-            .map(|rank| ThreadGroup {
-                rank,
-                shared: shared.clone(),
-            })
-            .collect())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until every rank arrived; an error if one left the group.
-    fn barrier(&self) -> Result<()> {
-        let mut st = self.lock();
-        let gone = |left: usize| {
-            Error::Internal(format!(
-                "data parallel: rank {left} left the group; rank {} stops too",
-                self.rank
-            ))
-        };
-        if let Some(l) = st.left {
-            return Err(gone(l));
-        }
-        st.arrived += 1;
-        if st.arrived == self.shared.world {
-            st.arrived = 0;
-            st.generation += 1;
-            self.shared.turn.notify_all();
-            return Ok(());
-        }
-        let gen = st.generation;
-        while st.generation == gen && st.left.is_none() {
-            st = self.shared.turn.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        match (st.generation == gen, st.left) {
-            (true, Some(l)) => Err(gone(l)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Puts `buf` in this rank's slot, then waits for the others'.
-    fn publish(&self, buf: impl Iterator<Item = f64>) -> Result<()> {
-        {
-            let mut st = self.lock();
-            let slot = &mut st.slots[self.rank];
-            slot.clear();
-            slot.extend(buf);
-        }
-        self.barrier()
-    }
-
-    /// Sums the slots in rank order into `out(i, sum)`, checking every rank gave
-    /// `len` values; then waits until every rank has read them.
-    fn reduce(&self, len: usize, mut out: impl FnMut(usize, f64)) -> Result<()> {
-        {
-            let st = self.lock();
-            if let Some(r) = st.slots.iter().position(|s| s.len() != len) {
-                return Err(Error::Internal(format!(
-                    "data parallel: all-reduce of {len} values on rank {} but {} on rank {r}",
-                    self.rank,
-                    st.slots[r].len()
-                )));
-            }
-            for i in 0..len {
-                out(i, st.slots.iter().fold(0.0, |acc, s| acc + s[i]));
-            }
-        }
-        // Nobody overwrites a slot before every rank has read them all.
-        self.barrier()
-    }
-}
-
-impl Drop for ThreadGroup {
-    fn drop(&mut self) {
-        let mut st = self.lock();
-        st.left.get_or_insert(self.rank);
-        self.shared.turn.notify_all();
-    }
-}
-
-impl Collective for ThreadGroup {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world(&self) -> usize {
-        self.shared.world
-    }
-
-    /// Sums in double precision, rounded once to f32.
-    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        self.publish(buf.iter().map(|&v| v as f64))?;
-        self.reduce(buf.len(), |i, s| buf[i] = s as f32)
-    }
-
-    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        self.publish(buf.iter().copied())?;
-        self.reduce(buf.len(), |i, s| buf[i] = s)
-    }
-
-    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.shared.world {
-            return Err(Error::Internal(format!(
-                "data parallel: broadcast from rank {root} in a group of {}",
-                self.shared.world
-            )));
-        }
-        let mine: &[f32] = if self.rank == root { buf } else { &[] };
-        self.publish(mine.iter().map(|&v| v as f64))?;
-        {
-            let st = self.lock();
-            let src = &st.slots[root];
-            if src.len() != buf.len() {
-                return Err(Error::Internal(format!(
-                    "data parallel: broadcast of {} values from rank {root} into {} on rank {}",
-                    src.len(),
-                    buf.len(),
-                    self.rank
-                )));
-            }
-            for (b, s) in buf.iter_mut().zip(src) {
-                *b = *s as f32;
-            }
-        }
-        self.barrier()
-    }
-}
-
 /// Sums `t` over the ranks of `group`, differentiably: the gradient of a sum over
 /// ranks with respect to one rank's input is the sum over ranks of the upstream
-/// gradients, so the backward pass is the same all-reduce. CPU, f32 or f64.
+/// gradients, so the backward pass is the same all-reduce. f32 or f64, on any
+/// device (through host memory off the CPU; the copies are differentiable too).
 pub fn all_reduce(t: &Tensor, group: &Arc<dyn Collective>) -> Result<Tensor> {
+    if !t.device().is_cpu() {
+        let host = all_reduce(&t.to_device(&candle_core::Device::Cpu)?, group)?;
+        return Ok(host.to_device(t.device())?);
+    }
     Ok(t.contiguous()?.apply_op1(AllReduce(group.clone()))?)
 }
 
