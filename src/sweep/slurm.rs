@@ -35,7 +35,17 @@ pub fn script(sweep: &Sweep, exe: &Path, workdir: &Path, device: &str) -> String
     if let Some(p) = &c.partition {
         s.push_str(&format!("#SBATCH --partition={p}\n"));
     }
-    if let Some(g) = c.gpus {
+    // More than one GPU or node per task: one rank per GPU, started by srun.
+    let per_node = c.gpus.unwrap_or(1).max(1);
+    let nodes = c.nodes.unwrap_or(1).max(1);
+    let ranks = per_node * nodes;
+    if ranks > 1 {
+        s.push_str(&format!("#SBATCH --nodes={nodes}\n"));
+        s.push_str(&format!("#SBATCH --ntasks-per-node={per_node}\n"));
+        if let Some(g) = c.gpus {
+            s.push_str(&format!("#SBATCH --gpus-per-node={g}\n"));
+        }
+    } else if let Some(g) = c.gpus {
         s.push_str(&format!("#SBATCH --gpus={g}\n"));
     }
     if let Some(x) = c.cpus {
@@ -85,7 +95,7 @@ run_point() {{
     else
       rm -f "$dir/{metrics}"
     fi
-    "$VSSL" --device {device} train "$dir/{recipe}" --out "$dir" $resume
+    {launch}"$VSSL" --device {device} train "$dir/{recipe}" --out "$dir" $resume{ranks}
   fi
   [ "$pretrain" = 1 ] || {{ suffix=-random; random=--random-init; }}
   local todo=()
@@ -100,6 +110,8 @@ run_point() {{
 case "${{SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}}" in
 "#,
         device = sh(device),
+        launch = if ranks > 1 { "srun " } else { "" },
+        ranks = if ranks > 1 { " --ranks slurm" } else { "" },
         protocols = protocols.join(" "),
         model = run_dir::MODEL_FILE,
         checkpoints = run_dir::CHECKPOINTS_DIR,

@@ -14,8 +14,12 @@ use crate::{Error, Result};
 #[serde(deny_unknown_fields)]
 pub struct SlurmConfig {
     pub partition: Option<String>,
-    /// GPUs per array task (`--gpus`).
+    /// GPUs per array task (`--gpus`); with `nodes`, per node. More than one GPU per
+    /// task trains data-parallel: one rank per GPU (`srun vssl train --ranks slurm`).
     pub gpus: Option<u32>,
+    /// Nodes per array task (`--nodes`): more than one trains data-parallel across
+    /// them, `gpus` ranks on each (one rank per node without `gpus`).
+    pub nodes: Option<u32>,
     /// CPUs per array task (`--cpus-per-task`).
     pub cpus: Option<u32>,
     /// Wall time per array task, e.g. "04:00:00".

@@ -486,3 +486,84 @@ setup = ["module load cuda"]
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("sbatch"), "{}", stderr(&o));
 }
+
+/// `[slurm] gpus = 2` asks for two tasks per node and trains each point with one
+/// rank per GPU through `srun ... --ranks slurm`; run here with a stand-in `srun`
+/// that starts two tasks with Slurm's variables, the point trains data-parallel and
+/// is evaluated once.
+#[test]
+fn slurm_script_with_several_gpus_trains_one_rank_per_gpu_through_srun() {
+    let d = tempfile::tempdir().unwrap();
+    let f = sweep_file(
+        d.path(),
+        r#"base = "tiny.toml"
+eval = ["knn"]
+[grid]
+"train.lr" = [0.01]
+[slurm]
+gpus = 2
+nodes = 1
+"#,
+    );
+    let out = d.path().join("out");
+    let o = sweep_cmd(&f, &out, &["--executor", "slurm"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script_path = PathBuf::from(stdout(&o).trim());
+    let script = std::fs::read_to_string(&script_path).unwrap();
+    for line in [
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --gpus-per-node=2",
+    ] {
+        assert!(
+            script.lines().any(|l| l == line),
+            "missing `{line}`:\n{script}"
+        );
+    }
+    assert!(!script.contains("#SBATCH --gpus=2"), "{script}");
+    assert!(
+        script
+            .lines()
+            .any(|l| l.trim_start().starts_with("srun \"$VSSL\"") && l.ends_with("--ranks slurm")),
+        "{script}"
+    );
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let srun = bin.join("srun");
+    std::fs::write(
+        &srun,
+        "#!/bin/bash\npids=()\nfor i in 0 1; do\n  SLURM_PROCID=$i SLURM_NTASKS=2 SLURM_LOCALID=$i \
+         SLURM_JOB_ID=7 SLURM_STEP_ID=0 \"$@\" & pids+=($!)\ndone\nrc=0\n\
+         for p in \"${pids[@]}\"; do wait $p || rc=$?; done\nexit $rc\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&srun, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let task = std::process::Command::new("bash")
+        .arg(&script_path)
+        .env("SLURM_ARRAY_TASK_ID", "0")
+        .env("VSSL", env!("CARGO_BIN_EXE_vssl"))
+        .env("VSSL_LOG", "warn")
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert!(task.status.success(), "{}", stderr(&task));
+    let dirs = run_dirs(&out);
+    assert_eq!(dirs.len(), 1);
+    let meta = vssl::io::read_safetensors(
+        &dirs[0].join("checkpoints/step-00000006.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .1;
+    assert_eq!(
+        meta.get("ranks").map(String::as_str),
+        Some("2"),
+        "trained on two ranks"
+    );
+    assert!(dirs[0].join("model.safetensors").is_file());
+    assert!(dirs[0].join("eval/knn.json").is_file());
+}
