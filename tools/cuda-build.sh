@@ -24,7 +24,8 @@
 #    tools/gpu-check.sh puts them on LD_LIBRARY_PATH.
 # 4. It runs `cargo build --release --no-default-features --features FEATURES`, which
 #    keeps ffmpeg out (GPU machines may lack Debian's ffmpeg libraries), into
-#    $CARGO_TARGET_DIR (default target/cuda).
+#    $CARGO_TARGET_DIR (default target/cuda). VSSL_CUDA_PROFILE=ci-cuda builds the
+#    unoptimised profile CI uses to check that the features compile and link.
 #
 # Measured on the 2-core CI-like VM: wheels 5 s, cold build 13m46s, rebuild after a
 # change in vssl about 1.5 min.
@@ -91,6 +92,7 @@ export PATH=$root/bin:$PATH
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export LIBRARY_PATH=$root/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
-echo "cuda-build: cargo build --release --no-default-features --features $features (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, target $CARGO_TARGET_DIR)" >&2
-cargo build --release --no-default-features --features "$features" "$@"
-echo "cuda-build: $CARGO_TARGET_DIR/release/vssl (run it with $root/lib on LD_LIBRARY_PATH, or the same CUDA 13 libraries from elsewhere, and the NVIDIA driver installed; install it as vssl-cuda beside the CPU build's vssl, which then hands commands to it whenever a GPU answers)" >&2
+profile=${VSSL_CUDA_PROFILE:-release}
+echo "cuda-build: cargo build --profile $profile --no-default-features --features $features (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, target $CARGO_TARGET_DIR)" >&2
+cargo build --profile "$profile" --no-default-features --features "$features" "$@"
+echo "cuda-build: $CARGO_TARGET_DIR/$profile/vssl (run it with $root/lib on LD_LIBRARY_PATH, or the same CUDA 13 libraries from elsewhere, and the NVIDIA driver installed; install it as vssl-cuda beside the CPU build's vssl, which then hands commands to it whenever a GPU answers)" >&2

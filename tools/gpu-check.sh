@@ -13,13 +13,16 @@
 #   --device   cuda:N (default cuda:0; cpu with --dry)
 #
 # Steps, each timed and reported (a failing step is reported and the rest still run;
-# the exit status is non-zero if any failed):
+# the exit status is non-zero if any failed). About 5 minutes on one GPU:
 #   1. the machine: nvidia-smi, torch's CUDA build, the libraries the binary loads;
-#   2. one 64-channel 3x3x3 layer forward+backward, vssl against torch on the device;
-#   3. the R3D-18 training step (forward, backward, SGD) at batch 8 x 3x16x112x112,
+#   2. `vssl bench ops`: every 3D op on the device against the CPU kernels, forward
+#      and gradients, f32 and bf16, each within its stated tolerance;
+#   3. one 64-channel 3x3x3 layer forward+backward, vssl against torch on the device;
+#   4. the R3D-18 training step (forward, backward, SGD) at batch 16 x 3x16x112x112,
 #      vssl against torch (cuDNN autotuned), repeats interleaved, medians;
-#   4. a short pretraining of experiments/quickstart.toml on the device and the
-#      linear probe of its backbone, against the same probe at random init.
+#   5. 50 steps of experiments/quickstart.toml on the device and on the CPU: the
+#      loss curves agree within 0.05 at every step (same data, same initialisation);
+#   6. the linear probe of the device run's backbone against random init.
 set -u
 cd "$(dirname "$0")/.."
 DRY=0 BIN=target/release/vssl PY=python3 DEV=
@@ -72,8 +75,8 @@ if [ $DRY = 1 ]; then
     STEPS=4
 else
     CONV=(--batch 8 --in 64 --out 64 --frames 16 --size 56 --kernel 3 --pad 1 --reps 5)
-    MODEL=(--arch r3d_18 --batch 8 --frames 16 --size 112 --reps 5 --warmup 3)
-    STEPS=
+    MODEL=(--arch r3d_18 --batch 16 --frames 16 --size 112 --reps 5 --warmup 3)
+    STEPS=50
 fi
 
 FAILED=()
@@ -111,11 +114,19 @@ machine() {
 }
 
 quick_run() {
-    local run=$OUT/quickstart
-    rm -rf "$run"
-    local sets=(--set train.device="\"$DEV\"")
-    if [ -n "$STEPS" ]; then sets+=(--set "train.steps=$STEPS" --set eval.linear_epochs=5); fi
-    "$BIN" train experiments/quickstart.toml "${sets[@]}" --out "$run" || return 1
+    local run=$OUT/quickstart cpu=$OUT/quickstart-cpu
+    rm -rf "$run" "$cpu"
+    local sets=(--set "train.steps=$STEPS" --set train.log_every=1 --set eval.linear_epochs=5)
+    "$BIN" --device "$DEV" train experiments/quickstart.toml "${sets[@]}" --out "$run" || return 1
+    "$BIN" --device cpu train experiments/quickstart.toml "${sets[@]}" --out "$cpu" || return 1
+    python3 - "$run/metrics.jsonl" "$cpu/metrics.jsonl" <<'EOF' || return 1
+import json, sys
+dev, cpu = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:3])
+worst = max(abs(a - b) for a, b in zip(dev, cpu))
+print(f"loss curves over {len(dev)} steps: device {dev[0]:.4f} -> {dev[-1]:.4f}, "
+      f"cpu {cpu[0]:.4f} -> {cpu[-1]:.4f}, max |difference| {worst:.2e} (tolerance 0.05)")
+sys.exit(0 if len(dev) == len(cpu) and worst <= 0.05 else 1)
+EOF
     echo "pretrained:"
     "$BIN" --device "$DEV" eval "$run" --protocol linear || return 1
     echo "random init:"
@@ -123,6 +134,7 @@ quick_run() {
 }
 
 step machine machine
+step ops "$BIN" --device "$DEV" bench ops
 step conv3d "$BIN" --device "$DEV" bench conv3d "${CONV[@]}" "${TORCH[@]}"
 step model "$BIN" --device "$DEV" bench model "${MODEL[@]}" "${TORCH[@]}"
 step quickstart quick_run
@@ -130,10 +142,12 @@ step quickstart quick_run
 top1() { grep -o '"top1":[0-9.]*' | cut -d: -f2; }
 say ""
 say "== summary ($DEV)"
+say "ops parity:        $(tail -n 1 "$OUT/ops.log" 2>/dev/null || echo 'no figure')"
 say "conv3d 64ch layer: $(grep -h 'share of torch' "$OUT/conv3d.log" 2>/dev/null || echo 'no figure')"
 say "R3D-18 step:       $(grep -h '^ratio' "$OUT/model.log" 2>/dev/null || echo 'no figure')"
 say "                   $(grep -h '^vssl :\|^torch:' "$OUT/model.log" 2>/dev/null | tr '\n' ' ')"
 if [ -f "$OUT/quickstart.log" ]; then
+    say "quickstart:        $(grep -h '^loss curves' "$OUT/quickstart.log" || echo 'no figure')"
     read -r pre rnd <<<"$(top1 <"$OUT/quickstart.log" | tr '\n' ' ')"
     say "quickstart linear top-1: pretrained ${pre:-?} vs random init ${rnd:-?}"
 fi

@@ -45,6 +45,9 @@ enum Cmd {
         #[arg(long, default_value = "tools/bench_torch.py")]
         torch_script: PathBuf,
     },
+    /// Check every 3D op (conv3d, batch norm, TGN, pooling) on --device against the
+    /// CPU kernels, forward and gradients, in f32 and bf16; exits 1 if one is off.
+    Ops,
     /// Time one conv3d layer (forward, forward+backward) on random data, with
     /// --torch against PyTorch's nn.Conv3d in the same run.
     Conv3d {
@@ -139,6 +142,13 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
             };
             let rep = bench::run(&opts, &dev)?;
             print!("{}", rep.render(&opts));
+        }
+        Cmd::Ops => {
+            let (report, ok) = bench::run_ops(&device.device()?)?;
+            print!("{report}");
+            if !ok {
+                anyhow::bail!("bench ops: some ops are outside their tolerance (table above)");
+            }
         }
         Cmd::Conv3d {
             batch,

@@ -344,9 +344,12 @@ fn gpu_check_script_runs_end_to_end_in_dry_mode() {
     assert!(o.status.success(), "{}\n{report}", stderr(&o));
     for want in [
         "-- machine: ok",
+        "-- ops: ok",
+        "ops parity:        all ops within tolerance",
         "-- conv3d: ok",
         "-- model: ok",
         "-- quickstart: ok",
+        "max |difference| 0.00e+00 (tolerance 0.05)",
         "quickstart linear top-1: pretrained 0.",
         "gpu-check: all steps passed",
     ] {

@@ -5,7 +5,8 @@
 //! - [`model`]: a backbone's forward pass and training step (`vssl bench model`);
 //! - [`conv`]: one conv3d layer (`vssl bench conv3d`);
 //! - [`data`]: the data pipeline against the ffmpeg CLI (`vssl bench data`);
-//! - [`decode`]: vssl's side of `tools/bench_decoders.py` (`vssl bench decode`).
+//! - [`decode`]: vssl's side of `tools/bench_decoders.py` (`vssl bench decode`);
+//! - [`ops`]: every 3D op on a device against the CPU kernels (`vssl bench ops`).
 //!
 //! What they share lives here: the [`median`] every figure is reported as, the peak
 //! RSS probe and the PyTorch server process.
@@ -22,9 +23,11 @@ pub mod data;
 #[cfg(feature = "video")]
 pub mod decode;
 pub mod model;
+pub mod ops;
 
 pub use conv::{run_conv, ConvBenchOptions};
 pub use model::{run, BenchOptions, BenchReport, LayerRow, Timing};
+pub use ops::run_ops;
 
 /// The median of `v` (the mean of the two middle values for an even count; NaN when
 /// empty).
