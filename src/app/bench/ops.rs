@@ -30,6 +30,20 @@ struct Row {
 }
 
 impl Row {
+    fn new(
+        op: impl Into<String>,
+        dtype: DType,
+        forward: f64,
+        grads: Vec<(&'static str, f64)>,
+    ) -> Self {
+        Self {
+            op: op.into(),
+            dtype,
+            forward,
+            grads,
+        }
+    }
+
     /// f32: the kernels and the composed form add in other orders; bf16: 8
     /// significant bits on the device side against the f32 kernels.
     fn tolerance(&self) -> (f64, f64) {
@@ -188,67 +202,38 @@ pub fn run_ops(dev: &Device) -> Result<(String, bool)> {
                     Ok((conv3d_generic_chunked(&x, &w, None, &cfg, CHUNK)?, vec![]))
                 },
             )?;
-            rows.push(Row {
-                op: format!("{name} (chunked)"),
-                dtype,
-                forward,
-                grads,
-            });
+            rows.push(Row::new(format!("{name} (chunked)"), dtype, forward, grads));
         }
-        let shape = [vec![3, 8, 4, 6, 6]];
-        let (forward, grads) = compare(
-            dev,
-            dtype,
-            &shape,
-            &["dx", "dweight", "dbias"],
-            |v| {
-                let l = bn(&Device::Cpu, 8)?;
-                Ok((
-                    l.forward_t(&v[0], true)?,
-                    vec![l.weight.clone(), l.bias.clone()],
-                ))
-            },
-            |v, dt| {
-                let l = bn(dev, 8)?;
-                Ok((
-                    l.forward_t(&v[0].to_dtype(dt)?, true)?,
-                    vec![l.weight.clone(), l.bias.clone()],
-                ))
-            },
-        )?;
-        rows.push(Row {
-            op: "batch_norm3d (train)".into(),
-            dtype,
-            forward,
-            grads,
-        });
-        let shape = [vec![2, 8, 6, 6, 6]];
-        let (forward, grads) = compare(
-            dev,
-            dtype,
-            &shape,
-            &["dx", "dweight", "dbias"],
-            |v| {
-                let l = tgn(&Device::Cpu, 8, 2)?;
-                Ok((
-                    l.forward_t(&v[0], true)?,
-                    vec![l.weight.clone(), l.bias.clone()],
-                ))
-            },
-            |v, dt| {
-                let l = tgn(dev, 8, 2)?;
-                Ok((
-                    l.forward_t(&v[0].to_dtype(dt)?, true)?,
-                    vec![l.weight.clone(), l.bias.clone()],
-                ))
-            },
-        )?;
-        rows.push(Row {
-            op: "tgn, 2 groups (train)".into(),
-            dtype,
-            forward,
-            grads,
-        });
+        // Batch norm, and TGN with 2 groups: training mode, on 8 channels.
+        for (name, shape, groups) in [
+            ("batch_norm3d (train)", vec![3, 8, 4, 6, 6], 0),
+            ("tgn, 2 groups (train)", vec![2, 8, 6, 6, 6], 2),
+        ] {
+            let layer = |d: &Device, x: &Tensor| -> Result<Out> {
+                if groups == 0 {
+                    let l = bn(d, 8)?;
+                    Ok((
+                        l.forward_t(x, true)?,
+                        vec![l.weight.clone(), l.bias.clone()],
+                    ))
+                } else {
+                    let l = tgn(d, 8, groups)?;
+                    Ok((
+                        l.forward_t(x, true)?,
+                        vec![l.weight.clone(), l.bias.clone()],
+                    ))
+                }
+            };
+            let (forward, grads) = compare(
+                dev,
+                dtype,
+                &[shape],
+                &["dx", "dweight", "dbias"],
+                |v| layer(&Device::Cpu, &v[0]),
+                |v, dt| layer(dev, &v[0].to_dtype(dt)?),
+            )?;
+            rows.push(Row::new(name, dtype, forward, grads));
+        }
         type Pool = fn(&Tensor, [usize; 3], [usize; 3], [usize; 3]) -> Result<Tensor>;
         let max: (&str, Pool, Geometry) = (
             "max_pool3d 3x3x3 s2 p1",
@@ -267,12 +252,7 @@ pub fn run_ops(dev: &Device) -> Result<(String, bool)> {
                 |v| Ok((f(&v[0], k, s, p)?, vec![])),
                 |v, dt| Ok((f(&v[0].to_dtype(dt)?, k, s, p)?, vec![])),
             )?;
-            rows.push(Row {
-                op: name.into(),
-                dtype,
-                forward,
-                grads,
-            });
+            rows.push(Row::new(name, dtype, forward, grads));
         }
     }
     let mut out = String::new();
