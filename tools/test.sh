@@ -13,3 +13,12 @@ cargo clippy --release --all-targets --features crash-hook --quiet -- -D warning
 # API docs: broken, private or ambiguous links fail the run.
 RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --features crash-hook --quiet
 cargo test --release --features crash-hook
+# The CUDA features compile and link without a GPU: CUDA 13.0 from NVIDIA's PyPI
+# wheels (downloaded once into ~/.cache/vssl/cuda-13.0, about 1.8 GB), the unoptimised
+# ci-cuda profile (about 10 minutes cold on 2 cores, nvcc's PTX build of candle's
+# kernels most of it; seconds when cached). VSSL_SKIP_CUDA_BUILD=1 leaves it out.
+if [ "${VSSL_SKIP_CUDA_BUILD:-0}" != 1 ]; then
+  for features in cuda cuda,cudnn cuda,nccl; do
+    VSSL_CUDA_PROFILE=ci-cuda bash tools/cuda-build.sh "$features" --quiet
+  done
+fi
