@@ -341,7 +341,7 @@ mod tests {
     /// the whole batch's, and every rank's running statistics are the whole batch's.
     #[test]
     fn synchronised_form_on_two_ranks_equals_the_kernel_on_the_whole_batch() {
-        use crate::ops::collective::{tests::on_ranks, SyncBatchNorm};
+        use crate::ops::collective::{tests::on_ranks, ParallelScope};
         let dev = Device::Cpu;
         let d = [4, 3, 3, 4, 5];
         let half = [2, 3, 3, 4, 5];
@@ -373,7 +373,7 @@ mod tests {
             let k = group.rank();
             let bn = layer(&t(&w, &[3]), &t(&b, &[3]));
             let xv = Var::from_tensor(&t(&x[k * n..(k + 1) * n], &half)).unwrap();
-            let _sync = SyncBatchNorm::enter(group);
+            let _sync = ParallelScope::enter(group, true);
             let y = bn.forward_act(xv.as_tensor(), true, true).unwrap();
             let loss = (&y * t(&r[k * n..(k + 1) * n], &half))
                 .unwrap()

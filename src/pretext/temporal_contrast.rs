@@ -684,8 +684,26 @@ impl<T: TemporalContrast> TemporalContrastMethod<T> {
         } else {
             None
         };
-        // One projection call: the head's batch norm sees every row.
-        let z = self.proj.forward_t(&Tensor::cat(&rows, 0)?, train)?;
+        // Data parallel: every rank's rows, in batch order (each block gathered on its
+        // own), so the loss has the whole batch's negatives, as one process would.
+        let group = crate::ops::collective::rank_group();
+        let (rows, videos) = match &group {
+            Some(g) => (
+                rows.iter()
+                    .map(|r| crate::ops::collective::all_gather_rows(r, g))
+                    .collect::<Result<Vec<_>>>()?,
+                videos * g.world(),
+            ),
+            None => (rows, videos),
+        };
+        // One projection call: the head's batch norm sees every row (of every rank,
+        // so it keeps to these rows' own statistics).
+        let z = {
+            let _local = group
+                .as_ref()
+                .map(|_| crate::ops::collective::ParallelScope::local_batch_norm());
+            self.proj.forward_t(&Tensor::cat(&rows, 0)?, train)?
+        };
         let d = z.dim(1)?;
         let (ns, nd) = (videos * v, videos * v * n);
         let sparse = z.narrow(0, 0, ns)?;
@@ -718,7 +736,9 @@ impl<T: TemporalContrast> Pretext for TemporalContrastMethod<T> {
 
     fn step(&mut self, batch: &Batch, train: bool) -> Result<StepOutput> {
         let e = self.embed(&batch.clips, batch.videos, train)?;
-        let terms = self.method.terms(&e, batch.videos)?;
+        // The embeddings hold every rank's videos under data parallelism.
+        let world = crate::ops::collective::rank_group().map_or(1, |g| g.world());
+        let terms = self.method.terms(&e, batch.videos * world)?;
         let loss = weighted_sum(&terms)?;
         let mut scalars = Vec::new();
         for t in &terms {

@@ -450,6 +450,15 @@ impl<T: TemporalDiscriminative> Pretext for TemporalDiscriminativeMethod<T> {
         let q = self.embed_query(&anchor, train)?;
         let n = self.embed_query(&every_third(&batch.clips, b, 2)?, train)?;
         let k = self.embed_key(&every_third(&batch.clips, b, 1)?, train)?;
+        // Data parallel: the loss and the queue take every rank's embeddings (the
+        // heads are linear, so gathering after them is gathering before them).
+        let (q, n, k, b) = match crate::ops::collective::rank_group() {
+            Some(g) => {
+                let all = |t: &Tensor| crate::ops::collective::all_gather_rows(t, &g);
+                (all(&q)?, all(&n)?, all(&k)?, b * g.world())
+            }
+            None => (q, n, k, b),
+        };
         let (mut loss, logits) =
             info_nce_queue(&q, &k, &self.queue, Some(&n), self.cfg.temperature)?;
         let logits = logits.detach();

@@ -314,6 +314,10 @@ pub fn run(
         Some(p) => {
             let vars = obj.model_vars()?;
             parallel::sync_model(&vars, p.group.as_ref())?;
+            let state = obj.state()?;
+            if !state.is_empty() {
+                obj.load_state(&parallel::broadcast_tensors(state, p.group.as_ref())?)?;
+            }
             vars
         }
         None => Vec::new(),
@@ -350,11 +354,9 @@ pub fn run(
             bad.record(&hb.skipped)?;
             let (step, skipped) = (hb.step, hb.skipped.len());
             let mut out = {
-                let _sync = cfg
-                    .parallel
-                    .as_ref()
-                    .filter(|p| p.sync_bn)
-                    .map(|p| crate::ops::collective::SyncBatchNorm::enter(p.group.clone()));
+                let _rank = cfg.parallel.as_ref().map(|p| {
+                    crate::ops::collective::ParallelScope::enter(p.group.clone(), p.sync_bn)
+                });
                 obj.loss(hb, device)?
             };
             if cfg.inject_nonfinite_at == Some(step + 1) {

@@ -2,7 +2,8 @@
 //! shard of each batch ([`crate::data::loader::Shard`]), and the pieces here keep
 //! the ranks one model, as PyTorch's DistributedDataParallel does:
 //!
-//! - at the start, every rank takes rank 0's weights and buffers ([`sync_model`]);
+//! - at the start, every rank takes rank 0's weights and buffers ([`sync_model`])
+//!   and its method state ([`broadcast_tensors`]: a memory bank, a momentum encoder);
 //! - after backward, the gradients are summed over the ranks in one flat buffer and
 //!   divided by the world size ([`all_reduce_grads`]): with equal shards that is the
 //!   gradient of the whole batch's mean loss, so clipping and the optimiser step see
@@ -65,6 +66,26 @@ pub fn sync_model(vars: &[(String, Var)], group: &dyn Collective) -> Result<()> 
         v.set(&from_host(buf, v)?)?;
     }
     Ok(())
+}
+
+/// Rank 0's copy of every float tensor of `tensors` (a method's state: a memory
+/// bank, a momentum encoder), the others as they are.
+pub fn broadcast_tensors(
+    tensors: Vec<(String, Tensor)>,
+    group: &dyn Collective,
+) -> Result<std::collections::BTreeMap<String, Tensor>> {
+    tensors
+        .into_iter()
+        .map(|(k, t)| {
+            if !is_float(&t) {
+                // A copy: the state's own tensors may be variables it will set.
+                return Ok((k, t.copy()?));
+            }
+            let mut buf = to_host(&t)?;
+            group.broadcast(&mut buf, 0)?;
+            Ok((k, from_host(buf, &t)?))
+        })
+        .collect()
 }
 
 /// [`sync_model`] for the tensors of `vars` that are not in `params` (the buffers).

@@ -94,34 +94,85 @@ impl CustomOp1 for AllReduce {
     }
 }
 
+/// The rows (dim 0) of `t` on every rank, concatenated in rank order: with
+/// contiguous shards, the whole batch's rows in batch order. Differentiable: it is
+/// the all-reduce of `t` placed at this rank's rows of zeros, so each rank's rows
+/// get the sum over ranks of their gradients. Every rank must hold as many rows.
+pub fn all_gather_rows(t: &Tensor, group: &Arc<dyn Collective>) -> Result<Tensor> {
+    let (world, rank) = (group.world(), group.rank());
+    if world == 1 {
+        return Ok(t.clone());
+    }
+    let n = t.dim(0)?;
+    let placed = t.pad_with_zeros(0, rank * n, (world - 1 - rank) * n)?;
+    all_reduce(&placed, group)
+}
+
+/// This thread's data-parallel context while a rank computes its loss: the group,
+/// and whether batch norm synchronises over it.
+#[derive(Clone)]
+struct Scope {
+    group: Arc<dyn Collective>,
+    sync_bn: bool,
+}
+
 thread_local! {
-    static SYNC_BN: RefCell<Option<Arc<dyn Collective>>> = const { RefCell::new(None) };
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
 }
 
-/// While alive, batch norm in training mode on this thread normalises with
-/// statistics over every rank's batch (synchronised batch norm).
-pub struct SyncBatchNorm {
-    previous: Option<Arc<dyn Collective>>,
+/// While alive, this thread computes as `group`'s rank: methods whose loss couples
+/// the samples of a batch (contrastive negatives, a memory bank) gather them from
+/// every rank ([`rank_group`]), and with `sync_bn` batch norm in training mode
+/// normalises with statistics over every rank's batch.
+pub struct ParallelScope {
+    previous: Option<Scope>,
 }
 
-impl SyncBatchNorm {
-    pub fn enter(group: Arc<dyn Collective>) -> Self {
-        let previous = SYNC_BN.with(|s| s.borrow_mut().replace(group));
+impl ParallelScope {
+    pub fn enter(group: Arc<dyn Collective>, sync_bn: bool) -> Self {
+        let previous = SCOPE.with(|s| s.borrow_mut().replace(Scope { group, sync_bn }));
+        Self { previous }
+    }
+
+    /// Batch norm back to this rank's own statistics while alive, for layers that
+    /// already see every rank's rows (after [`all_gather_rows`]): synchronising those
+    /// would count each row once per rank.
+    pub fn local_batch_norm() -> Self {
+        let previous = SCOPE.with(|s| {
+            let mut s = s.borrow_mut();
+            let previous = s.clone();
+            if let Some(sc) = s.as_mut() {
+                sc.sync_bn = false;
+            }
+            previous
+        });
         Self { previous }
     }
 }
 
-impl Drop for SyncBatchNorm {
+impl Drop for ParallelScope {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        SYNC_BN.with(|s| *s.borrow_mut() = previous);
+        SCOPE.with(|s| *s.borrow_mut() = previous);
     }
+}
+
+/// The data-parallel group this thread computes in, if any (more than one rank).
+pub fn rank_group() -> Option<Arc<dyn Collective>> {
+    SCOPE
+        .with(|s| s.borrow().as_ref().map(|sc| sc.group.clone()))
+        .filter(|g| g.world() > 1)
 }
 
 /// The group batch norm synchronises over on this thread, if any (and more than one rank).
 pub(crate) fn sync_bn_group() -> Option<Arc<dyn Collective>> {
-    SYNC_BN
-        .with(|s| s.borrow().clone())
+    SCOPE
+        .with(|s| {
+            s.borrow()
+                .as_ref()
+                .filter(|sc| sc.sync_bn)
+                .map(|sc| sc.group.clone())
+        })
         .filter(|g| g.world() > 1)
 }
 
