@@ -7,7 +7,9 @@
 #
 #   --dry      CPU and tiny sizes: checks the script itself end to end in about a
 #              minute on any machine (what CI and a laptop can run)
-#   --bin      the vssl binary (default target/release/vssl)
+#   --bin      the vssl binary (default target/release/vssl), or a gzip of it (.gz):
+#              a stripped release CUDA build is about 74 MB, 22 MB gzipped, so it
+#              travels to a machine with a 64 MiB carry limit compressed
 #   --python   a Python with torch + torchvision, the peer (default python3);
 #              `none` runs vssl alone and says so in the report
 #   --device   cuda:N (default cuda:0; cpu with --dry)
@@ -44,6 +46,9 @@ mkdir -p "$OUT"
 REPORT=$OUT/gpu-check.txt
 : >"$REPORT"
 say() { echo "$*" | tee -a "$REPORT"; }
+if [ "${BIN%.gz}" != "$BIN" ] && [ -f "$BIN" ]; then
+    gunzip -c "$BIN" >"$OUT/vssl" && chmod +x "$OUT/vssl" && BIN=$OUT/vssl
+fi
 if [ ! -x "$BIN" ]; then
     say "gpu-check: no vssl binary at $BIN (build one with tools/cuda-build.sh, or pass --bin)"
     exit 2
