@@ -2,8 +2,10 @@
 //! over TCP through a hub at rank 0. Rank 0 listens on a free port and writes its
 //! address to a file in a directory every rank sees (the run directory, on a shared
 //! file system across nodes); the others read it and connect. Every reduction is
-//! summed at the hub in rank order and sent back, so every rank gets the same bits,
-//! the same bits [`super::ThreadGroup`] gives.
+//! summed at the hub in f64, in rank order, as each rank's buffer arrives (one
+//! accumulator whatever the number of ranks), rounded once and sent back: every rank
+//! gets the same bits, the same bits [`super::ThreadGroup`] gives. Buffers travel in
+//! their own type (f32 gradients as f32).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,11 +31,53 @@ fn gone(rank: usize, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("data parallel: rank {rank} left the group ({e})"))
 }
 
-fn send(s: &mut TcpStream, v: &[f64]) -> std::io::Result<()> {
-    let mut bytes = Vec::with_capacity(8 + 8 * v.len());
+/// What travels: f32 (gradients, weights) or f64 (statistics), little-endian,
+/// after a u64 length.
+trait Wire: Copy {
+    const SIZE: usize;
+    fn put(self, out: &mut Vec<u8>);
+    fn get(b: &[u8]) -> Self;
+    fn wide(self) -> f64;
+    fn narrow(v: f64) -> Self;
+}
+
+impl Wire for f32 {
+    const SIZE: usize = 4;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend(self.to_le_bytes());
+    }
+    fn get(b: &[u8]) -> Self {
+        f32::from_le_bytes(b.try_into().unwrap_or([0; 4]))
+    }
+    fn wide(self) -> f64 {
+        self as f64
+    }
+    fn narrow(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Wire for f64 {
+    const SIZE: usize = 8;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend(self.to_le_bytes());
+    }
+    fn get(b: &[u8]) -> Self {
+        f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+    }
+    fn wide(self) -> f64 {
+        self
+    }
+    fn narrow(v: f64) -> Self {
+        v
+    }
+}
+
+fn send<T: Wire>(s: &mut TcpStream, v: &[T]) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(8 + T::SIZE * v.len());
     bytes.extend((v.len() as u64).to_le_bytes());
     for x in v {
-        bytes.extend(x.to_le_bytes());
+        x.put(&mut bytes);
     }
     s.write_all(&bytes)
 }
@@ -43,21 +87,25 @@ fn send_failed(s: &mut TcpStream) {
 }
 
 /// A buffer, or `None` when the sender reported a failed collective.
-fn recv(s: &mut TcpStream) -> std::io::Result<Option<Vec<f64>>> {
+fn recv<T: Wire>(s: &mut TcpStream) -> std::io::Result<Option<Vec<T>>> {
     let mut len = [0u8; 8];
     s.read_exact(&mut len)?;
     let len = u64::from_le_bytes(len);
     if len == FAILED {
         return Ok(None);
     }
-    let mut bytes = vec![0u8; len as usize * 8];
+    let mut bytes = vec![0u8; len as usize * T::SIZE];
     s.read_exact(&mut bytes)?;
-    Ok(Some(
-        bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-    ))
+    Ok(Some(bytes.chunks_exact(T::SIZE).map(T::get).collect()))
+}
+
+/// What the hub makes of the ranks' buffers.
+#[derive(Clone, Copy)]
+enum Combine {
+    /// Their element-wise sum, added in f64 in rank order and rounded once.
+    Sum,
+    /// This rank's buffer (the others send nothing).
+    Pick(usize),
 }
 
 impl SocketGroup {
@@ -212,26 +260,27 @@ impl SocketGroup {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every rank's buffer at the hub (rank order), `f` of them sent back to all.
-    fn through_hub(
-        &self,
-        buf: &mut [f64],
-        f: impl FnOnce(&[Vec<f64>]) -> Result<Vec<f64>>,
-    ) -> Result<()> {
+    /// Every rank's buffer to the hub (rank order), combined as it arrives (one
+    /// accumulator, whatever the number of ranks), the result sent back to all.
+    fn through_hub<T: Wire>(&self, buf: &mut [T], how: Combine) -> Result<()> {
         let mut links = self.links();
+        let n = buf.len();
         if self.rank != 0 {
             let s = &mut links[0];
-            send(s, buf).map_err(|e| gone(0, e))?;
-            return match recv(s).map_err(|e| gone(0, e))? {
-                Some(v) if v.len() == buf.len() => {
+            let mine: &[T] = match how {
+                Combine::Pick(r) if r != self.rank => &[],
+                _ => buf,
+            };
+            send(s, mine).map_err(|e| gone(0, e))?;
+            return match recv::<T>(s).map_err(|e| gone(0, e))? {
+                Some(v) if v.len() == n => {
                     buf.copy_from_slice(&v);
                     Ok(())
                 }
                 Some(v) => Err(Error::Internal(format!(
-                    "data parallel: rank {} got {} values back for {}",
+                    "data parallel: rank {} got {} values back for {n}",
                     self.rank,
-                    v.len(),
-                    buf.len()
+                    v.len()
                 ))),
                 None => Err(Error::Internal(format!(
                     "data parallel: a collective failed at rank 0; rank {} stops too",
@@ -239,22 +288,57 @@ impl SocketGroup {
                 ))),
             };
         }
-        let mut all = vec![buf.to_vec()];
-        for (i, s) in links.iter_mut().enumerate() {
-            match recv(s) {
-                Ok(Some(v)) => all.push(v),
-                Ok(None) | Err(_) => {
-                    links.iter_mut().for_each(send_failed);
-                    return Err(gone(i + 1, "its connection closed"));
+        let mut acc = match how {
+            Combine::Sum => vec![0.0f64; n],
+            Combine::Pick(_) => Vec::new(),
+        };
+        let mut picked: Option<Vec<T>> = None;
+        let mut absorb = |rank: usize, v: &[T]| -> Result<()> {
+            match how {
+                Combine::Sum if v.len() != n => Err(Error::Internal(format!(
+                    "data parallel: all-reduce of {n} values on rank 0 but {} on rank {rank}",
+                    v.len()
+                ))),
+                Combine::Sum => {
+                    for (a, x) in acc.iter_mut().zip(v) {
+                        *a += x.wide();
+                    }
+                    Ok(())
                 }
+                Combine::Pick(r) if r == rank => {
+                    picked = Some(v.to_vec());
+                    Ok(())
+                }
+                Combine::Pick(_) => Ok(()),
+            }
+        };
+        let fail = |links: &mut Vec<TcpStream>, e: Error| -> Result<()> {
+            links.iter_mut().for_each(send_failed);
+            Err(e)
+        };
+        if let Err(e) = absorb(0, buf) {
+            return fail(&mut links, e);
+        }
+        for r in 1..self.world {
+            let got = match recv::<T>(&mut links[r - 1]) {
+                Ok(Some(v)) => absorb(r, &v),
+                Ok(None) | Err(_) => Err(gone(r, "its connection closed")),
+            };
+            if let Err(e) = got {
+                return fail(&mut links, e);
             }
         }
-        let out = match f(&all) {
-            Ok(v) => v,
-            Err(e) => {
-                links.iter_mut().for_each(send_failed);
-                return Err(e);
-            }
+        let out: Vec<T> = match how {
+            Combine::Sum => acc.into_iter().map(T::narrow).collect(),
+            Combine::Pick(r) => match picked {
+                Some(v) if v.len() == n => v,
+                _ => {
+                    let e = Error::Internal(format!(
+                        "data parallel: broadcast from rank {r} does not fit {n} values"
+                    ));
+                    return fail(&mut links, e);
+                }
+            },
         };
         for (i, s) in links.iter_mut().enumerate() {
             send(s, &out).map_err(|e| gone(i + 1, e))?;
@@ -274,27 +358,11 @@ impl Collective for SocketGroup {
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let mut wide: Vec<f64> = buf.iter().map(|&v| v as f64).collect();
-        self.all_reduce_sum_f64(&mut wide)?;
-        for (b, w) in buf.iter_mut().zip(wide) {
-            *b = w as f32;
-        }
-        Ok(())
+        self.through_hub(buf, Combine::Sum)
     }
 
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let n = buf.len();
-        self.through_hub(buf, |all| {
-            if let Some(r) = all.iter().position(|v| v.len() != n) {
-                return Err(Error::Internal(format!(
-                    "data parallel: all-reduce of {n} values on rank 0 but {} on rank {r}",
-                    all[r].len()
-                )));
-            }
-            Ok((0..n)
-                .map(|i| all.iter().fold(0.0, |acc, v| acc + v[i]))
-                .collect())
-        })
+        self.through_hub(buf, Combine::Sum)
     }
 
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
@@ -304,12 +372,7 @@ impl Collective for SocketGroup {
                 self.world
             )));
         }
-        let mut wide: Vec<f64> = buf.iter().map(|&v| v as f64).collect();
-        self.through_hub(&mut wide, |all| Ok(all[root].clone()))?;
-        for (b, w) in buf.iter_mut().zip(wide) {
-            *b = w as f32;
-        }
-        Ok(())
+        self.through_hub(buf, Combine::Pick(root))
     }
 }
 
