@@ -18,7 +18,8 @@ use vssl::ops::collective::SocketGroup;
 use vssl::run_dir::RunDir;
 use vssl::train::parallel::Parallel;
 
-/// How long the ranks wait for each other to start.
+/// How long the ranks wait for each other to start (`VSSL_RANKS_TIMEOUT` seconds
+/// overrides it).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// This process's place in a data-parallel run.
@@ -84,7 +85,9 @@ fn check(r: Rank) -> anyhow::Result<Option<Rank>> {
 
 /// Joins the run's group in `run`'s meeting directory.
 pub fn join(me: &Rank, run: &RunDir, sync_bn: bool) -> anyhow::Result<Parallel> {
-    let group = SocketGroup::join(&run.ranks_dir(), &me.token, me.rank, me.world, JOIN_TIMEOUT)?;
+    let timeout =
+        var("VSSL_RANKS_TIMEOUT")?.map_or(JOIN_TIMEOUT, |s| Duration::from_secs(s as u64));
+    let group = SocketGroup::join(&run.ranks_dir(), &me.token, me.rank, me.world, timeout)?;
     if me.rank == 0 {
         let _ = std::fs::remove_dir(run.ranks_dir());
     }

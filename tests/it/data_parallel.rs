@@ -389,6 +389,26 @@ fn vssl_train_ranks_runs_one_process_per_rank() {
         "{}",
         stderr(&o)
     );
+    // A rank whose hub never starts stops with a clear error, not a hang.
+    let lone = super::common::vssl(&[
+        "--device",
+        "cpu",
+        "train",
+        path.to_str().unwrap(),
+        "--out",
+        d.path().join("lone").to_str().unwrap(),
+    ])
+    .env("VSSL_RANK", "1")
+    .env("VSSL_WORLD", "2")
+    .env("VSSL_RANKS_TIMEOUT", "1")
+    .output()
+    .unwrap();
+    assert_eq!(lone.status.code(), Some(2), "{}", stderr(&lone));
+    assert!(
+        stderr(&lone).contains("rank 1 of 2 found no hub"),
+        "{}",
+        stderr(&lone)
+    );
     let o = train(&path, &d.path().join("zero"), &["--ranks", "zero"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--ranks zero"), "{}", stderr(&o));
