@@ -35,11 +35,34 @@ pub struct Args {
     /// `srun` (rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID).
     #[arg(long, value_name = "N|slurm")]
     ranks: Option<String>,
+    /// `--ranks N` on N GPUs: rank r on cuda:r; refused where there is no CUDA.
+    #[arg(long, value_name = "N", conflicts_with = "ranks")]
+    gpus: Option<usize>,
 }
 
 pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
     let r = recipe::load(&RecipeSource::with_sets(a.recipe, a.sets))?;
-    let me = match (super::ranks::from_launcher()?, a.ranks.as_deref()) {
+    if let Some(n) = a.gpus {
+        let why = if device.0 == "cpu" {
+            Some("--device cpu".to_string())
+        } else if !candle_core::utils::cuda_is_available() {
+            Some(
+                super::cuda_launch::cuda_unavailable()
+                    .unwrap_or("this build has no CUDA support")
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(vssl::Error::BadInput(format!(
+                "--gpus {n}: {why}; --ranks {n} trains with {n} processes on the CPU"
+            ))
+            .into());
+        }
+    }
+    let ranks = a.gpus.map(|n| n.to_string()).or(a.ranks);
+    let me = match (super::ranks::from_launcher()?, ranks.as_deref()) {
         (Some(me), _) => Some(me),
         (None, Some("slurm")) => super::ranks::from_slurm()?,
         (None, Some(n)) => {
@@ -61,6 +84,13 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
     vssl::train::trainer::check_resume_dir(&run_dir, a.resume)?;
     let parallel = match &me {
         Some(me) if me.world > 1 => {
+            if a.gpus.is_some() && !dev.is_cuda() {
+                return Err(vssl::Error::BadInput(format!(
+                    "--gpus: rank {} found no CUDA device (--device resolved to the CPU)",
+                    me.rank
+                ))
+                .into());
+            }
             if dev.is_cuda() {
                 dev = candle_core::Device::new_cuda(me.local).map_err(|e| {
                     vssl::Error::BadInput(format!("rank {}: cuda:{}: {e}", me.rank, me.local))

@@ -409,6 +409,14 @@ fn vssl_train_ranks_runs_one_process_per_rank() {
         "{}",
         stderr(&lone)
     );
+    // --gpus is --ranks on GPUs: refused on this machine, pointing at --ranks.
+    let o = train(&path, &d.path().join("gpus"), &["--gpus", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--gpus 2: ") && stderr(&o).contains("--ranks 2"),
+        "{}",
+        stderr(&o)
+    );
     let o = train(&path, &d.path().join("zero"), &["--ranks", "zero"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--ranks zero"), "{}", stderr(&o));
