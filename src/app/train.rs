@@ -30,7 +30,7 @@ pub fn train(recipe: &Recipe, opts: &TrainOptions, device: &Device) -> Result<Tr
     let run = RunDir::new(&opts.out);
     // Before the lock, which creates the directory.
     crate::train::trainer::check_resume_dir(&run, opts.resume)?;
-    let lead = opts.parallel.as_ref().is_none_or(|p| p.group.rank() == 0);
+    let lead = crate::train::parallel::is_lead(opts.parallel.as_ref());
     let _lock = match lead {
         true => Some(crate::lock::RunLock::acquire(run.path(), "vssl train")?),
         false => None,

@@ -100,7 +100,7 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let lead = parallel.as_ref().is_none_or(|p| p.group.rank() == 0);
+    let lead = vssl::train::parallel::is_lead(parallel.as_ref());
     let s = trainer::train(
         &r,
         &TrainOptions {

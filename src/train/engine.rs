@@ -290,7 +290,7 @@ pub fn run(
         world: p.group.world(),
     });
     shard.slice(cfg.batch_size)?;
-    let lead = shard.rank == 0;
+    let lead = parallel::is_lead(cfg.parallel.as_ref());
     std::fs::create_dir_all(run.checkpoints_dir()).map_err(|e| Error::io(run.path(), e))?;
     if lead {
         run.remove_stale_temp_files();
@@ -308,9 +308,10 @@ pub fn run(
             truncate_metrics(&run.metrics(), start)?;
         }
     }
-    // Every rank starts from rank 0's model (fresh or resumed), whatever its own
-    // initialisation drew.
-    let model_vars = match &cfg.parallel {
+    // Every rank starts from rank 0's model and method state (fresh or resumed),
+    // whatever its own initialisation drew. `buffers`: what is taken from rank 0
+    // again after each step when batch norm runs per rank.
+    let buffers = match &cfg.parallel {
         Some(p) => {
             let vars = obj.model_vars()?;
             parallel::sync_model(&vars, p.group.as_ref())?;
@@ -318,7 +319,11 @@ pub fn run(
             if !state.is_empty() {
                 obj.load_state(&parallel::broadcast_tensors(state, p.group.as_ref())?)?;
             }
-            vars
+            let params: Vec<Var> = groups
+                .iter()
+                .flat_map(|g| g.optimizer.params().iter().map(|(_, v)| v.clone()))
+                .collect();
+            parallel::buffers(&vars, &params)
         }
         None => Vec::new(),
     };
@@ -386,11 +391,7 @@ pub fn run(
                 }
             };
             if let Some(p) = cfg.parallel.as_ref().filter(|p| !p.sync_bn) {
-                let params: Vec<Var> = groups
-                    .iter()
-                    .flat_map(|g| g.optimizer.params().iter().map(|(_, v)| v.clone()))
-                    .collect();
-                parallel::sync_buffers(&model_vars, &params, p.group.as_ref())?;
+                parallel::sync_model(&buffers, p.group.as_ref())?;
             }
             let grad_norm = match bad {
                 Ok(norm) => {

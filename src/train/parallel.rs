@@ -11,7 +11,7 @@
 //! - the logged loss and scalars are the ranks' mean ([`mean_over_ranks`]), so a
 //!   non-finite value stops or skips the step on every rank alike;
 //! - with per-rank batch norm, rank 0's running statistics are copied to the others
-//!   after each step ([`sync_buffers`], DDP's `broadcast_buffers`); with
+//!   after each step ([`buffers`], DDP's `broadcast_buffers`); with
 //!   synchronised batch norm they are already equal.
 //!
 //! candle runs backward as one call, so the all-reduce cannot overlap it.
@@ -57,13 +57,23 @@ fn is_float(t: &Tensor) -> bool {
     t.dtype().is_float()
 }
 
+/// Whether this process writes the run: no data parallelism, or rank 0.
+pub fn is_lead(parallel: Option<&Parallel>) -> bool {
+    parallel.is_none_or(|p| p.group.rank() == 0)
+}
+
+/// Rank 0's copy of the float tensor `t`.
+fn from_rank0(t: &Tensor, group: &dyn Collective) -> Result<Tensor> {
+    let mut buf = to_host(t)?;
+    group.broadcast(&mut buf, 0)?;
+    from_host(buf, t)
+}
+
 /// Every float tensor of `vars` set to rank 0's (integer buffers such as batch
 /// norm's step count advance identically on every rank and are left alone).
 pub fn sync_model(vars: &[(String, Var)], group: &dyn Collective) -> Result<()> {
     for (_, v) in vars.iter().filter(|(_, v)| is_float(v)) {
-        let mut buf = to_host(v)?;
-        group.broadcast(&mut buf, 0)?;
-        v.set(&from_host(buf, v)?)?;
+        v.set(&from_rank0(v, group)?)?;
     }
     Ok(())
 }
@@ -81,22 +91,19 @@ pub fn broadcast_tensors(
                 // A copy: the state's own tensors may be variables it will set.
                 return Ok((k, t.copy()?));
             }
-            let mut buf = to_host(&t)?;
-            group.broadcast(&mut buf, 0)?;
-            Ok((k, from_host(buf, &t)?))
+            Ok((k, from_rank0(&t, group)?))
         })
         .collect()
 }
 
-/// [`sync_model`] for the tensors of `vars` that are not in `params` (the buffers).
-pub fn sync_buffers(vars: &[(String, Var)], params: &[Var], group: &dyn Collective) -> Result<()> {
+/// The tensors of `vars` that are not in `params`: the buffers [`sync_model`] keeps
+/// equal after each step when batch norm runs per rank.
+pub fn buffers(vars: &[(String, Var)], params: &[Var]) -> Vec<(String, Var)> {
     let trainable: HashSet<_> = params.iter().map(|p| p.id()).collect();
-    let buffers: Vec<(String, Var)> = vars
-        .iter()
+    vars.iter()
         .filter(|(_, v)| !trainable.contains(&v.id()))
         .cloned()
-        .collect();
-    sync_model(&buffers, group)
+        .collect()
 }
 
 /// The ranks' mean of `values` (the same on every rank).

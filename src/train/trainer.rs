@@ -218,7 +218,7 @@ pub fn fit(
         )));
     }
     let resume = opts.resume;
-    let lead = opts.parallel.as_ref().is_none_or(|p| p.group.rank() == 0);
+    let lead = crate::train::parallel::is_lead(opts.parallel.as_ref());
     if resume && existing.is_empty() {
         check_resume_dir(run, resume)?;
         if run.model().exists() {

@@ -16,6 +16,18 @@ use vssl::train::parallel::Parallel;
 
 use super::common::{max_abs_diff, tensors, tiny_recipe_for};
 
+/// Rotation prediction with the per-sample randomness a shard must draw as the whole
+/// batch does: one rotation per clip, dropout.
+const ROTATION_KEYS: &str = "stride_max = 2\nrotations_per_clip = \"one\"\ndropout = 0.5";
+
+fn recipe(path: &Path) -> vssl::recipe::Recipe {
+    vssl::recipe::load(&vssl::recipe::RecipeSource::with_sets(
+        path.to_path_buf(),
+        vec![],
+    ))
+    .unwrap()
+}
+
 fn plan(batch_size: usize, seed: u64) -> BatchPlan {
     BatchPlan {
         planner: Arc::new(StridedPlanner::new(2, 4, (1, 3))),
@@ -88,7 +100,7 @@ fn rank_shards_cover_every_sample_exactly_once_per_epoch() {
 fn a_shard_is_its_rows_of_the_whole_batch() {
     let d = tempfile::tempdir().unwrap();
     let path = tiny_recipe_for(d.path(), "geometric", "stride_max = 2", "");
-    let r = vssl::recipe::load(&vssl::recipe::RecipeSource::with_sets(path, vec![])).unwrap();
+    let r = recipe(&path);
     let ds = vssl::registry::dataset(&r.data).unwrap();
     let p = plan(4, 3);
     for step in [0u64, 5] {
@@ -161,13 +173,7 @@ fn fit_with(
     stop_after: Option<u64>,
     resume: bool,
 ) -> Vec<BTreeMap<String, Tensor>> {
-    let r = Arc::new(
-        vssl::recipe::load(&vssl::recipe::RecipeSource::with_sets(
-            path.to_path_buf(),
-            vec![],
-        ))
-        .unwrap(),
-    );
+    let r = Arc::new(recipe(path));
     let one = |parallel: Option<Parallel>, init_seed: u64| {
         let mut p = vssl::registry::pretext(
             &r.method,
@@ -227,12 +233,11 @@ fn ranks_on_their_shards_step_to_the_weights_of_one_process_on_the_whole_batch()
     let path = tiny_recipe_for(
         d.path(),
         "geometric",
-        "stride_max = 2\nrotations_per_clip = \"one\"\ndropout = 0.5",
+        ROTATION_KEYS,
         "[train]\nsteps = 1\nbatch_size = 4\nwarmup_steps = 0\n",
     );
     let base = fit(&path, &d.path().join("one"), None).remove(0);
-    let r =
-        vssl::recipe::load(&vssl::recipe::RecipeSource::with_sets(path.clone(), vec![])).unwrap();
+    let r = recipe(&path);
     let fresh: BTreeMap<String, Tensor> = vssl::train::trainer::model_tensors(
         vssl::registry::pretext(
             &r.method,
@@ -342,7 +347,7 @@ fn vssl_train_ranks_runs_one_process_per_rank() {
     let path = tiny_recipe_for(
         d.path(),
         "geometric",
-        "stride_max = 2\nrotations_per_clip = \"one\"\ndropout = 0.5",
+        ROTATION_KEYS,
         "[train]\nsteps = 2\nbatch_size = 4\nsync_bn = true\n",
     );
     let (one, dp) = (d.path().join("one"), d.path().join("dp"));

@@ -20,6 +20,22 @@ fn sweep_cmd(file: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     common::vssl_file_out("sweep", file, out, extra)
 }
 
+/// `vssl sweep FILE --executor slurm`: the job-array script's path and text, which
+/// must hold each of `lines` as a whole line.
+fn slurm_script(file: &Path, out: &Path, lines: &[&str]) -> (PathBuf, String) {
+    let o = sweep_cmd(file, out, &["--executor", "slurm"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let path = PathBuf::from(stdout(&o).trim());
+    let script = std::fs::read_to_string(&path).unwrap();
+    for line in lines {
+        assert!(
+            script.lines().any(|l| l == *line),
+            "missing `{line}`:\n{script}"
+        );
+    }
+    (path, script)
+}
+
 fn value(p: &vssl::sweep::Point, key: &str) -> Option<String> {
     p.overrides
         .iter()
@@ -397,24 +413,19 @@ setup = ["module load cuda"]
 "#,
     );
     let out = d.path().join("out");
-    let o = sweep_cmd(&f, &out, &["--executor", "slurm"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let script_path = PathBuf::from(stdout(&o).trim());
-    let script = std::fs::read_to_string(&script_path).unwrap();
-    for line in [
-        "#SBATCH --array=0-5",
-        "#SBATCH --partition=gpu",
-        "#SBATCH --gpus=1",
-        "#SBATCH --cpus-per-task=8",
-        "#SBATCH --time=01:00:00",
-        "#SBATCH --mem=16G",
-        "module load cuda",
-    ] {
-        assert!(
-            script.lines().any(|l| l == line),
-            "missing `{line}`:\n{script}"
-        );
-    }
+    let (script_path, script) = slurm_script(
+        &f,
+        &out,
+        &[
+            "#SBATCH --array=0-5",
+            "#SBATCH --partition=gpu",
+            "#SBATCH --gpus=1",
+            "#SBATCH --cpus-per-task=8",
+            "#SBATCH --time=01:00:00",
+            "#SBATCH --mem=16G",
+            "module load cuda",
+        ],
+    );
     // Index i -> (stride_max, lr), keys alphabetical, the last fastest.
     let expected = [
         (2, 0.01),
@@ -506,20 +517,15 @@ nodes = 1
 "#,
     );
     let out = d.path().join("out");
-    let o = sweep_cmd(&f, &out, &["--executor", "slurm"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let script_path = PathBuf::from(stdout(&o).trim());
-    let script = std::fs::read_to_string(&script_path).unwrap();
-    for line in [
-        "#SBATCH --nodes=1",
-        "#SBATCH --ntasks-per-node=2",
-        "#SBATCH --gpus-per-node=2",
-    ] {
-        assert!(
-            script.lines().any(|l| l == line),
-            "missing `{line}`:\n{script}"
-        );
-    }
+    let (script_path, script) = slurm_script(
+        &f,
+        &out,
+        &[
+            "#SBATCH --nodes=1",
+            "#SBATCH --ntasks-per-node=2",
+            "#SBATCH --gpus-per-node=2",
+        ],
+    );
     assert!(!script.contains("#SBATCH --gpus=2"), "{script}");
     assert!(
         script

@@ -41,37 +41,27 @@ trait Wire: Copy {
     fn narrow(v: f64) -> Self;
 }
 
-impl Wire for f32 {
-    const SIZE: usize = 4;
-    fn put(self, out: &mut Vec<u8>) {
-        out.extend(self.to_le_bytes());
-    }
-    fn get(b: &[u8]) -> Self {
-        f32::from_le_bytes(b.try_into().unwrap_or([0; 4]))
-    }
-    fn wide(self) -> f64 {
-        self as f64
-    }
-    fn narrow(v: f64) -> Self {
-        v as f32
-    }
+macro_rules! wire {
+    ($t:ty, $n:literal) => {
+        impl Wire for $t {
+            const SIZE: usize = $n;
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend(self.to_le_bytes());
+            }
+            fn get(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().unwrap_or([0; $n]))
+            }
+            fn wide(self) -> f64 {
+                self as f64
+            }
+            fn narrow(v: f64) -> Self {
+                v as $t
+            }
+        }
+    };
 }
-
-impl Wire for f64 {
-    const SIZE: usize = 8;
-    fn put(self, out: &mut Vec<u8>) {
-        out.extend(self.to_le_bytes());
-    }
-    fn get(b: &[u8]) -> Self {
-        f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
-    }
-    fn wide(self) -> f64 {
-        self
-    }
-    fn narrow(v: f64) -> Self {
-        v
-    }
-}
+wire!(f32, 4);
+wire!(f64, 8);
 
 fn send<T: Wire>(s: &mut TcpStream, v: &[T]) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(8 + T::SIZE * v.len());
