@@ -63,6 +63,10 @@ def main():
     torch.manual_seed(0)
     dev = torch.device(a.device)
     torch.backends.cudnn.benchmark = True
+    # Plain f32 arithmetic on both sides: vssl's cuDNN convolutions and cuBLAS
+    # matmuls run without TF32, PyTorch's would use it by default.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     now = synced(dev)
     classes = 10
     model = build(a.arch, classes).train().to(dev)
@@ -121,6 +125,10 @@ def conv_main(a):
     torch.manual_seed(0)
     dev = torch.device(a.device)
     torch.backends.cudnn.benchmark = True
+    # Plain f32 arithmetic on both sides: vssl's cuDNN convolutions and cuBLAS
+    # matmuls run without TF32, PyTorch's would use it by default.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     now = synced(dev)
     c, o, k, s, pad = (int(v) for v in a.conv.split(","))
     conv = torch.nn.Conv3d(c, o, k, stride=s, padding=pad, bias=False).to(dev)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: one short script for a machine with an NVIDIA GPU, PyTorch and no
-# Rust toolchain. Build the binary elsewhere (tools/cuda-build.sh), bring it along,
-# and run this; it prints every figure and writes them to $OUT/gpu-check.txt.
+# Rust toolchain. Build the binary elsewhere (`tools/cuda-build.sh cuda,cudnn,nccl`,
+# then strip and gzip it), bring it along, and run this; it prints every figure and
+# writes them to $OUT/gpu-check.txt. With cuDNN in the build, step 2's `(device)`
+# conv3d rows check cuDNN's passes and steps 3-5 run on them; a build without it
+# runs the composed form there.
 #
 #   tools/gpu-check.sh [--dry] [--bin PATH] [--python PY] [--device DEV]
 #

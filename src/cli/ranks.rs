@@ -83,18 +83,52 @@ fn check(r: Rank) -> anyhow::Result<Option<Rank>> {
     Ok(Some(r))
 }
 
-/// Joins the run's group in `run`'s meeting directory.
-pub fn join(me: &Rank, run: &RunDir, sync_bn: bool) -> anyhow::Result<Parallel> {
+/// Joins the run's group in `run`'s meeting directory. On a CUDA device of a build
+/// with the `nccl` feature the gradients are summed by NCCL (unless `VSSL_NCCL=0`),
+/// otherwise through the socket group's host memory.
+pub fn join(
+    me: &Rank,
+    run: &RunDir,
+    sync_bn: bool,
+    dev: &candle_core::Device,
+) -> anyhow::Result<Parallel> {
     let timeout =
         var("VSSL_RANKS_TIMEOUT")?.map_or(JOIN_TIMEOUT, |s| Duration::from_secs(s as u64));
     let group = SocketGroup::join(&run.ranks_dir(), &me.token, me.rank, me.world, timeout)?;
+    let group: Arc<dyn vssl::ops::collective::Collective> =
+        if dev.is_cuda() && std::env::var("VSSL_NCCL").map_or(true, |v| v != "0") {
+            device_group(group, me, run, dev)?
+        } else {
+            Arc::new(group)
+        };
     if me.rank == 0 {
         let _ = std::fs::remove_dir(run.ranks_dir());
     }
-    Ok(Parallel {
-        group: Arc::new(group),
-        sync_bn,
-    })
+    Ok(Parallel { group, sync_bn })
+}
+
+/// The group for ranks on GPUs: NCCL where this build has it.
+fn device_group(
+    group: SocketGroup,
+    me: &Rank,
+    run: &RunDir,
+    dev: &candle_core::Device,
+) -> anyhow::Result<Arc<dyn vssl::ops::collective::Collective>> {
+    #[cfg(feature = "nccl")]
+    {
+        let g = vssl::ops::collective::NcclGroup::new(group, &run.ranks_dir(), &me.token, dev)?;
+        Ok(Arc::new(g))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = (run, dev);
+        if me.rank == 0 {
+            tracing::info!(
+                "this build has no NCCL (feature `nccl`): gradients travel through host memory"
+            );
+        }
+        Ok(Arc::new(group))
+    }
 }
 
 /// Starts `n` ranks running this command line and waits for them; the first that

@@ -96,7 +96,7 @@ pub fn run(a: Args, device: &DeviceSpec) -> anyhow::Result<()> {
                     vssl::Error::BadInput(format!("rank {}: cuda:{}: {e}", me.rank, me.local))
                 })?;
             }
-            Some(super::ranks::join(me, &run_dir, r.train.sync_bn)?)
+            Some(super::ranks::join(me, &run_dir, r.train.sync_bn, &dev)?)
         }
         _ => None,
     };

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use crate::ops::collective::Collective;
+use crate::ops::collective::{self, Collective};
 use crate::{Error, Result};
 
 /// How a rank takes part in a data-parallel run.
@@ -140,6 +140,32 @@ pub fn all_reduce_grads(
             present[i]
         )));
     }
+    let inv = 1.0 / world;
+    // On GPUs with NCCL: one flat device buffer, summed on the devices.
+    let device_grads: Vec<(Var, Tensor)> = params
+        .iter()
+        .filter_map(|p| grads.get(p).map(|g| (p.clone(), g.clone())))
+        .collect();
+    if let Some((_, first)) = device_grads.first() {
+        let alike = device_grads
+            .iter()
+            .all(|(_, g)| g.dtype() == first.dtype() && g.device().same_device(first.device()));
+        if alike && collective::on_device(first, group) {
+            let flat: Vec<Tensor> = device_grads
+                .iter()
+                .map(|(_, g)| g.flatten_all())
+                .collect::<candle_core::Result<_>>()?;
+            let sum = collective::all_reduce_on_device(&Tensor::cat(&flat, 0)?, group)?;
+            let mut at = 0;
+            for (p, g) in device_grads {
+                let len = g.elem_count();
+                let mean = (sum.narrow(0, at, len)?.reshape(g.shape())? * inv as f64)?;
+                grads.insert(&p, mean);
+                at += len;
+            }
+            return Ok(());
+        }
+    }
     let mut flat = Vec::new();
     let mut spans = Vec::new();
     for p in params {
@@ -150,7 +176,6 @@ pub fn all_reduce_grads(
         }
     }
     group.all_reduce_sum(&mut flat)?;
-    let inv = 1.0 / world;
     for (p, at, len, like) in spans {
         let mean: Vec<f32> = flat[at..at + len].iter().map(|v| v * inv).collect();
         grads.insert(&p, from_host(mean, &like)?);

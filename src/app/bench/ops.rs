@@ -3,9 +3,10 @@
 //!
 //! Why in the binary: the tests check the device-generic forms on the CPU, but the
 //! GPU machines this project borrows have no Rust toolchain. `tools/gpu-check.sh`
-//! runs this there, so the CUDA path is checked on CUDA too. conv3d runs its
-//! composed form in chunks of samples (as on a GPU); on the CPU that is the
-//! comparison the tests make, so `--device cpu` is a meaningful dry run.
+//! runs this there, so the CUDA path is checked on CUDA too. conv3d runs twice: its
+//! composed form in chunks of samples (on the CPU that is the comparison the tests
+//! make, so `--device cpu` is a meaningful dry run), and `conv3d` as the device
+//! takes it (cuDNN in a `cudnn` build on CUDA).
 
 use std::fmt::Write;
 
@@ -191,18 +192,28 @@ pub fn run_ops(dev: &Device) -> Result<(String, bool)> {
                 ..Conv3dConfig::default()
             };
             let shapes = [vec![2, c, 6, 12, 12], vec![16, c, k[0], k[1], k[2]]];
-            let (forward, grads) = compare(
-                dev,
-                dtype,
-                &shapes,
-                &["dx", "dw"],
-                |v| Ok((conv3d(&v[0], &v[1], None, &cfg)?, vec![])),
-                |v, dt| {
-                    let (x, w) = (v[0].to_dtype(dt)?, v[1].to_dtype(dt)?);
-                    Ok((conv3d_generic_chunked(&x, &w, None, &cfg, CHUNK)?, vec![]))
-                },
-            )?;
-            rows.push(Row::new(format!("{name} (chunked)"), dtype, forward, grads));
+            // The composed form in chunks (what the tests compare on the CPU), and
+            // what `conv3d` runs on the device (cuDNN in a `cudnn` build on CUDA).
+            for chunked in [true, false] {
+                let (forward, grads) = compare(
+                    dev,
+                    dtype,
+                    &shapes,
+                    &["dx", "dw"],
+                    |v| Ok((conv3d(&v[0], &v[1], None, &cfg)?, vec![])),
+                    |v, dt| {
+                        let (x, w) = (v[0].to_dtype(dt)?, v[1].to_dtype(dt)?);
+                        let y = if chunked {
+                            conv3d_generic_chunked(&x, &w, None, &cfg, CHUNK)?
+                        } else {
+                            conv3d(&x, &w, None, &cfg)?
+                        };
+                        Ok((y, vec![]))
+                    },
+                )?;
+                let how = if chunked { "chunked" } else { "device" };
+                rows.push(Row::new(format!("{name} ({how})"), dtype, forward, grads));
+            }
         }
         // Batch norm, and TGN with 2 groups: training mode, on 8 channels.
         for (name, shape, groups) in [

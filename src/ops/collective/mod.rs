@@ -7,8 +7,8 @@
 //! between threads of one process on the CPU (the stand-in the data-parallel tests
 //! run on); [`SocketGroup`] between processes over TCP, one hub at rank 0 (`vssl
 //! train --ranks N`, on one machine or across a Slurm allocation; on GPUs it carries
-//! the buffers through host memory). An NCCL communicator would implement the same
-//! calls on device memory.
+//! the buffers through host memory); with the `nccl` feature, `NcclGroup` sums CUDA
+//! buffers on the devices and keeps a socket group for the host-side calls.
 //!
 //! Every reduction sums the ranks' buffers in rank order, so every rank gets the
 //! same bits and a run is deterministic whatever the threads' timing.
@@ -20,9 +20,13 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use crate::Result;
 
+#[cfg(feature = "nccl")]
+mod nccl;
 mod socket;
 mod thread;
 
+#[cfg(feature = "nccl")]
+pub use nccl::NcclGroup;
 pub use socket::SocketGroup;
 pub use thread::ThreadGroup;
 
@@ -40,6 +44,51 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Replaces `buf` on every rank by `root`'s.
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// Whether [`Collective::all_reduce_device`] sums f32 and f64 CUDA buffers on
+    /// the devices (NCCL); otherwise device tensors travel through host memory.
+    fn reduces_on_device(&self) -> bool {
+        false
+    }
+    /// The sum over the ranks of the contiguous elements `l` addresses in `s`, as a
+    /// new device buffer; only called where [`Collective::reduces_on_device`].
+    fn all_reduce_device(
+        &self,
+        _s: &candle_core::CudaStorage,
+        _l: &Layout,
+    ) -> candle_core::Result<candle_core::CudaStorage> {
+        candle_core::bail!("this group sums through host memory only")
+    }
+}
+
+/// Whether `t` can be summed by `group` on its device.
+pub(crate) fn on_device(t: &Tensor, group: &dyn Collective) -> bool {
+    group.reduces_on_device()
+        && t.device().is_cuda()
+        && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
+
+/// The sum of `t` over `group`'s ranks on its device, not differentiable (the
+/// gradient all-reduce of the training loop); only where [`on_device`].
+pub(crate) fn all_reduce_on_device(t: &Tensor, group: &dyn Collective) -> Result<Tensor> {
+    Ok(t.contiguous()?.apply_op1_no_bwd(&DeviceSum(group))?)
+}
+
+struct DeviceSum<'a>(&'a dyn Collective);
+
+impl CustomOp1 for DeviceSum<'_> {
+    fn name(&self) -> &'static str {
+        "all-reduce-device"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("all-reduce-device: a CPU tensor")
+    }
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((self.0.all_reduce_device(s, l)?, l.shape().clone()))
+    }
 }
 
 /// Sums `t` over the ranks of `group`, differentiably: the gradient of a sum over
@@ -47,6 +96,9 @@ pub trait Collective: Send + Sync {
 /// gradients, so the backward pass is the same all-reduce. f32 or f64, on any
 /// device (through host memory off the CPU; the copies are differentiable too).
 pub fn all_reduce(t: &Tensor, group: &Arc<dyn Collective>) -> Result<Tensor> {
+    if on_device(t, group.as_ref()) {
+        return Ok(t.contiguous()?.apply_op1(AllReduce(group.clone()))?);
+    }
     if !t.device().is_cpu() {
         let host = all_reduce(&t.to_device(&candle_core::Device::Cpu)?, group)?;
         return Ok(host.to_device(t.device())?);
@@ -82,6 +134,14 @@ impl CustomOp1 for AllReduce {
             _ => candle_core::bail!("all-reduce takes an f32 or f64 tensor"),
         };
         Ok((out.map_err(candle_core::Error::wrap)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        DeviceSum(self.0.as_ref()).cuda_fwd(s, l)
     }
 
     fn bwd(

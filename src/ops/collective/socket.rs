@@ -113,17 +113,7 @@ impl SocketGroup {
                 "rank {rank} of a group of {world}"
             )));
         }
-        let safe: String = token
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let addr = dir.join(format!("hub-{safe}.addr"));
+        let addr = dir.join(format!("hub-{}.addr", file_token(token)));
         let deadline = Instant::now() + timeout;
         let links = if world == 1 {
             Vec::new()
@@ -376,6 +366,20 @@ fn hostname() -> String {
         (0, Ok(h)) if !h.is_empty() => h.to_string(),
         _ => "127.0.0.1".into(),
     }
+}
+
+/// `token` as a file-name part: letters, digits and `-` kept, anything else `_`.
+pub(super) fn file_token(token: &str) -> String {
+    token
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

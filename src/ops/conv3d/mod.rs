@@ -4,9 +4,11 @@
 //! On CPU the convolution is a candle [`CustomOp2`]: vol2col (im2col over T, H, W)
 //! into a scratch buffer, then one `gemm` per sample, parallel over the batch. Its
 //! backward pass is two more custom ops: the input gradient is `Wᵀ·dY` scattered back
-//! with col2vol, the weight gradient is `Σₙ dYₙ·colsₙᵀ`. On every other device
-//! [`conv3d_generic`] builds the same im2col from candle tensor ops (pad,
-//! index_select, permute, matmul), so CUDA works unchanged and autograd is free.
+//! with col2vol, the weight gradient is `Σₙ dYₙ·colsₙᵀ`. On CUDA with the `cudnn`
+//! feature the same three custom ops run cuDNN's N-d convolution (`cudnn.rs`). On
+//! every other device (and where cuDNN is off or fails) [`conv3d_generic`] builds
+//! the same im2col from candle tensor ops (pad, index_select, permute, matmul), so
+//! any device works and autograd is free.
 //!
 //! The CPU kernels are deterministic: every output element is produced by exactly one
 //! task with a fixed summation order (no racing accumulations), so training resumes
@@ -16,7 +18,8 @@
 //! ops; `geometry.rs` the validated output sizes; `cpu.rs` the blocked vol2col+gemm
 //! kernels; `pointwise.rs` the 1x1x1 layers as plain gemms (all CPUs); `direct.rs`
 //! the AVX-512 direct kernels; `winograd.rs` the AVX-512 Winograd F(2x2x2, 3x3x3) and
-//! F(2x2, 3x3) kernels for 3x3x3 and 1x3x3 stride-1 layers; `algo.rs` which of
+//! F(2x2, 3x3) kernels for 3x3x3 and 1x3x3 stride-1 layers; `cudnn.rs` the CUDA
+//! passes on cuDNN; `algo.rs` which of
 //! them runs (by geometry, or forced with `VSSL_CONV_ALGO=direct|winograd|blocked`;
 //! `VSSL_CPU_NO_AVX512=1` makes this CPU behave like one without AVX-512).
 
@@ -24,6 +27,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
 mod algo;
 mod cpu;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod direct;
 mod geometry;
 mod pointwise;
@@ -62,10 +67,59 @@ pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig)
     let g = Geom::new(x, w, cfg)?;
     let y = if cpu_float(x) {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dFwd(g))?
+    } else if on_cudnn(x) {
+        match x.contiguous()?.apply_op2(&w.contiguous()?, Conv3dFwd(g)) {
+            Ok(y) => y,
+            Err(e) => {
+                cudnn_failed("forward", &e);
+                generic_no_bias(x, w, &g, GENERIC_COLS_LIMIT)?
+            }
+        }
     } else {
         generic_no_bias(x, w, &g, GENERIC_COLS_LIMIT)?
     };
     add_bias(y, bias, g.o)
+}
+
+/// Whether `x`'s convolution runs on cuDNN (`cudnn` feature, CUDA, not switched off).
+fn on_cudnn(x: &Tensor) -> bool {
+    #[cfg(feature = "cudnn")]
+    return cudnn::applies(x);
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
+/// Reports a cuDNN failure once; later convolutions take the composed form.
+fn cudnn_failed(what: &str, e: &dyn std::fmt::Display) {
+    #[cfg(feature = "cudnn")]
+    cudnn::failed(what, e);
+    #[cfg(not(feature = "cudnn"))]
+    let _ = (what, e);
+}
+
+/// The input and weight gradients of the composed form, by candle's autograd on a
+/// detached copy: where a device kernel failed inside the backward pass.
+fn composed_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: &Geom,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let xv = candle_core::Var::from_tensor(&x.detach())?;
+    let wv = candle_core::Var::from_tensor(&w.detach())?;
+    let y = generic_no_bias(xv.as_tensor(), wv.as_tensor(), g, GENERIC_COLS_LIMIT)
+        .map_err(candle_core::Error::wrap)?;
+    let grads = (y * dy.detach())?.sum_all()?.backward()?;
+    let get = |v: &candle_core::Var| {
+        grads
+            .get(v.as_tensor())
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("conv3d: composed form has no gradient".into()))
+    };
+    Ok((get(&xv)?, get(&wv)?))
 }
 
 /// 3D convolution built only from candle tensor ops (pad, index_select, permute,
@@ -333,6 +387,23 @@ impl FloatKernel<2> for Kernel<'_> {
     }
 }
 
+/// The CUDA side of a conv3d custom op: `$pass` on cuDNN, a result of `$dims`.
+macro_rules! cudnn_pass {
+    ($pass:ident, $dims:ident) => {
+        #[cfg(feature = "cudnn")]
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+            let out = cudnn::run(&self.0, cudnn::Pass::$pass, s1, l1, s2, l2)?;
+            Ok((out, Shape::from(self.0.$dims().to_vec())))
+        }
+    };
+}
+
 /// Forward op: (x, w) -> y.
 struct Conv3dFwd(Geom);
 
@@ -340,6 +411,8 @@ impl CustomOp2 for Conv3dFwd {
     fn name(&self) -> &'static str {
         "vssl-conv3d"
     }
+
+    cudnn_pass!(Forward, y_dims);
 
     fn cpu_fwd(
         &self,
@@ -369,15 +442,28 @@ impl CustomOp2 for Conv3dFwd {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         // Skip gradients nobody asked for (e.g. the network's input clip).
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &Conv3dBwdInput(self.0))?)
-        } else {
-            None
+        let run = || -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let dx = if x.track_op() {
+                Some(dy.apply_op2_no_bwd(w, &Conv3dBwdInput(self.0))?)
+            } else {
+                None
+            };
+            let dw = if w.track_op() {
+                Some(x.apply_op2_no_bwd(&dy, &Conv3dBwdWeight(self.0))?)
+            } else {
+                None
+            };
+            Ok((dx, dw))
         };
-        let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&dy, &Conv3dBwdWeight(self.0))?)
-        } else {
-            None
+        let (dx, dw) = match run() {
+            Ok(r) => r,
+            // Only cuDNN can fail here on a geometry the forward took.
+            Err(e) if !x.device().is_cpu() => {
+                cudnn_failed("backward", &e);
+                let (dx, dw) = composed_grads(x, w, &dy, &self.0)?;
+                (x.track_op().then_some(dx), w.track_op().then_some(dw))
+            }
+            Err(e) => return Err(e),
         };
         // In a training step, a variable's gradient skips candle's zero-fill + add.
         let dw = match dw {
@@ -398,6 +484,8 @@ impl CustomOp2 for Conv3dBwdInput {
     fn name(&self) -> &'static str {
         "vssl-conv3d-bwd-input"
     }
+
+    cudnn_pass!(InputGrad, x_dims);
 
     fn cpu_fwd(
         &self,
@@ -427,6 +515,8 @@ impl CustomOp2 for Conv3dBwdWeight {
         "vssl-conv3d-bwd-weight"
     }
 
+    cudnn_pass!(WeightGrad, w_dims);
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -444,5 +534,43 @@ impl CustomOp2 for Conv3dBwdWeight {
             || dispatch(self.name(), [(s1, l1), (s2, l2)], &Kernel::BwdWeight(g)),
         )?;
         Ok((dw, Shape::from(g.w_dims().to_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The fallback a device takes when its kernel fails inside the backward pass
+    /// gives the gradients of the CPU kernels.
+    #[test]
+    fn composed_gradients_equal_the_kernels() {
+        let dev = Device::Cpu;
+        let cfg = Conv3dConfig {
+            stride: [1, 2, 2],
+            padding: [1, 1, 1],
+            dilation: [1, 1, 1],
+        };
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 4, 7, 6), &dev).unwrap()).unwrap();
+        let w =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3, 3), &dev).unwrap()).unwrap();
+        let y = conv3d(x.as_tensor(), w.as_tensor(), None, &cfg).unwrap();
+        let dy = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+        let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = Geom::new(x.as_tensor(), w.as_tensor(), &cfg).unwrap();
+        let (dx, dw) = composed_grads(x.as_tensor(), w.as_tensor(), &dy, &g).unwrap();
+        for (got, want) in [
+            (dx, grads.get(x.as_tensor())),
+            (dw, grads.get(w.as_tensor())),
+        ] {
+            let want = want.unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap();
+            let rel = diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap();
+            assert!(rel < 1e-5, "relative difference {rel}");
+        }
     }
 }
