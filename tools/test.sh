@@ -18,7 +18,10 @@ cargo test --release --features crash-hook
 # ci-cuda profile (about 10 minutes cold on 2 cores, nvcc's PTX build of candle's
 # kernels most of it; seconds when cached). VSSL_SKIP_CUDA_BUILD=1 leaves it out.
 if [ "${VSSL_SKIP_CUDA_BUILD:-0}" != 1 ]; then
+  # Each build then meets a driver that finds no GPU (a stand-in libcuda.so.1):
+  # `auto` falls back to the CPU, `cuda:0` exits 2 naming why.
   for features in cuda cuda,cudnn cuda,nccl; do
     VSSL_CUDA_PROFILE=ci-cuda bash tools/cuda-build.sh "$features" --quiet
+    bash tools/cuda-nogpu-check.sh "${CARGO_TARGET_DIR:-target/cuda}/ci-cuda/vssl"
   done
 fi

@@ -51,16 +51,20 @@ fn resolve(spec: &str, what: &str) -> anyhow::Result<Device> {
     Ok(match spec {
         "cpu" => Device::Cpu,
         "auto" => {
-            let d = Device::cuda_if_available(0)?;
-            if d.is_cpu() {
-                let why = if candle_core::utils::cuda_is_available() {
-                    "no CUDA device answered"
-                } else {
-                    cuda_launch::cuda_unavailable().unwrap_or("this build has no CUDA support")
-                };
-                tracing::info!("{what} auto: {why}; running on the CPU");
-            }
-            d
+            // A CUDA build on a machine whose driver finds no GPU (or fails to
+            // start) falls back as a CPU build does, saying why.
+            let why = if candle_core::utils::cuda_is_available() {
+                match Device::new_cuda(0) {
+                    Ok(d) => return Ok(d),
+                    Err(e) => format!("no CUDA device answered ({e})"),
+                }
+            } else {
+                cuda_launch::cuda_unavailable()
+                    .unwrap_or("this build has no CUDA support")
+                    .to_string()
+            };
+            tracing::info!("{what} auto: {why}; running on the CPU");
+            Device::Cpu
         }
         // `cuda` or `cuda:N` (checked, so the index parses).
         s if vssl::train::config::valid_device(s) => {
