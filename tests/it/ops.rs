@@ -228,6 +228,21 @@ fn conv_cases() -> Vec<ConvCase> {
         conv_case([2, 3, 5, 7, 9], 2, [1; 3], [1, 2, 2], [0; 3], [1; 3], false),
         // kernel covers the whole input
         conv_case([1, 1, 3, 3, 3], 1, [3; 3], [1; 3], [0; 3], [1; 3], true),
+        // taps that only read padding (their gradients run on the live taps): a
+        // one-frame map under a 3x3x3 kernel with padding 1 (R3D-18's layer 4 at 64 px),
+        conv_case([2, 3, 1, 4, 5], 4, [3; 3], [1; 3], [1; 3], [1; 3], false),
+        // a strided layer into one frame (one dead tap, the live two off-centre),
+        conv_case([2, 3, 2, 5, 4], 3, [3; 3], [2; 3], [1; 3], [1; 3], true),
+        // and dead taps on H under dilation 2.
+        conv_case(
+            [1, 2, 3, 2, 6],
+            2,
+            [3; 3],
+            [1; 3],
+            [1, 2, 1],
+            [1, 2, 1],
+            false,
+        ),
         // padding wider than the input on T: some taps read only padding
         conv_case(
             [2, 2, 2, 4, 5],
@@ -666,6 +681,33 @@ fn conv3d_custom_and_generic_gradients_agree() {
             );
         }
     }
+}
+
+/// Kernels with taps that read only padding: the gradients say they ran trimmed,
+/// and the dead taps' weight gradients are exactly zero.
+#[test]
+fn conv3d_dead_taps_get_zero_weight_gradients_from_the_trimmed_kernel() {
+    use vssl::ops::conv3d_cpu_kernels;
+    let c = conv_case([2, 3, 1, 4, 5], 4, [3; 3], [1; 3], [1; 3], [1; 3], false);
+    let (x, w, _) = conv_data(&c, 77);
+    for dtype in [DType::F32, DType::F64] {
+        let (xt, wt) = (tensor(&x, &c.x, dtype), tensor(&w, &c.w(), dtype));
+        let k = conv3d_cpu_kernels(&xt, &wt, &c.cfg).unwrap();
+        assert!(
+            !k[0].contains("trimmed") && k[1].ends_with("(trimmed)") && k[2].ends_with("(trimmed)"),
+            "{dtype:?}: {k:?}"
+        );
+    }
+    let r = rand_vec(numel(&c.out()), 78);
+    let [_, gw, _] = conv_grads(&c, &x, &w, None, &r, false);
+    // Weight [O, C, 3, 3, 3]: temporal taps 0 and 2 read frames -1 and 1 only.
+    for (i, v) in gw.iter().enumerate() {
+        let a = (i % 27) / 9;
+        if a != 1 {
+            assert_eq!(v.to_bits(), 0f64.to_bits(), "dead tap {i} has gradient {v}");
+        }
+    }
+    assert!(gw.iter().any(|v| *v != 0.0));
 }
 
 /// Runs the conv3d reference, finite-difference, generic-agreement and determinism

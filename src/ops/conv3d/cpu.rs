@@ -27,6 +27,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::geometry::Geom;
+use super::trim::Trim;
 use super::SyncPtr;
 use super::{algo, direct, pointwise, winograd};
 
@@ -268,6 +269,16 @@ pub(super) enum Pass {
 /// The f32 kernel that computes `pass` of `g`: one place decides, the dispatch below
 /// and the profile's labels both ask it.
 pub(super) fn path(g: &Geom, pass: Pass, f32: bool) -> &'static str {
+    if pass != Pass::Forward {
+        if let Some(t) = Trim::of(g) {
+            return match path(&t.g, pass, f32) {
+                "winograd" => "winograd (trimmed)",
+                "direct" => "direct (trimmed)",
+                "pointwise" => "pointwise (trimmed)",
+                _ => "blocked (trimmed)",
+            };
+        }
+    }
     let portable = if pointwise::applies(g) {
         "pointwise"
     } else {
@@ -435,6 +446,10 @@ fn split(len: usize, unit: usize, parts: usize) -> Vec<(usize, usize)> {
 /// is a forward convolution of `dy` with the flipped, transposed kernel (a long-K
 /// gemm, no scatter); anything else takes [`bwd_input_col2vol`].
 pub(super) fn bwd_input<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
+    // Taps that read only padding contribute nothing: run on the live ones' weights.
+    if let Some(t) = Trim::of(g) {
+        return bwd_input(&t.g, dy, &t.weight(g, w));
+    }
     if let Some(dx) = fast(g, dy, w, Pass::InputGrad) {
         return dx;
     }
@@ -532,6 +547,10 @@ fn bwd_input_col2vol<T: WithDType>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
 /// dW = Σ_blocks dY[:, blk] · cols[:, blk]ᵀ, `[O, C·K]`; parallel over row groups of
 /// `C·K`, blocks summed in column order.
 pub(super) fn bwd_weight<T: WithDType>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
+    // Dead taps' weight gradients are zero: compute the live ones' only.
+    if let Some(t) = Trim::of(g) {
+        return t.widen(g, &bwd_weight(&t.g, x, dy));
+    }
     if let Some(dw) = fast(g, x, dy, Pass::WeightGrad) {
         return dw;
     }

@@ -18,7 +18,8 @@
 //! ops; `geometry.rs` the validated output sizes; `cpu.rs` the blocked vol2col+gemm
 //! kernels; `pointwise.rs` the 1x1x1 layers as plain gemms (all CPUs); `direct.rs`
 //! the AVX-512 direct kernels; `winograd.rs` the AVX-512 Winograd F(2x2x2, 3x3x3) and
-//! F(2x2, 3x3) kernels for 3x3x3 and 1x3x3 stride-1 layers; `cudnn.rs` the CUDA
+//! F(2x2, 3x3) kernels for 3x3x3 and 1x3x3 stride-1 layers; `trim.rs` the gradients
+//! of kernels with taps that only read padding, on the live taps; `cudnn.rs` the CUDA
 //! passes on cuDNN; `algo.rs` which of
 //! them runs (by geometry, or forced with `VSSL_CONV_ALGO=direct|winograd|blocked`;
 //! `VSSL_CPU_NO_AVX512=1` makes this CPU behave like one without AVX-512).
@@ -32,6 +33,7 @@ mod cudnn;
 mod direct;
 mod geometry;
 mod pointwise;
+mod trim;
 mod winograd;
 
 use geometry::Geom;
