@@ -26,10 +26,19 @@ impl BadVideos {
         Self { path, seen }
     }
 
-    /// Appends the reasons not seen before, warning once for each.
+    /// Appends the reasons not seen before, warning once for each. The file is read
+    /// again before a new line goes in: the ranks of a data-parallel run share it, and
+    /// a video another rank already listed is not listed twice (two ranks finding the
+    /// same video at the same moment can still both write it).
     pub fn record(&mut self, reasons: &[String]) -> Result<()> {
         for r in reasons {
             let line = r.replace('\n', " ");
+            if self.seen.contains(&line) {
+                continue;
+            }
+            if let Ok(t) = std::fs::read_to_string(&self.path) {
+                self.seen.extend(t.lines().map(str::to_string));
+            }
             if self.seen.insert(line.clone()) {
                 tracing::warn!(
                     "skipping bad video (listed in {}): {line}",
@@ -49,5 +58,28 @@ impl BadVideos {
     /// Distinct bad videos recorded (including those of an earlier, resumed run).
     pub fn count(&self) -> usize {
         self.seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ranks sharing a run directory list a video once, whichever found it first.
+    #[test]
+    fn ranks_sharing_the_file_list_each_video_once() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::new(d.path());
+        let (mut a, mut b) = (BadVideos::open(&run), BadVideos::open(&run));
+        a.record(&["v1.avi: no video stream".into()]).unwrap();
+        b.record(&["v1.avi: no video stream".into(), "v2.avi: too short".into()])
+            .unwrap();
+        a.record(&["v2.avi: too short".into()]).unwrap();
+        let text = std::fs::read_to_string(run.bad_videos()).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["v1.avi: no video stream", "v2.avi: too short"]
+        );
+        assert_eq!((a.count(), b.count()), (2, 2));
     }
 }

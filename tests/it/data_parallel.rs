@@ -387,6 +387,19 @@ fn vssl_train_ranks_runs_one_process_per_rank() {
         "the meeting place is cleaned up"
     );
 
+    // Resuming on another number of ranks trains on, and says what differs.
+    let switch = d.path().join("switch");
+    let o = train(&path, &switch, &["--ranks", "2", "--stop-after", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train(&path, &switch, &["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was written by a run on 2 rank(s), resuming on 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(metric_column(&switch, "step"), vec![1.0, 2.0]);
+
     let o = train(&path, &d.path().join("three"), &["--ranks", "3"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
