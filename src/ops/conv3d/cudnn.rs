@@ -11,7 +11,8 @@
 //! TF32 in convolutions by default; `tools/bench_torch.py --device cuda` turns it off
 //! so the two sides do the same arithmetic); bf16 and f16 compute in f32 on tensor
 //! cores (cuDNN's pseudo-half configurations); f64 in f64. The algorithm is cuDNN's
-//! heuristic first choice, which may be non-deterministic on the backward passes
+//! heuristic first choice (or, where its workspace cannot be allocated, the one that
+//! needs none), which may be non-deterministic on the backward passes
 //! (as PyTorch's default `cudnn.deterministic = False` allows): bit-exact resume is
 //! a CPU guarantee.
 //!
@@ -193,8 +194,11 @@ where
                 w: &wd,
                 y: &yd,
             };
-            let algo = op.pick_algorithm()?;
-            let (mut ws, mut y) = buffers::<T>(&stream, op.get_workspace_size(algo)?, g.y_dims())?;
+            let plain = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+            let (algo, mut ws) = workspace(&stream, op.pick_algorithm(), plain, |a| {
+                op.get_workspace_size(a)
+            })?;
+            let mut y = output::<T>(&stream, g.y_dims())?;
             // SAFETY: the descriptors describe exactly these contiguous buffers.
             unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &b, &mut y) }?;
             y
@@ -206,8 +210,11 @@ where
                 w: &wd,
                 dy: &yd,
             };
-            let algo = op.pick_algorithm()?;
-            let (mut ws, mut dx) = buffers::<T>(&stream, op.get_workspace_size(algo)?, g.x_dims())?;
+            let plain = sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0;
+            let (algo, mut ws) = workspace(&stream, op.pick_algorithm(), plain, |a| {
+                op.get_workspace_size(a)
+            })?;
+            let mut dx = output::<T>(&stream, g.x_dims())?;
             // SAFETY: as above; `a` is dY, `b` the weight.
             unsafe { op.launch(algo, Some(&mut ws), (one, zero), &mut dx, &b, &a) }?;
             dx
@@ -219,8 +226,11 @@ where
                 dw: &wd,
                 dy: &yd,
             };
-            let algo = op.pick_algorithm()?;
-            let (mut ws, mut dw) = buffers::<T>(&stream, op.get_workspace_size(algo)?, g.w_dims())?;
+            let plain = sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0;
+            let (algo, mut ws) = workspace(&stream, op.pick_algorithm(), plain, |a| {
+                op.get_workspace_size(a)
+            })?;
+            let mut dw = output::<T>(&stream, g.w_dims())?;
             // SAFETY: as above; `a` is x, `b` dY.
             unsafe { op.launch(algo, Some(&mut ws), (one, zero), &a, &mut dw, &b) }?;
             dw
@@ -229,12 +239,30 @@ where
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
-/// A workspace of `bytes` and a result buffer of `dims`.
-fn buffers<T: DeviceRepr + ValidAsZeroBits>(
+/// cuDNN's heuristic choice with its workspace; where the heuristics fail or that
+/// workspace cannot be allocated (a large layer on a full GPU), `plain`, the
+/// algorithm that needs next to none, rather than failing the layer.
+fn workspace<A: Copy>(
     stream: &Arc<cudarc::driver::CudaStream>,
-    bytes: usize,
+    best: Result<A, cudarc::cudnn::CudnnError>,
+    plain: A,
+    size: impl Fn(A) -> Result<usize, cudarc::cudnn::CudnnError>,
+) -> candle_core::Result<(A, CudaSlice<u8>)> {
+    if let Ok(a) = best {
+        if let Ok(bytes) = size(a) {
+            if let Ok(ws) = stream.alloc_zeros::<u8>(bytes.max(1)) {
+                return Ok((a, ws));
+            }
+        }
+    }
+    let bytes = size(plain)?;
+    Ok((plain, stream.alloc_zeros::<u8>(bytes.max(1))?))
+}
+
+/// The result buffer of a pass, `dims` elements.
+fn output<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<cudarc::driver::CudaStream>,
     dims: [usize; 5],
-) -> candle_core::Result<(CudaSlice<u8>, CudaSlice<T>)> {
-    let ws = stream.alloc_zeros::<u8>(bytes.max(1))?;
-    Ok((ws, stream.alloc_zeros::<T>(dims.iter().product())?))
+) -> candle_core::Result<CudaSlice<T>> {
+    Ok(stream.alloc_zeros::<T>(dims.iter().product())?)
 }
