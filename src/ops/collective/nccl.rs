@@ -51,7 +51,10 @@ impl NcclGroup {
         let (rank, world) = (host.rank(), host.world());
         let file = id_file(dir, token);
         let nccl = |what: &str, e: cudarc::nccl::result::NcclError| {
-            Error::Internal(format!("NCCL {what} (rank {rank} of {world}): {e:?}"))
+            Error::Internal(format!(
+                "NCCL {what} (rank {rank} of {world}): {e:?}; VSSL_NCCL=0 sums the gradients \
+                 through host memory instead"
+            ))
         };
         if rank == 0 {
             let id = Id::new().map_err(|e| nccl("ncclGetUniqueId", e))?;
