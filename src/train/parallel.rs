@@ -117,6 +117,17 @@ pub fn mean_over_ranks(values: &mut [f64], group: &dyn Collective) -> Result<()>
     Ok(())
 }
 
+/// Whether the gradients `have` can be summed on their device by `group`: NCCL
+/// present, and all of one dtype on one device.
+fn on_device(have: &[(Var, Tensor)], group: &dyn Collective) -> bool {
+    let Some((_, first)) = have.first() else {
+        return false;
+    };
+    have.iter()
+        .all(|(_, g)| g.dtype() == first.dtype() && g.device().same_device(first.device()))
+        && collective::on_device(first, group)
+}
+
 /// Replaces the gradient of each of `params` in `grads` by its mean over the
 /// ranks: one all-reduce of every gradient in one flat buffer (in `params`' order,
 /// which every rank shares), then a scale by `1 / world`.
@@ -141,39 +152,34 @@ pub fn all_reduce_grads(
         )));
     }
     let inv = 1.0 / world;
-    // On GPUs with NCCL: one flat device buffer, summed on the devices.
-    let device_grads: Vec<(Var, Tensor)> = params
+    let have: Vec<(Var, Tensor)> = params
         .iter()
         .filter_map(|p| grads.get(p).map(|g| (p.clone(), g.clone())))
         .collect();
-    if let Some((_, first)) = device_grads.first() {
-        let alike = device_grads
+    if on_device(&have, group) {
+        // GPUs with NCCL: one flat device buffer, summed on the devices.
+        let flat: Vec<Tensor> = have
             .iter()
-            .all(|(_, g)| g.dtype() == first.dtype() && g.device().same_device(first.device()));
-        if alike && collective::on_device(first, group) {
-            let flat: Vec<Tensor> = device_grads
-                .iter()
-                .map(|(_, g)| g.flatten_all())
-                .collect::<candle_core::Result<_>>()?;
-            let sum = collective::all_reduce_on_device(&Tensor::cat(&flat, 0)?, group)?;
-            let mut at = 0;
-            for (p, g) in device_grads {
-                let len = g.elem_count();
-                let mean = (sum.narrow(0, at, len)?.reshape(g.shape())? * inv as f64)?;
-                grads.insert(&p, mean);
-                at += len;
-            }
-            return Ok(());
+            .map(|(_, g)| g.flatten_all())
+            .collect::<candle_core::Result<_>>()?;
+        let sum = collective::all_reduce_on_device(&Tensor::cat(&flat, 0)?, group)?;
+        let mut at = 0;
+        for (p, g) in have {
+            let len = g.elem_count();
+            grads.insert(
+                &p,
+                (sum.narrow(0, at, len)?.reshape(g.shape())? * inv as f64)?,
+            );
+            at += len;
         }
+        return Ok(());
     }
     let mut flat = Vec::new();
     let mut spans = Vec::new();
-    for p in params {
-        if let Some(g) = grads.get(p) {
-            let v = to_host(g)?;
-            spans.push((p.clone(), flat.len(), v.len(), g.clone()));
-            flat.extend(v);
-        }
+    for (p, g) in have {
+        let v = to_host(&g)?;
+        spans.push((p, flat.len(), v.len(), g));
+        flat.extend(v);
     }
     group.all_reduce_sum(&mut flat)?;
     for (p, at, len, like) in spans {

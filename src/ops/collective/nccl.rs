@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::CudaDevice;
 use candle_core::cuda_backend::CudaStorageSlice;
@@ -125,10 +126,7 @@ impl Collective for NcclGroup {
         match &s.slice {
             CudaStorageSlice::F32(v) => sum(&comm.0, v, (a, b), &s.device),
             CudaStorageSlice::F64(v) => sum(&comm.0, v, (a, b), &s.device),
-            other => candle_core::bail!(
-                "NCCL all-reduce takes f32 or f64, got {}",
-                other_dtype(other)
-            ),
+            _ => candle_core::bail!("NCCL all-reduce takes f32 or f64, got {:?}", s.dtype()),
         }
     }
 }
@@ -147,12 +145,4 @@ where
     comm.all_reduce(&v.slice(a..b), &mut out, &ReduceOp::Sum)
         .map_err(|e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}")))?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-}
-
-fn other_dtype(s: &CudaStorageSlice) -> &'static str {
-    match s {
-        CudaStorageSlice::BF16(_) => "bf16",
-        CudaStorageSlice::F16(_) => "f16",
-        _ => "a non-float dtype",
-    }
 }

@@ -94,10 +94,8 @@ pub(super) fn run(
     l2: &Layout,
 ) -> candle_core::Result<CudaStorage> {
     let dev = &s1.device;
-    let a = (&s1.slice, l1);
-    let b = (&s2.slice, l2);
     use CudaStorageSlice as S;
-    match (a.0, b.0) {
+    match (&s1.slice, &s2.slice) {
         (S::F32(x), S::F32(y)) => launch::<f32, f32>(g, pass, view(x, l1)?, view(y, l2)?, dev),
         (S::F64(x), S::F64(y)) => launch::<f64, f64>(g, pass, view(x, l1)?, view(y, l2)?, dev),
         (S::BF16(x), S::BF16(y)) => launch::<_, f32>(g, pass, view(x, l1)?, view(y, l2)?, dev),
