@@ -3,7 +3,7 @@
 //! one is warned about once and written, with the reason, to `<run>/bad_videos.txt`
 //! as soon as it is found, so a crash keeps the list.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use crate::run_dir::RunDir;
@@ -26,30 +26,34 @@ impl BadVideos {
         Self { path, seen }
     }
 
-    /// Appends the reasons not seen before, warning once for each. The file is read
-    /// again before a new line goes in: the ranks of a data-parallel run share it, and
-    /// a video another rank already listed is not listed twice (two ranks finding the
-    /// same video at the same moment can still both write it).
+    /// Appends the reasons not seen before, warning once for each. The ranks of a
+    /// data-parallel run share the file: under an exclusive lock on it, the file is
+    /// read again before a new line goes in, so a video another rank already listed
+    /// (even at the same moment) is not listed twice.
     pub fn record(&mut self, reasons: &[String]) -> Result<()> {
+        let io = |e| Error::io(&self.path, e);
         for r in reasons {
             let line = r.replace('\n', " ");
             if self.seen.contains(&line) {
                 continue;
             }
-            if let Ok(t) = std::fs::read_to_string(&self.path) {
-                self.seen.extend(t.lines().map(str::to_string));
-            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(io)?;
+            // Advisory (flock): held until `f` closes at the end of this iteration.
+            f.lock().map_err(io)?;
+            let mut text = String::new();
+            f.read_to_string(&mut text).map_err(io)?;
+            self.seen.extend(text.lines().map(str::to_string));
             if self.seen.insert(line.clone()) {
                 tracing::warn!(
                     "skipping bad video (listed in {}): {line}",
                     self.path.display()
                 );
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .map_err(|e| Error::io(&self.path, e))?;
-                writeln!(f, "{line}").map_err(|e| Error::io(&self.path, e))?;
+                writeln!(f, "{line}").map_err(io)?;
             }
         }
         Ok(())
@@ -81,5 +85,27 @@ mod tests {
             ["v1.avi: no video stream", "v2.avi: too short"]
         );
         assert_eq!((a.count(), b.count()), (2, 2));
+    }
+
+    /// Ranks finding the same bad videos at the same moment still list each once.
+    #[test]
+    fn ranks_finding_a_video_at_once_list_it_once() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::new(d.path());
+        let reasons: Vec<String> = (0..40).map(|i| format!("v{i}.avi: too short")).collect();
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let mut rank = BadVideos::open(&run);
+                    start.wait();
+                    for r in &reasons {
+                        rank.record(std::slice::from_ref(r)).unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(run.bad_videos()).unwrap();
+        assert_eq!(text.lines().collect::<Vec<_>>(), reasons);
     }
 }
