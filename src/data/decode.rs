@@ -143,6 +143,17 @@ pub struct StreamScan {
     dts_index: Vec<(i64, usize, u8)>,
 }
 
+impl StreamScan {
+    /// Heap bytes this scan holds (its per-packet tables), for memo budgets.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of_val;
+        size_of_val(self.keys.as_slice())
+            + size_of_val(self.order.as_slice())
+            + size_of_val(self.dts_keys.as_slice())
+            + size_of_val(self.dts_index.as_slice())
+    }
+}
+
 /// Codecs whose key packets reset the decoder: frames from a key frame on decode
 /// the same whether decoding started there or at the first packet. (H.264/HEVC key
 /// packets are IDR or recovery-point pictures in the containers we read.)

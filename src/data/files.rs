@@ -30,6 +30,10 @@ pub struct FileDataset {
     skip_unused: bool,
     /// Decode at reduced resolution where the codec and sizes allow (`data.decode_lowres`).
     lowres: bool,
+    /// The packet scans clip-only decoding plans on, one per file for the run (shared
+    /// by clones, so by every loader worker).
+    #[cfg(feature = "video")]
+    scans: std::sync::Arc<crate::data::scan_memo::ScanMemo>,
 }
 
 impl FileDataset {
@@ -69,6 +73,10 @@ impl FileDataset {
             clip_only: cfg.clip_only,
             skip_unused: cfg.skip_unused,
             lowres: cfg.decode_lowres,
+            #[cfg(feature = "video")]
+            scans: std::sync::Arc::new(crate::data::scan_memo::ScanMemo::new(
+                crate::data::scan_memo::DEFAULT_BUDGET,
+            )),
         })
     }
 
@@ -107,9 +115,9 @@ impl FileDataset {
         plan: &mut PlanFn<'_>,
     ) -> Result<(Video, Vec<PlannedClip>)> {
         use crate::data::clip::{frames_needed, index_into};
-        use crate::data::decode::{decode_selected, scan_video};
+        use crate::data::decode::decode_selected;
         let cap = |n: usize| self.max_frames.map_or(n, |m| n.min(m));
-        let scan = scan_video(&entry.path)?;
+        let scan = self.scans.scan(&entry.path)?;
         let mut len = cap(scan.packets);
         if len < self.min_frames || !scan.clean {
             // Too short by its packets, or damaged: a full decode decides the count.

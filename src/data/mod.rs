@@ -14,6 +14,8 @@ pub mod encode;
 pub mod files;
 pub mod loader;
 pub mod sampler;
+#[cfg(feature = "video")]
+pub mod scan_memo;
 pub mod splits;
 pub mod synthetic;
 

@@ -184,6 +184,52 @@ fn clip_frames_are_bit_identical_to_a_full_decode() {
     }
 }
 
+/// The run's scan memo hands back the file's own scan, once read, until the file
+/// changes; past its budget it keeps nothing.
+#[test]
+fn the_scan_memo_keeps_one_scan_per_unchanged_file() {
+    use vssl::data::scan_memo::ScanMemo;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.mp4"), dir.path().join("b.avi"));
+    let h264: &[&str] = &[
+        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+    ];
+    ffmpeg(&a, 30, "", h264);
+    ffmpeg(&b, 20, "", &["-c:v", "mpeg4", "-vtag", "xvid", "-bf", "2"]);
+    let memo = ScanMemo::new(1 << 20);
+    let first = memo.scan(&a).unwrap();
+    assert_eq!(*first, scan_video(&a).unwrap());
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &memo.scan(&a).unwrap()),
+        "memoised"
+    );
+    assert_eq!(*memo.scan(&b).unwrap(), scan_video(&b).unwrap());
+    let (files, bytes) = memo.held();
+    assert_eq!(files, 2);
+    assert!(
+        bytes >= 30 * 8 + 20 * 24,
+        "{bytes} bytes for 30 pts and 20 dts entries"
+    );
+    // Rewritten with another length: scanned again, and the new scan kept.
+    ffmpeg(&a, 45, "", h264);
+    let again = memo.scan(&a).unwrap();
+    assert_eq!((first.packets, again.packets), (30, 45));
+    assert!(std::sync::Arc::ptr_eq(&again, &memo.scan(&a).unwrap()));
+    assert_eq!(memo.held().0, 2);
+    // A file that is gone is the scan's own error, not an old scan.
+    std::fs::remove_file(&a).unwrap();
+    let err = memo.scan(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("a.mp4") && err.contains("no such file"),
+        "{err}"
+    );
+    // A memo without room keeps nothing and still answers.
+    let none = ScanMemo::new(0);
+    let s = none.scan(&b).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&s, &none.scan(&b).unwrap()));
+    assert_eq!(none.held(), (0, 0));
+}
+
 #[test]
 fn mpeg4_frames_come_out_in_display_order() {
     use vssl::data::decode::mpeg4_output_order;
