@@ -35,6 +35,8 @@ struct Memoised {
     /// The file's size and modification time when it was scanned.
     stamp: (u64, Option<SystemTime>),
     scan: Arc<StreamScan>,
+    /// What it counts against the budget.
+    bytes: usize,
 }
 
 impl ScanMemo {
@@ -60,16 +62,17 @@ impl ScanMemo {
         }
         // Scanned outside the lock: workers scanning other files do not wait.
         let scan = Arc::new(scan_video(path)?);
-        let size = scan.heap_bytes() + std::mem::size_of::<StreamScan>();
+        let bytes = scan.heap_bytes() + std::mem::size_of::<StreamScan>();
         let mut inner = self.lock();
         if let Some(old) = inner.scans.remove(path) {
-            inner.bytes -= old.scan.heap_bytes() + std::mem::size_of::<StreamScan>();
+            inner.bytes -= old.bytes;
         }
-        if inner.bytes + size <= self.budget {
-            inner.bytes += size;
+        if inner.bytes + bytes <= self.budget {
+            inner.bytes += bytes;
             let memo = Memoised {
                 stamp,
                 scan: scan.clone(),
+                bytes,
             };
             inner.scans.insert(path.to_path_buf(), memo);
         }
